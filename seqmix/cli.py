@@ -1,0 +1,108 @@
+"""``seqmix <app> fit|validate|test|predict --config configs/<app>/<exp>.yaml`` and ``seqmix mixers``.
+
+Callable in-process as ``seqmix.cli.main([...])`` (tests do, to avoid a new interpreter
+and Lightning's import cost per run).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+import sys
+from typing import Sequence
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def list_apps() -> list[str]:
+    import seqmix.apps
+
+    return sorted(m.name for m in pkgutil.iter_modules(seqmix.apps.__path__) if m.ispkg)
+
+
+def load_app(name: str):
+    """The :class:`~seqmix.apps.spec.AppSpec` of app ``name`` (imports only that app)."""
+    apps = list_apps()
+    if name not in apps:
+        close = difflib.get_close_matches(name, apps, n=2)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SystemExit(f"seqmix: unknown app {name!r}.{hint} Apps: {apps}; or `seqmix mixers`.")
+    return importlib.import_module(f"seqmix.apps.{name}.app").APP
+
+
+def print_mixers() -> None:
+    """The registry as a table: name, patterns, recurrent, impls, state floats per sequence."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from seqmix.core import get_mixer_class, list_mixers
+
+    d_model, heads = 256, 4
+    table = Table(title=f"seqmix mixers (state sizes for d_model={d_model}, n_heads={heads})")
+    for col in ("name", "class", "patterns", "recurrent", "impls", "state @T=1k", "state @T=8k"):
+        table.add_column(col)
+    for name in list_mixers():
+        cls = get_mixer_class(name)
+        causal = any(p.startswith("causal") for p in cls.patterns)
+        cfg = {k: v for k, v in dict(cls.test_configs[0]).items() if k not in ("n_heads",)}
+        mixer = cls(d_model, n_heads=heads, causal=causal, **cfg)
+        table.add_row(name, cls.__name__, " ".join(sorted(cls.patterns)), "yes" if cls.recurrent else "no",
+                      " ".join(cls.impls), f"{mixer.state_size(1024):,}", f"{mixer.state_size(8192):,}")
+    Console().print(table)
+
+
+def usage() -> str:
+    return (
+        "usage: seqmix <app> {fit,validate,test,predict,...} --config configs/<app>/<exp>.yaml\n"
+        "       seqmix mixers\n"
+        f"apps: {', '.join(list_apps())}"
+    )
+
+
+def run_lightning(app, argv: Sequence[str]) -> int:
+    from pytorch_lightning.cli import LightningCLI
+
+    class AppCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            for source, target in app.links:
+                parser.link_arguments(source, target, apply_on="instantiate")
+
+    AppCLI(
+        app.model_class,
+        app.datamodule_class,
+        args=list(argv),
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "default_root_dir": f"runs/{app.name}",
+            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                       "init_args": {"save_dir": f"runs/{app.name}"}},
+        },
+        auto_configure_optimizers=False,
+        parser_kwargs={"prog": f"seqmix {app.name}"},
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "mixers":
+        print_mixers()
+        return 0
+    app = load_app(command)
+    if rest and rest[0] in app.commands:
+        return app.commands[rest[0]](rest[1:])
+    if rest and not rest[0].startswith("-") and rest[0] not in LIGHTNING_COMMANDS:
+        choices = sorted(set(LIGHTNING_COMMANDS) | set(app.commands))
+        raise SystemExit(f"seqmix {app.name}: unknown command {rest[0]!r}; choose one of {choices}")
+    return run_lightning(app, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The one Mixer contract and the registry every mixer goes through.
+
+A mixer maps ``x: [B, T, D] -> y: [B, T, D]``. Each subclass declares
+
+- ``patterns``: the CAB patterns it supports (a subset of :data:`PATTERNS`);
+- ``impls``: the implementations it carries, the first being the plain reference
+  (``"naive"``); ``impl="auto"`` picks the fast one for the tensor's device;
+- ``recurrent``: whether it offers ``init_state`` / ``step`` and a carried state;
+- ``test_configs``: tiny constructor arguments for the generic tests
+  (``tests/core/test_mixers_generic.py``), so registering a mixer adds its tests;
+  ``test_dtypes``: the dtypes it claims to run in (fp32 and bf16 unless it says less);
+- ``supports_mask``: whether ``forward`` takes a key-padding ``mask``.
+
+Subclasses implement ``_forward`` (and ``_step`` / ``init_state`` when recurrent);
+the public ``forward`` / ``step`` check shapes, patterns and masks first so that a
+bad call fails here with a message that names the problem, not deep inside torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+PATTERNS: tuple[str, ...] = ("causal_self", "noncausal_self", "causal_cross", "noncausal_cross")
+
+State = Any  # a tensor or a tuple of tensors, whatever the mixer carries between pieces
+
+
+def _pattern(causal: bool, cross: bool) -> str:
+    return ("causal" if causal else "noncausal") + ("_cross" if cross else "_self")
+
+
+class Mixer(nn.Module):
+    """Base class of every token mixer. See the module docstring for the contract."""
+
+    patterns: ClassVar[frozenset[str]] = frozenset()
+    impls: ClassVar[tuple[str, ...]] = ("naive",)
+    recurrent: ClassVar[bool] = False
+    supports_mask: ClassVar[bool] = False
+    test_configs: ClassVar[Sequence[Mapping[str, object]]] = ({},)
+    test_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.bfloat16)
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, d_model: int, *, n_heads: int = 1, causal: bool = True, impl: str = "auto"):
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"{name}: d_model must be a positive int, got {d_model!r}")
+        if not isinstance(n_heads, int) or n_heads <= 0:
+            raise ValueError(f"{name}: n_heads must be a positive int, got {n_heads!r}")
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"{name}: d_model={d_model} is not divisible by n_heads={n_heads}; "
+                f"choose n_heads among {[h for h in range(1, d_model + 1) if d_model % h == 0][:12]}"
+            )
+        supported_causality = {p.split("_")[0] for p in self.patterns}
+        wanted = "causal" if causal else "noncausal"
+        if wanted not in supported_causality:
+            raise ValueError(
+                f"{name}: causal={causal} asks for {wanted} patterns, but this mixer supports "
+                f"only {sorted(self.patterns)}"
+            )
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.causal = causal
+        self.impl = impl  # validated by the property setter
+
+    # ------------------------------------------------------------------ impl
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        allowed = ("auto", *self.impls)
+        if value not in allowed:
+            raise ValueError(f"{type(self).__name__}: impl={value!r} is unknown; choose one of {allowed}")
+        self._impl = value
+
+    def resolve_impl(self, x: Tensor) -> str:
+        """The implementation used for ``x``: ``impl`` unless it is ``"auto"``.
+
+        ``"auto"`` is ``"triton"`` on CUDA tensors when the mixer has a Triton kernel, else
+        the fastest CPU form: ``"chunk"`` when present, then the last non-Triton impl.
+        """
+        if self._impl != "auto":
+            return self._impl
+        if x.is_cuda and "triton" in self.impls:
+            return "triton"
+        cpu_impls = [i for i in self.impls if i != "triton"]
+        return "chunk" if "chunk" in cpu_impls else cpu_impls[-1]
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        state: State | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, State]:
+        """Mix ``x: [B, T, D]`` (with ``context: [B, S, D]`` for cross attention).
+
+        ``mask: [B, S]`` bool marks the keys that may be attended (True = keep), where
+        ``S`` is the context length (or ``T`` for self attention). ``state`` is an initial
+        state from ``init_state``/a previous piece; with ``return_state=True`` the result
+        is ``(y, final_state)``.
+        """
+        self.check_input(x, context=context, mask=mask, state=state, return_state=return_state)
+        return self._forward(x, context=context, mask=mask, state=state, return_state=return_state)
+
+    def _forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None,
+        mask: Tensor | None,
+        state: State | None,
+        return_state: bool,
+    ) -> Tensor | tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def check_input(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        state: State | None = None,
+        return_state: bool = False,
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"{name}: x must be [batch, time, d_model={self.d_model}], got {shape}; "
+                "add a batch dimension with x.unsqueeze(0) or project to d_model first"
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"{name}: x has zero time steps; give at least one token")
+        pattern = _pattern(self.causal, context is not None)
+        if pattern not in self.patterns:
+            raise ValueError(
+                f"{name}: pattern {pattern!r} is not supported; this mixer supports {sorted(self.patterns)}"
+            )
+        if context is not None:
+            if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model:
+                raise ValueError(
+                    f"{name}: context must be [batch={x.shape[0]}, S, d_model={self.d_model}], "
+                    f"got {tuple(context.shape)}"
+                )
+        if mask is not None:
+            if not self.supports_mask:
+                raise ValueError(f"{name}: does not take a key mask; pass mask=None or use an attention mixer")
+            keys = context.shape[1] if context is not None else x.shape[1]
+            if mask.dtype != torch.bool or tuple(mask.shape) != (x.shape[0], keys):
+                raise ValueError(
+                    f"{name}: mask must be a bool tensor [batch={x.shape[0]}, keys={keys}] "
+                    f"(True = attend), got {mask.dtype} {tuple(mask.shape)}"
+                )
+        if (state is not None or return_state) and not self.recurrent:
+            raise ValueError(f"{name}: is not recurrent; it takes no state (state=None, return_state=False)")
+
+    # ------------------------------------------------------------- recurrent
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> State:
+        raise ValueError(f"{type(self).__name__}: is not recurrent; it has no state")
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token ``x_t: [B, D]`` -> ``(y_t: [B, D], new_state)``; causal self pattern only."""
+        name = type(self).__name__
+        if not self.recurrent:
+            raise ValueError(f"{name}: is not recurrent; use forward over the whole sequence")
+        if not self.causal:
+            raise ValueError(f"{name}: step needs causal=True (a non-causal mixer sees the future)")
+        if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
+            raise ValueError(f"{name}: x_t must be [batch, d_model={self.d_model}], got {tuple(x_t.shape)}")
+        return self._step(x_t, state)
+
+    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats per sequence kept at inference after ``seq_len`` tokens (KV cache or state)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, causal={self.causal}, impl={self.impl!r}"
+
+
+# ---------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[Mixer]] = {}
+
+
+def register_mixer(name: str):
+    """Class decorator: ``@register_mixer("gla")`` makes the class buildable by name."""
+
+    def wrap(cls: type[Mixer]) -> type[Mixer]:
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"register_mixer({name!r}) decorates Mixer subclasses, got {cls!r}")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"mixer name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        bad = set(cls.patterns) - set(PATTERNS)
+        if not cls.patterns or bad:
+            raise ValueError(f"{cls.__name__}.patterns must be a non-empty subset of {PATTERNS}, bad: {sorted(bad)}")
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _ensure_builtin_mixers() -> None:
+    import seqmix.core.mixers  # noqa: F401  (imports every mixer module, which registers it)
+
+
+def list_mixers() -> list[str]:
+    """Names of every registered mixer, sorted."""
+    _ensure_builtin_mixers()
+    return sorted(_REGISTRY)
+
+
+def get_mixer_class(name: str) -> type[Mixer]:
+    _ensure_builtin_mixers()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise KeyError(f"unknown mixer {name!r}.{hint} Registered mixers: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def mixer_arguments(cls: type[Mixer]) -> dict[str, inspect.Parameter]:
+    """The typed constructor arguments of a mixer (its config schema), d_model excluded."""
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None)
+    params.pop("d_model", None)
+    return params
+
+
+def build_mixer(name: str, d_model: int, **arguments: object) -> Mixer:
+    """Build a registered mixer: ``build_mixer("gla", 256, n_heads=4)``.
+
+    Unknown argument names fail with the list of arguments the mixer takes.
+    """
+    cls = get_mixer_class(name)
+    allowed = mixer_arguments(cls)
+    unknown = sorted(set(arguments) - set(allowed))
+    if unknown:
+        raise TypeError(f"mixer {name!r} got unknown arguments {unknown}; it takes {sorted(allowed)}")
+    return cls(d_model, **arguments)

@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def rel_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative RMS error ||a - e|| / ||e|| (flash-linear-attention's ``assert_close`` ratio)."""
+    actual, expected = actual.double(), expected.double()
+    denom = expected.pow(2).mean().sqrt().clamp_min(1e-12)
+    return float((actual - expected).pow(2).mean().sqrt() / denom)
+
+
+@pytest.fixture
+def assert_rel_close():
+    def check(actual, expected, ratio, what=""):
+        assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+        assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+        err = rel_rms(actual, expected)
+        assert err <= ratio, f"{what}: relative RMS error {err:.3e} > {ratio:.0e}"
+
+    return check
