@@ -44,6 +44,8 @@ class Mixer(nn.Module):
     test_configs: ClassVar[Sequence[Mapping[str, object]]] = ({},)
     test_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.bfloat16)
     registry_name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the paper(s) it implements, for the README's mixers table
+    complexity: ClassVar[str] = ""  # training cost in T, e.g. "O(T^2 D)" or "O(T D K)"
 
     def __init__(self, d_model: int, *, n_heads: int = 1, causal: bool = True, impl: str = "auto"):
         super().__init__()

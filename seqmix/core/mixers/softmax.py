@@ -60,6 +60,8 @@ class SoftmaxAttention(AttentionMixer):
     """Standard softmax attention; ``impl="sdpa"`` is PyTorch's fused kernel (flash on GPU)."""
 
     impls = ("naive", "sdpa")
+    paper = "Vaswani et al. 2017, Attention Is All You Need"
+    complexity = "O(T^2 D)"
     test_configs = ({"n_heads": 2}, {"n_heads": 2, "rotary": True})
 
     def attend(self, q, k, v, key_mask):
@@ -79,6 +81,8 @@ class SigmoidAttention(AttentionMixer):
     """``sigmoid(q.k / sqrt(K) - log n)``: no normalisation across keys, so no attention sink."""
 
     normalizer = "sigmoid"
+    paper = "Gu et al. 2024, When Attention Sink Emerges (sigmoid attention)"
+    complexity = "O(T^2 D)"
     test_configs = ({"n_heads": 2},)
 
 
@@ -87,4 +91,6 @@ class ReLUAttention(AttentionMixer):
     """``relu(q.k / sqrt(K)) / n``: the ReLU form of sink-free attention."""
 
     normalizer = "relu"
+    paper = "Gu et al. 2024 / Guo et al. 2024, Active-Dormant Attention Heads (ReLU attention)"
+    complexity = "O(T^2 D)"
     test_configs = ({"n_heads": 2},)
