@@ -1,0 +1,108 @@
+"""Gated linear attention (GLA; Yang, Wang, Shen, Panda, Kim 2023, "Gated Linear Attention
+Transformers with Hardware-Efficient Training"), the paper's layer:
+
+    q, k = W_q x, W_k x            [B, T, H, K]   (key width expand_k * d_model)
+    v = W_v x                      [B, T, H, V]   (value width expand_v * d_model)
+    g = logsigmoid(W_2 W_1 x + b) / gate_logit_normalizer     low-rank, data-dependent forget gates
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t ,  o_t = q_t S_t / sqrt(K)
+    y = W_o ( RMSNorm_head(o) * swish(W_r x) )
+
+Patterns: ``causal_self`` (the recurrence, chunked by :func:`seqmix.kernels.gla.chunk_gla`)
+and ``noncausal_self``: a forward scan plus a backward scan over the reversed sequence,
+the token itself counted once, with the same gates (a pair ``a < b`` is weighted by the
+gates of ``a+1 .. b`` both ways), see :func:`seqmix.core.mixers.linear.bidirectional`.
+No cross attention: the gates are a function of one sequence's positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.core.mixers.linear import HeadNormGate, bidirectional
+from seqmix.kernels.gla import chunk_gla
+
+
+@register_mixer("gla")
+class GatedLinearAttention(Mixer):
+    """GLA with the paper's defaults (expand_k 0.5, expand_v 1, gate rank 16, normalizer 16).
+
+    Args:
+        expand_k / expand_v: key / value widths over heads as multiples of ``d_model``.
+        gate_low_rank_dim: rank of the gate projection ``W_2 W_1``.
+        gate_logit_normalizer: divides ``logsigmoid``; larger = slower forgetting.
+        chunk_size: tokens per chunk of the chunked kernel (a power of two).
+    """
+
+    patterns = frozenset({"causal_self", "noncausal_self"})
+    impls = ("naive", "chunk")
+    recurrent = True
+    test_configs = (
+        {"n_heads": 2, "chunk_size": 16},
+        {"n_heads": 4, "chunk_size": 16, "expand_k": 1.0, "gate_low_rank_dim": 8, "gate_logit_normalizer": 4.0},
+    )
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
+                 expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank_dim: int = 16,
+                 gate_logit_normalizer: float = 16.0, chunk_size: int = 64):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        name = type(self).__name__
+        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        for arg, value, width in (("expand_k", expand_k, self.key_dim), ("expand_v", expand_v, self.value_dim)):
+            if width < n_heads or width % n_heads:
+                raise ValueError(
+                    f"{name}: {arg}={value} gives a width int(d_model * {arg}) = {width} that n_heads={n_heads} "
+                    "does not divide into heads; pick it so the width is a positive multiple of n_heads"
+                )
+        if not isinstance(gate_low_rank_dim, int) or gate_low_rank_dim < 1:
+            raise ValueError(f"{name}: gate_low_rank_dim must be a positive int, got {gate_low_rank_dim!r}")
+        if not gate_logit_normalizer > 0:
+            raise ValueError(f"{name}: gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
+        if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+            raise ValueError(f"{name}: chunk_size must be a power of two (16, 32, 64, ...), got {chunk_size!r}")
+        self.gate_logit_normalizer = gate_logit_normalizer
+        self.chunk_size = chunk_size
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.gate_proj = nn.Sequential(nn.Linear(d_model, gate_low_rank_dim, bias=False),
+                                       nn.Linear(gate_low_rank_dim, self.key_dim, bias=True))
+        self.output = HeadNormGate(d_model, n_heads, self.value_dim, gate=True)
+
+    def _forward(self, x, *, context, mask, state, return_state):
+        b, t, _ = x.shape
+        h = self.n_heads
+        q = self.q_proj(x).view(b, t, h, -1)  # [B, T, H*K] -> [B, T, H, K]
+        k = self.k_proj(x).view(b, t, h, -1)  # [B, T, H, K]
+        v = self.v_proj(x).view(b, t, h, -1)  # [B, T, H, V]
+        g = (F.logsigmoid(self.gate_proj(x).float()) / self.gate_logit_normalizer).view(b, t, h, -1)  # [B, T, H, K]
+        impl = self.resolve_impl(x)
+        final = None
+        if self.causal:
+            o, final = chunk_gla(q, k, v, g, initial_state=state, output_final_state=return_state,
+                                 chunk_size=self.chunk_size, impl=impl)
+        elif state is not None or return_state:
+            raise ValueError(f"{type(self).__name__}: a state needs causal=True (the non-causal form sees the future)")
+        else:
+            scan = lambda q, k, v, g: chunk_gla(q, k, v, g, chunk_size=self.chunk_size, impl=impl)[0]  # noqa: E731
+            o = bidirectional(scan, q, k, v, g)
+        y = self.output(o, x)
+        return (y, final) if return_state else y
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> State:
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return torch.zeros(batch_size, self.n_heads, self.key_dim // self.n_heads, self.value_dim // self.n_heads,
+                           device=device, dtype=state_dtype)
+
+    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.key_dim * self.value_dim // self.n_heads  # S: [H, K/H, V/H]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}"

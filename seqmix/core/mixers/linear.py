@@ -1,0 +1,168 @@
+"""Linear attention with an optional per-head decay: Katharopoulos et al. 2020 ("Transformers
+are RNNs"), TransNormer / TransNormerLLM and Lightning Attention-1/2 (Qin et al. 2022-2024:
+no denominator, a norm on the output), RetNet's retention (Sun et al. 2023: fixed decay
+``gamma_h = 1 - 2^(-5-h)``, swish output gate).
+
+    S_t = gamma * S_{t-1} + phi(k_t)^T v_t ,   o_t = phi(q_t) S_t / sqrt(K)
+    y_t = W_o ( RMSNorm_head(o_t) * swish(W_r x_t) )
+
+Blocks -> mixer: :func:`bidirectional` and :class:`HeadNormGate` are shared with the GLA
+mixer (``gla.py``); :class:`LinearAttention` is the registered mixer.
+
+Patterns: ``causal_self`` (the recurrence, chunked), ``noncausal_self``: without decay
+the global form ``phi(q) (phi(K)^T V)``, with decay the bidirectional form (a forward and
+a backward scan, the token itself counted once, i.e. RetNet's symmetric
+``gamma^|t-s|``). Cross attention is not offered: a decay between the positions of two
+different sequences has no meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.kernels.linear_attn import linear_attn, linear_attn_global_chunk, linear_attn_global_naive
+
+FeatureMap = Literal["identity", "elu1", "silu"]
+Decay = Literal["none", "retnet", "learned"]
+
+FEATURE_MAPS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda x: x,  # Lightning Attention / TransNormerLLM kernel form, RetNet
+    "elu1": lambda x: F.elu(x) + 1.0,  # Katharopoulos et al.: positive features
+    "silu": F.silu,  # TransNormerLLM's activation on q and k
+}
+
+
+def retnet_log_decay(n_heads: int, device: torch.device | None = None) -> Tensor:
+    """RetNet's per-head decays, as logs: ``log(1 - 2^(-5 - h))`` for ``h = 0 .. H-1``."""
+    h = torch.arange(n_heads, dtype=torch.float64, device=device)
+    return torch.log1p(-(2.0 ** (-5.0 - h))).float()  # [H]
+
+
+def bidirectional(scan: Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], q: Tensor, k: Tensor,
+                  v: Tensor, g: Tensor | None) -> Tensor:
+    """Non-causal form of a causal scan ``o = scan(q, k, v, g)`` (``[B, T, H, *]``, scale K^-0.5).
+
+    A forward scan plus a scan over the reversed sequence, minus the token itself, which
+    both count. The backward scan takes the gate of the *next* token, so a pair ``a < b``
+    is weighted by the gates of ``a+1 .. b`` in both directions (symmetric).
+    """
+    forward = scan(q, k, v, g)
+    g_next = None if g is None else F.pad(g[:, 1:], (0, 0, 0, 0, 0, 1))  # [B, T, H, K], 0 after the end
+    flip = lambda x: None if x is None else x.flip(1)  # noqa: E731  (reverse time)
+    backward = scan(flip(q), flip(k), flip(v), flip(g_next)).flip(1)
+    itself = (q * k).sum(-1, keepdim=True) * v * q.shape[-1] ** -0.5  # [B, T, H, V]
+    return forward + backward - itself
+
+
+class HeadNormGate(nn.Module):
+    """The output path: per-head RMSNorm of ``o: [B, T, H, V]``, times ``swish(W_r x)`` when
+    gated (RetNet, GLA), then the output projection to ``d_model``."""
+
+    def __init__(self, d_model: int, n_heads: int, value_dim: int, *, gate: bool):
+        super().__init__()
+        self.norm = nn.RMSNorm(value_dim // n_heads)
+        self.gate = nn.Linear(d_model, value_dim, bias=False) if gate else None
+        self.out = nn.Linear(value_dim, d_model, bias=False)
+
+    def forward(self, o: Tensor, x: Tensor) -> Tensor:
+        b, t, h, dv = o.shape
+        y = self.norm(o).reshape(b, t, h * dv)  # [B, T, H, V] -> [B, T, H*V]
+        if self.gate is not None:
+            y = y * F.silu(self.gate(x))
+        return self.out(y)
+
+
+@register_mixer("linear_attention")
+class LinearAttention(Mixer):
+    """Linear attention, optionally decayed (Lightning Attention / RetNet form).
+
+    Args:
+        feature_map: ``phi`` applied to q and k: ``"identity"`` (Lightning / RetNet),
+            ``"elu1"`` (``elu + 1``, Katharopoulos), ``"silu"`` (TransNormerLLM). There is no
+            ``phi(q) . sum phi(k)`` denominator in any case: the per-head RMSNorm of the output
+            replaces it (TransNormer's NormAttention; the denominator is what makes it unstable).
+        decay: ``"none"``; ``"retnet"``: fixed ``gamma_h = 1 - 2^(-5-h)``; ``"learned"``: one
+            decay per head, ``gamma = sigmoid(w)``, started at the RetNet schedule.
+        output_gate: multiply the normed output by ``swish(W_r x)`` (RetNet, TransNormerLLM).
+        chunk_size: tokens per chunk of the chunked kernel.
+    """
+
+    patterns = frozenset({"causal_self", "noncausal_self"})
+    impls = ("naive", "chunk")
+    recurrent = True
+    test_configs = (
+        {"n_heads": 2, "chunk_size": 16},
+        {"n_heads": 2, "chunk_size": 16, "decay": "retnet", "feature_map": "elu1"},
+        {"n_heads": 4, "chunk_size": 16, "decay": "learned", "feature_map": "silu", "output_gate": False},
+    )
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
+                 feature_map: FeatureMap = "identity", decay: Decay = "none", output_gate: bool = True,
+                 chunk_size: int = 64):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        name = type(self).__name__
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"{name}: feature_map={feature_map!r} is unknown; choose one of {sorted(FEATURE_MAPS)}")
+        if decay not in get_args(Decay):
+            raise ValueError(f"{name}: decay={decay!r} is unknown; choose one of {list(get_args(Decay))}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"{name}: chunk_size must be a positive int, got {chunk_size!r}")
+        self.feature_map = feature_map
+        self.decay = decay
+        self.chunk_size = chunk_size
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.decay_logit = None
+        if decay == "learned":
+            gamma = retnet_log_decay(n_heads).exp()
+            self.decay_logit = nn.Parameter(torch.log(gamma / (1 - gamma)))  # sigmoid(w) = gamma
+        self.output = HeadNormGate(d_model, n_heads, d_model, gate=output_gate)
+
+    def log_decay(self, device: torch.device) -> Tensor | None:
+        """``[H]`` log-decays (<= 0), or None without decay."""
+        if self.decay == "retnet":
+            return retnet_log_decay(self.n_heads, device)
+        if self.decay == "learned":
+            return F.logsigmoid(self.decay_logit.float())
+        return None
+
+    def _forward(self, x, *, context, mask, state, return_state):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
+        phi = FEATURE_MAPS[self.feature_map]
+        q, k = phi(q), phi(k)
+        impl = self.resolve_impl(x)
+        decay = self.log_decay(x.device)
+        final = None
+        if self.causal:
+            o, final = linear_attn(q, k, v, decay=decay, initial_state=state, output_final_state=return_state,
+                                   chunk_size=self.chunk_size, impl=impl)
+        elif state is not None or return_state:
+            raise ValueError(f"{type(self).__name__}: a state needs causal=True (the non-causal form sees the future)")
+        elif decay is None:  # the global form; "triton" has no kernel to add to two matmuls
+            o = (linear_attn_global_naive if impl == "naive" else linear_attn_global_chunk)(q, k, v)
+        else:
+            scan = lambda q, k, v, g: linear_attn(q, k, v, decay=decay, chunk_size=self.chunk_size,  # noqa: E731
+                                                  impl=impl)[0]
+            o = bidirectional(scan, q, k, v, None)
+        y = self.output(o, x)
+        return (y, final) if return_state else y
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> State:
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=state_dtype)
+
+    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        return self.n_heads * self.head_dim * self.head_dim  # S: [H, K, V], whatever the length
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, feature_map={self.feature_map!r}, decay={self.decay!r}"

@@ -1,0 +1,94 @@
+"""Chunk-parallel gated linear attention in PyTorch, numerically stable for any gates.
+
+With ``b_i = sum_{t <= i} g_t`` the gates cumulated inside a chunk (b falls from 0, per
+key channel), position i of chunk n and the state ``S_n`` entering it:
+
+    o_i     = scale * ( (q_i * exp(b_i)) S_n  +  sum_{j <= i} sum_k q_ik k_jk exp(b_ik - b_jk) v_j )
+    S_{n+1} = diag(exp(b_last)) S_n + sum_j (k_j * exp(b_last - b_j))^T v_j
+
+Every exponent in the inter-chunk terms is <= 0. The intra-chunk pair factor
+``exp(b_i - b_j)`` is where naive chunking overflows: written as ``exp(b_i) exp(-b_j)``,
+``exp(-b_j)`` is huge for strong gates. The GLA paper (Yang et al. 2023, section 4)
+splits it at a reference point m between the two, ``exp(b_i - b_m) * exp(b_m - b_j)``,
+both <= 1 when ``j <= m < i`` ("secondary chunking"), and computes the rest pairwise in
+log space. Here the same split is applied recursively: a block of s tokens is cut in
+halves, queries of the second half meet keys of the first half through one matmul with
+m = the last position of the first half, and each half is cut again, down to single
+tokens, where the pair factor is exp(0) = 1. That costs ``log2(C)`` matmuls over
+``[T, K]`` tensors instead of a ``[T, c, K]`` pair tensor, and nothing overflows,
+whatever the gates. (Relative precision follows ``eps * |b|``, as in every cumulated-gate
+form: the differences of cumulated gates lose the digits the gates share.)
+
+Everything inside a chunk is batched over all chunks; only the state recurrence loops
+over the (unbound) chunks. ``chunk_size`` must be a power of two.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from seqmix.kernels.gla.naive import check_gla_inputs
+from seqmix.kernels.linear_attn.chunk import from_chunks, scan_chunks, to_chunks
+from seqmix.kernels.linear_attn.common import check_chunk_size, compute_dtype, per_sequence
+
+
+def chunk_length(chunk_size: int, t: int) -> int:
+    """``chunk_size``, or for a short sequence the smallest power of two that holds it."""
+    if chunk_size & (chunk_size - 1):
+        raise ValueError(f"gla_chunk: chunk_size must be a power of two (16, 32, 64, ...), got {chunk_size}")
+    return min(chunk_size, 1 << (t - 1).bit_length())
+
+
+def gla_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None]:
+    """Same contract as :func:`seqmix.kernels.gla.naive.gla_naive`, chunked and stable."""
+    check_gla_inputs("gla_chunk", q, k, v, g, initial_state, cu_seqlens)
+    check_chunk_size("gla_chunk", chunk_size)
+    dtype = compute_dtype(q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+
+    def run(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
+        t = q.shape[1]
+        c = chunk_length(chunk_size, t)
+        # padded tokens have q = k = v = 0 and g = 0 (no decay), so they leave the state as it is
+        qc, kc, vc, gc = (to_chunks(x, c, dtype).contiguous() for x in (q, k, v, g))  # [B, H, N, C, K|V]
+        b = gc.cumsum(-2)  # [B, H, N, C, K]
+        b_last = b[..., -1:, :]  # [B, H, N, 1, K]
+
+        # inter-chunk: the state entering each chunk
+        updates = (kc * torch.exp(b_last - b)).transpose(-1, -2) @ vc  # [B, H, N, K, V]
+        states, final = scan_chunks(b_last.exp().transpose(-1, -2), updates, s0)  # [B, H, N, K, V]
+        o = (qc * b.exp()) @ states  # [B, H, N, C, V]
+
+        # intra-chunk: halves within halves, each pair of halves through one stable matmul
+        o = o + (qc * kc).sum(-1, keepdim=True) * vc  # the diagonal j = i, pair factor 1
+        bs, n = b.shape[0], b.shape[2]
+        half = c // 2
+        while half >= 1:
+            shape = (bs, -1, n, c // (2 * half), 2, half)  # [B, H, N, C, *] -> [B, H, N, blocks, 2, half, *]
+            (q_early, q_late), (k_early, _), (v_early, _), (b_early, b_late) = (
+                x.view(*shape, x.shape[-1]).unbind(-3) for x in (qc, kc, vc, b)
+            )  # each [B, H, N, blocks, half, *]
+            b_mid = b_early[..., -1:, :]  # [B, H, N, blocks, 1, K] last position of the first half
+            q_late = q_late * torch.exp(b_late - b_mid)  # queries of the second half, factor <= 1
+            k_early = k_early * torch.exp(b_mid - b_early)  # keys of the first half, factor <= 1
+            o_late = (q_late @ k_early.transpose(-1, -2)) @ v_early  # [B, H, N, blocks, half, V]
+            o_block = torch.stack([torch.zeros_like(o_late), o_late], -3)  # [B, H, N, blocks, 2, half, V]
+            o = o + o_block.view(bs, -1, n, c, o.shape[-1])  # into the second halves, [B, H, N, C, V]
+            half //= 2
+        return from_chunks(o * scale, t), final
+
+    state_shape = (q.shape[2], q.shape[3], v.shape[3])
+    o, final = per_sequence(run, (q, k, v, g), initial_state, cu_seqlens, state_shape, dtype)
+    return o.to(q.dtype), (final if output_final_state else None)
