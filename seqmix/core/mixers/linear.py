@@ -93,7 +93,7 @@ class LinearAttention(Mixer):
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
-    impls = ("naive", "chunk")
+    impls = ("naive", "chunk", "triton")
     recurrent = True
     test_configs = (
         {"n_heads": 2, "chunk_size": 16},
