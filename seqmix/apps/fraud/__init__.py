@@ -1,0 +1,1 @@
+"""Behaviour-sequence fraud clustering: sequence embeddings, pHDBSCAN, rules for risky clusters."""

@@ -1,0 +1,508 @@
+"""pHDBSCAN: HDBSCAN over a FAISS k-NN graph, for the CPU and the GPU.
+
+The idea of FinDeepBehaviorCluster's pHDBSCAN: HDBSCAN needs the minimum spanning tree
+(MST) of the *mutual-reachability* graph, ``mr(a, b) = max(core(a), core(b), d(a, b))``,
+but almost every MST edge joins near neighbours, so the MST can be taken over the k-NN
+graph instead of all ``n^2 / 2`` pairs. The pipeline:
+
+1. k-NN of every point with a FAISS index (``knn_index``: ``"exact"`` brute force,
+   ``"ivf"`` inverted lists, ``"hnsw"`` graph; on ``device="cuda"`` a GPU index);
+   ``core(a)`` = distance to the ``min_samples``-th neighbour (the point itself not
+   counted, as in the hdbscan library).
+2. Mutual-reachability weights on the k-NN edges, MST with scipy's
+   ``minimum_spanning_tree`` on the sparse graph.
+3. The k-NN graph of well-separated clusters is disconnected; the components are joined
+   Boruvka-style (:func:`join_components`): each round, every component is linked to its
+   nearest components (by centroid) through the cheapest mutual-reachability edge between
+   their facing points, and the MST is recomputed, until one tree spans every point.
+4. Library tree routines turn the MST into the single-linkage tree (scikit-learn's
+   ``single_linkage_label``, the same union-find as hdbscan's ``label`` but ~30x faster),
+   then the hdbscan library's condensed tree, stabilities, flat clusters and GLOSH
+   outlier scores. They crash (segmentation fault) on malformed input instead of raising, so the MST is
+   checked first (:func:`check_spanning_tree`).
+
+Partitioned mode (``partitions > 1``), for data larger than memory (``X`` may be a
+``numpy.memmap``): the points are split by k-means into parts; each part is loaded alone
+and gets its own k-NN graph, core distances and spanning tree; the union of the part
+trees is then joined across parts with the same Boruvka step and the hierarchy is built
+once. Only one part's points, the ``n - 1`` tree edges and ``n`` core distances are held
+at a time. Its cost in accuracy: k-NN and core distances near part borders only see
+their own part (measured in ``benchmarks/results/hdbscan.md``, ARI against the
+non-partitioned result).
+
+Documented behaviour on degenerate input (see ``tests/apps/test_fraud_hdbscan.py``):
+NaN / inf rows, fewer points than ``min_cluster_size``, an empty or 1-D ``X`` raise a
+``ValueError`` that names the problem; all-identical points have no density structure and
+are all noise (label -1, probability 0, outlier score 0), as in the hdbscan library, or
+one cluster with ``allow_single_cluster=True``; d = 1 is supported.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from sklearn.base import BaseEstimator, ClusterMixin
+
+KnnIndex = Literal["exact", "ivf", "hnsw"]
+Metric = Literal["euclidean", "cosine"]
+_CHUNK = 65536  # rows per chunk when streaming over X (memmap-friendly)
+_TINY = np.finfo(np.float64).tiny  # stands for a zero weight: scipy drops explicit zeros as "no edge"
+
+
+# ---------------------------------------------------------------- input
+def check_data(X, *, metric: Metric, min_cluster_size: int) -> None:
+    """Fail with a clear message on input pHDBSCAN cannot cluster (streams over ``X``)."""
+    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+        raise TypeError(f"X must be a 2-D numpy array (or memmap), got {type(X).__name__}; use np.asarray(X)")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {X.shape}; "
+                         "reshape a single feature with X.reshape(-1, 1)")
+    n, d = X.shape
+    if d < 1:
+        raise ValueError("X has no features (shape [n, 0])")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
+    if n < 2 or n < min_cluster_size:
+        raise ValueError(f"X has {n} points but min_cluster_size={min_cluster_size}: no cluster can form; "
+                         f"give at least max(2, min_cluster_size) points or lower min_cluster_size")
+    if metric == "cosine" and d < 2:
+        raise ValueError("metric='cosine' on 1 feature only sees the sign of each value; use metric='euclidean'")
+    for start in range(0, n, _CHUNK):
+        block = np.asarray(X[start:start + _CHUNK], dtype=np.float64)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            bad = start + np.flatnonzero(~finite)
+            raise ValueError(f"X has {len(bad)}+ rows with NaN or inf (first rows {bad[:5].tolist()}); "
+                             "drop or impute them before clustering")
+        if metric == "cosine":
+            zero = np.linalg.norm(block, axis=1) == 0
+            if zero.any():
+                bad = start + np.flatnonzero(zero)
+                raise ValueError(f"metric='cosine' is undefined for all-zero rows (rows {bad[:5].tolist()}); "
+                                 "drop them or use metric='euclidean'")
+
+
+def load_rows(X, rows: np.ndarray | slice, metric: Metric) -> np.ndarray:
+    """``X[rows]`` as contiguous float32 (L2-normalised for cosine: euclidean order = cosine order)."""
+    block = np.ascontiguousarray(X[rows], dtype=np.float32)
+    if metric == "cosine":
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return block
+
+
+def to_metric(squared_l2: np.ndarray, metric: Metric) -> np.ndarray:
+    """FAISS returns squared L2 distances; on unit vectors cosine distance = ||a - b||^2 / 2."""
+    squared_l2 = np.maximum(squared_l2, 0.0)
+    return squared_l2 / 2.0 if metric == "cosine" else np.sqrt(squared_l2)
+
+
+# ---------------------------------------------------------------- FAISS
+def gpu_resources():
+    """FAISS GPU resources, or a clear error when this FAISS build or machine has no GPU."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise RuntimeError("device='cuda' needs a GPU build of FAISS (pip install faiss-gpu-cu12), "
+                           "but the installed faiss is CPU-only; use device='cpu'")
+    if faiss.get_num_gpus() < 1:
+        raise RuntimeError("device='cuda': FAISS sees no GPU on this machine; use device='cpu'")
+    return faiss.StandardGpuResources()
+
+
+def build_index(points: np.ndarray, *, kind: KnnIndex, device: str, nlist: int | None, nprobe: int,
+                hnsw_m: int, seed: int):
+    """A FAISS L2 index over ``points: [n, d]`` (float32), trained and filled."""
+    import faiss
+
+    n, d = points.shape
+    if kind == "exact" or (kind == "ivf" and n < 39 * 4):  # too few points to train inverted lists
+        index = faiss.IndexFlatL2(d)
+    elif kind == "ivf":
+        lists = nlist or int(np.clip(4 * np.sqrt(n), 1, n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, lists)
+        index.cp.max_points_per_centroid = 64  # train on <= 64 points per list: k-means cost stays small
+        index.cp.niter = 10
+        index.cp.seed = seed
+        index.nprobe = min(nprobe, lists)
+    elif kind == "hnsw":
+        if device == "cuda":
+            raise ValueError("knn_index='hnsw' has no FAISS GPU form; on device='cuda' use 'ivf' or 'exact'")
+        index = faiss.IndexHNSWFlat(d, hnsw_m)
+        index.hnsw.efConstruction = 40
+        index.hnsw.efSearch = 64
+    else:
+        raise ValueError(f"knn_index={kind!r} is unknown; choose 'exact', 'ivf' or 'hnsw'")
+    if device == "cuda":
+        index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
+    if not index.is_trained:
+        index.train(points)
+    index.add(points)
+    return index
+
+
+def knn(points: np.ndarray, k: int, *, kind: KnnIndex, device: str, nlist: int | None, nprobe: int,
+        hnsw_m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest *other* points of every point: ``(squared_l2 [n, k], ids [n, k])``.
+
+    The point itself is removed from its list (or, when an approximate index missed it, the
+    farthest hit is dropped). Rows the approximate index left short (id -1) are searched
+    again exactly, so every row has ``k`` real neighbours.
+    """
+    import faiss
+
+    n = points.shape[0]
+    index = build_index(points, kind=kind, device=device, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed)
+    dist, ids = index.search(points, k + 1)  # [n, k+1] each, ascending
+    short = np.flatnonzero((ids < 0).any(axis=1))
+    if len(short):
+        exact = faiss.IndexFlatL2(points.shape[1])
+        exact.add(points)
+        dist[short], ids[short] = exact.search(points[short], k + 1)
+    rows = np.arange(n)
+    is_self = ids == rows[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)  # the self hit, else the last one
+    keep = np.ones_like(ids, dtype=bool)
+    keep[rows, drop] = False
+    return dist[keep].reshape(n, k), ids[keep].reshape(n, k)  # [n, k] each
+
+
+# ---------------------------------------------------------------- graph -> MST
+def spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Minimum spanning forest of an edge list as ``[m, 3]`` rows ``(a, b, weight)``.
+
+    Zero weights (duplicate points) are kept as edges: scipy reads an explicit zero as
+    "no edge", so they travel as the smallest positive double and come back as 0.
+    """
+    w = np.maximum(weights.astype(np.float64), _TINY)
+    graph = sp.csr_matrix((w, (rows, cols)), shape=(n, n))  # directed entries = undirected edges to scipy
+    tree = minimum_spanning_tree(graph).tocoo()
+    out = np.empty((tree.nnz, 3), dtype=np.float64)
+    out[:, 0], out[:, 1] = tree.row, tree.col
+    out[:, 2] = np.where(tree.data <= _TINY, 0.0, tree.data)
+    return out
+
+
+def mutual_reachability_forest(dist: np.ndarray, ids: np.ndarray, core: np.ndarray,
+                               offset: np.ndarray | None = None) -> np.ndarray:
+    """Spanning forest of the k-NN graph under mutual reachability; ``offset`` maps local ids to global."""
+    n, k = ids.shape
+    rows = np.repeat(np.arange(n), k)
+    cols = ids.reshape(-1)  # [n*k]
+    w = np.maximum(np.maximum(dist.reshape(-1), core[rows]), core[cols])
+    forest = spanning_forest(n, rows, cols, w)
+    if offset is not None:
+        forest[:, 0], forest[:, 1] = offset[forest[:, 0].astype(np.int64)], offset[forest[:, 1].astype(np.int64)]
+    return forest
+
+
+def component_labels(n: int, edges: np.ndarray) -> tuple[int, np.ndarray]:
+    graph = sp.csr_matrix((np.ones(len(edges)), (edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64))),
+                          shape=(n, n))
+    return connected_components(graph, directed=False)
+
+
+def centroids_of(X, labels: np.ndarray, n_groups: int, metric: Metric) -> np.ndarray:
+    """Mean point of each group, streaming over ``X`` in chunks. ``[n_groups, d]`` float32."""
+    sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
+    for start in range(0, X.shape[0], _CHUNK):
+        block = load_rows(X, slice(start, start + _CHUNK), metric)
+        np.add.at(sums, labels[start:start + _CHUNK], block)
+    counts = np.bincount(labels, minlength=n_groups).astype(np.float64)
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+def facing_points(X, members: np.ndarray, target: np.ndarray, limit: int, metric: Metric) -> np.ndarray:
+    """The ``limit`` members closest to ``target`` (all members when there are fewer)."""
+    if len(members) <= limit:
+        return members
+    pts = load_rows(X, members, metric)
+    d2 = ((pts - target[None, :]) ** 2).sum(axis=1)
+    return members[np.argpartition(d2, limit - 1)[:limit]]
+
+
+def join_components(X, edges: np.ndarray, core: np.ndarray, *, metric: Metric, candidates: int = 3,
+                    sample: int = 256) -> tuple[np.ndarray, int]:
+    """Join a spanning forest into one spanning tree, Boruvka-style. Returns ``(tree, rounds)``.
+
+    Each round: components and their centroids; for every component, its ``candidates``
+    nearest components by centroid; for each such pair, the ``sample`` points of each side
+    closest to the other side's centroid, and among those ``sample^2`` pairs the cheapest
+    mutual-reachability edge. The forest plus these edges is re-spanned. Every component
+    gains at least one edge to another, so the number of components at least halves per
+    round and the loop ends with one tree.
+    """
+    import faiss
+
+    n = X.shape[0]
+    rounds = 0
+    while True:
+        n_comp, labels = component_labels(n, edges)
+        if n_comp == 1:
+            return edges, rounds
+        rounds += 1
+        centres = centroids_of(X, labels, n_comp, metric)  # [C, d]
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(n_comp + 1))
+        members = [order[bounds[c]:bounds[c + 1]] for c in range(n_comp)]
+        near = faiss.IndexFlatL2(centres.shape[1])
+        near.add(centres)
+        m = min(candidates, n_comp - 1)
+        _, hits = near.search(centres, min(m + 1, n_comp))  # [C, m+1]
+        pairs = set()
+        for c in range(n_comp):
+            others = [int(o) for o in hits[c] if o != c and o >= 0][:m]
+            if not others:  # identical centroids crowded c out of its own list: take any other component
+                others = [(c + 1) % n_comp]
+            pairs.update((min(c, o), max(c, o)) for o in others)
+        new_edges = []
+        for a, b in sorted(pairs):
+            side_a = facing_points(X, members[a], centres[b], sample, metric)
+            side_b = facing_points(X, members[b], centres[a], sample, metric)
+            pa, pb = load_rows(X, side_a, metric), load_rows(X, side_b, metric)  # [Sa, d], [Sb, d]
+            d2 = (pa ** 2).sum(1)[:, None] + (pb ** 2).sum(1)[None, :] - 2.0 * pa @ pb.T  # [Sa, Sb]
+            mr = np.maximum(np.maximum(to_metric(d2, metric), core[side_a][:, None]), core[side_b][None, :])
+            i, j = np.unravel_index(np.argmin(mr), mr.shape)
+            new_edges.append((side_a[i], side_b[j], mr[i, j]))
+        new = np.asarray(new_edges, dtype=np.float64)  # [P, 3]
+        both = np.concatenate([edges, new])
+        edges = spanning_forest(n, both[:, 0].astype(np.int64), both[:, 1].astype(np.int64), both[:, 2])
+
+
+def check_spanning_tree(tree: np.ndarray, n: int) -> None:
+    """Refuse anything but a finite spanning tree on ``n`` points before hdbscan's C routines see it."""
+    if tree.ndim != 2 or tree.shape != (n - 1, 3) or tree.dtype != np.float64:
+        raise RuntimeError(f"internal: spanning tree must be float64 [{n - 1}, 3], got {tree.dtype} {tree.shape}")
+    if not np.isfinite(tree).all() or (tree[:, 2] < 0).any():
+        raise RuntimeError("internal: spanning tree has negative or non-finite weights")
+    ends = tree[:, :2]
+    if (ends < 0).any() or (ends >= n).any() or (ends != np.round(ends)).any():
+        raise RuntimeError("internal: spanning tree has point ids outside [0, n)")
+    n_comp, _ = component_labels(n, tree)
+    if n_comp != 1:
+        raise RuntimeError(f"internal: spanning tree leaves {n_comp} components")
+
+
+# ---------------------------------------------------------------- estimator
+class PHDBSCAN(BaseEstimator, ClusterMixin):
+    """HDBSCAN* on a FAISS k-NN graph (see the module docstring for the algorithm).
+
+    Parameters follow the hdbscan library where they share a name:
+
+    - ``min_cluster_size``: smallest group that counts as a cluster;
+    - ``min_samples``: neighbours (self excluded) that set a point's core distance;
+      default ``min_cluster_size``;
+    - ``metric``: ``"euclidean"`` or ``"cosine"`` (``1 - cos``, on L2-normalised rows);
+    - ``cluster_selection_method``: ``"eom"`` (excess of mass) or ``"leaf"``;
+    - ``allow_single_cluster``: let EOM return the root as the only cluster;
+    - ``knn_index``: ``"exact"``, ``"ivf"`` (``nlist`` lists, default ``4 sqrt(n)``,
+      ``nprobe`` probed) or ``"hnsw"`` (``hnsw_m`` links);
+    - ``device``: ``"cpu"``, or ``"cuda"`` for a FAISS GPU index (needs a GPU build of
+      FAISS; the tree stages stay on the CPU);
+    - ``k``: neighbours per point in the candidate graph (self excluded), ``>= min_samples``;
+      default ``max(min_samples, 15)``;
+    - ``partitions``: ``> 1`` clusters part by part (out-of-core mode);
+    - ``join_candidates`` / ``join_sample``: the component-joining step's nearest
+      components per component and facing points per side;
+    - ``random_state``: seed of the k-means in IVF training and partitioning.
+
+    Fitted attributes: ``labels_`` (-1 = noise), ``probabilities_`` (membership strength),
+    ``outlier_scores_`` (GLOSH), ``condensed_tree_`` (the hdbscan library's record array:
+    ``parent, child, lambda_val, child_size``), ``single_linkage_tree_`` (scipy linkage
+    layout), ``minimum_spanning_tree_`` (``[n-1, 3]``: a, b, mutual reachability),
+    ``core_distances_``, ``cluster_persistence_``, ``n_join_rounds_`` and ``timings_``
+    (seconds per stage).
+    """
+
+    def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None, *, metric: Metric = "euclidean",
+                 cluster_selection_method: Literal["eom", "leaf"] = "eom", allow_single_cluster: bool = False,
+                 knn_index: KnnIndex = "ivf", device: Literal["cpu", "cuda"] = "cpu", k: int | None = None,
+                 nlist: int | None = None, nprobe: int = 8, hnsw_m: int = 32, partitions: int = 1,
+                 join_candidates: int = 3, join_sample: int = 256, random_state: int = 0):
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.metric = metric
+        self.cluster_selection_method = cluster_selection_method
+        self.allow_single_cluster = allow_single_cluster
+        self.knn_index = knn_index
+        self.device = device
+        self.k = k
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.hnsw_m = hnsw_m
+        self.partitions = partitions
+        self.join_candidates = join_candidates
+        self.join_sample = join_sample
+        self.random_state = random_state
+        self._check_params()
+
+    # -------------------------------------------------------------- params
+    def _check_params(self) -> None:
+        """Validated in ``__init__`` and again in ``fit`` (``set_params`` bypasses ``__init__``)."""
+        def positive(name: str, value, low: int = 1):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"PHDBSCAN: {name} must be an int >= {low}, got {value!r}")
+
+        positive("min_cluster_size", self.min_cluster_size, 2)
+        if self.min_samples is not None:
+            positive("min_samples", self.min_samples)
+        if self.k is not None:
+            positive("k", self.k)
+            if self.k < self.resolved_min_samples:
+                raise ValueError(f"PHDBSCAN: k={self.k} must be >= min_samples={self.resolved_min_samples} "
+                                 "(the core distance is the min_samples-th neighbour in the k-NN graph)")
+        if self.nlist is not None:
+            positive("nlist", self.nlist)
+        for name in ("nprobe", "hnsw_m", "partitions", "join_candidates", "join_sample"):
+            positive(name, getattr(self, name))
+        choices = {"metric": ("euclidean", "cosine"), "cluster_selection_method": ("eom", "leaf"),
+                   "knn_index": ("exact", "ivf", "hnsw"), "device": ("cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PHDBSCAN: {name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
+        if self.device == "cuda" and self.knn_index == "hnsw":
+            raise ValueError("PHDBSCAN: knn_index='hnsw' has no FAISS GPU form; on device='cuda' use 'ivf' or 'exact'")
+
+    @property
+    def resolved_min_samples(self) -> int:
+        return self.min_cluster_size if self.min_samples is None else self.min_samples
+
+    @property
+    def resolved_k(self) -> int:
+        return max(self.resolved_min_samples, 15) if self.k is None else self.k
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Cluster ``X: [n, d]`` (an array or a memmap; ``y`` is ignored)."""
+        from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
+        from sklearn.cluster._hierarchical_fast import single_linkage_label
+
+        self._check_params()
+        if self.device == "cuda":
+            gpu_resources()  # fail before any work
+        check_data(X, metric=self.metric, min_cluster_size=self.min_cluster_size)
+        n = X.shape[0]
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = now - clock
+            clock = now
+
+        if self._all_identical(X):
+            self._fit_identical(n)
+            self.timings_ = timings
+            return self
+
+        k = min(self.resolved_k, n - 1)
+        min_samples = min(self.resolved_min_samples, k)
+        if self.partitions == 1:
+            points = load_rows(X, slice(None), self.metric)
+            forest, core = self._part_forest(points, k, min_samples, timings)
+            del points
+        else:
+            forest, core = self._partitioned_forest(X, k, min_samples, timings)
+        clock = time.perf_counter()
+        tree, rounds = join_components(X, forest, core, metric=self.metric, candidates=self.join_candidates,
+                                       sample=self.join_sample)
+        lap("join")
+        tree = tree[np.argsort(tree[:, 2], kind="stable")]
+        check_spanning_tree(tree, n)
+        single_linkage = single_linkage_label(tree)  # hdbscan's own `label`, ~30x faster
+        condensed = condense_tree(single_linkage, self.min_cluster_size)
+        stability = compute_stability(condensed)
+        labels, probabilities, persistence = get_clusters(condensed, stability, self.cluster_selection_method,
+                                                          self.allow_single_cluster)
+        scores = outlier_scores(condensed)
+        lap("tree")
+
+        self.labels_ = np.asarray(labels, dtype=np.intp)
+        self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
+        self.outlier_scores_ = np.asarray(scores, dtype=np.float64)
+        self.cluster_persistence_ = np.asarray(persistence, dtype=np.float64)
+        self.condensed_tree_ = condensed
+        self.single_linkage_tree_ = single_linkage
+        self.minimum_spanning_tree_ = tree
+        self.core_distances_ = core
+        self.n_join_rounds_ = rounds
+        self.timings_ = timings
+        return self
+
+    def _part_forest(self, points: np.ndarray, k: int, min_samples: int,
+                     timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN, core distances and the mutual-reachability spanning forest of one in-memory block."""
+        start = time.perf_counter()
+        d2, ids = knn(points, k, kind=self.knn_index, device=self.device, nlist=self.nlist, nprobe=self.nprobe,
+                      hnsw_m=self.hnsw_m, seed=self.random_state)
+        dist = to_metric(d2, self.metric)
+        core = dist[:, min_samples - 1].astype(np.float64)
+        mid = time.perf_counter()
+        forest = mutual_reachability_forest(dist, ids, core)
+        timings["knn"] = timings.get("knn", 0.0) + mid - start
+        timings["mst"] = timings.get("mst", 0.0) + time.perf_counter() - mid
+        return forest, core
+
+    def _partitioned_forest(self, X, k: int, min_samples: int,
+                            timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Partition by k-means, then one spanning forest per part (each part loaded alone)."""
+        import faiss
+
+        start = time.perf_counter()
+        n, d = X.shape
+        rng = np.random.default_rng(self.random_state)
+        sample = np.sort(rng.choice(n, size=min(n, 256 * self.partitions), replace=False))
+        kmeans = faiss.Kmeans(d, self.partitions, niter=20, seed=self.random_state)
+        kmeans.train(load_rows(X, sample, self.metric))
+        part = np.empty(n, dtype=np.int64)
+        for s in range(0, n, _CHUNK):
+            part[s:s + _CHUNK] = kmeans.index.search(load_rows(X, slice(s, s + _CHUNK), self.metric), 1)[1][:, 0]
+        # a part too small for a k-NN graph joins the part of the nearest centroid that is big enough
+        sizes = np.bincount(part, minlength=self.partitions)
+        small = sizes < k + 1
+        if small.all():
+            part[:] = 0
+        elif small.any():
+            big = np.flatnonzero(~small)
+            centres = kmeans.centroids
+            for p in np.flatnonzero(small & (sizes > 0)):
+                target = big[np.argmin(((centres[big] - centres[p]) ** 2).sum(1))]
+                part[part == p] = target
+        timings["partition"] = time.perf_counter() - start
+        core = np.empty(n, dtype=np.float64)
+        forests = []
+        for p in np.unique(part):
+            rows = np.flatnonzero(part == p)
+            forest, core[rows] = self._part_forest(load_rows(X, rows, self.metric), k, min_samples, timings)
+            forest[:, 0], forest[:, 1] = rows[forest[:, 0].astype(np.int64)], rows[forest[:, 1].astype(np.int64)]
+            forests.append(forest)
+        self.partition_labels_ = part
+        return np.concatenate(forests), core
+
+    # ------------------------------------------------------- degenerate case
+    def _all_identical(self, X) -> bool:
+        first = load_rows(X, slice(0, 1), self.metric)
+        for start in range(0, X.shape[0], _CHUNK):
+            if not (load_rows(X, slice(start, start + _CHUNK), self.metric) == first).all():
+                return False
+        return True
+
+    def _fit_identical(self, n: int) -> None:
+        """All points equal: no density structure. Noise, or one cluster with ``allow_single_cluster``."""
+        single = self.allow_single_cluster
+        self.labels_ = np.full(n, 0 if single else -1, dtype=np.intp)
+        self.probabilities_ = np.full(n, 1.0 if single else 0.0)
+        self.outlier_scores_ = np.zeros(n)
+        self.cluster_persistence_ = np.zeros(1 if single else 0)
+        self.condensed_tree_ = np.zeros(0, dtype=[("parent", np.intp), ("child", np.intp),
+                                                  ("lambda_val", np.float64), ("child_size", np.intp)])
+        merged = np.concatenate([[0], n + np.arange(n - 2)])  # point 0, then the node the last row made
+        self.single_linkage_tree_ = np.column_stack([merged, np.arange(1, n), np.zeros(n - 1),
+                                                     np.arange(2, n + 1)]).astype(np.float64)  # [n-1, 4]
+        self.minimum_spanning_tree_ = np.column_stack([np.zeros(n - 1), np.arange(1, n), np.zeros(n - 1)])
+        self.core_distances_ = np.zeros(n)
+        self.n_join_rounds_ = 0

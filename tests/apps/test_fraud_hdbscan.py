@@ -1,0 +1,173 @@
+"""pHDBSCAN against the hdbscan library, its spanning-tree join, partitioned mode, edge cases."""
+
+from __future__ import annotations
+
+import faiss
+import hdbscan
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from seqmix.apps.fraud.hdbscan import PHDBSCAN, check_spanning_tree, component_labels
+
+faiss.omp_set_num_threads(1)
+
+
+def blobs(n: int = 1200, d: int = 4, centers: int = 5, seed: int = 0, std: float = 1.0) -> np.ndarray:
+    x, _ = make_blobs(n, d, centers=centers, cluster_std=std, center_box=(-15, 15), random_state=seed)
+    return x.astype(np.float32)
+
+
+def reference(x: np.ndarray, **params) -> hdbscan.HDBSCAN:
+    return hdbscan.HDBSCAN(**params).fit(x.astype(np.float64))
+
+
+@pytest.mark.parametrize("knn_index", ["exact", "ivf", "hnsw"])
+def test_labels_match_hdbscan_library(knn_index):
+    x = blobs(n=2000, std=1.5)
+    ours = PHDBSCAN(min_cluster_size=25, min_samples=5, knn_index=knn_index).fit(x)
+    ref = reference(x, min_cluster_size=25, min_samples=5)
+    assert ours.labels_.max() + 1 == ref.labels_.max() + 1 == 5
+    assert adjusted_rand_score(ref.labels_, ours.labels_) >= 0.95
+
+
+def test_complete_graph_reproduces_hdbscan_exactly():
+    """With k = n - 1 the k-NN graph is complete, so the MST and everything after it is exact.
+
+    Mutual-reachability weights tie often (an edge weighs its end's core distance), and
+    FAISS's float32 distances can order two near-equal weights unlike the library's float64
+    ones, which moves a point across a tied split; this seed has no such flip, so equality
+    holds to rounding. (With a flip, labels still agree; see the k-NN tests for ARI.)
+    """
+    x = blobs(n=300, d=3, centers=3, std=1.0, seed=3)
+    ours = PHDBSCAN(min_cluster_size=10, min_samples=4, knn_index="exact", k=len(x) - 1).fit(x)
+    ref = reference(x, min_cluster_size=10, min_samples=4, algorithm="generic", gen_min_span_tree=True)
+    assert adjusted_rand_score(ref.labels_, ours.labels_) == 1.0  # cluster ids may be numbered differently
+    np.testing.assert_array_equal(ours.labels_ == -1, ref.labels_ == -1)
+    np.testing.assert_allclose(ours.probabilities_, ref.probabilities_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.outlier_scores_, ref.outlier_scores_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.sort(ours.minimum_spanning_tree_[:, 2]),
+                               np.sort(ref.minimum_spanning_tree_._mst[:, 2]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["eom", "leaf"])
+def test_cosine_and_leaf_selection_match_hdbscan(method):
+    x = blobs(n=900, d=6, centers=4, std=1.0, seed=2) + 20.0  # off the origin: directions differ by blob
+    ours = PHDBSCAN(min_cluster_size=20, min_samples=5, metric="cosine", knn_index="exact",
+                    cluster_selection_method=method).fit(x)
+    ref = reference(x, min_cluster_size=20, min_samples=5, metric="cosine", algorithm="generic",
+                    cluster_selection_method=method)
+    assert adjusted_rand_score(ref.labels_, ours.labels_) >= 0.95
+
+
+def test_disconnected_knn_graph_is_joined_into_one_spanning_tree():
+    x = blobs(n=1000, d=5, centers=8, std=0.3, seed=3)  # tight, far apart: the 6-NN graph splits
+    model = PHDBSCAN(min_cluster_size=15, min_samples=3, k=6, knn_index="exact").fit(x)
+    n_comp_knn, _ = component_labels(len(x), np.column_stack([np.repeat(np.arange(len(x)), 6),
+                                                             faiss.knn(x, x, 7)[1][:, 1:].ravel()]))
+    assert n_comp_knn >= 8 and model.n_join_rounds_ >= 1
+    check_spanning_tree(model.minimum_spanning_tree_, len(x))  # raises unless one finite tree
+    ref = reference(x, min_cluster_size=15, min_samples=3)
+    assert adjusted_rand_score(ref.labels_, model.labels_) >= 0.95
+    # every joining edge is a real mutual-reachability distance, never below the exact MST's
+    exact = PHDBSCAN(min_cluster_size=15, min_samples=3, k=len(x) - 1, knn_index="exact").fit(x)
+    assert model.minimum_spanning_tree_[:, 2].sum() >= exact.minimum_spanning_tree_[:, 2].sum() - 1e-3
+
+
+def test_partitioned_mode_on_a_memmap(tmp_path):
+    x = blobs(n=3000, d=8, centers=6, std=1.0, seed=4)
+    mm = np.memmap(tmp_path / "x.f32", dtype=np.float32, mode="w+", shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    whole = PHDBSCAN(min_cluster_size=30, min_samples=5, knn_index="exact").fit(x)
+    parts = PHDBSCAN(min_cluster_size=30, min_samples=5, knn_index="exact", partitions=4).fit(
+        np.memmap(tmp_path / "x.f32", dtype=np.float32, mode="r", shape=x.shape))
+    assert len(np.unique(parts.partition_labels_)) >= 2
+    check_spanning_tree(parts.minimum_spanning_tree_, len(x))
+    assert adjusted_rand_score(whole.labels_, parts.labels_) >= 0.9
+
+
+def test_duplicate_points_inside_data_give_zero_weight_edges():
+    x = np.concatenate([blobs(n=600, d=3, centers=3, seed=5), np.full((40, 3), 100.0, np.float32)])
+    model = PHDBSCAN(min_cluster_size=20, min_samples=5, knn_index="exact").fit(x)
+    check_spanning_tree(model.minimum_spanning_tree_, len(x))
+    assert (model.minimum_spanning_tree_[:, 2] == 0).sum() >= 39  # the 40 copies hang together at distance 0
+    ref = reference(x, min_cluster_size=20, min_samples=5)
+    assert adjusted_rand_score(ref.labels_, model.labels_) >= 0.95
+
+
+def test_one_feature_is_supported():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(0, 1, 400), rng.normal(12, 1, 400)])[:, None].astype(np.float32)  # [800, 1]
+    model = PHDBSCAN(min_cluster_size=30, min_samples=5, knn_index="ivf").fit(x)
+    ref = reference(x, min_cluster_size=30, min_samples=5)
+    assert model.labels_.max() == 1
+    assert adjusted_rand_score(ref.labels_, model.labels_) >= 0.95
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_all_identical_points_are_noise_or_one_cluster(single):
+    x = np.ones((50, 3), np.float32)
+    model = PHDBSCAN(min_cluster_size=5, allow_single_cluster=single).fit(x)
+    assert (model.labels_ == (0 if single else -1)).all()
+    assert (model.probabilities_ == (1.0 if single else 0.0)).all()
+    assert (model.outlier_scores_ == 0).all()
+    assert (reference(x, min_cluster_size=5).labels_ == -1).all()  # the library agrees on the default
+
+
+@pytest.mark.parametrize("bad, message", [("nan", "NaN or inf"), ("inf", "NaN or inf")])
+def test_non_finite_rows_are_refused(bad, message):
+    x = blobs(n=100)
+    x[7, 1] = float(bad)
+    with pytest.raises(ValueError, match=message):
+        PHDBSCAN(min_cluster_size=5).fit(x)
+
+
+@pytest.mark.parametrize("x, params, message", [
+    (np.zeros((4, 2), np.float32) + np.arange(4)[:, None], {"min_cluster_size": 5}, "no cluster can form"),
+    (np.arange(10, dtype=np.float32), {}, "must be 2-D"),
+    (np.ones((20, 1), np.float32), {"metric": "cosine"}, "1 feature"),
+    (np.zeros((20, 3), np.float32), {"metric": "cosine"}, "all-zero rows"),
+])
+def test_unusable_input_is_refused(x, params, message):
+    with pytest.raises(ValueError, match=message):
+        PHDBSCAN(**params).fit(x)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"knn_index": "annoy"}, "knn_index='annoy' is unknown"),
+    ({"metric": "manhattan"}, "metric='manhattan' is unknown"),
+    ({"min_cluster_size": 1}, "min_cluster_size must be an int >= 2"),
+    ({"min_samples": 10, "k": 5}, "k=5 must be >= min_samples=10"),
+    ({"device": "cuda", "knn_index": "hnsw"}, "no FAISS GPU form"),
+])
+def test_bad_parameters_fail_at_construction(params, message):
+    with pytest.raises(ValueError, match=message):
+        PHDBSCAN(**params)
+
+
+def test_cuda_needs_gpu_faiss():
+    x = blobs(n=400)
+    model = PHDBSCAN(min_cluster_size=10, device="cuda", knn_index="exact")
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        cpu = PHDBSCAN(min_cluster_size=10, knn_index="exact").fit(x)
+        assert adjusted_rand_score(cpu.labels_, model.fit(x).labels_) >= 0.99
+    else:
+        with pytest.raises(RuntimeError, match="GPU build of FAISS|sees no GPU"):
+            model.fit(x)
+
+
+def test_scikit_learn_api():
+    x = blobs(n=500)
+    model = PHDBSCAN(min_cluster_size=15, knn_index="exact")
+    twin = clone(model).set_params(min_cluster_size=15)
+    labels = model.fit_predict(x)
+    np.testing.assert_array_equal(labels, twin.fit(x).labels_)
+    assert model.get_params()["min_cluster_size"] == 15
+    tree = model.condensed_tree_
+    assert set(tree.dtype.names) == {"parent", "child", "lambda_val", "child_size"}
+    assert model.probabilities_.shape == model.outlier_scores_.shape == (500,)
+    with pytest.raises(ValueError, match="nprobe must be an int"):
+        model.set_params(nprobe=0).fit(x)
