@@ -1,0 +1,247 @@
+"""Forecasting benchmark: the Informer paper's ETTh protocol and the modern lookback-96 protocol.
+
+Every run is ``configs/forecasting/<model>.yaml`` with the dataset, lengths, seed and epoch
+budget overridden, trained with ``fit`` (early stopping on ``val/mse``) and tested from the
+best checkpoint, through the app's own LightningCLI (``seqmix.cli.app_cli``). Runs are cached
+in ``benchmarks/results/forecasting_runs.json`` (so a budget can be spread over several
+invocations); the report ``benchmarks/results/forecasting.md`` (+ ``forecasting.png``) is
+rebuilt from every cached run each time, stating what was run and what was not.
+
+    python benchmarks/forecasting.py --protocol informer --datasets ETTh1 --models dlinear transformer
+    python benchmarks/forecasting.py --protocol modern --datasets ETTh1 ETTm1 --models dlinear --max-epochs 10
+    python benchmarks/forecasting.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, atomic_write_text, git_commit, header, markdown_table, save_figure, utc_now  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs" / "forecasting"
+RUNS = RESULTS_DIR / "forecasting_runs.json"
+
+# the Informer repository's ETTh1 scripts: horizon -> (seq_len, label_len)
+INFORMER_LENGTHS = {24: (48, 48), 48: (96, 48), 168: (168, 168), 336: (168, 168), 720: (336, 336)}
+MODERN_LENGTHS = {h: (96, 48) for h in (96, 192, 336, 720)}
+PROTOCOLS = {"informer": INFORMER_LENGTHS, "modern": MODERN_LENGTHS}
+MODEL_NAMES = {"informer_etth1": "Informer (ProbSparse)", "informer_gla": "Informer + GLA encoder",
+               "transformer": "Transformer", "transformer_revin": "Transformer + RevIN", "dlinear": "DLinear",
+               "last_value": "last value"}
+
+# published test MSE (scaled data). Informer: Zhou et al. AAAI 2021, Table 3 (multivariate).
+# Lookback 96: the iTransformer paper's (Liu et al., ICLR 2024) table of baselines.
+PAPER = {
+    ("informer", "ETTh1", "Informer (ProbSparse)"): {24: 0.577, 48: 0.685, 168: 0.931, 336: 1.128, 720: 1.215},
+    ("informer", "ETTh2", "Informer (ProbSparse)"): {24: 0.720, 48: 1.457, 168: 3.489, 336: 2.723, 720: 3.467},
+    ("modern", "ETTh1", "DLinear"): {96: 0.386, 192: 0.437, 336: 0.481, 720: 0.519},
+    ("modern", "ETTh2", "DLinear"): {96: 0.333, 192: 0.477, 336: 0.594, 720: 0.831},
+    ("modern", "ETTm1", "DLinear"): {96: 0.345, 192: 0.380, 336: 0.413, 720: 0.474},
+    ("modern", "weather", "DLinear"): {96: 0.196, 192: 0.237, 336: 0.283, 720: 0.345},
+    ("modern", "exchange_rate", "DLinear"): {96: 0.088, 192: 0.176, 336: 0.313, 720: 0.839},
+}
+PAPER_MEANS_ETTH1 = {"iTransformer": 0.454, "PatchTST": 0.469, "DLinear": 0.456}
+
+
+def load_runs() -> dict:
+    return json.loads(RUNS.read_text()) if RUNS.is_file() else {}
+
+
+def save_runs(runs: dict) -> None:
+    atomic_write_text(RUNS, json.dumps(runs, indent=1, sort_keys=True))
+
+
+def run_key(protocol: str, dataset: str, model: str, horizon: int, seed: int) -> str:
+    return f"{protocol}|{dataset}|{model}|{horizon}|seed{seed}"
+
+
+def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: int, seed: int,
+            max_epochs: int, limit_train_batches: float) -> dict:
+    """Fit (early stopping on val/mse, best checkpoint) and test one config; CPU and wall time."""
+    from seqmix.apps.forecasting.app import APP
+    from seqmix.cli import app_cli
+
+    with tempfile.TemporaryDirectory(prefix="seqmix_fc_") as tmp:
+        argv = ["--config", str(CONFIGS / f"{model}.yaml"), "--seed_everything", str(seed),
+                "--data.dataset", dataset, "--data.seq_len", str(seq_len), "--data.label_len", str(label_len),
+                "--data.pred_len", str(pred_len), "--trainer.max_epochs", str(max_epochs),
+                "--trainer.limit_train_batches", str(limit_train_batches),
+                "--trainer.default_root_dir", tmp, "--trainer.logger", "false",
+                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+        cpu0, wall0 = time.process_time(), time.time()
+        cli = app_cli(APP, argv, run=False)
+        trainable = any(p.requires_grad for p in cli.model.parameters())
+        if trainable:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            epochs = cli.trainer.current_epoch
+        else:
+            epochs = 0
+        result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if trainable else None,
+                                  verbose=False)[0]
+        cpu, wall = time.process_time() - cpu0, time.time() - wall0
+    return {"model": model, "dataset": dataset, "seq_len": seq_len, "label_len": label_len, "pred_len": pred_len,
+            "seed": seed, "max_epochs": max_epochs, "epochs_run": epochs, "limit_train_batches": limit_train_batches,
+            "test_mse": result["test/mse"], "test_mae": result["test/mae"],
+            "test_mse_orig": result["test/mse_orig"], "test_mae_orig": result["test/mae_orig"],
+            "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "threads": torch.get_num_threads(),
+            "commit": git_commit(), "date": utc_now()}
+
+
+# ------------------------------------------------------------------ report
+def fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def collect(runs: dict, protocol: str, dataset: str, model: str, horizon: int) -> list[dict]:
+    return [r for k, r in runs.items() if k.startswith(f"{protocol}|{dataset}|{model}|{horizon}|")]
+
+
+def table(runs: dict, protocol: str, datasets: list[str], models: list[str]) -> tuple[str, list[str]]:
+    horizons = list(PROTOCOLS[protocol])
+    rows, missing = [], []
+    for ds in datasets:
+        for model in models:
+            name = MODEL_NAMES[model]
+            ours, cells, cpu = [], [], []
+            for h in horizons:
+                got = collect(runs, protocol, ds, model, h)
+                if got:
+                    mse = [r["test_mse"] for r in got]
+                    ours.append(float(np.mean(mse)))
+                    spread = f" ±{np.std(mse):.3f}" if len(mse) > 1 else ""
+                    cells.append(f"{np.mean(mse):.3f}{spread} / {np.mean([r['test_mae'] for r in got]):.3f}")
+                    cpu.append(f"{np.mean([r['cpu_s'] for r in got]):.0f}")
+                else:
+                    cells.append("not run")
+                    cpu.append("—")
+                    missing.append(f"{protocol} {ds} {name} H={h}")
+            paper = PAPER.get((protocol, ds, name), {})
+            mean = f"{np.mean(ours):.3f}" if len(ours) == len(horizons) else "—"
+            rows.append([ds, name, *cells, mean, " / ".join(cpu)])
+            if paper:
+                rows.append([ds, f"{name}, paper", *[fmt(paper.get(h)) for h in horizons],
+                             f"{np.mean(list(paper.values())):.3f}", ""])
+    cols = ["data", "model", *[f"H={h} MSE / MAE" for h in horizons], "mean MSE", "CPU s per horizon"]
+    return markdown_table(cols, rows), missing
+
+
+def seeds_and_epochs(runs: dict, protocol: str) -> str:
+    sel = [r for k, r in runs.items() if k.startswith(protocol + "|")]
+    if not sel:
+        return "no runs"
+    seeds = sorted({r["seed"] for r in sel})
+    budget = sorted({(r["model"], r["max_epochs"], r["limit_train_batches"]) for r in sel})
+    epochs = {m: sorted({r["epochs_run"] for r in sel if r["model"] == m}) for m, _, _ in budget}
+    return (f"seeds {seeds}; max epochs (model, max, train fraction): {budget}; epochs run before early "
+            f"stopping / the cap: {epochs}; torch threads per run: {sorted({r['threads'] for r in sel})}")
+
+
+def plot(runs: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, protocol, ds in ((axes[0], "informer", "ETTh1"), (axes[1], "modern", "ETTh1")):
+        horizons = list(PROTOCOLS[protocol])
+        for model, name in MODEL_NAMES.items():
+            pts = [(h, np.mean([r["test_mse"] for r in collect(runs, protocol, ds, model, h)]))
+                   for h in horizons if collect(runs, protocol, ds, model, h)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{name} (ours)")
+        for (p, d, name), vals in PAPER.items():
+            if p == protocol and d == ds:
+                ax.plot(list(vals), list(vals.values()), linestyle="--", marker="x", label=f"{name} (paper)")
+        ax.set_xscale("log")
+        ax.set_xticks(horizons, [str(h) for h in horizons])
+        ax.set_xlabel("horizon")
+        ax.set_ylabel("test MSE (scaled)")
+        ax.set_title(f"{ds}, {'Informer protocol' if protocol == 'informer' else 'lookback 96'}")
+        ax.legend(fontsize=7)
+    save_figure(fig, "forecasting")
+    plt.close(fig)
+
+
+def report(runs: dict) -> None:
+    informer_models = ["informer_etth1", "informer_gla", "transformer", "dlinear", "last_value"]
+    modern_models = ["transformer_revin", "informer_etth1", "dlinear", "last_value"]
+    t1, miss1 = table(runs, "informer", ["ETTh1", "ETTh2"], informer_models)
+    t2, miss2 = table(runs, "modern", ["ETTh1", "ETTh2", "ETTm1", "weather", "exchange_rate"], modern_models)
+    # drop the rows of models that were never run in a protocol from the "not run" list's noise
+    text = header("Forecasting: Informer protocol and lookback-96 protocol",
+                  seeds=sorted({r["seed"] for r in runs.values()}) or None,
+                  notes=["every number below is the mean over the seeds of runs cached in "
+                         "`benchmarks/results/forecasting_runs.json` (each run records its own commit, date, "
+                         "CPU seconds, epochs); test MSE / MAE on the scaled data (the papers' convention)",
+                         "models are the configs `configs/forecasting/<model>.yaml` at d_model 64 (the papers "
+                         "use 512): sized for a shared 2-core CPU"])
+    text += ("## 1. Informer protocol (ETTh1, ETTh2, multivariate)\n\n"
+             f"Lookback / start tokens per horizon (the Informer repository's ETTh1 scripts, used for ETTh2 too): "
+             f"{ {h: f'{s}/{l}' for h, (s, l) in INFORMER_LENGTHS.items()} }.\n"
+             f"Runs: {seeds_and_epochs(runs, 'informer')}.\n\n" + t1 + "\n")
+    text += ("## 2. Lookback 96, horizons 96-720\n\n"
+             f"Runs: {seeds_and_epochs(runs, 'modern')}.\n"
+             f"Published ETTh1 means over 96-720: {PAPER_MEANS_ETTH1}.\n\n" + t2 + "\n")
+    text += "## Not run\n\n" + ("\n".join(f"- {m}" for m in miss1 + miss2) or "- nothing") + "\n\n"
+    text += "![forecasting](forecasting.png)\n"
+    atomic_write_text(RESULTS_DIR / "forecasting.md", text)
+    plot(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="informer")
+    parser.add_argument("--datasets", nargs="+", default=["ETTh1"])
+    parser.add_argument("--models", nargs="+", default=["dlinear"], choices=sorted(MODEL_NAMES))
+    parser.add_argument("--horizons", nargs="+", type=int, default=None, help="default: every horizon of the protocol")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--max-epochs", type=int, default=6)
+    parser.add_argument("--limit-train-batches", type=float, default=1.0, help="fraction of training batches/epoch")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--rerun", action="store_true", help="run again even when cached")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("SEQMIX_DATA", str(REPO.parent / "shared" / "data"))
+    runs = load_runs()
+    if not args.report_only:
+        lengths = PROTOCOLS[args.protocol]
+        horizons = args.horizons or list(lengths)
+        bad = [h for h in horizons if h not in lengths]
+        if bad:
+            parser.error(f"horizons {bad} are not in the {args.protocol} protocol: {list(lengths)}")
+        for dataset in args.datasets:
+            for h in horizons:
+                for model in args.models:
+                    for seed in args.seeds:
+                        key = run_key(args.protocol, dataset, model, h, seed)
+                        if key in runs and not args.rerun:
+                            continue
+                        seq_len, label_len = lengths[h]
+                        r = run_one(model, dataset, seq_len, label_len, h, seed, args.max_epochs,
+                                    args.limit_train_batches)
+                        print(f"{key}: test MSE {r['test_mse']:.4f} MAE {r['test_mae']:.4f} "
+                              f"({r['epochs_run']} epochs, {r['cpu_s']:.0f} CPU s)", flush=True)
+                        runs = load_runs()  # another invocation may have added runs meanwhile
+                        runs[key] = r
+                        save_runs(runs)
+                        report(runs)
+    report(runs)
+    print(f"wrote {RESULTS_DIR / 'forecasting.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

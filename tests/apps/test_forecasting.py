@@ -1,0 +1,300 @@
+"""Forecasting app: splits, scaler, time features, data errors, model shapes, CLI fit/test, predict, determinism."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seqmix.apps.forecasting.data import (
+    ForecastDataModule,
+    clean_frame,
+    resolve_csv,
+    split_borders,
+    time_features,
+)
+from seqmix.apps.forecasting.model import (
+    DLinear,
+    Distilling,
+    Encoder,
+    ForecastShape,
+    Informer,
+    LastValue,
+    RevIN,
+    Transformer,
+)
+from seqmix.core import list_mixers
+from seqmix.core.blocks import mixer_factory
+
+REPO = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ["SEQMIX_DATA"]) if os.environ.get("SEQMIX_DATA") else REPO / "data"
+HAVE_ETT = (DATA_DIR / "ett" / "ETTh1.csv").is_file()
+needs_ett = pytest.mark.skipif(not HAVE_ETT, reason=f"ETTh1.csv not under {DATA_DIR} (set SEQMIX_DATA; CI does)")
+
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread; on a shared 2-core machine it costs a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ data
+def write_csv(path: Path, n: int = 400, freq: str = "h", drop: tuple[int, ...] = (), **overrides) -> Path:
+    dates = pd.date_range("2020-01-01", periods=n, freq=freq)
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"date": dates.strftime("%Y-%m-%d %H:%M:%S"), "a": rng.normal(size=n),
+                       "b": rng.normal(size=n), "OT": np.sin(np.arange(n) / 5.0)})
+    for col, values in overrides.items():
+        df[col] = values
+    df = df.drop(index=list(drop))
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_split_borders_follow_the_papers():
+    hour = pd.Timedelta(hours=1)
+    assert split_borders("ETTh1", 17420, 96, hour) == [(0, 8640), (8640 - 96, 11520), (11520 - 96, 14400)]
+    assert split_borders("ETTm1", 69680, 96, pd.Timedelta(minutes=15)) == [
+        (0, 34560), (34560 - 96, 46080), (46080 - 96, 57600)]
+    # 70 / 10 / 20 elsewhere: train int(0.7 n), test int(0.2 n), val the rest
+    assert split_borders("weather", 1000, 24, hour) == [(0, 700), (676, 800), (776, 1000)]
+
+
+@needs_ett
+def test_scaler_is_fitted_on_train_rows_only():
+    dm = ForecastDataModule("ETTh1", str(DATA_DIR), seq_len=96, label_len=48, pred_len=24)
+    values = dm.frame[dm.columns].to_numpy()
+    np.testing.assert_allclose(dm.scaler.mean, values[:8640].mean(0), rtol=1e-10)
+    np.testing.assert_allclose(dm.scaler.std, values[:8640].std(0), rtol=1e-10)
+    assert not np.allclose(dm.scaler.mean, values.mean(0), rtol=1e-3)  # the full-file mean differs
+    dm.setup("fit")
+    test = dm.split("test")
+    assert len(test) == (14400 - 11424) - 96 - 24 + 1
+    # the first test target is the split's first row (row 11520), scaled with the train statistics
+    expected = (values[11520] - dm.scaler.mean) / dm.scaler.std
+    np.testing.assert_allclose(test[0]["y"][0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert dm.columns[-1] == "OT" and dm.n_vars == 7 and dm.n_out == 7 and dm.n_time_features == 4
+
+
+def test_features_S_and_MS(tmp_path):
+    path = write_csv(tmp_path / "toy.csv")
+    s = ForecastDataModule(str(path), features="S", seq_len=24, label_len=12, pred_len=8)
+    ms = ForecastDataModule(str(path), features="MS", target="a", seq_len=24, label_len=12, pred_len=8)
+    assert (s.n_vars, s.n_out, s.columns) == (1, 1, ["OT"])
+    assert (ms.n_vars, ms.n_out, ms.columns) == (3, 1, ["b", "OT", "a"])  # the target moves last
+    item = ms.split("train")[0]
+    assert item["x"].shape == (24, 3) and item["y"].shape == (8, 1) and item["y_mark"].shape == (20, 4)
+
+
+def test_time_features_hourly_and_15_minutes():
+    dates = pd.DatetimeIndex(["2016-07-01 01:00:00", "2016-12-31 23:00:00"])
+    f = time_features(dates, pd.Timedelta(hours=1))
+    assert f.shape == (2, 4)
+    np.testing.assert_allclose(f[0], [6 / 11 - 0.5, 0 - 0.5, 4 / 6 - 0.5, 1 / 23 - 0.5], rtol=1e-6)  # a Friday
+    np.testing.assert_allclose(f[1], [0.5, 0.5, 5 / 6 - 0.5, 0.5], rtol=1e-6)
+    g = time_features(pd.DatetimeIndex(["2016-07-01 00:45:00"]), pd.Timedelta(minutes=15))
+    assert g.shape == (1, 5) and abs(g[0, 4] - (45 / 59 - 0.5)) < 1e-6
+    assert time_features(dates, pd.Timedelta(days=7)).shape == (2, 3)  # weekly ILI: no hour
+
+
+def test_embedded_vic_elec_needs_no_file():
+    dm = ForecastDataModule("vic_elec", features="MS", seq_len=48, label_len=24, pred_len=24)
+    assert dm.columns == ["Temperature", "Holiday", "Demand"] and dm.n_time_features == 5  # half-hourly
+    assert len(dm.frame) == 52608
+
+
+def test_missing_file_names_the_path_and_the_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ETTh1\.csv does not exist.*github.*zhouhaoyi/ETDataset"):
+        resolve_csv("ETTh1", tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a known name"):
+        resolve_csv("nonexistent_set", tmp_path)
+
+
+def test_missing_dates_error_or_interpolate(tmp_path):
+    path = write_csv(tmp_path / "gaps.csv", drop=(10, 11))
+    with pytest.raises(ValueError, match="2 missing dates.*--data.missing interpolate"):
+        ForecastDataModule(str(path), seq_len=24, label_len=12, pred_len=8).frame
+    dm = ForecastDataModule(str(path), seq_len=24, label_len=12, pred_len=8, missing="interpolate")
+    with pytest.warns(UserWarning, match="filled 2 missing dates"):
+        frame = dm.frame
+    assert len(frame) == 400 and not frame.isna().any().any()
+    # the filled value lies between its neighbours (linear in time)
+    ot = frame["OT"].to_numpy()
+    assert min(ot[9], ot[12]) <= ot[10] <= max(ot[9], ot[12])
+
+
+def test_nan_values_error(tmp_path):
+    values = np.ones(400)
+    values[5] = np.nan
+    path = write_csv(tmp_path / "nan.csv", a=values)
+    with pytest.raises(ValueError, match="1 NaN values"):
+        ForecastDataModule(str(path)).frame
+
+
+def test_non_numeric_column_error(tmp_path):
+    path = write_csv(tmp_path / "text.csv", a=["x"] * 400)
+    with pytest.raises(ValueError, match=r"non-numeric columns \['a'\]"):
+        ForecastDataModule(str(path)).frame
+
+
+def test_short_series_error(tmp_path):
+    path = write_csv(tmp_path / "short.csv", n=50)
+    with pytest.raises(ValueError, match="shorter than seq_len \\+ pred_len = 144"):
+        ForecastDataModule(str(path), seq_len=96, pred_len=48).frame
+    # long enough overall but a split too short for the window
+    path = write_csv(tmp_path / "medium.csv", n=400)
+    with pytest.raises(ValueError, match="the val split has"):
+        ForecastDataModule(str(path), seq_len=96, pred_len=48).borders
+
+
+def test_unknown_target_error(tmp_path):
+    path = write_csv(tmp_path / "toy.csv")
+    with pytest.raises(ValueError, match=r"target column 'price' is not in the file; choose --data.target among"):
+        ForecastDataModule(str(path), target="price").frame
+
+
+def test_bad_dates_error(tmp_path):
+    path = write_csv(tmp_path / "dates.csv", date=["not a date"] * 400)
+    with pytest.raises(ValueError, match="not dates"):
+        clean_frame(pd.read_csv(path), source="dates.csv", missing="error")
+
+
+# ----------------------------------------------------------------- models
+SHAPE = ForecastShape(n_vars=5, n_out=5, n_time_features=4, seq_len=32, label_len=16, pred_len=8)
+ATTENTION_MIXERS = [m for m in ("softmax", "probsparse", "gla") if m in list_mixers()]
+
+
+def batch(shape: ForecastShape, b: int = 2):
+    return (torch.randn(b, shape.seq_len, shape.n_vars), torch.rand(b, shape.seq_len, shape.n_time_features) - 0.5,
+            torch.rand(b, shape.label_len + shape.pred_len, shape.n_time_features) - 0.5)
+
+
+def decoder_factory():
+    name = "probsparse" if "probsparse" in list_mixers() else "softmax"
+    return mixer_factory(name, n_heads=2, causal=True)
+
+
+@pytest.mark.parametrize("encoder", ATTENTION_MIXERS)
+@pytest.mark.parametrize("cls", [Informer, Transformer])
+def test_encoder_decoder_shapes_with_swapped_mixers(cls, encoder):
+    torch.manual_seed(0)
+    net = cls(SHAPE, d_model=16, encoder_mixer=mixer_factory(encoder, n_heads=2, causal=False),
+              decoder_mixer=decoder_factory())
+    y = net(*batch(SHAPE))
+    assert y.shape == (2, SHAPE.pred_len, SHAPE.n_out) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+def test_ms_and_baseline_shapes():
+    ms = ForecastShape(5, 1, 4, 32, 16, 8)
+    x, xm, ym = batch(ms)
+    assert Informer(ms, d_model=16).forward(x, xm, ym).shape == (2, 8, 1)
+    assert DLinear(ms).forward(x, xm, ym).shape == (2, 8, 1)
+    assert DLinear(SHAPE, individual=True).forward(*batch(SHAPE)).shape == (2, 8, 5)
+    last = LastValue(ms).forward(x, xm, ym)
+    assert torch.equal(last, x[:, -1:, -1:].expand(-1, 8, -1))
+
+
+def test_distilling_halves_the_length():
+    x = torch.randn(2, 96, 16)
+    assert Distilling(16)(x).shape == (2, 48, 16)
+    assert Distilling(16)(torch.randn(2, 25, 16)).shape == (2, 13, 16)
+    enc = Encoder(16, 3, mixer_factory("softmax", n_heads=2, causal=False), distil=True, ffn_ratio=2, dropout=0)
+    assert enc(x).shape == (2, 24, 16)  # two distilling steps between three layers
+    plain = Encoder(16, 3, mixer_factory("softmax", n_heads=2, causal=False), distil=False, ffn_ratio=2, dropout=0)
+    assert plain(x).shape == (2, 96, 16)
+
+
+def test_stack_of_replicas_on_halved_inputs():
+    net = Informer(SHAPE, d_model=16, stack=[2, 1])
+    assert net(*batch(SHAPE)).shape == (2, 8, 5)
+    memory_len = sum(enc(torch.randn(1, n, 16)).shape[1] for enc, n in zip(net.encoders, (32, 16)))
+    assert memory_len == 16 + 16  # 32 -> 16 (one distil) and 16 (one layer, no distil)
+
+
+def test_decoder_mixer_must_be_causal():
+    with pytest.raises(ValueError, match="decoder_mixer must be causal=True"):
+        Informer(SHAPE, d_model=16, decoder_mixer=mixer_factory("softmax", n_heads=2, causal=False))
+
+
+def test_revin_round_trip():
+    revin = RevIN(5)
+    x = torch.randn(3, 32, 5) * 7 + 3
+    z, stats = revin.normalize(x)
+    assert z.mean(1).abs().max() < 1e-5
+    torch.testing.assert_close(revin.denormalize(z, stats), x, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------ CLI, predict
+def tiny_argv(root: Path, seed: int = 0) -> list[str]:
+    return ["--config", str(REPO / "configs/forecasting/transformer.yaml"), "--seed_everything", str(seed),
+            "--model.network.init_args.d_model", "16", "--data.data_dir", str(DATA_DIR),
+            "--data.seq_len", "24", "--data.label_len", "12", "--data.pred_len", "12",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
+            "--trainer.limit_test_batches", "2", "--trainer.default_root_dir", str(root),
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false"]
+
+
+def fit_and_test(root: Path, seed: int):
+    from seqmix.apps.forecasting.app import APP
+    from seqmix.cli import app_cli
+
+    cli = app_cli(APP, tiny_argv(root, seed), run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    return result, cli.trainer.checkpoint_callback.best_model_path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    if not HAVE_ETT:
+        pytest.skip(f"ETTh1.csv not under {DATA_DIR} (set SEQMIX_DATA; CI does)")
+    return fit_and_test(tmp_path_factory.mktemp("fc_a"), seed=0)
+
+
+def test_cli_fit_and_test_in_process(tiny_run, tmp_path):
+    from seqmix.cli import main
+
+    result, ckpt = tiny_run
+    assert set(result) >= {"test/mse", "test/mae", "test/mse_orig", "test/mae_orig"}
+    assert 0 < result["test/mse"] < 10 and result["test/mse_orig"] > result["test/mse"]  # OT-scale units
+    assert Path(ckpt).is_file()
+    # the console entry point in-process: `seqmix forecasting test --ckpt_path ...`
+    assert main(["forecasting", "test", *tiny_argv(tmp_path), "--ckpt_path", ckpt]) == 0
+
+
+def test_same_seed_same_test_mse(tiny_run, tmp_path):
+    again, _ = fit_and_test(tmp_path, seed=0)
+    assert abs(again["test/mse"] - tiny_run[0]["test/mse"]) <= 1e-6
+
+
+def test_predict_writes_csv_and_png(tiny_run, tmp_path):
+    from seqmix.cli import main
+
+    _, ckpt = tiny_run
+    csv = tmp_path / "recent.csv"
+    pd.read_csv(DATA_DIR / "ett" / "ETTh1.csv").iloc[:200].to_csv(csv, index=False)
+    out, png = tmp_path / "fc.csv", tmp_path / "fc.png"
+    assert main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--origin", "-12",
+                 "--out", str(out), "--png", str(png)]) == 0
+    forecast = pd.read_csv(out)
+    assert len(forecast) == 12 and list(forecast.columns[:2]) == ["date", "HUFL"]
+    assert "true_OT" in forecast and np.isfinite(forecast["OT"]).all()
+    # the truth columns hold the file's last 12 rows, in original units
+    np.testing.assert_allclose(forecast["true_OT"], pd.read_csv(csv)["OT"].iloc[-12:], rtol=1e-6)
+    assert pd.Timestamp(forecast["date"].iloc[0]) == pd.Timestamp(pd.read_csv(csv)["date"].iloc[-12])
+    assert png.stat().st_size > 1000
+    # beyond the end of the file: no truth columns
+    main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--out", str(out)])
+    assert "true_OT" not in pd.read_csv(out)
