@@ -39,6 +39,8 @@ class GatedLinearAttention(Mixer):
     patterns = frozenset({"causal_self", "noncausal_self"})
     impls = ("naive", "chunk", "triton")
     recurrent = True
+    paper = "Yang et al. 2023, Gated Linear Attention Transformers with Hardware-Efficient Training"
+    complexity = "O(T C D + T D K)"
     test_configs = (
         {"n_heads": 2, "chunk_size": 16},
         {"n_heads": 4, "chunk_size": 16, "expand_k": 1.0, "gate_low_rank_dim": 8, "gate_logit_normalizer": 4.0},

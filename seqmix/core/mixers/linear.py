@@ -95,6 +95,9 @@ class LinearAttention(Mixer):
     patterns = frozenset({"causal_self", "noncausal_self"})
     impls = ("naive", "chunk", "triton")
     recurrent = True
+    paper = ("Katharopoulos et al. 2020 (Transformers are RNNs); Qin et al. 2023-24 (TransNormerLLM, "
+             "Lightning Attention-2); Sun et al. 2023 (RetNet)")
+    complexity = "O(T C D + T D K)"
     test_configs = (
         {"n_heads": 2, "chunk_size": 16},
         {"n_heads": 2, "chunk_size": 16, "decay": "retnet", "feature_map": "elu1"},
