@@ -1,0 +1,132 @@
+"""The text app as the CLI sees it.
+
+``seqmix text fit --config configs/text/redaffectivelm.yaml`` trains; ``seqmix text predict
+--ckpt <ckpt> --text "..."`` (or ``--file headlines.txt``, one per line) prints the emotion
+distribution of each text; ``--explain out.html`` also writes the word attention weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+from pathlib import Path
+
+from seqmix.apps.spec import AppSpec
+from seqmix.apps.text.data import SEMEVAL_EMOTIONS, EmotionDataModule, TextFeaturizer
+from seqmix.apps.text.model import EmotionRegressor
+
+
+def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
+    """The model and its datamodule settings from a checkpoint written by ``seqmix text fit``.
+
+    The checkpoint carries the mixer modules themselves (``EmotionRegressor.on_save_checkpoint``),
+    so it is unpickled (``weights_only=False``): load only checkpoints you trust.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train one with `seqmix text fit --config "
+                                "configs/text/redaffectivelm.yaml` (it lands in runs/text/.../checkpoints/)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({err})") from err
+    for key in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "text_mixers"):
+        if key not in ckpt:
+            raise ValueError(f"{path} has no {key!r}: it was not written by `seqmix text fit` (EmotionRegressor "
+                             "trained with EmotionDataModule)")
+    return EmotionRegressor.from_checkpoint_dict(ckpt), dict(ckpt["datamodule_hyper_parameters"])
+
+
+def read_texts(text: list[str] | None, file: str | None) -> list[str]:
+    """``--text`` values or the non-empty lines of ``--file``; empty input is an error."""
+    if bool(text) == bool(file):
+        raise SystemExit("seqmix text predict: give --text \"...\" (repeatable) or --file <one text per line>, not both")
+    if file:
+        p = Path(file)
+        if not p.is_file():
+            raise SystemExit(f"seqmix text predict: --file {p} does not exist")
+        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        texts = [line for line in lines if line]
+        if not texts:
+            raise SystemExit(f"seqmix text predict: --file {p} has no non-empty line")
+        return texts
+    texts = [t.strip() for t in text]
+    if not all(texts):
+        raise SystemExit("seqmix text predict: --text is empty; give the headline to score")
+    return texts
+
+
+def explain_html(texts: list[str], tokens: list[list[str]], weights, preds, emotions: tuple[str, ...]) -> str:
+    """One block per text: its words shaded by attention weight, and the predicted distribution."""
+    rows = []
+    for text, words, w, p in zip(texts, tokens, weights, preds):
+        peak = max((float(x) for x in w[: len(words)]), default=0.0) or 1.0
+        spans = " ".join(
+            f'<span title="{float(a):.3f}" style="background: rgba(220, 50, 32, {float(a) / peak:.2f}); '
+            f'padding: 1px 3px">{html.escape(word)}</span>' for word, a in zip(words, w))
+        dist = ", ".join(f"{e} {float(x):.2f}" for e, x in zip(emotions, p))
+        note = spans if words else "<i>(no known word: the word branch saw nothing)</i>"
+        rows.append(f"<div class='t'><div class='src'>{html.escape(text)}</div><div>{note}</div>"
+                    f"<div class='d'>{dist}</div></div>")
+    return ("<!doctype html><meta charset='utf-8'><title>seqmix text: word attention</title>"
+            "<style>body{font-family:sans-serif;max-width:60em}.t{margin:1em 0}.src{color:#666}.d{font-size:90%}"
+            "</style><h1>Word attention (REDAffectiveLM affect branch)</h1>"
+            "<p>Shade = attention weight relative to the headline's largest (hover for the value). Stop words "
+            "and numbers are not read by the word branch.</p>" + "".join(rows))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def predict_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seqmix text predict",
+                                     description="Emotion distribution of each headline from a trained checkpoint")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `seqmix text fit`")
+    parser.add_argument("--text", action="append", help="a headline (repeatable)")
+    parser.add_argument("--file", help="a text file, one headline per line (empty lines skipped)")
+    parser.add_argument("--explain", help="write an HTML view of the word attention weights here")
+    args = parser.parse_args(argv)
+    texts = read_texts(args.text, args.file)
+    import torch
+
+    model, dm = load_checkpoint(args.ckpt)
+    data_dir = Path(dm["data_dir"]) if dm.get("data_dir") else None
+    featurizer = TextFeaturizer(dm["word_features"], dm["max_words"], dm["context"], dm["context_max_len"],
+                                str(data_dir / "lexicons" / "NRC-AffectIntensity-Lexicon.txt") if data_dir else None,
+                                dm["keep_stopwords"], dm["context_trainable_layers"])
+    emotions = tuple(dm["emotion_columns"]) if dm["source"] == "csv" else SEMEVAL_EMOTIONS
+    feats = featurizer(texts)
+    model.eval()
+    with torch.no_grad():
+        preds, weights = model({"words": feats.words, "word_mask": feats.word_mask, "context": feats.context,
+                                "context_mask": feats.context_mask})
+    print("\t".join(["text", *emotions]))
+    for text, p in zip(texts, preds.tolist()):
+        print("\t".join([text, *(f"{x:.3f}" for x in p)]))
+    if args.explain:
+        if weights is None:
+            raise SystemExit("seqmix text predict: --explain needs a model with the word branch (this one is the "
+                             "transformer branch alone, which has no word attention)")
+        out = Path(args.explain)
+        write_atomic(out, explain_html(texts, feats.tokens, weights.tolist(), preds.tolist(), emotions))
+        print(f"word attention written to {out}")
+    return 0
+
+
+APP = AppSpec(
+    name="text",
+    description="Readers'-emotion detection (REDAffectiveLM) on SemEval-2007 Affective Text",
+    model_class=EmotionRegressor,
+    datamodule_class=EmotionDataModule,
+    links=(("data.n_emotions", "model.n_emotions"), ("data.word_dim", "model.word_dim"),
+           ("data.context_dim", "model.context_dim"),
+           ("data.context_trainable_layers", "model.context_trainable_layers")),
+    commands={"predict": predict_command},
+)
