@@ -1,0 +1,113 @@
+"""ProbSparse attention (Informer): with a large factor it is full softmax attention; lazy
+queries get mean(V) (or the prefix mean when causal); the max-mean measure picks the spiky
+queries; the sparse form equals the dense reference; the sample is reproducible."""
+
+import pytest
+import torch
+
+from seqmix.core import build_mixer
+from seqmix.core.mixers.probsparse import (
+    lazy_output,
+    probsparse_attention,
+    probsparse_sample_keys,
+    probsparse_select,
+)
+from seqmix.kernels.attention import attention_naive
+
+
+def qkv(b=2, h=2, t=40, d=8, seed=0, s=None):
+    gen = torch.Generator().manual_seed(seed)
+    s = t if s is None else s
+    return (torch.randn(b, h, t, d, generator=gen), torch.randn(b, h, s, d, generator=gen),
+            torch.randn(b, h, s, d, generator=gen))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("impl", ["naive", "sparse"])
+def test_large_factor_is_full_attention(causal, impl, assert_rel_close):
+    q, k, v = qkv(t=20)
+    o = probsparse_attention(q, k, v, factor=20, causal=causal, seed=0, impl=impl)  # u = 20 * ceil(ln 20) >= 20
+    assert_rel_close(o, attention_naive(q, k, v, causal=causal), 1e-6, f"causal={causal} {impl}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("impl", ["naive", "sparse"])
+def test_lazy_queries_get_the_mean_of_values(causal, impl, assert_rel_close):
+    q, k, v = qkv(t=60)
+    active = probsparse_select(q, k, 1, causal=causal, seed=3)
+    n_active = active.sum(-1)
+    assert (n_active >= 1).all() and (n_active < 60).all(), f"factor 1 must leave lazy queries: {n_active}"
+    if not causal:
+        assert (n_active == 5).all(), "non-causal: exactly u = 1 * ceil(ln 60) = 5 active queries"
+    o = probsparse_attention(q, k, v, factor=1, causal=causal, seed=3, impl=impl)
+    if causal:
+        expected_lazy = v.cumsum(-2) / torch.arange(1, 61)[:, None]  # mean of v_0..v_i
+    else:
+        expected_lazy = v.mean(-2, keepdim=True).expand_as(o)
+    full = attention_naive(q, k, v, causal=causal)
+    assert_rel_close(o[~active], expected_lazy[~active], 1e-6, "lazy rows")
+    assert_rel_close(o[active], full[active], 1e-6, "active rows")
+    assert_rel_close(lazy_output(v, 60, causal=causal), expected_lazy, 1e-6, "lazy_output")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_measure_picks_the_spiky_queries(causal):
+    """Queries aligned with one key (a peaked score distribution) have a large max-mean
+    measure; near-zero queries (flat scores) a small one."""
+    t, d = 64, 16
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 1, t, d, generator=gen)
+    q = 0.01 * torch.randn(1, 1, t, d, generator=gen)
+    spiky = torch.tensor([5, 17, 33, 48, 60])
+    q[0, 0, spiky] = 4.0 * k[0, 0, spiky]  # each spiky query peaks on its own key
+    active = probsparse_select(q, k, 1, causal=causal, seed=0)[0, 0]
+    assert active[spiky].all(), f"spiky queries {spiky.tolist()} not all active: {active.nonzero().flatten().tolist()}"
+    if not causal:
+        assert active.sum() == 5, "u = ceil(ln 64) = 5: exactly the spiky queries"
+
+
+def test_causal_sample_sees_only_the_past():
+    index = probsparse_sample_keys(50, 50, 3, causal=True, seed=1)
+    assert index.shape == (50, 3 * 4)  # U = 3 * ceil(ln 50)
+    assert (index <= torch.arange(50)[:, None]).all() and (index >= 0).all()
+    assert index[-1].unique().numel() > 1, "the sample must vary"
+
+
+def test_sparse_equals_naive_with_grads(assert_rel_close):
+    q, k, v = (x.requires_grad_() for x in qkv(t=50, seed=2))
+    results = []
+    for impl in ("naive", "sparse"):
+        o = probsparse_attention(q, k, v, factor=2, causal=True, seed=5, impl=impl)
+        results.append([o.detach(), *torch.autograd.grad((o * o.detach().sin()).sum(), (q, k, v))])
+    for a, e in zip(*results):
+        assert_rel_close(a, e, 1e-5, "sparse vs naive")
+
+
+def test_cross_attention_lengths():
+    q, k, v = qkv(t=30, s=45)
+    o = probsparse_attention(q, k, v, factor=1, causal=False, seed=0)
+    assert o.shape == (2, 2, 30, 8)
+    with pytest.raises(ValueError, match="causal form is self attention"):
+        probsparse_attention(q, k, v, factor=1, causal=True, seed=0)
+
+
+def test_seed_makes_the_mixer_reproducible():
+    torch.manual_seed(0)
+    mixer = build_mixer("probsparse", 16, n_heads=2, factor=1, causal=False)
+    x = torch.randn(2, 60, 16)
+    with torch.no_grad():
+        assert torch.equal(mixer(x), mixer(x)), "a fixed seed gives the same sample at every call"
+        mixer.seed = None
+        torch.manual_seed(1)
+        a = mixer(x)
+        torch.manual_seed(1)
+        assert torch.equal(a, mixer(x)), "seed=None follows torch's global generator"
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="factor must be an int >= 1"):
+        build_mixer("probsparse", 16, factor=0)
+    with pytest.raises(ValueError, match="seed must be an int >= 0 or None"):
+        build_mixer("probsparse", 16, seed=-1)
+    with pytest.raises(ValueError, match="pattern 'causal_cross' is not supported"):
+        build_mixer("probsparse", 16, causal=True)(torch.randn(1, 4, 16), context=torch.randn(1, 4, 16))
