@@ -71,6 +71,7 @@ def flops(op: str, b: int, t: int, h: int, d: int, *, backward: bool) -> float:
       QK^T and AV, 4 K V for the state read and update; the backward is 2x the forward.
     - ``delta_rule`` (chunks of C, WY form): per token 6 C K (KK^T, W = M beta K, QK^T)
       + 4 C V (U' = M beta V, PU) + 6 K V (WS, QS, K^T U); the backward is 2x the forward.
+    - ``scan`` (Aaren's softmax scan, chunks of C): per token 2 C V (PV); the backward is 2x.
     """
     c = CHUNK
     if op == "sdpa":
@@ -80,8 +81,10 @@ def flops(op: str, b: int, t: int, h: int, d: int, *, backward: bool) -> float:
         per_token = 2 * c * (d + d) + 4 * d * d
     elif op == "delta_rule":
         per_token = 6 * c * d + 4 * c * d + 6 * d * d
+    elif op == "scan":
+        per_token = 2 * c * d
     else:
-        raise ValueError(f"flops: unknown op {op!r}; choose sdpa, linear_attn, gla or delta_rule")
+        raise ValueError(f"flops: unknown op {op!r}; choose sdpa, linear_attn, gla, delta_rule or scan")
     forward = float(b * h * t * per_token)
     return forward * (3.0 if backward else 1.0)
 
@@ -103,6 +106,7 @@ def kernels(torch) -> tuple[list[Kernel], list[str]]:
     from seqmix.kernels.delta_rule import chunk_delta_rule
     from seqmix.kernels.gla import chunk_gla
     from seqmix.kernels.linear_attn import linear_attn
+    from seqmix.kernels.scan import softmax_scan
 
     def qkv(b, t, h, d, device):
         gen = torch.Generator(device=device).manual_seed(0)
@@ -124,6 +128,11 @@ def kernels(torch) -> tuple[list[Kernel], list[str]]:
         beta = torch.rand(b, t, h, generator=gen, device=device)
         return tuple(x.to(dtype).requires_grad_(grad) for x in (q, F.normalize(k, dim=-1), v, beta))
 
+    def inputs_scan(b, t, h, d, dtype, device, grad):
+        q, k, v, _ = qkv(b, t, h, d, device)
+        s = (q * k).sum(-1) * d ** -0.5  # one query's scores per head, [B, T, H]
+        return tuple(x.to(dtype).requires_grad_(grad) for x in (s, v))
+
     def inputs_sdpa(b, t, h, d, dtype, device, grad):
         q, k, v, _ = qkv(b, t, h, d, device)
         return tuple(x.transpose(1, 2).contiguous().to(dtype).requires_grad_(grad) for x in (q, k, v))  # [B,H,T,d]
@@ -141,6 +150,8 @@ def kernels(torch) -> tuple[list[Kernel], list[str]]:
                lambda q, k, v, g, impl="triton": chunk_gla(q, k, v, g, impl=impl)[0]),
         Kernel("seqmix chunk_delta_rule (triton)", "delta_rule", inputs_delta,
                lambda q, k, v, beta, impl="triton": chunk_delta_rule(q, k, v, beta, impl=impl)[0]),
+        Kernel("seqmix softmax_scan (triton)", "scan", inputs_scan,
+               lambda s, v, impl="triton": softmax_scan(s, v, impl=impl)[0]),
         Kernel("torch SDPA (flash, causal)", "sdpa", inputs_sdpa, sdpa),
     ]
     notes = []
@@ -191,11 +202,13 @@ def chunk_forms() -> dict[str, Callable]:
     from seqmix.kernels.delta_rule import chunk_delta_rule
     from seqmix.kernels.gla import chunk_gla
     from seqmix.kernels.linear_attn import linear_attn
+    from seqmix.kernels.scan import softmax_scan
 
     return {
         "linear_attn": lambda q, k, v, decay: linear_attn(q, k, v, decay=decay, impl="chunk")[0],
         "gla": lambda q, k, v, g: chunk_gla(q, k, v, g, impl="chunk")[0],
         "delta_rule": lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta, impl="chunk")[0],
+        "scan": lambda s, v: softmax_scan(s, v, impl="chunk")[0],
     }
 
 
@@ -236,7 +249,7 @@ def dry_run(args: argparse.Namespace) -> int:
             b = args.tokens // t
             cells = [f"{op} {flops(op, b, t, args.heads, d, backward=False) / 1e9:.0f}/"
                      f"{flops(op, b, t, args.heads, d, backward=True) / 1e9:.0f}"
-                     for op in ("sdpa", "linear_attn", "gla", "delta_rule")]
+                     for op in ("sdpa", "linear_attn", "gla", "delta_rule", "scan")]
             print(f"  d={d} T={t} B={b}: " + ", ".join(cells))
     for note in notes:
         print("  note:", note)

@@ -28,6 +28,8 @@ def test_flop_formulas(bench):
     assert bench.flops("linear_attn", 1, 10, 2, 4, backward=True) == 3 * 1 * 10 * 2 * 1088
     # delta rule, d = 4: per token 6*64*4 + 4*64*4 + 6*16 = 2656
     assert bench.flops("delta_rule", 1, 10, 2, 4, backward=False) == 10 * 2 * 2656
+    # the softmax scan, d = 4: per token 2*64*4 = 512
+    assert bench.flops("scan", 1, 10, 2, 4, backward=True) == 3 * 10 * 2 * 512
     with pytest.raises(ValueError, match="unknown op"):
         bench.flops("mamba", 1, 1, 1, 1, backward=False)
 
