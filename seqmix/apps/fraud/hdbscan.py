@@ -42,10 +42,14 @@ from __future__ import annotations
 import time
 from typing import Literal
 
+import faiss
 import numpy as np
 import scipy.sparse as sp
+from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.cluster._hierarchical_fast import single_linkage_label
+from threadpoolctl import threadpool_limits
 
 KnnIndex = Literal["exact", "ivf", "hnsw"]
 Metric = Literal["euclidean", "cosine"]
@@ -103,7 +107,6 @@ def to_metric(squared_l2: np.ndarray, metric: Metric) -> np.ndarray:
 # ---------------------------------------------------------------- FAISS
 def gpu_resources():
     """FAISS GPU resources, or a clear error when this FAISS build or machine has no GPU."""
-    import faiss
 
     if not hasattr(faiss, "StandardGpuResources"):
         raise RuntimeError("device='cuda' needs a GPU build of FAISS (pip install faiss-gpu-cu12), "
@@ -116,7 +119,6 @@ def gpu_resources():
 def build_index(points: np.ndarray, *, kind: KnnIndex, device: str, nlist: int | None, nprobe: int,
                 hnsw_m: int, seed: int):
     """A FAISS L2 index over ``points: [n, d]`` (float32), trained and filled."""
-    import faiss
 
     n, d = points.shape
     if kind == "exact" or (kind == "ivf" and n < 39 * 4):  # too few points to train inverted lists
@@ -124,7 +126,7 @@ def build_index(points: np.ndarray, *, kind: KnnIndex, device: str, nlist: int |
     elif kind == "ivf":
         lists = nlist or int(np.clip(4 * np.sqrt(n), 1, n // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, lists)
-        index.cp.max_points_per_centroid = 64  # train on <= 64 points per list: k-means cost stays small
+        index.cp.max_points_per_centroid = 32  # train on <= 32 points per list: k-means cost stays small
         index.cp.niter = 10
         index.cp.seed = seed
         index.nprobe = min(nprobe, lists)
@@ -152,8 +154,6 @@ def knn(points: np.ndarray, k: int, *, kind: KnnIndex, device: str, nlist: int |
     farthest hit is dropped). Rows the approximate index left short (id -1) are searched
     again exactly, so every row has ``k`` real neighbours.
     """
-    import faiss
-
     n = points.shape[0]
     index = build_index(points, kind=kind, device=device, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed)
     dist, ids = index.search(points, k + 1)  # [n, k+1] each, ascending
@@ -210,7 +210,9 @@ def centroids_of(X, labels: np.ndarray, n_groups: int, metric: Metric) -> np.nda
     sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
     for start in range(0, X.shape[0], _CHUNK):
         block = load_rows(X, slice(start, start + _CHUNK), metric)
-        np.add.at(sums, labels[start:start + _CHUNK], block)
+        group = labels[start:start + _CHUNK]
+        for j in range(X.shape[1]):
+            sums[:, j] += np.bincount(group, weights=block[:, j], minlength=n_groups)
     counts = np.bincount(labels, minlength=n_groups).astype(np.float64)
     return (sums / counts[:, None]).astype(np.float32)
 
@@ -235,7 +237,6 @@ def join_components(X, edges: np.ndarray, core: np.ndarray, *, metric: Metric, c
     gains at least one edge to another, so the number of components at least halves per
     round and the loop ends with one tree.
     """
-    import faiss
 
     n = X.shape[0]
     rounds = 0
@@ -258,18 +259,24 @@ def join_components(X, edges: np.ndarray, core: np.ndarray, *, metric: Metric, c
             if not others:  # identical centroids crowded c out of its own list: take any other component
                 others = [(c + 1) % n_comp]
             pairs.update((min(c, o), max(c, o)) for o in others)
-        new_edges = []
-        for a, b in sorted(pairs):
-            side_a = facing_points(X, members[a], centres[b], sample, metric)
-            side_b = facing_points(X, members[b], centres[a], sample, metric)
-            pa, pb = load_rows(X, side_a, metric), load_rows(X, side_b, metric)  # [Sa, d], [Sb, d]
-            d2 = (pa ** 2).sum(1)[:, None] + (pb ** 2).sum(1)[None, :] - 2.0 * pa @ pb.T  # [Sa, Sb]
-            mr = np.maximum(np.maximum(to_metric(d2, metric), core[side_a][:, None]), core[side_b][None, :])
-            i, j = np.unravel_index(np.argmin(mr), mr.shape)
-            new_edges.append((side_a[i], side_b[j], mr[i, j]))
+        with threadpool_limits(limits=1, user_api="blas"):  # 256x256 blocks: BLAS threads only add waiting
+            new_edges = [cheapest_edge(X, members[a], members[b], centres[a], centres[b], core, sample, metric)
+                         for a, b in sorted(pairs)]
         new = np.asarray(new_edges, dtype=np.float64)  # [P, 3]
         both = np.concatenate([edges, new])
         edges = spanning_forest(n, both[:, 0].astype(np.int64), both[:, 1].astype(np.int64), both[:, 2])
+
+
+def cheapest_edge(X, members_a: np.ndarray, members_b: np.ndarray, centre_a: np.ndarray, centre_b: np.ndarray,
+                  core: np.ndarray, sample: int, metric: Metric) -> tuple[int, int, float]:
+    """The cheapest mutual-reachability edge between the facing points of two components."""
+    side_a = facing_points(X, members_a, centre_b, sample, metric)
+    side_b = facing_points(X, members_b, centre_a, sample, metric)
+    pa, pb = load_rows(X, side_a, metric), load_rows(X, side_b, metric)  # [Sa, d], [Sb, d]
+    d2 = (pa ** 2).sum(1)[:, None] + (pb ** 2).sum(1)[None, :] - 2.0 * pa @ pb.T  # [Sa, Sb]
+    mr = np.maximum(np.maximum(to_metric(d2, metric), core[side_a][:, None]), core[side_b][None, :])
+    i, j = np.unravel_index(np.argmin(mr), mr.shape)
+    return int(side_a[i]), int(side_b[j]), float(mr[i, j])
 
 
 def check_spanning_tree(tree: np.ndarray, n: int) -> None:
@@ -303,7 +310,7 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
     - ``device``: ``"cpu"``, or ``"cuda"`` for a FAISS GPU index (needs a GPU build of
       FAISS; the tree stages stay on the CPU);
     - ``k``: neighbours per point in the candidate graph (self excluded), ``>= min_samples``;
-      default ``max(min_samples, 15)``;
+      default ``max(min_samples, 10)``;
     - ``partitions``: ``> 1`` clusters part by part (out-of-core mode);
     - ``join_candidates`` / ``join_sample``: the component-joining step's nearest
       components per component and facing points per side;
@@ -320,7 +327,7 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
     def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None, *, metric: Metric = "euclidean",
                  cluster_selection_method: Literal["eom", "leaf"] = "eom", allow_single_cluster: bool = False,
                  knn_index: KnnIndex = "ivf", device: Literal["cpu", "cuda"] = "cpu", k: int | None = None,
-                 nlist: int | None = None, nprobe: int = 8, hnsw_m: int = 32, partitions: int = 1,
+                 nlist: int | None = None, nprobe: int = 4, hnsw_m: int = 32, partitions: int = 1,
                  join_candidates: int = 3, join_sample: int = 256, random_state: int = 0):
         self.min_cluster_size = min_cluster_size
         self.min_samples = min_samples
@@ -372,14 +379,11 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
 
     @property
     def resolved_k(self) -> int:
-        return max(self.resolved_min_samples, 15) if self.k is None else self.k
+        return max(self.resolved_min_samples, 10) if self.k is None else self.k
 
     # ----------------------------------------------------------------- fit
     def fit(self, X, y=None):
         """Cluster ``X: [n, d]`` (an array or a memmap; ``y`` is ignored)."""
-        from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
-        from sklearn.cluster._hierarchical_fast import single_linkage_label
-
         self._check_params()
         if self.device == "cuda":
             gpu_resources()  # fail before any work
@@ -450,7 +454,6 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
     def _partitioned_forest(self, X, k: int, min_samples: int,
                             timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """Partition by k-means, then one spanning forest per part (each part loaded alone)."""
-        import faiss
 
         start = time.perf_counter()
         n, d = X.shape
