@@ -16,8 +16,13 @@ halves, queries of the second half meet keys of the first half through one matmu
 m = the last position of the first half, and each half is cut again, down to single
 tokens, where the pair factor is exp(0) = 1. That costs ``log2(C)`` matmuls over
 ``[T, K]`` tensors instead of a ``[T, c, K]`` pair tensor, and nothing overflows,
-whatever the gates. (Relative precision follows ``eps * |b|``, as in every cumulated-gate
-form: the differences of cumulated gates lose the digits the gates share.)
+whatever the gates.
+
+Precision: every exponent is a sum of gates over its own range (a prefix from m, a
+suffix to m), summed directly, never the difference of two cumulated sums; such a
+difference loses the digits the two share (``eps * |b|``) and, worse, makes the gate
+gradient a sum of O(1) terms that cancel to the tiny true value under strong gates.
+So the chunked form is as precise as the token-by-token recurrence, gradients included.
 
 Everything inside a chunk is batched over all chunks; only the state recurrence loops
 over the (unbound) chunks. ``chunk_size`` must be a power of two.
@@ -26,6 +31,7 @@ over the (unbound) chunks. ``chunk_size`` must be a power of two.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from seqmix.kernels.gla.naive import check_gla_inputs
@@ -38,6 +44,13 @@ def chunk_length(chunk_size: int, t: int) -> int:
     if chunk_size & (chunk_size - 1):
         raise ValueError(f"gla_chunk: chunk_size must be a power of two (16, 32, 64, ...), got {chunk_size}")
     return min(chunk_size, 1 << (t - 1).bit_length())
+
+
+def suffix_sum(g: Tensor) -> Tensor:
+    """``sum_{r > j} g_r`` along dim -2, summed directly (never as a difference of two
+    cumulated sums, which would lose the digits they share and cancel in the gradient)."""
+    after = F.pad(g[..., 1:, :], (0, 0, 0, 1))  # [..., C, K]: g_{j+1}, 0 at the end
+    return after.flip(-2).cumsum(-2).flip(-2)
 
 
 def gla_chunk(
@@ -63,11 +76,11 @@ def gla_chunk(
         c = chunk_length(chunk_size, t)
         # padded tokens have q = k = v = 0 and g = 0 (no decay), so they leave the state as it is
         qc, kc, vc, gc = (to_chunks(x, c, dtype).contiguous() for x in (q, k, v, g))  # [B, H, N, C, K|V]
-        b = gc.cumsum(-2)  # [B, H, N, C, K]
-        b_last = b[..., -1:, :]  # [B, H, N, 1, K]
+        b = gc.cumsum(-2)  # [B, H, N, C, K] gates from the chunk start to i
+        b_last = b[..., -1:, :]  # [B, H, N, 1, K] the whole chunk
 
         # inter-chunk: the state entering each chunk
-        updates = (kc * torch.exp(b_last - b)).transpose(-1, -2) @ vc  # [B, H, N, K, V]
+        updates = (kc * torch.exp(suffix_sum(gc))).transpose(-1, -2) @ vc  # [B, H, N, K, V]
         states, final = scan_chunks(b_last.exp().transpose(-1, -2), updates, s0)  # [B, H, N, K, V]
         o = (qc * b.exp()) @ states  # [B, H, N, C, V]
 
@@ -77,12 +90,11 @@ def gla_chunk(
         half = c // 2
         while half >= 1:
             shape = (bs, -1, n, c // (2 * half), 2, half)  # [B, H, N, C, *] -> [B, H, N, blocks, 2, half, *]
-            (q_early, q_late), (k_early, _), (v_early, _), (b_early, b_late) = (
-                x.view(*shape, x.shape[-1]).unbind(-3) for x in (qc, kc, vc, b)
+            (q_early, q_late), (k_early, _), (v_early, _), (g_early, g_late) = (
+                x.view(*shape, x.shape[-1]).unbind(-3) for x in (qc, kc, vc, gc)
             )  # each [B, H, N, blocks, half, *]
-            b_mid = b_early[..., -1:, :]  # [B, H, N, blocks, 1, K] last position of the first half
-            q_late = q_late * torch.exp(b_late - b_mid)  # queries of the second half, factor <= 1
-            k_early = k_early * torch.exp(b_mid - b_early)  # keys of the first half, factor <= 1
+            q_late = q_late * torch.exp(g_late.cumsum(-2))  # gates from the middle to the query, <= 0
+            k_early = k_early * torch.exp(suffix_sum(g_early))  # gates from the key to the middle, <= 0
             o_late = (q_late @ k_early.transpose(-1, -2)) @ v_early  # [B, H, N, blocks, half, V]
             o_block = torch.stack([torch.zeros_like(o_late), o_late], -3)  # [B, H, N, blocks, 2, half, V]
             o = o + o_block.view(bs, -1, n, c, o.shape[-1])  # into the second halves, [B, H, N, C, V]
