@@ -38,6 +38,14 @@ def _batch_first(s: Tensor) -> Tensor:
     return s.transpose(0, 1)  # [H, B, K] -> [B, H, K]
 
 
+_BLOCK = 32  # steps whose backward factors are computed together (vectorised, yet small enough to stay in cache)
+
+
+def _blocks_backwards(t_len: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the blocks of ``_BLOCK`` steps, last block first."""
+    return [(max(0, stop - _BLOCK), stop) for stop in range(t_len, 0, -_BLOCK)]
+
+
 def _weight_grad(h_prev: Tensor, da: Tensor) -> Tensor:
     """``dR[h] = sum_{t, b} h_{t-1}[h, b]^T da_t[h, b]``: ``[T, H, B, K] x [T, H, B, G*K] -> [H, K, G*K]``."""
     t, h, b, k = h_prev.shape
@@ -51,43 +59,47 @@ class _LSTMLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx: Tensor, R: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
         # gx: [T, H, B, 4K]; R: [H, K, 4K]; h0, c0: [H, B, K]
+        t_len = gx.shape[0]
         n_heads, batch, k = h0.shape
-        h, c = h0, c0
-        hs, cs, sig, zs, tanh_cs = [h0], [c0], [], [], []
-        for gx_t in gx.unbind(0):
-            a = torch.baddbmm(gx_t, h, R).view(n_heads, batch, 4, k)  # [H, B, 4K] -> [H, B, 4, K]
-            s = torch.sigmoid(a)  # i, f, o are read from here; slot 2 is unused
-            z = torch.tanh(a[:, :, 2])
-            i, f, _, o = s.unbind(2)
-            c = torch.addcmul(f * c, i, z)
-            tanh_c = torch.tanh(c)
-            h = o * tanh_c
-            hs.append(h), cs.append(c), sig.append(s), zs.append(z), tanh_cs.append(tanh_c)
-        ctx.save_for_backward(R)
-        ctx.saved = (hs, cs, sig, zs, tanh_cs)
-        return torch.stack(hs[1:]), c  # [T, H, B, K], [H, B, K]
+        hs, cs = gx.new_empty(t_len + 1, n_heads, batch, k), gx.new_empty(t_len + 1, n_heads, batch, k)
+        tanh_c = gx.new_empty(t_len, n_heads, batch, k)
+        acts = gx.new_empty(t_len, n_heads, batch, 4, k)  # sigmoid(i), sigmoid(f), tanh(z), sigmoid(o)
+        hs[0], cs[0] = h0, c0
+        for t, gx_t in enumerate(gx.unbind(0)):
+            a = torch.baddbmm(gx_t, hs[t], R).view(n_heads, batch, 4, k)  # [H, B, 4K] -> [H, B, 4, K]
+            act = torch.sigmoid(a, out=acts[t])
+            act[:, :, 2] = torch.tanh(a[:, :, 2])
+            i, f, z, o = act.unbind(2)
+            torch.addcmul(f * cs[t], i, z, out=cs[t + 1])
+            torch.mul(o, torch.tanh(cs[t + 1], out=tanh_c[t]), out=hs[t + 1])
+        ctx.save_for_backward(R, hs, cs, tanh_c, acts)
+        return hs[1:].clone(), cs[t_len].clone()  # [T, H, B, K], [H, B, K]
 
     @staticmethod
     def backward(ctx, dy: Tensor, dc_last: Tensor):
-        (R,) = ctx.saved_tensors
-        hs, cs, sig, zs, tanh_cs = ctx.saved
-        del ctx.saved
+        R, hs, cs, tanh_c, acts = ctx.saved_tensors
         t_len, n_heads, batch, k = dy.shape
+        da = torch.empty_like(acts)  # [T, H, B, 4, K]
         RT = R.transpose(1, 2).contiguous()  # [H, 4K, K]
         dh, dc = torch.zeros_like(hs[0]), dc_last
-        da = [None] * t_len
-        for t in range(t_len - 1, -1, -1):
-            i, f, _, o = sig[t].unbind(2)
-            z, tanh_c = zs[t], tanh_cs[t]
-            dh = dh + dy[t]
-            dc = torch.addcmul(dc, dh * o, 1 - tanh_c * tanh_c)
-            dc_i = dc * i
-            da[t] = torch.stack((dc * z * (i - i * i), dc * cs[t] * (f - f * f), dc_i - dc_i * z * z,
-                                 dh * tanh_c * (o - o * o)), 2)  # [H, B, 4, K]
-            dc = dc * f
-            dh = torch.bmm(da[t].view(n_heads, batch, 4 * k), RT)
-        da = torch.stack(da)  # [T, H, B, 4, K]
-        return da.view(t_len, n_heads, batch, 4 * k), _weight_grad(torch.stack(hs[:-1]), da), dh, dc
+        for start, stop in _blocks_backwards(t_len):
+            act, tc = acts[start:stop], tanh_c[start:stop]
+            i, f, z, o = act.unbind(3)  # each [L, H, B, K]
+            # d a_t = (dc_t, dc_t, dc_t, dh_t) * coef_t: every factor that needs no gradient, per block
+            coef = act - act * act  # sigmoid' for i, f, o: [L, H, B, 4, K]
+            coef[:, :, :, 0] *= z
+            coef[:, :, :, 1] *= cs[start:stop]
+            coef[:, :, :, 2] = i * (1 - z * z)
+            coef[:, :, :, 3] *= tc
+            dc_dh = o * (1 - tc * tc)  # d c_t / d h_t: [L, H, B, K]
+            for j in range(stop - start - 1, -1, -1):
+                t = start + j
+                dh = dh + dy[t]
+                dc = torch.addcmul(dc, dh, dc_dh[j])
+                torch.mul(torch.stack((dc, dc, dc, dh), 2), coef[j], out=da[t])
+                dc = dc * f[j]
+                dh = torch.bmm(da[t].view(n_heads, batch, 4 * k), RT)
+        return da.view(t_len, n_heads, batch, 4 * k), _weight_grad(hs[:-1], da), dh, dc
 
 
 def lstm_chunk(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
@@ -163,52 +175,58 @@ class _SLSTMLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx: Tensor, R: Tensor, h0: Tensor, c0: Tensor, n0: Tensor, m0: Tensor):
         # gx: [T, H, B, 4K]; R: [H, K, 4K]; states: [H, B, K]
+        t_len = gx.shape[0]
         n_heads, batch, k = h0.shape
-        h, c, n, m = h0, c0, n0, m0
-        cs, ns, hs, steps = [c0], [n0], [h0], []
-        for gx_t in gx.unbind(0):
-            a = torch.baddbmm(gx_t, h, R).view(n_heads, batch, 4, k)  # [H, B, 4K] -> [H, B, 4, K]
+        hs, cs, ns, ms = (gx.new_empty(t_len + 1, n_heads, batch, k) for _ in range(4))
+        pre = gx.new_empty(t_len, n_heads, batch, 4, k)  # the pre-activations a_t
+        hs[0], cs[0], ns[0], ms[0] = h0, c0, n0, m0
+        for t, gx_t in enumerate(gx.unbind(0)):
+            a = torch.baddbmm(gx_t, hs[t], R, out=pre[t].view(n_heads, batch, 4 * k)).view(n_heads, batch, 4, k)
             a_i, a_f, a_z, a_o = a.unbind(2)
-            u = F.logsigmoid(a_f) + m  # log f + m_{t-1}
-            m = torch.maximum(u, a_i)
-            i_gate, f_gate = torch.exp(a_i - m), torch.exp(u - m)
-            z, o = torch.tanh(a_z), torch.sigmoid(a_o)
-            c = torch.addcmul(f_gate * c, i_gate, z)
-            n = torch.addcmul(i_gate, f_gate, n)
-            h = o * c / n
-            cs.append(c), ns.append(n), hs.append(h), steps.append((a, u, i_gate, f_gate, z, o))
-        ctx.save_for_backward(R)
-        ctx.saved = (hs, cs, ns, steps)
-        return torch.stack(hs[1:]), c, n, m  # [T, H, B, K] and the last c, n, m
+            u = F.logsigmoid(a_f).add_(ms[t])  # log f + m_{t-1}
+            m = torch.maximum(u, a_i, out=ms[t + 1])
+            i_gate, f_gate = torch.exp(a_i - m), torch.exp(u.sub_(m))
+            torch.addcmul(f_gate * cs[t], i_gate, torch.tanh(a_z), out=cs[t + 1])
+            torch.addcmul(i_gate, f_gate, ns[t], out=ns[t + 1])
+            torch.mul(torch.sigmoid(a_o), cs[t + 1], out=hs[t + 1]).div_(ns[t + 1])
+        ctx.save_for_backward(R, hs, cs, ns, ms, pre)
+        return hs[1:].clone(), cs[t_len].clone(), ns[t_len].clone(), ms[t_len].clone()
 
     @staticmethod
     def backward(ctx, dy: Tensor, dc_last: Tensor, dn_last: Tensor, dm_last: Tensor):
-        (R,) = ctx.saved_tensors
-        hs, cs, ns, steps = ctx.saved
-        del ctx.saved
+        R, hs, cs, ns, ms, pre = ctx.saved_tensors
         t_len, n_heads, batch, k = dy.shape
+        da = torch.empty_like(pre)  # [T, H, B, 4, K]
         RT = R.transpose(1, 2).contiguous()  # [H, 4K, K]
         dh = torch.zeros_like(hs[0])
         dc, dn, dm = dc_last, dn_last, dm_last
-        da = [None] * t_len
-        for t in range(t_len - 1, -1, -1):
-            a, u, i_gate, f_gate, z, o = steps[t]
-            a_i, a_f = a[:, :, 0], a[:, :, 1]
-            o_over_n, c_over_n = o / ns[t + 1], cs[t + 1] / ns[t + 1]
-            dh = dh + dy[t]
-            dc = torch.addcmul(dc, dh, o_over_n)  # dc_t including h_t = o c_t / n_t
-            dn = dn - dh * o_over_n * c_over_n
-            g_f = (dc * cs[t] + dn * ns[t]) * f_gate  # d (u - m_t) through f'
-            g_i = (dc * z + dn) * i_gate  # d (a_i - m_t) through i'
-            dm_t = dm - g_f - g_i  # d m_t
+        for start, stop in _blocks_backwards(t_len):
+            a_i, a_f, a_z, a_o = pre[start:stop].unbind(3)  # each [L, H, B, K]
+            # the forward's gates and every factor that needs no gradient, per block of steps
+            m_prev, m, c, n = ms[start:stop], ms[start + 1:stop + 1], cs[start + 1:stop + 1], ns[start + 1:stop + 1]
+            u = F.logsigmoid(a_f) + m_prev  # log f + m_{t-1}
+            i_gate, f_gate = torch.exp(a_i - m), torch.exp(u - m)
+            z, o = torch.tanh(a_z), torch.sigmoid(a_o)
             w_u = (u > a_i).to(u.dtype) + 0.5 * (u == a_i).to(u.dtype)  # torch.maximum's split of the gradient
-            du = torch.addcmul(g_f, dm_t, w_u)
-            da[t] = torch.stack((g_i + dm_t - dm_t * w_u, du * torch.sigmoid(-a_f), dc * i_gate * (1 - z * z),
-                                 dh * c_over_n * (o - o * o)), 2)  # [H, B, 4, K]
-            dc, dn, dm = dc * f_gate, dn * f_gate, du
-            dh = torch.bmm(da[t].view(n_heads, batch, 4 * k), RT)
-        da = torch.stack(da)  # [T, H, B, 4, K]
-        return da.view(t_len, n_heads, batch, 4 * k), _weight_grad(torch.stack(hs[:-1]), da), dh, dc, dn, dm
+            o_over_n, c_over_n = o / n, c / n
+            dn_dh = o_over_n * c_over_n  # -d n_t / d h_t share
+            coef_zo = torch.stack((i_gate * (1 - z * z), c_over_n * (o - o * o)), 3)  # [L, H, B, 2, K]
+            sig_neg_f = torch.sigmoid(-a_f)  # d logsigmoid(a_f) / d a_f
+            for j in range(stop - start - 1, -1, -1):
+                t = start + j
+                dh = dh + dy[t]
+                dc = torch.addcmul(dc, dh, o_over_n[j])  # dc_t including h_t = o c_t / n_t
+                dn = torch.addcmul(dn, dh, dn_dh[j], value=-1.0)
+                g_f = torch.addcmul(dc * cs[t], dn, ns[t]).mul_(f_gate[j])  # d (u - m_t) through f'
+                g_i = torch.addcmul(dn, dc, z[j]).mul_(i_gate[j])  # d (a_i - m_t) through i'
+                dm_t = dm - g_f - g_i  # d m_t
+                du = torch.addcmul(g_f, dm_t, w_u[j])
+                torch.add(g_i, dm_t, out=da[t, :, :, 0]).sub_(du).add_(g_f)  # g_i + dm_t (1 - w_u)
+                torch.mul(du, sig_neg_f[j], out=da[t, :, :, 1])
+                torch.mul(torch.stack((dc, dh), 2), coef_zo[j], out=da[t, :, :, 2:])
+                dc, dn, dm = dc * f_gate[j], dn * f_gate[j], du
+                dh = torch.bmm(da[t].view(n_heads, batch, 4 * k), RT)
+        return da.view(t_len, n_heads, batch, 4 * k), _weight_grad(hs[:-1], da), dh, dc, dn, dm
 
 
 def slstm_chunk(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
