@@ -36,17 +36,21 @@ def print_mixers() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from seqmix.core import get_mixer_class, list_mixers
+    from seqmix.core import get_mixer_class, list_mixers, mixer_arguments
 
     d_model, heads = 256, 4
     table = Table(title=f"seqmix mixers (state sizes for d_model={d_model}, n_heads={heads})")
-    for col in ("name", "class", "patterns", "recurrent", "impls", "state @T=1k", "state @T=8k"):
+    names = list_mixers()
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names)))  # never cut a name short
+    for col in ("class", "patterns", "recurrent", "impls", "state @T=1k", "state @T=8k"):
         table.add_column(col)
-    for name in list_mixers():
+    for name in names:
         cls = get_mixer_class(name)
         causal = any(p.startswith("causal") for p in cls.patterns)
-        cfg = {k: v for k, v in dict(cls.test_configs[0]).items() if k not in ("n_heads",)}
-        mixer = cls(d_model, n_heads=heads, causal=causal, **cfg)
+        takes = mixer_arguments(cls)
+        cfg = {k: v for k, v in dict(cls.test_configs[0]).items() if k not in ("n_heads", "causal")}
+        cfg.update({k: v for k, v in (("n_heads", heads), ("causal", causal)) if k in takes})  # not every mixer has heads
+        mixer = cls(d_model, **cfg)
         table.add_row(name, cls.__name__, " ".join(sorted(cls.patterns)), "yes" if cls.recurrent else "no",
                       " ".join(cls.impls), f"{mixer.state_size(1024):,}", f"{mixer.state_size(8192):,}")
     Console().print(table)
@@ -60,7 +64,10 @@ def usage() -> str:
     )
 
 
-def run_lightning(app, argv: Sequence[str]) -> int:
+def app_cli(app, argv: Sequence[str], *, run: bool = True):
+    """The app's LightningCLI over ``argv``. With ``run=False`` it parses and instantiates only
+    (``argv`` then has no subcommand) and the caller drives ``cli.trainer`` / ``cli.model``.
+    """
     from pytorch_lightning.cli import LightningCLI
 
     class AppCLI(LightningCLI):
@@ -68,7 +75,7 @@ def run_lightning(app, argv: Sequence[str]) -> int:
             for source, target in app.links:
                 parser.link_arguments(source, target, apply_on="instantiate")
 
-    AppCLI(
+    return AppCLI(
         app.model_class,
         app.datamodule_class,
         args=list(argv),
@@ -82,7 +89,12 @@ def run_lightning(app, argv: Sequence[str]) -> int:
         },
         auto_configure_optimizers=False,
         parser_kwargs={"prog": f"seqmix {app.name}"},
+        run=run,
     )
+
+
+def run_lightning(app, argv: Sequence[str]) -> int:
+    app_cli(app, argv)
     return 0
 
 

@@ -1,0 +1,204 @@
+"""MQAR recall against state size: the recall-memory frontier of Zoology / BASED, for every mixer.
+
+Each point trains the recall app from ``configs/recall/<mixer>.yaml`` with the model width,
+sequence length and number of key-value pairs overridden, then measures test accuracy on
+the queried positions. The state size is ``mixer.state_size(T)`` summed over layers: the
+floats a sequence keeps at inference (the KV cache for attention, the recurrent state for
+the linear family and RNNs).
+
+    python benchmarks/mqar.py                                # every mixer with a config, widths 64 128 256
+    python benchmarks/mqar.py --mixers softmax gla --widths 64 128 --max-steps 300   # a budgeted run
+    python benchmarks/mqar.py --demo                         # `make demo`: softmax vs gla, T=64, 4 pairs
+
+Writes ``benchmarks/results/mqar.md`` and ``mqar.png`` (``mqar_demo.*`` with ``--demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, header, markdown_table, save_figure, write_result  # noqa: E402
+
+CONFIG_DIR = REPO_ROOT / "configs" / "recall"
+DEMO_MIXERS = ("softmax", "gla")
+
+
+def configured_mixers() -> list[str]:
+    """Mixers that have a recall config (``configs/recall/<name>.yaml``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def check_mixers(names: list[str]) -> None:
+    from seqmix.core import list_mixers
+
+    registered, configured = set(list_mixers()), set(configured_mixers())
+    unknown = [n for n in names if n not in registered]
+    if unknown:
+        raise SystemExit(f"mqar.py: unknown mixer(s) {unknown}; registered mixers: {sorted(registered)}")
+    no_config = [n for n in names if n not in configured]
+    if no_config:
+        raise SystemExit(f"mqar.py: no recall config for {no_config}; write configs/recall/<name>.yaml "
+                         f"(configs exist for {sorted(configured)})")
+
+
+class StepBar(pl.Callback):
+    """A tqdm bar over training steps (Lightning's own bar is off so the sweep's output stays readable)."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = tqdm(total=total, desc=desc, leave=False, unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.bar.update(1)
+        if trainer.global_step % 25 == 0 and outputs is not None:
+            self.bar.set_postfix(loss=f"{float(outputs['loss']):.3f}")
+
+    def on_train_end(self, trainer, pl_module):
+        self.bar.close()
+
+
+def run_point(mixer: str, width: int | None, args: argparse.Namespace) -> dict[str, object]:
+    """Train and test one (mixer, width); ``None`` for a setting keeps the config's value."""
+    from seqmix.cli import app_cli, load_app
+
+    argv = ["--config", str(CONFIG_DIR / f"{mixer}.yaml"), "--seed_everything", str(args.seed),
+            "--data.seed", str(args.seed),
+            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
+    overrides = {"model.d_model": width, "data.seq_len": args.seq_len, "data.num_kv_pairs": args.kv_pairs,
+                 "data.vocab_size": args.vocab_size, "data.batch_size": args.batch_size,
+                 "data.num_train": args.num_train, "trainer.max_steps": args.max_steps, "model.lr": args.lr}
+    for key, value in overrides.items():
+        if value is not None:
+            argv += [f"--{key}", str(value)]
+    cli = app_cli(load_app("recall"), argv, run=False)
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    mixers = [block.mixer for block in model.stack.blocks]
+    if mixers[0].registry_name != mixer:
+        raise SystemExit(f"mqar.py: configs/recall/{mixer}.yaml builds {type(mixers[0]).__name__} "
+                         f"(registered as {mixers[0].registry_name!r}), not {mixer!r}; fix its class_path")
+    steps = trainer.max_steps
+    desc = f"{mixer} d={model.hparams.d_model}"
+    trainer.callbacks.append(StepBar(steps, desc))
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    train_s = time.perf_counter() - start
+    result = trainer.test(model, datamodule=data, verbose=False)[0]
+    seq_len = data.hparams.seq_len
+    return {
+        "mixer": mixer, "d_model": model.hparams.d_model, "acc": float(result["test/acc"]),
+        "state": sum(m.state_size(seq_len) for m in mixers),
+        "params": sum(p.numel() for p in model.parameters()), "train_s": train_s, "steps": trainer.global_step,
+        "seq_len": seq_len, "kv_pairs": data.hparams.num_kv_pairs, "vocab": data.hparams.vocab_size,
+        "batch": data.hparams.batch_size, "lr": model.hparams.lr, "seed": args.seed,
+    }
+
+
+def plot(rows: list[dict[str, object]], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = "osD^v<>pPX*hH8d"
+    cmap = plt.get_cmap("tab20")
+    for i, mixer in enumerate(sorted({r["mixer"] for r in rows})):
+        pts = sorted((r["state"], r["acc"], r["d_model"]) for r in rows if r["mixer"] == mixer)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, marker=markers[i % len(markers)], color=cmap(i % 20), label=mixer, linewidth=1)
+        for x, y, d in pts:
+            ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=cmap(i % 20))
+    ax.set_xscale("log")
+    ax.set_xlabel("state size (floats per sequence, summed over layers)")
+    ax.set_ylabel("MQAR test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return fig
+
+
+def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, title: str, skipped: list[str]) -> str:
+    rows = sorted(rows, key=lambda r: (r["mixer"], r["d_model"]))
+    r0 = rows[0]
+    budget = (f"budget: {args.max_steps if args.max_steps is not None else 'each config'} steps per point "
+              f"(steps actually run are in the table), batch {r0['batch']}, T={r0['seq_len']}, "
+              f"{r0['kv_pairs']} key-value pairs, vocab {r0['vocab']}, power_a from the config")
+    notes = [budget, "accuracy: fraction of queried positions whose value is predicted exactly (test split, "
+             "generated from its own seed stream)",
+             "state: `mixer.state_size(T)` summed over layers (KV cache for attention, recurrent state otherwise)",
+             "train time: wall clock of `trainer.fit` on this machine (shared with other jobs unless stated)"]
+    if skipped:
+        notes.append(f"registered mixers without a recall config, not run: {', '.join(skipped)}")
+    table = markdown_table(
+        ["mixer", "d_model", "test acc", "state (floats)", "params", "steps", "lr", "train time (s)", "seed"],
+        [[r["mixer"], r["d_model"], f"{r['acc']:.4f}", f"{r['state']:,}", f"{r['params']:,}", r["steps"],
+          f"{r['lr']:g}", f"{r['train_s']:.0f}", r["seed"]] for r in rows])
+    text = header(title, seeds=[args.seed], notes=notes) + table
+    text += f"\n![accuracy vs state size]({name}.png)\n"
+    write_result(name, text)
+    save_figure(plot(rows, f"{title}\nT={r0['seq_len']}, {r0['kv_pairs']} pairs"), name)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", action="store_true",
+                        help=f"`make demo`: train {' and '.join(DEMO_MIXERS)} as configured (T=64, 4 pairs, "
+                             "d_model 64), print the table, save benchmarks/results/mqar_demo.{md,png}")
+    parser.add_argument("--mixers", nargs="+", help="mixer names (default: every registered mixer with a config)")
+    parser.add_argument("--widths", nargs="+", type=int, default=[64, 128, 256], help="model widths (d_model)")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--kv-pairs", type=int, default=16)
+    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-train", type=int, default=32_000)
+    parser.add_argument("--max-steps", type=int, default=2000, help="training steps per point")
+    parser.add_argument("--lr", type=float, default=None, help="override every config's learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--name", default=None, help="results file stem (default mqar, or mqar_demo with --demo)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from seqmix.core import list_mixers
+
+    if args.demo:
+        mixers, widths = list(DEMO_MIXERS), [None]
+        for key in ("seq_len", "kv_pairs", "vocab_size", "batch_size", "num_train", "max_steps"):
+            setattr(args, key, None)  # the configs' own settings
+        name, title = args.name or "mqar_demo", "MQAR demo: softmax attention vs GLA"
+    else:
+        mixers, widths = args.mixers or configured_mixers(), args.widths
+        name, title = args.name or "mqar", "MQAR recall vs state size"
+    check_mixers(mixers)
+    skipped = [] if args.mixers or args.demo else sorted(set(list_mixers()) - set(configured_mixers()))
+    if skipped:
+        print(f"mqar.py: registered mixers without configs/recall/<name>.yaml, not run: {skipped}")
+
+    points = [(m, w) for m in mixers for w in widths]
+    rows = []
+    start = time.perf_counter()
+    for mixer, width in tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True):
+        row = run_point(mixer, width, args)
+        rows.append(row)
+        tqdm.write(f"{row['mixer']:>18} d={row['d_model']:<4} acc {row['acc']:.4f}  state {row['state']:>10,}  "
+                   f"{row['train_s']:.0f} s")
+    table = report(rows, args, name, title, skipped)
+    print(table)
+    print(f"total {math.ceil(time.perf_counter() - start)} s; wrote benchmarks/results/{name}.md and {name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

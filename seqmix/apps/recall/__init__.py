@@ -1,0 +1,1 @@
+"""``recall``: Zoology's multi-query associative recall (MQAR) with any mixer."""

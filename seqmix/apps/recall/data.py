@@ -1,0 +1,146 @@
+"""Multi-query associative recall (MQAR), the synthetic task of Zoology (Arora et al. 2023).
+
+A sequence first lists ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...``, then, in the
+rest of the sequence, each key comes back once as a query; the model must output the
+value paired with that key at the query's position. Everything else is filler.
+
+Layout of one example (``P = num_kv_pairs``, ``T = seq_len``)::
+
+    position   0   1   2   3  ...  2P-2 2P-1 | 2P ... T-1
+    token      k1  v1  k2  v2 ...  kP   vP   | filler, with key k_i at position 2P + 2 g_i
+    target     -   -   -   -  ...  -    -    | v_i at position 2P + 2 g_i, ignore elsewhere
+
+Keys come from the lower half of the vocabulary ``[1, V/2)`` and values from the upper
+half ``[V/2, V)``; within an example keys are distinct (values too). The query slot
+``g_i`` is drawn without replacement from ``{0, ..., S-1}`` with ``S = (T - 2P) // 2``
+slots and probability ``p(g) ~ (g + 1) ** (power_a - 1)``: a power law, so that most
+queries come soon after the key-value block and a few come late (Zoology's ``power_a``,
+0.01 by default). Filler tokens are drawn uniformly from the whole vocabulary, as in
+Zoology's ``random_non_queries``; their targets are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class MQARBatch:
+    """``inputs``, ``targets``: ``[N, T]`` int64; ``targets`` is ``IGNORE_INDEX`` off the queries."""
+
+    inputs: Tensor
+    targets: Tensor
+
+
+def check_mqar_settings(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: float) -> None:
+    """Fail with a message naming the setting and the fix when no MQAR example can be built."""
+    if num_kv_pairs < 1:
+        raise ValueError(f"MQAR: num_kv_pairs must be >= 1, got {num_kv_pairs}")
+    n_keys, n_values = vocab_size // 2 - 1, vocab_size - vocab_size // 2
+    if min(n_keys, n_values) < num_kv_pairs:
+        raise ValueError(
+            f"MQAR: vocab_size={vocab_size} gives {n_keys} keys and {n_values} values, too few for "
+            f"num_kv_pairs={num_kv_pairs} distinct pairs; use vocab_size >= {2 * num_kv_pairs + 2}"
+        )
+    if seq_len < 4 * num_kv_pairs:
+        raise ValueError(
+            f"MQAR: seq_len={seq_len} is too short for num_kv_pairs={num_kv_pairs}: the pairs take "
+            f"{2 * num_kv_pairs} positions and the queries need {num_kv_pairs} slots of 2 after them; "
+            f"use seq_len >= {4 * num_kv_pairs} or fewer pairs"
+        )
+    if not 0.0 < power_a <= 1.0:
+        raise ValueError(f"MQAR: power_a must be in (0, 1] (1 = uniform gaps), got {power_a}")
+
+
+def query_slot_probs(n_slots: int, power_a: float) -> Tensor:
+    """``p(g) ~ (g + 1) ** (power_a - 1)`` over ``g = 0..n_slots-1``, summing to 1: ``[n_slots]``."""
+    p = torch.arange(1, n_slots + 1, dtype=torch.float64) ** (power_a - 1.0)
+    return p / p.sum()
+
+
+def generate_mqar(num_examples: int, *, vocab_size: int, seq_len: int, num_kv_pairs: int,
+                  power_a: float = 0.01, seed: int = 0) -> MQARBatch:
+    """``num_examples`` MQAR sequences, a pure function of its arguments (``seed`` included)."""
+    check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
+    if num_examples < 1:
+        raise ValueError(f"MQAR: num_examples must be >= 1, got {num_examples}")
+    gen = torch.Generator().manual_seed(seed)
+    n, p, half = num_examples, num_kv_pairs, vocab_size // 2
+
+    # Distinct keys from [1, V/2) and distinct values from [V/2, V), per example.
+    keys = torch.rand(n, half - 1, generator=gen).argsort(dim=1)[:, :p] + 1  # [N, P]
+    values = torch.rand(n, vocab_size - half, generator=gen).argsort(dim=1)[:, :p] + half  # [N, P]
+    kv = torch.stack((keys, values), dim=2).reshape(n, 2 * p)  # [N, P, 2] -> [N, 2P]: k1 v1 k2 v2 ...
+
+    # Filler everywhere after the pairs, then each key at its query slot.
+    inputs = torch.randint(0, vocab_size, (n, seq_len), generator=gen)  # [N, T]
+    inputs[:, : 2 * p] = kv
+    n_slots = (seq_len - 2 * p) // 2
+    probs = query_slot_probs(n_slots, power_a).expand(n, n_slots)  # [N, S]
+    slots = torch.multinomial(probs, p, replacement=False, generator=gen)  # [N, P], distinct per row
+    query_pos = 2 * p + 2 * slots  # [N, P]
+    inputs.scatter_(1, query_pos, keys)
+    targets = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.long)  # [N, T]
+    targets.scatter_(1, query_pos, values)
+    return MQARBatch(inputs, targets)
+
+
+class MQARDataModule(pl.LightningDataModule):
+    """Train / val / test MQAR splits generated in ``setup`` from one seed (each split its own stream).
+
+    ``vocab_size`` and ``seq_len`` are read by the model through the CLI's links.
+    """
+
+    def __init__(self, vocab_size: int = 256, seq_len: int = 64, num_kv_pairs: int = 4, power_a: float = 0.01,
+                 num_train: int = 20_000, num_val: int = 1_000, num_test: int = 1_000, seed: int = 0,
+                 batch_size: int = 64, num_workers: int = 0):
+        super().__init__()
+        check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
+                            ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"MQARDataModule: {name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.splits: dict[str, TensorDataset] = {}
+
+    def _make(self, split: str, count: int, offset: int) -> TensorDataset:
+        h = self.hparams
+        batch = generate_mqar(count, vocab_size=h.vocab_size, seq_len=h.seq_len, num_kv_pairs=h.num_kv_pairs,
+                              power_a=h.power_a, seed=h.seed * 1000 + offset)
+        return TensorDataset(batch.inputs, batch.targets)
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        wanted = {"train": (h.num_train, 0), "val": (h.num_val, 1), "test": (h.num_test, 2)}
+        for split, (count, offset) in wanted.items():
+            if split not in self.splits:
+                self.splits[split] = self._make(split, count, offset)
+        self.splits["predict"] = self.splits["test"]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            raise RuntimeError(f"MQARDataModule: call setup() before asking for the {split} loader")
+        gen = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          generator=gen if shuffle else None, num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)

@@ -1,0 +1,132 @@
+"""The recall language model: embedding (+ positions), ``n_layers`` blocks of any mixer, a head.
+
+The mixer is injected: ``mixer`` is a factory ``d_model -> Mixer``, which LightningCLI
+builds from a config entry such as::
+
+    mixer:
+      class_path: seqmix.core.mixers.softmax.SoftmaxAttention
+      init_args: {n_heads: 1}
+
+Loss and accuracy are taken on the queried positions only (targets != ``IGNORE_INDEX``);
+the head is applied there only, which saves the ``[B, T, V]`` logits on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from seqmix.apps.recall.data import IGNORE_INDEX
+from seqmix.core.blocks import MixerStack
+from seqmix.core.embeddings import SinusoidalPositionalEncoding
+from seqmix.core.mixer import Mixer
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, final_ratio: float = 0.1) -> float:
+    """Linear warm-up to 1, then constant (``schedule="constant"``) or cosine decay to ``final_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class RecallLM(pl.LightningModule):
+    """A causal LM for MQAR; ``vocab_size`` and ``max_len`` come from the datamodule (CLI links)."""
+
+    def __init__(self, mixer: Callable[[int], Mixer], vocab_size: int = 256, max_len: int = 64,
+                 d_model: int = 64, n_layers: int = 2, positions: Literal["learned", "sinusoidal", "none"] = "learned",
+                 mlp_ratio: float = 4.0, mlp: Literal["mlp", "glu"] = "glu", dropout: float = 0.0,
+                 lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100,
+                 schedule: Literal["cosine", "constant"] = "cosine"):
+        super().__init__()
+        if positions not in ("learned", "sinusoidal", "none"):
+            raise ValueError(f"RecallLM: positions={positions!r} is unknown; choose 'learned', 'sinusoidal' or 'none'")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"RecallLM: schedule={schedule!r} is unknown; choose 'cosine' or 'constant'")
+        if lr <= 0 or weight_decay < 0 or warmup_steps < 0:
+            raise ValueError(f"RecallLM: need lr > 0, weight_decay >= 0, warmup_steps >= 0; "
+                             f"got lr={lr}, weight_decay={weight_decay}, warmup_steps={warmup_steps}")
+        self.save_hyperparameters(ignore=["mixer"])
+        self.embed = nn.Embedding(vocab_size, d_model)
+        if positions == "learned":
+            self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)  # [L, D]
+        elif positions == "sinusoidal":
+            self.pos = SinusoidalPositionalEncoding(d_model, max_len=max_len)
+        else:
+            self.pos = None
+        self.stack = MixerStack(d_model, n_layers, mixer, causal=True, mlp_ratio=mlp_ratio, mlp=mlp,
+                                dropout=dropout)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=vocab_size, average="micro")
+                                  for s in ("train", "val", "test")})
+
+    # ------------------------------------------------------------- model
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """``tokens: [B, T]`` -> final hidden states ``[B, T, D]``."""
+        t, max_len = tokens.shape[1], self.hparams.max_len
+        if t > max_len and self.hparams.positions != "none":
+            raise ValueError(f"RecallLM: sequence of {t} tokens exceeds max_len={max_len}; raise model.max_len")
+        x = self.embed(tokens)  # [B, T, D]
+        if isinstance(self.pos, nn.Parameter):
+            x = x + self.pos[:t]
+        elif self.pos is not None:
+            x = self.pos(x)
+        return self.stack(x)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits at every position: ``[B, T] -> [B, T, V]``."""
+        return self.head(self.hidden(tokens))
+
+    def query_logits(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``[Q, V]`` and targets ``[Q]`` at the queried positions only."""
+        queried = targets != IGNORE_INDEX  # [B, T]
+        h = self.hidden(inputs)[queried]  # [B, T, D] -> [Q, D]
+        return self.head(h), targets[queried]
+
+    # ------------------------------------------------------------- steps
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        inputs, targets = batch
+        logits, wanted = self.query_logits(inputs, targets)
+        loss = F.cross_entropy(logits, wanted)
+        acc = self.acc[f"{stage}_acc"]
+        acc(logits.argmax(-1), wanted)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(inputs))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(inputs))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx) -> dict[str, Tensor]:
+        """Per query: the example index in the batch, its position, the predicted and the true value."""
+        inputs, targets = batch
+        logits, wanted = self.query_logits(inputs, targets)
+        example, position = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # [Q] each, row-major like [queried]
+        return {"example": example, "position": position, "predicted": logits.argmax(-1), "target": wanted}
+
+    # --------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        h = self.hparams
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and n != "pos"]
+        no_decay = [p for n, p in self.named_parameters() if p.dim() < 2 or n == "pos"]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.98))
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_multiplier(step, warmup_steps=h.warmup_steps, total_steps=total, schedule=h.schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

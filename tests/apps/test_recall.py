@@ -1,0 +1,117 @@
+"""The recall app: MQAR generator invariants, the datamodule, and tiny fits through the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmix.apps.recall.data import IGNORE_INDEX, MQARDataModule, generate_mqar, query_slot_probs
+from seqmix.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "recall"
+
+
+# ------------------------------------------------------------------ generator
+def test_generate_mqar_queries_point_to_their_values():
+    v, t, p = 64, 40, 5
+    batch = generate_mqar(200, vocab_size=v, seq_len=t, num_kv_pairs=p, seed=3)
+    assert batch.inputs.shape == batch.targets.shape == (200, t)
+    assert batch.inputs.min() >= 0 and batch.inputs.max() < v
+    for inputs, targets in zip(batch.inputs.tolist(), batch.targets.tolist()):
+        keys, values = inputs[0 : 2 * p : 2], inputs[1 : 2 * p : 2]
+        assert len(set(keys)) == p and all(1 <= k < v // 2 for k in keys)
+        assert len(set(values)) == p and all(v // 2 <= x < v for x in values)
+        pair = dict(zip(keys, values))
+        queried = [i for i, y in enumerate(targets) if y != IGNORE_INDEX]
+        assert len(queried) == p
+        assert sorted(inputs[i] for i in queried) == sorted(keys)  # every key is asked exactly once
+        for i in queried:
+            assert i >= 2 * p and (i - 2 * p) % 2 == 0  # after the pairs, on a query slot
+            assert targets[i] == pair[inputs[i]]
+
+
+def test_generate_mqar_is_seeded():
+    kw = dict(vocab_size=128, seq_len=64, num_kv_pairs=4)
+    a, b, c = generate_mqar(50, seed=1, **kw), generate_mqar(50, seed=1, **kw), generate_mqar(50, seed=2, **kw)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(a.inputs, c.inputs)
+
+
+def test_query_gaps_follow_the_power_law():
+    t, p, a = 256, 8, 0.01
+    n_slots = (t - 2 * p) // 2
+    batch = generate_mqar(2000, vocab_size=256, seq_len=t, num_kv_pairs=p, power_a=a, seed=0)
+    slots = ((batch.targets != IGNORE_INDEX).nonzero()[:, 1] - 2 * p) // 2
+    assert slots.min() >= 0 and slots.max() < n_slots
+    counts = torch.bincount(slots, minlength=n_slots).double()
+    assert counts[: n_slots // 4].sum() > 2 * counts[-n_slots // 4 :].sum()  # early slots are far more common
+    probs = query_slot_probs(n_slots, a)
+    assert torch.isclose(probs.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert (probs[1:] < probs[:-1]).all()
+    uniform = generate_mqar(2000, vocab_size=256, seq_len=t, num_kv_pairs=p, power_a=1.0, seed=0)
+    u_slots = ((uniform.targets != IGNORE_INDEX).nonzero()[:, 1] - 2 * p) // 2
+    assert u_slots.double().mean() > slots.double().mean() + 10
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(vocab_size=256, seq_len=15, num_kv_pairs=4), "seq_len=15 is too short"),
+    (dict(vocab_size=8, seq_len=64, num_kv_pairs=4), "vocab_size=8"),
+    (dict(vocab_size=256, seq_len=64, num_kv_pairs=0), "num_kv_pairs must be >= 1"),
+    (dict(vocab_size=256, seq_len=64, num_kv_pairs=4, power_a=0.0), "power_a"),
+])
+def test_impossible_settings_fail_clearly(kw, message):
+    with pytest.raises(ValueError, match=message):
+        generate_mqar(4, **kw)
+    with pytest.raises(ValueError, match=message):
+        MQARDataModule(**kw)
+
+
+def test_datamodule_splits_are_deterministic_and_distinct():
+    dm, dm2 = MQARDataModule(num_train=64, num_val=32, num_test=32, seed=5), MQARDataModule(
+        num_train=64, num_val=32, num_test=32, seed=5)
+    dm.setup("fit"), dm2.setup("fit")
+    assert dm.vocab_size == 256 and dm.seq_len == 64
+    assert torch.equal(dm.splits["val"].tensors[0], dm2.splits["val"].tensors[0])
+    assert not torch.equal(dm.splits["val"].tensors[0], dm.splits["test"].tensors[0])
+    inputs, targets = next(iter(dm.train_dataloader()))
+    assert inputs.shape == (64, 64) and (targets != IGNORE_INDEX).sum(1).eq(4).all()
+
+
+# ---------------------------------------------------------------- CLI fits
+def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()) -> dict[str, float]:
+    """fit then test through ``seqmix.cli.main``; the config's relative ``runs/`` paths land in ``tmp_path``."""
+    common = ["--config", str(CONFIGS / config), "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+              "--data.num_train", "512", "--data.num_val", "64", "--data.num_test", "64", *extra]
+    main(["recall", "fit", *common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+          "--trainer.limit_val_batches", "1"])
+    ckpt = tmp_path / "runs" / "recall" / config.removesuffix(".yaml") / "checkpoints" / "last.ckpt"
+    assert ckpt.exists(), f"fit wrote no checkpoint at {ckpt}"
+    main(["recall", "test", *common, "--ckpt_path", str(ckpt)])
+    rows = [row for path in sorted(tmp_path.rglob("metrics.csv")) for row in csv.DictReader(path.open())]
+    last = {}
+    for row in rows:
+        last.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return last
+
+
+@pytest.mark.parametrize("config", ["softmax.yaml", "gla.yaml"])
+def test_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch, config):
+    monkeypatch.chdir(tmp_path)
+    if not (CONFIGS / config).exists():
+        pytest.fail(f"configs/recall/{config} is missing")
+    metrics = _fit_and_test(tmp_path, config, steps=3, extra=["--model.d_model", "32"])
+    assert "train/loss" in metrics and "test/acc" in metrics and "val/acc" in metrics
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_tiny_softmax_model_learns_mqar(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # 2 pairs at T=16 and vocab 32: chance on a query is 1/16 (values are the upper half).
+    metrics = _fit_and_test(tmp_path, "softmax.yaml", steps=250, extra=[
+        "--data.vocab_size", "32", "--data.seq_len", "16", "--data.num_kv_pairs", "2", "--data.batch_size", "32",
+        "--model.d_model", "32", "--model.lr", "3e-3", "--model.warmup_steps", "20"])
+    assert metrics["test/acc"] > 0.5, metrics

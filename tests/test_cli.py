@@ -1,0 +1,70 @@
+"""``seqmix``'s command line: the registry table and clear errors for unknown names and keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seqmix.cli import list_apps, main
+from seqmix.core import list_mixers
+
+SOFTMAX = Path(__file__).resolve().parents[1] / "configs" / "recall" / "softmax.yaml"
+
+
+def test_mixers_prints_every_registered_mixer(capsys):
+    assert main(["mixers"]) == 0
+    out = capsys.readouterr().out
+    names = list_mixers()
+    assert "softmax" in names
+    missing = [n for n in names if n not in out]
+    assert not missing, f"`seqmix mixers` left out {missing}"
+
+
+def test_help_lists_the_apps(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: seqmix" in out and "recall" in out and "recall" in list_apps()
+
+
+def test_unknown_app_names_the_apps():
+    with pytest.raises(SystemExit) as err:
+        main(["recal", "fit"])
+    message = str(err.value.code)
+    assert "unknown app 'recal'" in message and "Did you mean 'recall'" in message and "recall" in message
+
+
+def test_unknown_subcommand_names_the_choices():
+    with pytest.raises(SystemExit) as err:
+        main(["recall", "fitt"])
+    message = str(err.value.code)
+    assert "unknown command 'fitt'" in message and "fit" in message and "predict" in message
+
+
+def _cli_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "bad_key.yaml"
+    config.write_text(SOFTMAX.read_text().replace("  n_layers: 2", "  n_layerz: 2"))
+    err = _cli_error(["recall", "fit", "--config", str(config)], capsys)
+    assert "n_layerz" in err
+
+
+def test_unknown_mixer_class_path_is_named(tmp_path, capsys):
+    config = tmp_path / "bad_mixer.yaml"
+    text = SOFTMAX.read_text()
+    assert "seqmix.core.mixers.softmax.SoftmaxAttention" in text
+    config.write_text(text.replace("seqmix.core.mixers.softmax.SoftmaxAttention",
+                                   "seqmix.core.mixers.softmax.SoftmaxAttentionn"))
+    err = _cli_error(["recall", "fit", "--config", str(config)], capsys)
+    assert "SoftmaxAttentionn" in err
+
+
+def test_unknown_mixer_argument_is_named(capsys):
+    err = _cli_error(["recall", "fit", "--config", str(SOFTMAX), "--model.mixer.init_args.n_headz", "2"], capsys)
+    assert "n_headz" in err
