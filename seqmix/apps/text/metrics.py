@@ -5,8 +5,9 @@
 - ``rmse``: over all ``N * K`` cells;
 - ``wasserstein``: earth mover's distance between the predicted and gold distributions
   *over the K emotion positions* (``scipy.stats.wasserstein_distance(range(K), range(K), p, g)``),
-  averaged over headlines. (The REDAffectiveLM code passes the two probability vectors as
-  *samples*, which measures something else.)
+  averaged over headlines. The REDAffectiveLM code passes the two probability vectors as
+  *samples* (``wasserstein_distance(p, g)``), which compares the sets of probability values
+  and ignores which emotion holds them; reported as ``wasserstein_orig``, labelled.
 - ``ap_document``: Pearson correlation across the K emotions of each headline, averaged;
   ``ap_emotion``: Pearson across the headlines for each emotion, averaged. A correlation
   with a constant side is undefined; such a headline counts as 0 (as in the original code).
@@ -85,6 +86,7 @@ def emotion_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     out = {f"acc@{k}": float(top_k_hits(pred, gold, k).mean()) for k in (1, 2, 3) if k <= pred.shape[1]}
     out["rmse"] = rmse(pred, gold)
     out["wasserstein"] = wasserstein(pred, gold)
+    out["wasserstein_orig"] = float(np.mean([wasserstein_distance(p, g) for p, g in zip(pred, gold)]))
     out["ap_document"] = float(pearson_rows(pred, gold).mean())
     out["ap_emotion"] = float(pearson_rows(pred.T, gold.T).mean())
     out["ap_document_x1.25"] = float(original_ap_rows(pred, gold).mean())
