@@ -32,8 +32,8 @@ from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs
 from seqmix.kernels.linear_attn.common import check_chunk_size
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
-_CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=s)
-            for bv in (64, 32) for w in (4, 8) for s in (2, 3)]
+# few configs: these kernels are large, and every config is compiled when autotuning
+_CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=2) for bv in (64, 32) for w in (4, 8)]
 
 
 @triton.jit

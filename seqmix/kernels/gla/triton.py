@@ -33,8 +33,8 @@ from seqmix.kernels.linear_attn.common import check_chunk_size
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
 BC = 16  # the secondary (sub-)chunk: rows whose pairwise gates are computed exactly
-_CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=s)
-            for bv in (64, 32) for w in (4, 8) for s in (2, 3)]
+# few configs: these kernels are large, and every config is compiled when autotuning
+_CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=2) for bv in (64, 32) for w in (4, 8)]
 
 
 @triton.jit
@@ -69,7 +69,6 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
     bos = tl.load(offsets + i_n).to(tl.int64)
     seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
     dt = q.dtype.element_ty
-    NC: tl.constexpr = BT // BC
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     p_state = i_nh * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into [N, H, K, V]
@@ -90,7 +89,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
         b_b = tl.cumsum(b_g, axis=0)  # [BT, BK] cumulative log-gate inside the chunk
         b_last = tl.sum(b_g, axis=0)  # [BK] the whole chunk's log-gate (padded rows hold 0)
 
-        for i_c in tl.static_range(NC):
+        for i_c in tl.static_range(BT // BC):
             o_c = i_c * BC + tl.arange(0, BC)
             m_c = o_c < n
             rows_c = bos + start + o_c
@@ -132,7 +131,6 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
     seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
     n_chunks = tl.cdiv(seq_len, BT)
     dt = q.dtype.element_ty
-    NC: tl.constexpr = BT // BC
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     p_state = i_nh * K * V + o_k[:, None] * V + o_v[None, :]
@@ -154,7 +152,7 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
         b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
         b_b = tl.cumsum(b_g, axis=0)
         b_last = tl.sum(b_g, axis=0)
-        for i_c in tl.static_range(NC):
+        for i_c in tl.static_range(BT // BC):
             o_c = i_c * BC + tl.arange(0, BC)
             m_c = o_c < n
             rows_c = bos + start + o_c
@@ -199,7 +197,7 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
                 * scale).to(dt)
         b_b = tl.cumsum(b_g, axis=0)
         b_last = tl.sum(b_g, axis=0)
-        for i_c in tl.static_range(NC):
+        for i_c in tl.static_range(BT // BC):
             o_c = i_c * BC + tl.arange(0, BC)
             m_c = o_c < n
             rows_c = bos + start + o_c
@@ -216,7 +214,7 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
             k_end = tl.exp(tl.where(m_ck, b_last[None, :] - b_c, float("-inf")))  # [BC, BK]
             b_dk = tl.dot(v_c, tl.trans(d_state.to(dt))) * k_end
             b_dv = tl.dot((k_c * k_end).to(dt), d_state.to(dt))
-            if i_c < NC - 1:  # later sub-chunks of this chunk, relative to r = b at this sub-chunk's end
+            if i_c < BT // BC - 1:  # later sub-chunks of this chunk, relative to r = b at this sub-chunk's end
                 ref = _prefix(b_g, o_t, (i_c + 1) * BC)
                 q_ref = b_q * tl.exp(tl.where(o_t[:, None] >= (i_c + 1) * BC, b_b - ref[None, :], float("-inf")))
                 k_ref = tl.exp(ref[None, :] - b_c)  # [BC, BK], exponent <= 0

@@ -349,6 +349,12 @@ def _grid(b: int, h: int):
     return (triton.cdiv(b, BB), h)
 
 
+def _launch_options(k: int) -> dict:
+    """num_warps / num_stages: R's [K, K] tiles are reloaded every step, so no multi-buffering
+    (a K = 256 head's four bf16 tiles are 512 KB); more warps for wide heads."""
+    return {"num_warps": 4 if k <= 64 else 8, "num_stages": 1}
+
+
 def _empty(*shape, like: Tensor, dtype=torch.float32) -> Tensor:
     return new_output(shape, device=like.device, dtype=dtype)
 
@@ -363,7 +369,7 @@ class LSTMFunction(torch.autograd.Function):
         h_t, c_t = _empty(b, h, k, like=gx), _empty(b, h, k, like=gx)
         _lstm_fwd[_grid(b, h)](gx, R, h0 if h0 is not None else gx, c0 if c0 is not None else gx, y, pre, cs,
                                h_t, c_t, b, t, H=h, K=k, BB=BB, BK=block_size(k), HAS_H0=h0 is not None,
-                               STORE_FINAL=True)
+                               STORE_FINAL=True, **_launch_options(k))
         ctx.save_for_backward(R, h0, c0, y, pre, cs)
         return y, h_t, c_t
 
@@ -378,7 +384,7 @@ class LSTMFunction(torch.autograd.Function):
         dh0, dc0 = _empty(b, h, k, like=y), _empty(b, h, k, like=y)
         _lstm_bwd[_grid(b, h)](R, pre, cs, c0 if c0 is not None else cs, dy.contiguous(), dh_t, dc_t, dpre,
                                dh0, dc0, b, t, H=h, K=k, BB=BB, BK=block_size(k), HAS_H0=h0 is not None,
-                               HAS_DFINAL=has_final)
+                               HAS_DFINAL=has_final, **_launch_options(k))
         dR = _weight_grad(y, h0, dpre)
         has_h0 = h0 is not None
         return (dpre, dR.to(R.dtype), dh0 if has_h0 else None, dc0 if has_h0 else None)
@@ -396,7 +402,7 @@ class GRUFunction(torch.autograd.Function):
         y = _empty(b, t, h, k, like=gx, dtype=gx.dtype)
         pre = _empty(b, t, h, 3, k, like=gx)
         _gru_fwd[_grid(b, h)](gx, R, bias_n, h0 if h0 is not None else gx, y, pre, b, t, H=h, K=k, BB=BB,
-                              BK=block_size(k), HAS_H0=h0 is not None)
+                              BK=block_size(k), HAS_H0=h0 is not None, **_launch_options(k))
         ctx.save_for_backward(gx, R, h0, y, pre)
         return y
 
@@ -408,7 +414,8 @@ class GRUFunction(torch.autograd.Function):
         dq_n = _empty(b, t, h, k, like=y)
         dh0 = _empty(b, h, k, like=y)
         _gru_bwd[_grid(b, h)](gx, R, pre, y, h0 if h0 is not None else y, dy.contiguous(), dy, dgx, dq_n, dh0,
-                              b, t, H=h, K=k, BB=BB, BK=block_size(k), HAS_H0=h0 is not None, HAS_DFINAL=False)
+                              b, t, H=h, K=k, BB=BB, BK=block_size(k), HAS_H0=h0 is not None, HAS_DFINAL=False,
+                              **_launch_options(k))
         d_rec = torch.stack([dgx[:, :, :, 0], dgx[:, :, :, 1], dq_n], 3)  # [B, T, H, 3, K]: grads of h R
         dR = _weight_grad(y, h0, d_rec)
         return dgx, dR.to(R.dtype), dq_n.sum((0, 1)), dh0 if h0 is not None else None
@@ -425,7 +432,7 @@ class SLSTMFunction(torch.autograd.Function):
         has_h0 = h0 is not None
         state = (h0, c0, n0, m0) if has_h0 else (gx,) * 4
         _slstm_fwd[_grid(b, h)](gx, R, *state, y, pre, cs, ns, ms, *finals, b, t, H=h, K=k, BB=BB,
-                                BK=block_size(k), HAS_H0=has_h0, STORE_FINAL=True)
+                                BK=block_size(k), HAS_H0=has_h0, STORE_FINAL=True, **_launch_options(k))
         ctx.save_for_backward(R, h0, c0, n0, m0, y, pre, cs, ns, ms)
         return (y, *finals)
 
@@ -441,7 +448,7 @@ class SLSTMFunction(torch.autograd.Function):
         has_h0 = h0 is not None
         state = (c0, n0, m0) if has_h0 else (cs,) * 3
         _slstm_bwd[_grid(b, h)](R, pre, cs, ns, ms, *state, dy.contiguous(), *finals, dpre, *d_state, b, t, H=h,
-                                K=k, BB=BB, BK=block_size(k), HAS_H0=has_h0, HAS_DFINAL=has_final)
+                                K=k, BB=BB, BK=block_size(k), HAS_H0=has_h0, HAS_DFINAL=has_final, **_launch_options(k))
         dR = _weight_grad(y, h0, dpre)
         return (dpre, dR.to(R.dtype), *(d_state if has_h0 else (None,) * 4))
 
