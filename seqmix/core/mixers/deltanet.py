@@ -1,0 +1,149 @@
+"""DeltaNet: linear attention whose memory is written with the delta rule.
+
+Papers: Schlag, Irie & Schmidhuber 2021, "Linear Transformers Are Secretly Fast Weight
+Programmers" (the delta rule); Yang, Wang, Zhang, Shen & Kim 2024, "Parallelizing Linear
+Transformers with the Delta Rule over Sequence Length" (the chunked WY/UT form, and this
+layer: short convolutions, SiLU + L2-normalised q/k, per-head output RMSNorm).
+
+Per head, with ``k_t`` L2-normalised and ``beta_t = sigmoid(W_beta x_t)`` in (0, 1)::
+
+    S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1})        o_t = q_t S_t / sqrt(K)
+
+The kernel is ``seqmix.kernels.delta_rule.chunk_delta_rule``; the mixer's ``impl`` goes
+straight to it (``"naive"`` token by token, ``"chunk"`` the WY/UT form, ``"triton"`` once a
+kernel is registered). Recurrent: the state is ``(S: [B, H, K, V] fp32, conv cache)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.kernels.delta_rule import chunk_delta_rule
+
+# (memory S [B, H, K, V] in fp32, short-conv cache [B, conv_size - 1, 3D] or None)
+DeltaState = tuple[Tensor, Tensor | None]
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """``silu(sum_j padded[:, j : j + T] * weight[j])``: a causal depthwise conv and SiLU, fused.
+
+    Written out (a few multiply-adds over ``[B, T, C]``) because ``F.conv1d``'s depthwise
+    path on the CPU costs several times more, its backward most of all.
+    """
+
+    @staticmethod
+    def forward(ctx, padded: Tensor, weight: Tensor) -> Tensor:  # [B, size - 1 + T, C], [size, C]
+        size = weight.shape[0]
+        t = padded.shape[1] - size + 1
+        pre = padded[:, :t] * weight[0]  # [B, T, C]
+        for j in range(1, size):
+            pre.addcmul_(padded[:, j : j + t], weight[j])
+        ctx.save_for_backward(padded, weight, pre)
+        return F.silu(pre)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        padded, weight, pre = ctx.saved_tensors
+        size, t = weight.shape[0], grad.shape[1]
+        grad = torch.ops.aten.silu_backward(grad, pre)  # [B, T, C], gradient of the conv output
+        d_padded = torch.zeros_like(padded)
+        d_weight = torch.empty_like(weight)
+        for j in range(size):
+            d_padded[:, j : j + t].addcmul_(grad, weight[j])
+            d_weight[j] = (grad * padded[:, j : j + t]).sum((0, 1))
+        return d_padded, d_weight
+
+
+class ShortConvolution(nn.Module):
+    """A causal depthwise convolution over time followed by SiLU, ``[B, T, C] -> [B, T, C]``.
+
+    The cache holds the last ``size - 1`` inputs, so a sequence run in pieces (or one
+    token at a time) gives the same result as one run over the whole sequence.
+    """
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        if not isinstance(size, int) or size < 2:
+            raise ValueError(f"ShortConvolution: size must be an int >= 2, got {size!r}")
+        self.size = size
+        self.weight = nn.Parameter(torch.empty(size, channels).uniform_(-size ** -0.5, size ** -0.5))  # [size, C]
+
+    def forward(self, x: Tensor, cache: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        b, _, c = x.shape
+        if cache is None:
+            cache = x.new_zeros(b, self.size - 1, c)
+        padded = torch.cat([cache.to(x.dtype), x], 1)  # [B, size - 1 + T, C]
+        return _ConvSiLU.apply(padded, self.weight.to(x.dtype)), padded[:, -(self.size - 1):]  # [B, T, C], cache
+
+
+@register_mixer("deltanet")
+class DeltaNet(Mixer):
+    """DeltaNet layer: q/k/v projections (+ short conv), SiLU, L2-norm q/k, sigmoid beta, delta rule."""
+
+    patterns = frozenset({"causal_self"})
+    impls = ("naive", "chunk", "triton")
+    recurrent = True
+    paper = ("Schlag et al. 2021 (fast weight programmers); Yang et al. 2024, "
+             "Parallelizing Linear Transformers with the Delta Rule over Sequence Length")
+    complexity = "O(T C D + T D K)"
+    test_configs = ({"n_heads": 2, "chunk_size": 16}, {"n_heads": 4, "chunk_size": 16, "conv_size": None, "gate": True})
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
+                 conv_size: int | None = 4, gate: bool = False, chunk_size: int = 64, norm_eps: float = 1e-5):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"DeltaNet: chunk_size must be a positive int, got {chunk_size!r}")
+        if conv_size is not None and (not isinstance(conv_size, int) or conv_size < 2):
+            raise ValueError(f"DeltaNet: conv_size must be an int >= 2 or None (no short conv), got {conv_size!r}")
+        self.chunk_size = chunk_size
+        self.conv_size = conv_size
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = ShortConvolution(3 * d_model, conv_size) if conv_size is not None else None
+        self.beta = nn.Linear(d_model, n_heads, bias=False)
+        self.norm = nn.RMSNorm(self.head_dim, eps=norm_eps)  # per head
+        self.gate = nn.Linear(d_model, d_model, bias=False) if gate else None
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def _forward(self, x, *, context, mask, state, return_state):
+        return self.mix(x, state=state, return_state=return_state, impl=self.resolve_impl(x))
+
+    def mix(self, x: Tensor, *, state: DeltaState | None, return_state: bool,
+            impl: str) -> Tensor | tuple[Tensor, DeltaState]:
+        b, t, d = x.shape
+        memory, conv_cache = state if state is not None else (None, None)
+        qkv = self.qkv(x)  # [B, T, 3D]
+        if self.conv is not None:
+            qkv, conv_cache = self.conv(qkv, conv_cache)  # conv + SiLU
+        else:
+            qkv = F.silu(qkv)
+        q, k, v = qkv.view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        beta = torch.sigmoid(self.beta(x))  # [B, T, H]
+        o, memory = chunk_delta_rule(q, k, v, beta, initial_state=memory, output_final_state=return_state,
+                                     chunk_size=self.chunk_size, impl=impl)  # [B, T, H, V]
+        o = self.norm(o).reshape(b, t, d)  # [B, T, H, V] -> [B, T, D]
+        if self.gate is not None:
+            o = o * F.silu(self.gate(x))
+        y = self.out(o)
+        return (y, (memory, conv_cache)) if return_state else y
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> DeltaState:
+        memory_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        memory = torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=memory_dtype)
+        conv_cache = (None if self.conv is None
+                      else torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device, dtype=dtype))
+        return memory, conv_cache
+
+    def _step(self, x_t: Tensor, state: DeltaState) -> tuple[Tensor, DeltaState]:
+        y, state = self.mix(x_t[:, None], state=state, return_state=True, impl="naive")  # one token: the recurrence
+        return y[:, 0], state
+
+    def state_size(self, seq_len: int) -> int:
+        conv = 0 if self.conv is None else (self.conv_size - 1) * 3 * self.d_model
+        return self.n_heads * self.head_dim * self.head_dim + conv
