@@ -11,12 +11,13 @@ Every exponent in the inter-chunk terms is <= 0. The intra-chunk pair factor
 ``exp(-b_j)`` is huge for strong gates. The GLA paper (Yang et al. 2023, section 4)
 splits it at a reference point m between the two, ``exp(b_i - b_m) * exp(b_m - b_j)``,
 both <= 1 when ``j <= m < i`` ("secondary chunking"), and computes the rest pairwise in
-log space. Here the same split is applied recursively: a block of s tokens is cut in
-halves, queries of the second half meet keys of the first half through one matmul with
-m = the last position of the first half, and each half is cut again, down to single
-tokens, where the pair factor is exp(0) = 1. That costs ``log2(C)`` matmuls over
-``[T, K]`` tensors instead of a ``[T, c, K]`` pair tensor, and nothing overflows,
-whatever the gates.
+log space. Here the same split is applied recursively: a block of 2h tokens is cut in
+halves, the queries of the second half meet the keys of the first half through one
+matmul with m = the last position of the first half, and each half is cut again, down
+to single tokens, where the pair factor is exp(0) = 1. The chunk's score matrix is
+assembled from those blocks bottom-up, ``[[A_first, 0], [S, A_second]]``, and meets the
+values in one matmul. That costs ``log2(C)`` passes over ``[T, K]`` tensors instead of a
+``[T, c, K]`` pair tensor, and nothing overflows, whatever the gates.
 
 Precision: every exponent is a sum of gates over its own range (a prefix from m, a
 suffix to m), summed directly, never the difference of two cumulated sums; such a
@@ -84,21 +85,27 @@ def gla_chunk(
         states, final = scan_chunks(b_last.exp().transpose(-1, -2), updates, s0)  # [B, H, N, K, V]
         o = (qc * b.exp()) @ states  # [B, H, N, C, V]
 
-        # intra-chunk: halves within halves, each pair of halves through one stable matmul
-        o = o + (qc * kc).sum(-1, keepdim=True) * vc  # the diagonal j = i, pair factor 1
+        # intra-chunk scores, assembled from single tokens up: a block of 2h tokens is
+        # [[A_first, 0], [S, A_second]], S = its second half's queries against its first half's keys
         bs, n = b.shape[0], b.shape[2]
-        half = c // 2
-        while half >= 1:
+        scores = (qc * kc).sum(-1)[..., None, None]  # [B, H, N, C, 1, 1] one token: pair factor 1
+        half = 1
+        while half < c:
             shape = (bs, -1, n, c // (2 * half), 2, half)  # [B, H, N, C, *] -> [B, H, N, blocks, 2, half, *]
-            (q_early, q_late), (k_early, _), (v_early, _), (g_early, g_late) = (
-                x.view(*shape, x.shape[-1]).unbind(-3) for x in (qc, kc, vc, gc)
-            )  # each [B, H, N, blocks, half, *]
+            (_, q_late), (k_early, _), (g_early, g_late) = (
+                x.view(*shape, x.shape[-1]).unbind(-3) for x in (qc, kc, gc)
+            )  # each [B, H, N, blocks, half, K]
             q_late = q_late * torch.exp(g_late.cumsum(-2))  # gates from the middle to the query, <= 0
             k_early = k_early * torch.exp(suffix_sum(g_early))  # gates from the key to the middle, <= 0
-            o_late = (q_late @ k_early.transpose(-1, -2)) @ v_early  # [B, H, N, blocks, half, V]
-            o_block = torch.stack([torch.zeros_like(o_late), o_late], -3)  # [B, H, N, blocks, 2, half, V]
-            o = o + o_block.view(bs, -1, n, c, o.shape[-1])  # into the second halves, [B, H, N, C, V]
-            half //= 2
+            if half <= 2:  # tiny blocks: broadcast products beat batched 1x1 / 2x2 matmuls
+                cross = (q_late[..., :, None, :] * k_early[..., None, :, :]).sum(-1)  # [..., half, half]
+            else:
+                cross = q_late @ k_early.transpose(-1, -2)  # [B, H, N, blocks, half, half]
+            first, second = scores.view(*shape[:-1], half, half).unbind(-3)  # [B, H, N, blocks, half, half] each
+            top = F.pad(first, (0, half))  # [..., half, 2 half]: no query of the first half sees the second
+            scores = torch.cat([top, torch.cat([cross, second], -1)], -2)  # [B, H, N, blocks, 2 half, 2 half]
+            half *= 2
+        o = o + scores.view(bs, -1, n, c, c) @ vc  # [B, H, N, C, V]
         return from_chunks(o * scale, t), final
 
     state_shape = (q.shape[2], q.shape[3], v.shape[3])
