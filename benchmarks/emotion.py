@@ -82,7 +82,8 @@ def fmt(values: list[float], digits: int = 3) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: the machine is shared; a 2-core run uses at most one core per model)")
     parser.add_argument("--max-epochs-scale", type=float, default=1.0,
                         help="multiply each config's max_epochs (a quick smoke run uses e.g. 0.1)")
     parser.add_argument("--out", default="emotion", help="results/<out>.md")

@@ -289,6 +289,18 @@ class FeatureDataset(Dataset):
                 "context_mask": f.context_mask[r], "target": self.targets[r], "row": r}
 
 
+def collate_trimmed(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack a batch and cut the padding every row shares: words to the longest headline in
+    the batch, context tokens to the longest tokenization (headlines are short, the buffers
+    are ``max_words`` / ``context_max_len`` long)."""
+    batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    n_words = max(1, int(batch["word_mask"].sum(1).max()))
+    n_ctx = max(1, int(batch["context_mask"].sum(1).max()))
+    batch["words"], batch["word_mask"] = batch["words"][:, :n_words], batch["word_mask"][:, :n_words]
+    batch["context"], batch["context_mask"] = batch["context"][:, :n_ctx], batch["context_mask"][:, :n_ctx]
+    return batch
+
+
 class EmotionDataModule(pl.LightningDataModule):
     """Emotion distributions with frozen-encoder features cached on disk (``cache_dir``).
 
@@ -381,7 +393,7 @@ class EmotionDataModule(pl.LightningDataModule):
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         ds = FeatureDataset(self.features, self.targets, self.splits[split])
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle)
+        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=collate_trimmed)
 
     def train_dataloader(self):
         return self.loader("train", True)
