@@ -89,7 +89,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
         b_b = tl.cumsum(b_g, axis=0)  # [BT, BK] cumulative log-gate inside the chunk
         b_last = tl.sum(b_g, axis=0)  # [BK] the whole chunk's log-gate (padded rows hold 0)
 
-        for i_c in tl.static_range(BT // BC):
+        for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
             o_c = i_c * BC + tl.arange(0, BC)
             m_c = o_c < n
             rows_c = bos + start + o_c
@@ -152,7 +152,7 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
         b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
         b_b = tl.cumsum(b_g, axis=0)
         b_last = tl.sum(b_g, axis=0)
-        for i_c in tl.static_range(BT // BC):
+        for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
             o_c = i_c * BC + tl.arange(0, BC)
             m_c = o_c < n
             rows_c = bos + start + o_c
@@ -197,7 +197,7 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
                 * scale).to(dt)
         b_b = tl.cumsum(b_g, axis=0)
         b_last = tl.sum(b_g, axis=0)
-        for i_c in tl.static_range(BT // BC):
+        for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
             o_c = i_c * BC + tl.arange(0, BC)
             m_c = o_c < n
             rows_c = bos + start + o_c
