@@ -145,12 +145,12 @@ def plot(points: dict[tuple[str, int], dict], mixers: list[str]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    cmap, markers = plt.get_cmap("tab20"), "osD^v<>pPX*hH8d"
+    colors, markers = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors], "osD^v<>pPX*hH8d"
     for i, name in enumerate(mixers):
         pts = sorted((t, p["median_s"]) for (m, t), p in points.items() if m == name and "error" not in p)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)],
-                    color=cmap(i % 20), label=name, linewidth=1)
+                    color=colors[i % len(colors)], label=name, linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")

@@ -111,13 +111,13 @@ def plot(rows: list[dict[str, object]], title: str):
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = "osD^v<>pPX*hH8d"
-    cmap = plt.get_cmap("tab20")
+    colors = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
     for i, mixer in enumerate(sorted({r["mixer"] for r in rows})):
         pts = sorted((r["state"], r["acc"], r["d_model"]) for r in rows if r["mixer"] == mixer)
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, marker=markers[i % len(markers)], color=cmap(i % 20), label=mixer, linewidth=1)
+        ax.plot(xs, ys, marker=markers[i % len(markers)], color=colors[i % len(colors)], label=mixer, linewidth=1)
         for x, y, d in pts:
-            ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=cmap(i % 20))
+            ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colors[i % len(colors)])
     ax.set_xscale("log")
     ax.set_xlabel("state size (floats per sequence, summed over layers)")
     ax.set_ylabel("MQAR test accuracy")
@@ -137,7 +137,7 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
     notes = [budget, "accuracy: fraction of queried positions whose value is predicted exactly (test split, "
              "generated from its own seed stream)",
              "state: `mixer.state_size(T)` summed over layers (KV cache for attention, recurrent state otherwise)",
-             "train time: wall clock of `trainer.fit` on this machine (shared with other jobs unless stated)"]
+             "train time: wall clock of `trainer.fit`"]
     if skipped:
         notes.append(f"registered mixers without a recall config, not run: {', '.join(skipped)}")
     table = markdown_table(
