@@ -76,7 +76,8 @@ def run_point(mixer: str, width: int | None, args: argparse.Namespace) -> dict[s
             "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     overrides = {"model.d_model": width, "data.seq_len": args.seq_len, "data.num_kv_pairs": args.kv_pairs,
                  "data.vocab_size": args.vocab_size, "data.batch_size": args.batch_size,
-                 "data.num_train": args.num_train, "trainer.max_steps": args.max_steps, "model.lr": args.lr}
+                 "data.num_train": args.num_train, "trainer.max_steps": args.max_steps, "model.lr": args.lr,
+                 "model.mlp_ratio": args.mlp_ratio}
     for key, value in overrides.items():
         if value is not None:
             argv += [f"--{key}", str(value)]
@@ -99,7 +100,8 @@ def run_point(mixer: str, width: int | None, args: argparse.Namespace) -> dict[s
         "state": sum(m.state_size(seq_len) for m in mixers),
         "params": sum(p.numel() for p in model.parameters()), "train_s": train_s, "steps": trainer.global_step,
         "seq_len": seq_len, "kv_pairs": data.hparams.num_kv_pairs, "vocab": data.hparams.vocab_size,
-        "batch": data.hparams.batch_size, "lr": model.hparams.lr, "seed": args.seed,
+        "batch": data.hparams.batch_size, "lr": model.hparams.lr, "mlp_ratio": model.hparams.mlp_ratio,
+        "seed": args.seed,
     }
 
 
@@ -133,7 +135,8 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
     r0 = rows[0]
     budget = (f"budget: {args.max_steps if args.max_steps is not None else 'each config'} steps per point "
               f"(steps actually run are in the table), batch {r0['batch']}, T={r0['seq_len']}, "
-              f"{r0['kv_pairs']} key-value pairs, vocab {r0['vocab']}, power_a from the config")
+              f"{r0['kv_pairs']} key-value pairs, vocab {r0['vocab']}, MLP ratio {r0['mlp_ratio']:g}, "
+              "2 layers, other settings from configs/recall/<mixer>.yaml")
     notes = [budget, "accuracy: fraction of queried positions whose value is predicted exactly (test split, "
              "generated from its own seed stream)",
              "state: `mixer.state_size(T)` summed over layers (KV cache for attention, recurrent state otherwise)",
@@ -165,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=32_000)
     parser.add_argument("--max-steps", type=int, default=2000, help="training steps per point")
     parser.add_argument("--lr", type=float, default=None, help="override every config's learning rate")
+    parser.add_argument("--mlp-ratio", type=float, default=None,
+                        help="override every config's MLP width ratio (0 = no MLP, as Zoology's MQAR models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default mqar, or mqar_demo with --demo)")

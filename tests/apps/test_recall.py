@@ -115,3 +115,20 @@ def test_tiny_softmax_model_learns_mqar(tmp_path, monkeypatch):
         "--data.vocab_size", "32", "--data.seq_len", "16", "--data.num_kv_pairs", "2", "--data.batch_size", "32",
         "--model.d_model", "32", "--model.lr", "3e-3", "--model.warmup_steps", "20"])
     assert metrics["test/acc"] > 0.5, metrics
+
+
+def test_predict_step_returns_values_at_the_queries():
+    from seqmix.apps.recall.model import RecallLM
+    from seqmix.core.blocks import mixer_factory
+
+    batch = generate_mqar(3, vocab_size=32, seq_len=16, num_kv_pairs=2, seed=0)
+    model = RecallLM(mixer_factory("softmax", n_heads=1), vocab_size=32, max_len=16, d_model=16, n_layers=1)
+    out = model.predict_step((batch.inputs, batch.targets), 0)
+    assert out["predicted"].shape == out["target"].shape == (6,)
+    assert torch.equal(out["target"], batch.targets[out["example"], out["position"]])
+    logits = model(batch.inputs)  # [B, T, V]
+    assert torch.equal(out["predicted"], logits[out["example"], out["position"]].argmax(-1))
+    with pytest.raises(ValueError, match="exceeds max_len=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="vocab_size=32"):
+        model(torch.full((1, 4), 32))

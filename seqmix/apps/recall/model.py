@@ -71,6 +71,11 @@ class RecallLM(pl.LightningModule):
     # ------------------------------------------------------------- model
     def hidden(self, tokens: Tensor) -> Tensor:
         """``tokens: [B, T]`` -> final hidden states ``[B, T, D]``."""
+        if tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"RecallLM: tokens must be int64 [batch, time], got {tokens.dtype} {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.hparams.vocab_size):
+            raise ValueError(f"RecallLM: token ids must lie in [0, vocab_size={self.hparams.vocab_size}), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]; the data and model vocabularies differ")
         t, max_len = tokens.shape[1], self.hparams.max_len
         if t > max_len and self.hparams.positions != "none":
             raise ValueError(f"RecallLM: sequence of {t} tokens exceeds max_len={max_len}; raise model.max_len")
