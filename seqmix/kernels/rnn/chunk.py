@@ -13,6 +13,10 @@ time), wrapped in one ``torch.autograd.Function`` per cell. The equations are th
   handful of elementwise ops, and computes ``dR = sum_t h_{t-1}^T da_t`` as one ``bmm``
   over all steps at the end.
 
+The loops run single-threaded (:func:`single_threaded`): each step's ops are far too small
+to split across threads, and an OpenMP barrier per op made the loop up to 30x slower with
+2 threads on a busy machine (T = 4096, B = 1, D = 32).
+
 The backward is not itself differentiable (no double backward).
 """
 
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmix.kernels.rnn.naive import RNNState, _prepare, check_rnn_inputs
+from seqmix.kernels.rnn.naive import RNNState, _prepare, check_rnn_inputs, single_threaded
 
 
 def _time_major(gx: Tensor) -> Tensor:
@@ -57,6 +61,7 @@ def _weight_grad(h_prev: Tensor, da: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- LSTM
 class _LSTMLoop(torch.autograd.Function):
     @staticmethod
+    @single_threaded()
     def forward(ctx, gx: Tensor, R: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
         # gx: [T, H, B, 4K]; R: [H, K, 4K]; h0, c0: [H, B, K]
         t_len = gx.shape[0]
@@ -76,6 +81,7 @@ class _LSTMLoop(torch.autograd.Function):
         return hs[1:].clone(), cs[t_len].clone()  # [T, H, B, K], [H, B, K]
 
     @staticmethod
+    @single_threaded()
     def backward(ctx, dy: Tensor, dc_last: Tensor):
         R, hs, cs, tanh_c, acts = ctx.saved_tensors
         t_len, n_heads, batch, k = dy.shape
@@ -118,6 +124,7 @@ def lstm_chunk(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = N
 # ------------------------------------------------------------------------------ GRU
 class _GRULoop(torch.autograd.Function):
     @staticmethod
+    @single_threaded()
     def forward(ctx, gx: Tensor, R: Tensor, bias_n: Tensor, h0: Tensor) -> Tensor:
         # gx: [T, H, B, 3K]; R: [H, K, 3K]; bias_n: [H, K]; h0: [H, B, K]
         n_heads, batch, k = h0.shape
@@ -137,6 +144,7 @@ class _GRULoop(torch.autograd.Function):
         return torch.stack(hs[1:])  # [T, H, B, K]
 
     @staticmethod
+    @single_threaded()
     def backward(ctx, dy: Tensor):
         (R,) = ctx.saved_tensors
         hs, rzs, hns, ns = ctx.saved
@@ -173,6 +181,7 @@ def gru_chunk(gates_x: Tensor, R: Tensor, bias_n: Tensor, *, initial_state: RNNS
 # ---------------------------------------------------------------------------- sLSTM
 class _SLSTMLoop(torch.autograd.Function):
     @staticmethod
+    @single_threaded()
     def forward(ctx, gx: Tensor, R: Tensor, h0: Tensor, c0: Tensor, n0: Tensor, m0: Tensor):
         # gx: [T, H, B, 4K]; R: [H, K, 4K]; states: [H, B, K]
         t_len = gx.shape[0]
@@ -193,6 +202,7 @@ class _SLSTMLoop(torch.autograd.Function):
         return hs[1:].clone(), cs[t_len].clone(), ns[t_len].clone(), ms[t_len].clone()
 
     @staticmethod
+    @single_threaded()
     def backward(ctx, dy: Tensor, dc_last: Tensor, dn_last: Tensor, dm_last: Tensor):
         R, hs, cs, ns, ms, pre = ctx.saved_tensors
         t_len, n_heads, batch, k = dy.shape

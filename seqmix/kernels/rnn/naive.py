@@ -30,6 +30,9 @@ sLSTM ``(h, c, n, m)``. Computation and states are fp32 (fp64 for fp64 inputs); 
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -41,6 +44,21 @@ RNNState = tuple[Tensor, ...]
 N_GATES = {"lstm": 4, "gru": 3, "slstm": 4}
 N_STATES = {"lstm": 2, "gru": 1, "slstm": 4}
 STATE_NAMES = {"lstm": "(h, c)", "gru": "(h,)", "slstm": "(h, c, n, m)"}
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Torch ops on one intra-op thread inside the block (the count is restored after).
+
+    For loops over time: each step's ops are too small to split across threads, and an
+    OpenMP barrier per op made such loops up to 30x slower with 2 threads on a busy machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_rnn_inputs(cell: str, gates_x: Tensor, R: Tensor, initial_state: RNNState | None,
@@ -96,6 +114,7 @@ def _recurrent(h: Tensor, R: Tensor) -> Tensor:
     return torch.einsum("bhd,hdge->bhge", h, R)  # [B, H, K] x [H, K, G, K] -> [B, H, G, K]
 
 
+@single_threaded()
 def lstm_naive(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
                output_final_state: bool = False) -> tuple[Tensor, RNNState | None]:
     """Head-wise LSTM, step by step. Gates ``(i, f, z, o)``; state ``(h, c)``."""
@@ -111,6 +130,7 @@ def lstm_naive(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = N
     return y, ((h, c) if output_final_state else None)
 
 
+@single_threaded()
 def gru_naive(gates_x: Tensor, R: Tensor, bias_n: Tensor, *, initial_state: RNNState | None = None,
               output_final_state: bool = False) -> tuple[Tensor, RNNState | None]:
     """Head-wise GRU, step by step. Gates ``(r, z, n)``; ``bias_n: [H, K]``; state ``(h,)``."""
@@ -130,6 +150,7 @@ def gru_naive(gates_x: Tensor, R: Tensor, bias_n: Tensor, *, initial_state: RNNS
     return y, ((h,) if output_final_state else None)
 
 
+@single_threaded()
 def slstm_naive(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
                 output_final_state: bool = False) -> tuple[Tensor, RNNState | None]:
     """Head-wise sLSTM, step by step. Gates ``(i, f, z, o)``; state ``(h, c, n, m)``."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from seqmix.kernels.linear_attn.common import compute_dtype
+from seqmix.kernels.rnn.naive import single_threaded
 
 ScanState = tuple[Tensor, Tensor, Tensor]
 
@@ -73,6 +74,7 @@ def prepare_scan(s: Tensor, v: Tensor, initial_state: ScanState | None) -> tuple
     return s.to(dtype), v.to(dtype), state
 
 
+@single_threaded()
 def softmax_scan_naive(s: Tensor, v: Tensor, *, initial_state: ScanState | None = None,
                        output_final_state: bool = False) -> tuple[Tensor, ScanState | None]:
     """``o_t = softmax(s_{<=t}) . v_{<=t}`` one token at a time, merging ``(s_t, v_t, 1)`` into the state."""
