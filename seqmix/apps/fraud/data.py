@@ -110,7 +110,8 @@ def generate_events(n_accounts: int = 1000, *, days: float = 30.0, fraud_fractio
 
     normal_p = np.array([0.15, 0.5, 0.15, 0.15, 0.05, 0.0])
     n_fraud = int(round(fraud_fraction * n_accounts))
-    fraud_kind = {i: FRAUD_TYPES[1 + (i % 4)] for i in rng.choice(n_accounts, size=n_fraud, replace=False)}
+    fraud_kind = {int(a): FRAUD_TYPES[1 + j % 4]  # the four behaviours in turn
+                  for j, a in enumerate(rng.choice(n_accounts, size=n_fraud, replace=False))}
     for acc in range(n_accounts):
         ftype = fraud_kind.get(acc, "normal")
         devices = [f"dev-{acc}-{j}" for j in range(1 + int(rng.random() < 0.3))]
@@ -207,15 +208,15 @@ def ieee_cis_events(data_dir: str | Path | None = None, *, download: bool = True
         if IEEE_MEMBER not in wheel.namelist():
             raise FileNotFoundError(f"{wheels[-1]} has no {IEEE_MEMBER}; is it the 2.0.0 wheel?")
         raw = pd.read_csv(wheel.open(IEEE_MEMBER), usecols=IEEE_COLUMNS)
-    key = raw[["card1", "card2", "card3", "card5", "addr1"]].astype("string").fillna("na").agg("|".join, axis=1)
+    entity = raw.groupby(["card1", "card2", "card3", "card5", "addr1"], dropna=False, sort=False).ngroup()
     events = pd.DataFrame({
-        "entity": pd.factorize(key)[0],
+        "entity": entity.to_numpy(np.int64),
         "time": raw["TransactionDT"].astype(np.float64),
         "amount": raw["TransactionAmt"].astype(np.float64),
         "kind": pd.factorize(raw["ProductCD"])[0],
         "device": raw["DeviceInfo"].astype("string").fillna("na"),
         "address": raw["addr2"].astype("string").fillna("na"),
-        "card": key,
+        "card": entity.to_numpy(np.int64),  # the card is the entity's
         "email": raw["R_emaildomain"].astype("string").fillna("na"),
         "label": raw["isFraud"].astype(np.int64),
     })
