@@ -16,7 +16,6 @@ import torch
 from scipy.stats import pearsonr, wasserstein_distance
 
 from seqmix.apps.text.data import (
-    EmotionDataModule,
     paper_split,
     read_gold,
     read_headlines,

@@ -1,0 +1,1 @@
+"""Readers'-emotion detection (REDAffectiveLM) on SemEval-2007; see docs/text.md."""
