@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per batch, B = tokens / T")
     parser.add_argument("--budget-s", type=float, default=400.0,
                         help="stop starting new timings after this many seconds (the rest is marked skipped)")
+    parser.add_argument("--rnn-batch", type=int, default=16)
+    parser.add_argument("--rnn-len", type=int, default=1024)
+    parser.add_argument("--rnn-heads", type=int, default=4, help="head-wise LSTM heads (FlashRNN's 4 heads of 256)")
+    parser.add_argument("--rnn-dim", type=int, default=256)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "kernels_gpu.md")
     args = parser.parse_args(argv)
     for t in args.seq_lens:
@@ -231,6 +235,73 @@ def time_kernel(torch, kernel: Kernel, *, b: int, t: int, h: int, d: int, backwa
     return do_bench(step, warmup=25, rep=100, grad_to_none=grad_inputs, return_mode="median")
 
 
+def rnn_inputs(torch, cell: str, b: int, t: int, h: int, k: int, dtype, device, grad: bool):
+    """``gates_x [B, T, H, 4, K]`` and ``R [H, K, 4, K]`` for a head-wise LSTM / sLSTM."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    gates_x = torch.randn(b, t, h, 4, k, generator=gen, device=device)
+    R = torch.randn(h, k, 4, k, generator=gen, device=device) / k ** 0.5
+    return gates_x.to(dtype).requires_grad_(grad), R.to(dtype).requires_grad_(grad)
+
+
+def rnn_section(torch, args: argparse.Namespace, device, started: float) -> tuple[list[str], str]:
+    """The fused head-wise LSTM / sLSTM against the same recurrence as a PyTorch loop over time
+    steps (``impl="naive"``) and the hand-written fused PyTorch loop (``impl="chunk"``)."""
+    from seqmix.kernels.rnn import lstm_headwise, slstm_headwise
+
+    b, t, h, k = args.rnn_batch, args.rnn_len, args.rnn_heads, args.rnn_dim
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lines, rows = [], []
+    for cell, op in (("lstm", lstm_headwise), ("slstm", slstm_headwise)):
+        # correctness first, short sequence: the kernel in bf16 (fp32 on the CPU) against the fused loop in fp32
+        results = []
+        for impl, run_dtype in (("triton", dtype), ("chunk", torch.float32)):
+            gates_x, R = rnn_inputs(torch, cell, 4, 64, h if device == "cuda" else 1, k if device == "cuda" else 16,
+                                    run_dtype, device, True)
+            y = op(gates_x, R, impl=impl)[0]
+            weight = torch.randn(y.shape, generator=torch.Generator(device=device).manual_seed(2), device=device)
+            results.append([y, *torch.autograd.grad((y.float() * weight).sum(), [gates_x, R])])
+        errors = [rel_rms(a, e) for a, e in zip(*results)]
+        tol = 2e-2 if device == "cuda" else 1e-4
+        ok = all(err <= tol for err in errors)
+        lines.append(f"- correctness, seqmix {cell}_headwise (triton): {'ok' if ok else 'FAILED (not timed)'}; "
+                     "rel. RMS (h, d gates_x, dR): " + ", ".join(f"{err:.1e}" for err in errors))
+        print(lines[-1], flush=True)
+        if device != "cuda" or not ok:
+            continue
+        from triton.testing import do_bench
+
+        times = {}
+        for impl in ("naive", "chunk", "triton"):  # naive first: the others' speed-ups are against it
+            cells = [cell, impl]
+            for backward in (False, True):
+                if time.time() - started > args.budget_s:
+                    cells.append("skipped (time budget)")
+                    continue
+                gates_x, R = rnn_inputs(torch, cell, b, t, h, k, dtype, device, backward)
+                if backward:
+                    dy = torch.randn_like(op(gates_x, R, impl=impl)[0])
+                    ms = do_bench(lambda: op(gates_x, R, impl=impl)[0].backward(dy), warmup=25, rep=100,
+                                  grad_to_none=[gates_x, R], return_mode="median")
+                else:
+                    with torch.no_grad():
+                        ms = do_bench(lambda: op(gates_x, R, impl=impl)[0], warmup=25, rep=100, return_mode="median")
+                times[impl, backward] = ms
+                cells.append(f"{ms:.2f}")
+            for backward in (False, True):
+                ratio = times.get(("naive", backward), float("nan")) / times.get((impl, backward), float("nan"))
+                cells.append(f"{ratio:.1f}x")
+            rows.append(cells)
+            print(" | ".join(cells), flush=True)
+    from common import markdown_table
+
+    table = (f"## Head-wise RNNs: B={b}, T={t}, {h} heads of {k}, bf16 inputs\n\n"
+             "`naive` is the recurrence as a PyTorch loop over time steps (fp32 math, autograd); `chunk` the fused "
+             "PyTorch loop with a hand-written backward; `triton` one kernel launch for the whole sequence.\n\n"
+             + markdown_table(["cell", "impl", "fwd ms", "fwd+bwd ms", "fwd speed-up vs naive",
+                               "fwd+bwd speed-up vs naive"], rows))
+    return lines, table
+
+
 def dry_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -253,6 +324,8 @@ def dry_run(args: argparse.Namespace) -> int:
             print(f"  d={d} T={t} B={b}: " + ", ".join(cells))
     for note in notes:
         print("  note:", note)
+    rnn_lines, _ = rnn_section(torch, args, "cpu", time.time())
+    failed += sum("FAILED" in line for line in rnn_lines)
     return 1 if failed else 0
 
 
@@ -286,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         correct[kernel.name] = ok
         lines.append(f"- correctness, {kernel.name}: {'ok' if ok else 'FAILED (not timed)'}; {message}")
         print(lines[-1], flush=True)
+    rnn_lines, rnn_table = rnn_section(torch, args, "cuda", started)  # small: before the long sweep
+    lines += rnn_lines
 
     tables = []
     for d in args.head_dims:
@@ -321,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "times: triton.testing.do_bench median (warmup 25 ms, rep 100 ms); TFLOP/s from `flops()` in the script "
         f"(matmul work of each algorithm, chunk {CHUNK}); SDPA counts the causal half",
         *notes, f"wall time {time.time() - started:.0f} s"])
-    text += "\n".join(lines) + "\n\n" + "\n".join(tables)
+    text += "\n".join(lines) + "\n\n" + "\n".join(tables) + "\n" + rnn_table
     print(f"wrote {atomic_write_text(args.out, text)}")
     return 0
 
