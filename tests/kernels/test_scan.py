@@ -113,5 +113,6 @@ def test_aaren_mixer_is_learned_query_attention(assert_rel_close):
     v = mixer.v(x).view(2, 30, 2, 8)  # [B, T, H, V]
     s = torch.einsum("bthk,hk->bth", k, mixer.query) / 8 ** 0.5
     expected = mixer.out(softmax_prefix_reference(s, v).reshape(2, 30, 16))
-    assert_rel_close(mixer(x).detach(), expected.detach(), 1e-5, "Aaren vs attention of its learned query over each prefix")
+    assert_rel_close(mixer(x).detach(), expected.detach(), 1e-5,
+                     "Aaren vs attention of its learned query over each prefix")
     assert mixer.state_size(10) == mixer.state_size(10_000) == 2 * (8 + 2)

@@ -90,10 +90,12 @@ class GatedCNN(Mixer):
             if causal:
                 raise ValueError("GatedCNN: spatial_shape (2-D convolution) is non-causal; set causal=False")
             if len(spatial_shape) != 2 or any(not isinstance(s, int) or s < 1 for s in spatial_shape):
-                raise ValueError(f"GatedCNN: spatial_shape must be (height, width) of positive ints, got {spatial_shape!r}")
+                raise ValueError(f"GatedCNN: spatial_shape must be (height, width) of positive ints, "
+                                 f"got {spatial_shape!r}")
             spatial_shape = tuple(spatial_shape)
         if not causal and kernel_size % 2 == 0:
-            raise ValueError(f"GatedCNN: a centred (non-causal) convolution needs an odd kernel_size, got {kernel_size}")
+            raise ValueError(f"GatedCNN: a centred (non-causal) convolution needs an odd kernel_size, "
+                             f"got {kernel_size}")
         self.hidden, self.conv_channels, self.kernel_size = hidden, conv_channels, kernel_size
         self.spatial_shape = spatial_shape
         self.norm = nn.LayerNorm(d_model, eps=1e-6) if norm else nn.Identity()
@@ -121,7 +123,8 @@ class GatedCNN(Mixer):
         if self.spatial_shape is not None:
             height, width = self.spatial_shape
             if t != height * width:
-                raise ValueError(f"GatedCNN: spatial_shape={self.spatial_shape} needs {height * width} tokens, got T={t}")
+                raise ValueError(f"GatedCNN: spatial_shape={self.spatial_shape} needs {height * width} tokens, "
+                                 f"got T={t}")
             image = c.reshape(b, height, width, self.conv_channels)  # [B, H*W, C] -> [B, H, W, C]
             c = depthwise_conv(image, self.conv_weight, self.conv_bias, causal=False, impl=impl).reshape(b, t, -1)
         else:
