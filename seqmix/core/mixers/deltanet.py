@@ -53,9 +53,11 @@ class _ConvSiLU(torch.autograd.Function):
         grad = torch.ops.aten.silu_backward(grad, pre)  # [B, T, C], gradient of the conv output
         d_padded = torch.zeros_like(padded)
         d_weight = torch.empty_like(weight)
+        product = torch.empty_like(grad)  # one buffer for the four products (fresh ones cost page faults)
         for j in range(size):
             d_padded[:, j : j + t].addcmul_(grad, weight[j])
-            d_weight[j] = (grad * padded[:, j : j + t]).sum((0, 1))
+            torch.mul(grad, padded[:, j : j + t], out=product)
+            d_weight[j] = product.view(-1, product.shape[-1]).sum(0)  # a 2-D column sum is the fast one
         return d_padded, d_weight
 
 
@@ -102,8 +104,11 @@ class DeltaNet(Mixer):
             raise ValueError(f"DeltaNet: conv_size must be an int >= 2 or None (no short conv), got {conv_size!r}")
         self.chunk_size = chunk_size
         self.conv_size = conv_size
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.conv = ShortConvolution(3 * d_model, conv_size) if conv_size is not None else None
+        # Separate q, k, v projections and convs: [B, T, D] pieces rather than one [B, T, 3D]
+        # tensor, which on the CPU is large enough to be page-faulted in afresh on every call.
+        self.q, self.k, self.v = (nn.Linear(d_model, d_model, bias=False) for _ in range(3))
+        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
+                      if conv_size is not None else None)
         self.beta = nn.Linear(d_model, n_heads, bias=False)
         self.norm = nn.RMSNorm(self.head_dim, eps=norm_eps)  # per head
         self.gate = nn.Linear(d_model, d_model, bias=False) if gate else None
@@ -116,12 +121,18 @@ class DeltaNet(Mixer):
             impl: str) -> Tensor | tuple[Tensor, DeltaState]:
         b, t, d = x.shape
         memory, conv_cache = state if state is not None else (None, None)
-        qkv = self.qkv(x)  # [B, T, 3D]
-        if self.conv is not None:
-            qkv, conv_cache = self.conv(qkv, conv_cache)  # conv + SiLU
-        else:
-            qkv = F.silu(qkv)
-        q, k, v = qkv.view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
+        caches = conv_cache.split(d, -1) if conv_cache is not None else (None, None, None)  # 3 x [B, size-1, D]
+        branches, new_caches = [], []
+        for i, (projection, cache) in enumerate(zip((self.q, self.k, self.v), caches)):
+            y = projection(x)  # [B, T, D]
+            if self.convs is None:
+                y = F.silu(y)
+            else:
+                y, cache = self.convs[i](y, cache)  # causal conv + SiLU
+                new_caches.append(cache)
+            branches.append(y.view(b, t, self.n_heads, self.head_dim))  # [B, T, D] -> [B, T, H, K]
+        q, k, v = branches
+        conv_cache = torch.cat(new_caches, -1) if new_caches else None  # [B, size - 1, 3D]
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = torch.sigmoid(self.beta(x))  # [B, T, H]
         o, memory = chunk_delta_rule(q, k, v, beta, initial_state=memory, output_final_state=return_state,
@@ -136,7 +147,7 @@ class DeltaNet(Mixer):
                    dtype: torch.dtype = torch.float32) -> DeltaState:
         memory_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         memory = torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=memory_dtype)
-        conv_cache = (None if self.conv is None
+        conv_cache = (None if self.convs is None
                       else torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device, dtype=dtype))
         return memory, conv_cache
 
@@ -145,5 +156,5 @@ class DeltaNet(Mixer):
         return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.conv is None else (self.conv_size - 1) * 3 * self.d_model
+        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model
         return self.n_heads * self.head_dim * self.head_dim + conv

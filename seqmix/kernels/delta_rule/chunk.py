@@ -46,6 +46,12 @@ def _unblocks(x: Tensor, t: int) -> Tensor:
     return x.flatten(2, 3)[:, :, :t].transpose(1, 2)  # [B, H, N*C, X] -> [B, T, H, X]
 
 
+def _addmm(base: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """``base + alpha * a @ b`` over batches ``[..., M, K] x [..., K, N]``, as one fused GEMM."""
+    out = torch.baddbmm(base.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=alpha)
+    return out.view(base.shape)
+
+
 class _ChunkDeltaRule(torch.autograd.Function):
     """The WY/UT forward above, and its backward written out by hand.
 
@@ -59,7 +65,8 @@ class _ChunkDeltaRule(torch.autograd.Function):
     then, batched: ``dQ = dO S_n^T + tril(dO U^T) K``, ``dK = tril(dO U^T)^T Q + U dS_{n+1}^T``,
     ``dW = -dU S_n^T``, ``dU' = dU``, and through ``[W U'] = L^{-1} diag(beta) [K V]`` (with the
     inverse ``L^{-1}`` kept from the forward, so the backward needs no solve):
-    ``dR = L^{-T} [dW dU']``, ``dL = -tril(dR [W U']^T, -1)``.
+    ``d(beta v) = L^{-T} dU``, ``d(beta k) = L^{-T} dW = -d(beta v) S_n^T`` and
+    ``dL = -tril(d(beta k) W^T + d(beta v) U'^T, -1) = -tril(d(beta v) U_n^T, -1)``.
     """
 
     @staticmethod
@@ -71,7 +78,7 @@ class _ChunkDeltaRule(torch.autograd.Function):
         bk = bc * kc  # [B, H, N, C, K]
         # The UT transform of every chunk at once: T = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta),
         # from one batched unit-lower-triangular solve for the inverse; W = T K, U' = T V.
-        lower = (bk @ kc.transpose(-1, -2)).tril(-1)  # [B, H, N, C, C], unit diagonal implied
+        lower = (bk @ kc.transpose(-1, -2)).tril_(-1)  # [B, H, N, C, C], unit diagonal implied
         eye = torch.eye(chunk_size, dtype=q.dtype, device=q.device).expand_as(lower)
         inverse = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)  # [B, H, N, C, C]
         w, u_prime = inverse @ bk, inverse @ (bc * vc)  # [B, H, N, C, K], [B, H, N, C, V]
@@ -79,21 +86,21 @@ class _ChunkDeltaRule(torch.autograd.Function):
         states, updates = [], []
         for w_n, u_n, k_n in zip(w.unbind(2), u_prime.unbind(2), kc.unbind(2)):
             states.append(h)
-            u_n = u_n - w_n @ h  # [B, H, C, V], the chunk's true updates
+            u_n = _addmm(u_n, w_n, h, alpha=-1.0)  # [B, H, C, V], the chunk's true updates U'_n - W_n S_n
             updates.append(u_n)
-            h = h + k_n.transpose(-1, -2) @ u_n  # [B, H, K, V]
+            h = _addmm(h, k_n.transpose(-1, -2), u_n)  # [B, H, K, V]
         s = torch.stack(states, 2)  # [B, H, N, K, V], the state entering each chunk
         u = torch.stack(updates, 2)  # [B, H, N, C, V]
-        qk = (qc @ kc.transpose(-1, -2)).tril()  # [B, H, N, C, C]
-        o = qc @ s + qk @ u  # [B, H, N, C, V]
-        ctx.save_for_backward(qc, kc, vc, bc, inverse, w, u_prime, s, u, qk)
+        qk = (qc @ kc.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
+        o = _addmm(qc @ s, qk, u)  # [B, H, N, C, V]
+        ctx.save_for_backward(qc, kc, vc, bc, inverse, w, s, u, qk)
         ctx.scale, ctx.t = scale, t
         return _unblocks(o, t), h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_o: Tensor, d_h: Tensor | None):
-        qc, kc, vc, bc, inverse, w, u_prime, s, u, qk = ctx.saved_tensors
+        qc, kc, vc, bc, inverse, w, s, u, qk = ctx.saved_tensors
         chunk_size = kc.shape[-2]
         do = _blocks(d_o.to(qc.dtype), chunk_size)  # [B, H, N, C, V]
         dh = torch.zeros_like(s[:, :, 0]) if d_h is None else d_h.to(s.dtype)  # [B, H, K, V]
@@ -104,24 +111,23 @@ class _ChunkDeltaRule(torch.autograd.Function):
         for du_n, qdo_n, w_n, k_n in zip(reversed(du_local.unbind(2)), reversed(qdo.unbind(2)),
                                          reversed(w.unbind(2)), reversed(kc.unbind(2))):
             d_states.append(dh)  # dS_{n+1}
-            du_n = du_n + k_n @ dh  # [B, H, C, V]
+            du_n = _addmm(du_n, k_n, dh)  # [B, H, C, V]
             d_updates.append(du_n)
-            dh = dh + qdo_n - w_n.transpose(-1, -2) @ du_n  # dS_n
+            dh = _addmm(dh + qdo_n, w_n.transpose(-1, -2), du_n, alpha=-1.0)  # dS_n
         ds_next = torch.stack(d_states[::-1], 2)  # [B, H, N, K, V]
         du = torch.stack(d_updates[::-1], 2)  # [B, H, N, C, V]
 
-        dqk = (do @ u.transpose(-1, -2)).tril()  # [B, H, N, C, C]
-        dq = do @ s.transpose(-1, -2) + dqk @ kc  # [B, H, N, C, K]
-        dkc = dqk.transpose(-1, -2) @ qc + u @ ds_next.transpose(-1, -2)  # [B, H, N, C, K]
-        dw = -du @ s.transpose(-1, -2)  # [B, H, N, C, K]
-        dbk = inverse.transpose(-1, -2) @ dw  # through W = L^{-1} (beta k), [B, H, N, C, K]
-        dbv = inverse.transpose(-1, -2) @ du  # through U' = L^{-1} (beta v), [B, H, N, C, V]
-        dlower = -(dbk @ w.transpose(-1, -2) + dbv @ u_prime.transpose(-1, -2)).tril(-1)  # [B, H, N, C, C]
-        bk = bc * kc
-        dbk = dbk + dlower @ kc  # through L = I + tril(beta k k^T, -1)
-        dkc = dkc + bc * dbk + dlower.transpose(-1, -2) @ bk
+        dqk = (do @ u.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
+        dq = _addmm(do @ s.transpose(-1, -2), dqk, kc)  # [B, H, N, C, K]
+        dkc = _addmm(dqk.transpose(-1, -2) @ qc, u, ds_next.transpose(-1, -2))  # [B, H, N, C, K]
+        # Through W = L^{-1} (beta k) and U' = L^{-1} (beta v), with dW = -dU S^T and dU' = dU:
+        dbv = inverse.transpose(-1, -2) @ du  # gradient of beta * v, [B, H, N, C, V]
+        neg_dbk = dbv @ s.transpose(-1, -2)  # -(gradient of beta * k) = -L^{-T} dW, [B, H, N, C, K]
+        neg_dlower = (dbv @ u.transpose(-1, -2)).tril_(-1)  # -dL = tril(dbk W^T + dbv U'^T) = tril(dbv U^T)
+        neg_dbk = _addmm(neg_dbk, neg_dlower, kc)  # through L = I + tril(beta k k^T, -1)
+        dkc = _addmm(dkc - bc * neg_dbk, neg_dlower.transpose(-1, -2), bc * kc, alpha=-1.0)
         dvc = bc * dbv
-        dbc = (dbk * kc).sum(-1, keepdim=True) + (dbv * vc).sum(-1, keepdim=True)  # [B, H, N, C, 1]
+        dbc = (dbv * vc).sum(-1, keepdim=True) - (neg_dbk * kc).sum(-1, keepdim=True)  # [B, H, N, C, 1]
         t = ctx.t
         return (_unblocks(dq, t) * ctx.scale, _unblocks(dkc, t), _unblocks(dvc, t), _unblocks(dbc, t)[..., 0],
                 dh, None, None)
