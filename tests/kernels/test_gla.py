@@ -45,7 +45,7 @@ def naive_results(t, dk, dv, with_state, output_final_state):
 
 @pytest.mark.parametrize("t,dk,dv", [(1, 16, 32), (63, 32, 16), (130, 16, 32), (200, 32, 16)])
 @pytest.mark.parametrize("chunk_size", [16, 64])
-@pytest.mark.parametrize("with_state,output_final_state", [(False, False), (True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("with_state,output_final_state", [(False, False), (True, True), (False, True)])
 def test_gla_chunk_matches_naive(t, dk, dv, chunk_size, with_state, output_final_state, assert_rel_close):
     inputs = make_inputs(2, t, 2, dk, dv, with_state=with_state)
     expected = naive_results(t, dk, dv, with_state, output_final_state)
