@@ -12,7 +12,8 @@ resident size just before the input tensor was made: the extra memory the forwar
 backward needed, allocator caching included (torch's CPU allocations are invisible to
 ``tracemalloc``).
 
-A mixer's larger lengths are skipped once a length's median exceeds ``--cap`` seconds.
+A mixer's larger lengths are skipped once a length's median exceeds ``--cap`` seconds, or
+when the previous length's memory, grown as T^2, would exceed ``--mem-cap`` GB.
 
     python benchmarks/mixers.py                              # everything (run on a quiet machine)
     python benchmarks/mixers.py --mixers softmax gla --lengths 512 1024 --repeats 2
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median)")
     parser.add_argument("--cap", type=float, default=30.0,
                         help="seconds: a length whose fwd+bwd takes longer ends that mixer's sweep")
+    parser.add_argument("--mem-cap", type=float, default=8.0,
+                        help="GB: skip a length when the previous one's memory grown as T^2 would exceed this")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per (mixer, T) process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=512)
@@ -200,17 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     points: dict[tuple[str, int], dict] = {}
     bar = tqdm(total=len(mixers) * len(lengths), desc="mixer x T", unit="point", dynamic_ncols=True)
     for name in mixers:
-        capped = None
+        skip, last = None, None  # skip: why the remaining lengths of this mixer are not run
         for t in lengths:
             bar.set_postfix_str(f"{name} T={t}")
-            if capped is not None:
-                points[(name, t)] = {"mixer": name, "T": t, "error": f"skipped (T={capped} took > {args.cap:g} s)"}
+            # a quadratic mixer's memory grows with T^2: the bound that keeps a long T off a shared machine
+            predicted_gb = None if last is None else last["peak_bytes"] * (t / last["T"]) ** 2 / 2**30
+            if skip is None and predicted_gb is not None and predicted_gb > args.mem_cap:
+                skip = f"skipped (T={t} may need {predicted_gb:.1f} GB > {args.mem_cap:g} GB)"
+            if skip is not None:
+                points[(name, t)] = {"mixer": name, "T": t, "error": skip}
             else:
                 p = points[(name, t)] = run_point(name, t, args)
                 if "error" in p:
-                    capped = t
+                    skip = f"skipped (T={t} {p['error']})"
                 elif p["median_s"] > args.cap:
-                    capped = t
+                    skip = f"skipped (T={t} took > {args.cap:g} s)"
+                last = p
             tqdm.write(f"{name:>18} T={t:<6} {cell(points[(name, t)])}")
             bar.update(1)
     bar.close()
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
              f"time: median of {args.repeats} forward+backward runs after one warm-up, each (mixer, T) in a fresh process",
              "memory: peak RSS (getrusage ru_maxrss) minus RSS before the input was made, in that process: "
              "extra memory of forward+backward, allocator caching included",
-             f"a mixer's longer lengths are skipped once one length took over {args.cap:g} s"]
+             f"a mixer's longer lengths are skipped once one length took over {args.cap:g} s, or when the "
+             f"previous length's memory grown as T^2 would exceed {args.mem_cap:g} GB"]
     text = header("Mixers on the CPU: forward+backward time / peak extra memory", notes=notes)
     text += table + "\n## Issue 2 targets\n\n"
     text += markdown_table(["target", "mixer", "measured", "result"], target_rows)
