@@ -18,7 +18,9 @@ Every exponent is <= 0, so strong gates underflow to 0 instead of overflowing. T
 backward walks forward in time (rebuilding S, giving dq) then backward in time carrying
 ``dS`` on chip (giving dk, dv, and the initial state's gradient), sub-chunk by sub-chunk
 the same way. The gates' gradient uses dg_t = sum_{s >= t} (q_s dq_s - k_s dk_s)
-(+ the final state's term), a reversed running sum done by a third small kernel.
+(+ the final state's term), a reversed running sum done by a third small kernel; the i = j
+terms, which do not depend on g, are left out of q dq - k dk so that strong gates do not
+make it cancel catastrophically.
 """
 
 from __future__ import annotations
