@@ -36,7 +36,7 @@ from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new
 
 BC = 16  # the secondary (sub-)chunk: rows whose pairwise gates are computed exactly
 # few configs: these kernels are large, and every config is compiled when autotuning
-_CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=2) for bv in (64, 32) for w in (4, 8)]
+_CONFIGS = [triton.Config({"BV": bv}, num_warps=4, num_stages=2) for bv in (64, 32)]
 
 
 @triton.jit
