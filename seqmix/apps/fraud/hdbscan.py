@@ -305,8 +305,10 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
     - ``metric``: ``"euclidean"`` or ``"cosine"`` (``1 - cos``, on L2-normalised rows);
     - ``cluster_selection_method``: ``"eom"`` (excess of mass) or ``"leaf"``;
     - ``allow_single_cluster``: let EOM return the root as the only cluster;
-    - ``knn_index``: ``"exact"``, ``"ivf"`` (``nlist`` lists, default ``4 sqrt(n)``,
-      ``nprobe`` probed) or ``"hnsw"`` (``hnsw_m`` links);
+    - ``knn_index``: ``"exact"``, ``"ivf"`` (``nlist`` lists, default ``4 sqrt(n)`` capped at
+      ``n / 39`` so each list has FAISS's minimum of 39 training points, ``nprobe`` probed;
+      under 156 points there is no room for 4 lists and the search is exact) or ``"hnsw"``
+      (``hnsw_m`` links);
     - ``device``: ``"cpu"``, or ``"cuda"`` for a FAISS GPU index (needs a GPU build of
       FAISS; the tree stages stay on the CPU);
     - ``k``: neighbours per point in the candidate graph (self excluded), ``>= min_samples``;
