@@ -166,7 +166,8 @@ def render(runs: list[dict], args) -> str:
              "fit CPU s: user + system seconds of the run's process over all its threads, a measure less "
              "sensitive to the machine's load than wall time; the hdbscan library's core-distance worker "
              "processes (joblib) are not included, which flatters it",
-             "speed-up of pHDBSCAN: the method's fit wall time / pHDBSCAN's, same (n, d)",
+             "speed-up of pHDBSCAN: the method's fit wall time / pHDBSCAN's, same (n, d), same invocation "
+             "(rows run back to back under similar load)",
              "peak RSS: the run's process, VmHWM (imports, data and warm-up included: the input alone is n*d*4 "
              "bytes; joblib worker processes of the hdbscan library not included)",
              "pHDBSCAN: FAISS IVF k-NN (nlist 4*sqrt(n), nprobe 4, k = max(min_samples, 10)), defaults of "
@@ -214,7 +215,7 @@ def main() -> None:
         source, dims = "blobs", [int(v) for v in args.dims.split(",")]
     sizes = [int(v) for v in args.sizes.split(",")]
     runs = load_runs()
-    commit = git_commit()
+    commit, run_id = git_commit(), utc_now()
     tmp = REPO_ROOT / "runs" / "hdbscan_bench"  # labels of every run, kept so a later invocation can compare
     tmp.mkdir(parents=True, exist_ok=True)
     for d in dims:
@@ -237,6 +238,7 @@ def main() -> None:
                     print(f"[hdbscan bench] {method} n={n} d={d} ...", flush=True)
                     result = run_one(method, source, n, d, args, label_file(method))
                 row = {"method": method, "source": source, "n": n, "d": d, "commit": commit, "date": utc_now(),
+                       "run_id": run_id,
                        "threads": args.threads, "min_cluster_size": args.min_cluster_size,
                        "min_samples": args.min_samples, **result}
                 if result["status"] == "ok":
@@ -256,8 +258,9 @@ def main() -> None:
             ours = next((r for r in runs if (r["method"], r["source"], r["n"], r["d"]) == ("phdbscan", source, n, d)
                          and r["status"] == "ok"), None)
             if ours:
-                for r in runs:
-                    if (r["source"], r["n"], r["d"]) == (source, n, d) and r["method"] != "phdbscan":
+                for r in runs:  # against the pHDBSCAN row of the same invocation only (the load changes)
+                    if (r["source"], r["n"], r["d"]) == (source, n, d) and r["method"] != "phdbscan" \
+                            and r.get("run_id") == ours.get("run_id"):
                         r["speedup_vs"] = (f"{r['wall_s'] / ours['wall_s']:.1f}x" if r["status"] == "ok"
                                            else f"> {args.cap / ours['wall_s']:.0f}x" if r["status"].startswith("did not finish")
                                            else None)
