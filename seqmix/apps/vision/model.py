@@ -1,0 +1,82 @@
+"""The image classifier: any backbone (BiFormer, MambaOut, ViT with any mixer) behind one
+LightningModule. The backbone is injected as a factory ``(in_chans, num_classes, img_size) ->
+nn.Module``, which LightningCLI builds from a config entry such as::
+
+    backbone:
+      class_path: seqmix.apps.vision.biformer.BiFormer
+      init_args: {depths: [2, 2, 4, 2], dims: [32, 64, 128, 256], ...}
+
+and the three sizes come from the datamodule (``link_arguments``), never typed twice.
+AdamW, linear warm-up then cosine decay per step, label smoothing; logs ``{stage}/loss``,
+``{stage}/acc``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class ImageClassifier(pl.LightningModule):
+    def __init__(self, backbone: Callable[[int, int, int], nn.Module], in_chans: int = 1, n_classes: int = 10,
+                 img_size: int = 28, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200,
+                 label_smoothing: float = 0.1):
+        super().__init__()
+        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(f"ImageClassifier: need lr > 0, weight_decay >= 0, warmup_steps >= 0, 0 <= "
+                             f"label_smoothing < 1; got {lr}, {weight_decay}, {warmup_steps}, {label_smoothing}")
+        self.save_hyperparameters()  # the backbone factory is a picklable partial: checkpoints rebuild the model
+        self.backbone = backbone(in_chans, n_classes, img_size)
+        self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=n_classes, average="micro")
+                                  for s in ("train", "val", "test")})
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, C, S, S]`` normalised images -> logits ``[B, n_classes]``."""
+        return self.backbone(images)
+
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0)
+        acc = self.acc[f"{stage}_acc"]
+        acc(logits.argmax(-1), labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(images))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(images))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx) -> Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(-1)
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.dim() > 1 and "pos" not in n.split(".")[-1]]
+        other = [p for n, p in self.named_parameters() if not (p.dim() > 1 and "pos" not in n.split(".")[-1])]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": other, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.hparams.warmup_steps, total // 2)
+
+        def multiplier(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
