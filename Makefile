@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[all,test]"
+	@# Fashion-MNIST for the vision app (Debian package), only when missing and apt-get exists
+	if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) || \
+	  echo "note: dataset-fashion-mnist not installed (needs root); see docs/vision.md"; fi
 	touch $@
 
 test: install
