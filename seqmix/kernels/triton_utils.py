@@ -25,15 +25,19 @@ POISON_ENV = "SEQMIX_TRITON_POISON"
 """Set to ``1`` (the tests do) to fill every kernel output with NaN before the kernel writes it."""
 
 
-def autotune(configs: Sequence[triton.Config], key: Sequence[str]):
-    """``triton.autotune(configs, key)`` on the GPU; under the interpreter (which cannot
-    benchmark) the first config's meta-parameters are fixed with ``triton.heuristics``."""
+def autotune(configs: Sequence[triton.Config], key: Sequence[str], reset_to_zero: Sequence[str] = ()):
+    """``triton.autotune(configs, key, reset_to_zero)`` on the GPU; under the interpreter (which
+    cannot benchmark) the first config's meta-parameters are fixed with ``triton.heuristics``.
+
+    ``reset_to_zero`` names the outputs that configs fill only partly (per-value-block partial
+    sums, whose number depends on the config): the tuner zeroes them before every trial and
+    before the real run, so no trial's leftovers are summed in."""
     if not configs:
         raise ValueError("autotune: give at least one triton.Config")
     if INTERPRET:
         first = dict(configs[0].kwargs)
         return triton.heuristics({name: (lambda args, value=value: value) for name, value in first.items()})
-    return triton.autotune(configs=list(configs), key=list(key))
+    return triton.autotune(configs=list(configs), key=list(key), reset_to_zero=list(reset_to_zero) or None)
 
 
 def check_tensors(op: str, *tensors: Tensor | None) -> torch.device:

@@ -103,7 +103,7 @@ def _fwd_kernel(q, k, v, beta, h0, o, ht, states, offsets, scale, max_chunks,
         tl.store(ht + i_nh * K * V + p_state, state, mask=m_state)
 
 
-@autotune(_CONFIGS, key=["K", "V", "BT"])
+@autotune(_CONFIGS, key=["K", "V", "BT"], reset_to_zero=["dq", "dk", "dbeta"])
 @triton.jit
 def _bwd_kernel(q, k, v, beta, do, dht, states, dq, dk, dv, dbeta, dh0, offsets, scale, max_chunks, T_total,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,

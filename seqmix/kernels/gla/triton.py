@@ -121,7 +121,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
         tl.store(ht + p_state, state, mask=m_state)
 
 
-@autotune(_CONFIGS, key=["K", "V", "BT"])
+@autotune(_CONFIGS, key=["K", "V", "BT"], reset_to_zero=["dq", "dk", "dbq", "dbk"])
 @triton.jit
 def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, scale, T_total,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,

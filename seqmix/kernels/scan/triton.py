@@ -85,7 +85,7 @@ def _fwd_kernel(s, v, m0, u0, w0, o, row_max, row_den, m_t, u_t, w_t, T,
             tl.store(w_t + i_bh, w)
 
 
-@autotune(_CONFIGS, key=["V", "BT"])
+@autotune(_CONFIGS, key=["V", "BT"], reset_to_zero=["ds"])
 @triton.jit
 def _bwd_kernel(s, v, do, delta, row_max, row_den, m0, m_t, du_t, dw_t, dv, ds, du0, dw0, T,
                 H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
