@@ -27,14 +27,13 @@ def _x(t: int, seed: int = 1) -> torch.Tensor:
 def test_all_regions_equals_full_attention_with_lce(impl, assert_rel_close):
     m = _bra(n_win=4, topk=-1, spatial_shape=(8, 12), impl=impl)
     x = _x(96)
-    torch.set_grad_enabled(False)
-    q, k, v = m.qkv(x).chunk(3, -1)  # [B, T, D] each
-    split = lambda z: z.view(2, 96, HEADS, D // HEADS).transpose(1, 2)  # [B, T, h, K] -> [B, h, T, K]
-    o = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(2, 96, D)
-    image = v.transpose(1, 2).reshape(2, D, 8, 12)  # [B, D, H, W]
-    lce = F.conv2d(image, m.lce_weight[:, None], m.lce_bias, padding=2, groups=D).flatten(2).transpose(1, 2)
-    y, expected = m(x), m.out(o + lce)
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        q, k, v = m.qkv(x).chunk(3, -1)  # [B, T, D] each
+        split = lambda z: z.view(2, 96, HEADS, D // HEADS).transpose(1, 2)  # [B, T, h, K] -> [B, h, T, K]
+        o = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(2, 96, D)
+        image = v.transpose(1, 2).reshape(2, D, 8, 12)  # [B, D, H, W]
+        lce = F.conv2d(image, m.lce_weight[:, None], m.lce_bias, padding=2, groups=D).flatten(2).transpose(1, 2)
+        y, expected = m(x), m.out(o + lce)
     assert_rel_close(y, expected, 1e-5, f"bra impl={impl}, topk=all vs dense attention + LCE")
 
 
