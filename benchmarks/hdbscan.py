@@ -36,7 +36,7 @@ import numpy as np
 # `import hdbscan` below finds the library, not this script.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or os.getcwd()).resolve() != _HERE]
-from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
 
 sys.path.remove(str(_HERE))
 
@@ -139,12 +139,28 @@ def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def speedup_of_phdbscan(row: dict, runs: list[dict]) -> str | None:
+    """``row``'s wall time / pHDBSCAN's on the same data in the same invocation (the load changes between)."""
+    invocation = lambda r: r.get("run_id", r["commit"])  # noqa: E731  (rows before run_id: one commit per invocation)
+    ours = next((r for r in runs if r["method"] == "phdbscan" and r["status"] == "ok"
+                 and (r["source"], r["n"], r["d"]) == (row["source"], row["n"], row["d"])
+                 and invocation(r) == invocation(row)), None)
+    if ours is None or row["method"] == "phdbscan":
+        return None
+    if row["status"] == "ok":
+        return f"{row['wall_s'] / ours['wall_s']:.1f}x"
+    if row["status"].startswith("did not finish"):
+        cap = float(row["status"].split("> ")[1].split(" s")[0])
+        return f"> {cap / ours['wall_s']:.0f}x"
+    return None
+
+
 def render(runs: list[dict], args) -> str:
     rows = []
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(runs, key=lambda r: (r["source"] != "blobs", r["source"], r["d"], r["n"], order[r["method"]])):
         ok = r["status"] == "ok"
-        speedup = r.get("speedup_vs")
+        speedup = speedup_of_phdbscan(r, runs)
         rows.append([
             "blobs" if r["source"] == "blobs" else Path(r["source"]).name, f"{r['n']:,}", r["d"], r["method"],
             fmt(r.get("wall_s"), ".2f") if ok else r["status"], fmt(r.get("cpu_s"), ".1f") if ok else "–",
@@ -176,6 +192,9 @@ def render(runs: list[dict], args) -> str:
              "'ARI vs pHDBSCAN' is its accuracy cost against the non-partitioned result",
              "the machine is shared: wall times carry the load of other jobs at that moment; the rows of one "
              "(n, d) ran back to back"]
+    commands = sorted({r["command"] for r in runs if "command" in r})
+    notes.append("rows come from these invocations (each row names its commit and date): "
+                 + "; ".join(f"`{c}`" for c in commands))
     text = header("HDBSCAN implementations: wall time, memory, agreement", seeds=[args.seed], notes=notes)
     text += markdown_table(columns, rows)
     return text
@@ -199,9 +218,13 @@ def main() -> None:
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--d", type=int, help=argparse.SUPPRESS)
     p.add_argument("--labels-out", help=argparse.SUPPRESS)
+    p.add_argument("--render", action="store_true", help="only rebuild the markdown from the stored runs")
     args = p.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.render:
+        write_result("hdbscan", render(load_runs(), args))
         return
 
     methods = args.methods.split(",")
@@ -238,7 +261,7 @@ def main() -> None:
                     print(f"[hdbscan bench] {method} n={n} d={d} ...", flush=True)
                     result = run_one(method, source, n, d, args, label_file(method))
                 row = {"method": method, "source": source, "n": n, "d": d, "commit": commit, "date": utc_now(),
-                       "run_id": run_id,
+                       "run_id": run_id, "command": command_line(),
                        "threads": args.threads, "min_cluster_size": args.min_cluster_size,
                        "min_samples": args.min_samples, **result}
                 if result["status"] == "ok":
@@ -255,15 +278,6 @@ def main() -> None:
                 print(f"[hdbscan bench]   {json.dumps({k: v for k, v in row.items() if k != 'stages'})}", flush=True)
                 runs = [r for r in runs if (r["method"], r["source"], r["n"], r["d"]) != (method, source, n, d)]
                 runs.append(row)
-            ours = next((r for r in runs if (r["method"], r["source"], r["n"], r["d"]) == ("phdbscan", source, n, d)
-                         and r["status"] == "ok"), None)
-            if ours:
-                for r in runs:  # against the pHDBSCAN row of the same invocation only (the load changes)
-                    if (r["source"], r["n"], r["d"]) == (source, n, d) and r["method"] != "phdbscan" \
-                            and r.get("run_id") == ours.get("run_id"):
-                        r["speedup_vs"] = (f"{r['wall_s'] / ours['wall_s']:.1f}x" if r["status"] == "ok"
-                                           else f"> {args.cap / ours['wall_s']:.0f}x" if r["status"].startswith("did not finish")
-                                           else None)
             atomic_write_text(RUNS_FILE, json.dumps(runs, indent=1))
             write_result("hdbscan", render(runs, args))
     print(f"wrote {RESULTS_DIR / 'hdbscan.md'}")
