@@ -39,13 +39,14 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
-    """One line: CPU model, cores, torch threads, torch/python versions, OS."""
+    """One line: CPU model, cores, torch threads, torch/python versions, OS, load (others' jobs slow timings)."""
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ", load average (1 min) {:.1f} when written".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
     return (f"{cpu_model()}, {cores} cores available, torch threads {torch.get_num_threads()}, "
-            f"{gpu}, torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}")
+            f"{gpu}, torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}{load}")
 
 
 def git_commit() -> str:

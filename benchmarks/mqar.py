@@ -121,6 +121,7 @@ def plot(rows: list[dict[str, object]], title: str):
         for x, y, d in pts:
             ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colors[i % len(colors)])
     ax.set_xscale("log")
+    ax.margins(x=0.1)
     ax.set_xlabel("state size (floats per sequence, summed over layers)")
     ax.set_ylabel("MQAR test accuracy")
     ax.set_ylim(-0.02, 1.02)
