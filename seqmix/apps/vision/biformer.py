@@ -73,7 +73,8 @@ class BiFormer(nn.Module):
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1), nn.BatchNorm2d(dims[0] // 2), nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=stem_stride // 2, padding=1), nn.BatchNorm2d(dims[0]))
         side = conv_out(img_size) if stem_stride == 2 else conv_out(conv_out(img_size))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        rates = [drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]  # linear in depth
         self.downsamples, self.stages, self.grids = nn.ModuleList(), nn.ModuleList(), []
         for i in range(stages):
             if i > 0:

@@ -74,7 +74,8 @@ class MambaOut(nn.Module):
             nn.GELU(), nn.Conv2d(dims[0] // 2, dims[0], 3, stride=stem_stride // 2, padding=1))
         self.stem_norm = nn.LayerNorm(dims[0], eps=1e-6)
         side = conv_out(img_size) if stem_stride == 2 else conv_out(conv_out(img_size))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        rates = [drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]  # linear in depth
         self.stages, self.grids = nn.ModuleList(), []
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             layers = []

@@ -1,0 +1,166 @@
+"""The vision app: backbones on 28 x 28, the timm registry, MambaOut against timm's own,
+Fashion-MNIST from the Debian files, fit -> predict -> --explain in-process, and the errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import seqmix.apps.vision  # noqa: F401  (registers the timm models)
+from seqmix.apps.vision.biformer import BiFormer
+from seqmix.apps.vision.data import DEBIAN_DIR, ImageDataModule, find_fashion_mnist, load_fashion_mnist
+from seqmix.core.blocks import mixer_factory
+
+MODELS_28 = ["biformer_tiny_28", "seqmix_mambaout_femto_28", "seqmix_vit_28"]
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS_28)
+def test_28x28_models_classify_and_train(name):
+    torch.manual_seed(0)
+    m = timm.create_model(name)
+    x = torch.randn(3, 1, 28, 28)
+    y = m(x)
+    assert y.shape == (3, 10) and torch.isfinite(y).all()
+    y.logsumexp(-1).mean().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not missing, f"{name}: parameters without gradient {missing[:5]}"
+
+
+@pytest.mark.parametrize("mixer", ["gla", "linear_attention", "bra"])
+def test_vit_takes_any_noncausal_mixer(mixer):
+    extra = {"n_win": 7, "topk": 3, "spatial_shape": (7, 7)} if mixer == "bra" else {}
+    m = timm.create_model("seqmix_vit_28", depth=1, d_model=32,
+                          mixer=mixer_factory(mixer, n_heads=2, causal=False, **extra))
+    assert type(m.blocks.blocks[0].mixer).registry_name == mixer
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_paper_sizes_without_a_forward():
+    # BiFormer paper, Table 1: T 13.1M, S 25.5M, B 56.8M parameters (ImageNet, 224 x 224)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        for name, paper in (("biformer_tiny", 13.1e6), ("biformer_small", 25.5e6), ("biformer_base", 56.8e6)):
+            assert abs(n_params(timm.create_model(name)) / paper - 1) < 0.01, name
+        for size in ("femto", "kobe", "tiny"):  # the same definitions as timm's own MambaOut
+            ours, theirs = timm.create_model(f"seqmix_mambaout_{size}"), timm.create_model(f"mambaout_{size}")
+            assert n_params(ours) == n_params(theirs), size
+
+
+def test_biformer_tiny_224_grids_and_regions():
+    with torch.device("meta"):
+        m = timm.create_model("biformer_tiny")
+    assert m.grids == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    attn = [s[0].attn for s in m.stages]
+    assert [a.topk for a in attn] == [1, 4, 16, -1] and {a.n_win for a in attn} == {7}
+
+
+def timm_mambaout_name(name: str) -> str:
+    """The name of our MambaOut parameter ``name`` in timm's ``MambaOut``."""
+    for ours, theirs in (("stem.0.", "stem.conv1."), ("stem.1.", "stem.norm1."), ("stem.3.", "stem.conv2."),
+                         ("stem_norm.", "stem.norm2."), ("head.0.", "head.norm."), ("head.1.", "head.pre_logits.fc."),
+                         ("head.3.", "head.pre_logits.norm."), ("head.5.", "head.fc.")):
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    _, stage, index, *rest = name.split(".")
+    stage, index, rest = int(stage), int(index), ".".join(rest)
+    if stage > 0 and index == 0:
+        return f"stages.{stage}.downsample.{rest}"
+    rest = {"mixer.conv_weight": "conv.weight", "mixer.conv_bias": "conv.bias"}.get(rest, rest.replace("mixer.", ""))
+    return f"stages.{stage}.blocks.{index - (stage > 0)}.{rest}"
+
+
+def test_our_mambaout_computes_what_timms_does():
+    torch.manual_seed(0)
+    ours = timm.create_model("seqmix_mambaout_femto", in_chans=1, num_classes=10, img_size=28).eval()
+    theirs = timm.create_model("mambaout_femto", in_chans=1, num_classes=10).eval()
+    other = dict(theirs.named_parameters())
+    mapped = {timm_mambaout_name(n): p for n, p in ours.named_parameters()}
+    assert mapped.keys() == other.keys()
+    with torch.no_grad():
+        for n, p in mapped.items():
+            p.copy_(other[n].reshape(p.shape))  # conv weights [C, 1, k, k] -> [C, k, k]
+        x = torch.randn(2, 1, 28, 28)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
+
+
+def test_timm_registry_round_trip():
+    names = set(timm.list_models("biformer*")) | set(timm.list_models("seqmix_*"))
+    assert {"biformer_tiny", "biformer_small", "biformer_base", "biformer_tiny_28", "seqmix_mambaout_femto",
+            "seqmix_mambaout_kobe", "seqmix_mambaout_tiny", "seqmix_mambaout_femto_28", "seqmix_vit_28"} <= names
+    m = timm.create_model("biformer_tiny_28", num_classes=7)
+    assert isinstance(m, BiFormer) and m.head.out_features == 7
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        timm.create_model("biformer_tiny_28", pretrained=True)
+    with pytest.raises(TypeError, match="n_wins"):
+        timm.create_model("biformer_tiny_28", n_wins=(7, 7, 1, 1))
+
+
+def test_wrong_channels_and_sizes_are_clear_errors():
+    m = timm.create_model("biformer_tiny_28")
+    with pytest.raises(ValueError, match="takes 1-channel images, got 3 channels"):
+        m(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match="built for 28x28 images, got 32x32"):
+        m(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="takes 1-channel images, got 3"):
+        timm.create_model("seqmix_mambaout_femto_28")(torch.randn(1, 3, 28, 28))
+    # 30 x 30 -> a 15 x 15 grid at stage 0, which 7 regions per side cannot divide
+    with pytest.raises(ValueError, match="stage 0 sees a 15x15 grid.*n_win=7 regions per side cannot divide"):
+        timm.create_model("biformer_tiny_28", img_size=30)
+
+
+def test_fashion_mnist_from_the_debian_files():
+    if not DEBIAN_DIR.is_dir():
+        pytest.skip(f"{DEBIAN_DIR} is missing: apt-get install dataset-fashion-mnist (make install does)")
+    data = load_fashion_mnist(DEBIAN_DIR)
+    (x, y), (xt, yt) = data["train"], data["test"]
+    assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28) and x.dtype == torch.uint8
+    assert torch.equal(torch.bincount(y), torch.full((10,), 6000))  # Fashion-MNIST is balanced
+    assert torch.equal(torch.bincount(yt), torch.full((10,), 1000))
+    dm = ImageDataModule(data_dir=str(DEBIAN_DIR), val_size=1000, train_limit=2000)
+    dm.setup()
+    images, labels = next(iter(dm.val_dataloader()))
+    assert images.shape == (128, 1, 28, 28) and labels.dtype == torch.int64
+    assert len(dm.train_set) == 2000 and abs(float(images.mean())) < 0.2  # normalised by the training statistics
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        find_fashion_mnist(tmp_path)
+    with pytest.raises(ValueError, match="Fashion-MNIST images are 28x28"):
+        ImageDataModule(img_size=32)
+
+
+def test_fit_predict_explain_in_process(tmp_path, capsys):
+    from PIL import Image
+
+    from seqmix.cli import main
+
+    main(["vision", "fit", "--config", "configs/vision/biformer_tiny_28.yaml", "--data.dataset", "digits",
+          "--data.val_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "1",
+          "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.max_time", "null",
+          "--trainer.enable_progress_bar", "false",
+          "--model.backbone.init_args.depths", "[1, 1, 1, 1]", "--model.backbone.init_args.dims", "[32, 32, 32, 32]", "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt"), "--trainer.default_root_dir", str(tmp_path)])
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    grey, rgb, text = tmp_path / "seven.png", tmp_path / "rgb.png", tmp_path / "notes.png"
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(grey)
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(rgb)
+    text.write_text("not an image")
+    capsys.readouterr()
+    png = tmp_path / "routing.png"
+    assert main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    probs = [float(line.split()[-1]) for line in lines[1:6]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert png.stat().st_size > 1000 and Image.open(png).format == "PNG"
+    with pytest.raises(ValueError, match="notes.png: is not an image"):
+        main(["vision", "predict", "--ckpt", str(ckpt), str(text)])
+    with pytest.raises(ValueError, match="has 3 channel.*model takes 1; pass --convert"):
+        main(["vision", "predict", "--ckpt", str(ckpt), str(rgb)])
+    with pytest.raises(ValueError, match="--query-region 49 must be in 0..48"):
+        main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "49"])
