@@ -105,7 +105,8 @@ def train_and_test(name: str, factory, args) -> tuple[float, float, int]:
     model = ImageClassifier(factory, in_chans=1, n_classes=10, img_size=28, lr=args.lr, warmup_steps=args.warmup)
     trainer = pl.Trainer(max_epochs=args.epochs, max_time={"seconds": args.max_minutes * 60}, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, deterministic=False)
+                         limit_val_batches=0, deterministic=False,
+                         limit_test_batches=1.0 if args.test_limit is None else max(1, args.test_limit // args.batch_size))
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     minutes = (time.perf_counter() - start) / 60
@@ -130,6 +131,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--throughput-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--test-limit", type=int, default=None, help="first N test images only (short runs)")
+    parser.add_argument("--train-models", nargs="*", default=None, choices=list(MODELS), metavar="NAME",
+                        help="train only these (default: all of --models); the others get sizes and throughput")
     parser.add_argument("--no-train", action="store_true", help="sizes and throughput only")
     parser.add_argument("--out", default="vision")
     args = parser.parse_args()
@@ -144,13 +148,17 @@ def main() -> None:
         infer = images_per_second(model, args.throughput_batch, False, args.repeats)
         train = images_per_second(model, args.throughput_batch, True, args.repeats)
         print(f"{name}: {params / 1e6:.2f}M params, {macs:.4f} GMACs, {infer:.0f} / {train:.0f} img/s", flush=True)
-        acc, minutes, epochs = (None, 0.0, 0) if args.no_train else train_and_test(name, MODELS[name], args)
+        trained = not args.no_train and (args.train_models is None or name in args.train_models)
+        acc, minutes, epochs = train_and_test(name, MODELS[name], args) if trained else (None, 0.0, 0)
         rows.append([name, "-" if acc is None else f"{100 * acc:.2f}", f"{params / 1e6:.2f}", f"{macs:.3f}",
                      f"{infer:.0f}", f"{train:.0f}", f"{minutes:.1f}", epochs])
 
     budget = f"{args.epochs} epoch(s) or {args.max_minutes:g} min per model, whichever ends first"
-    short = args.no_train or args.max_minutes < 30 or args.epochs < 30 or args.train_limit is not None
-    notes = [f"data: {args.dataset} (test: the official 10k test images), batch {args.batch_size}, AdamW lr "
+    short = (args.no_train or args.max_minutes < 30 or args.epochs < 30 or args.train_limit is not None
+             or args.test_limit is not None)
+    test = "the official 10k test images" if args.test_limit is None else \
+        f"the first {max(1, args.test_limit // args.batch_size) * args.batch_size} of the official 10k test images"
+    notes = [f"data: {args.dataset} (test: {test}), batch {args.batch_size}, AdamW lr "
              f"{args.lr}, cosine, {args.warmup} warm-up steps, label smoothing 0.1, crop (pad 2) + flip",
              f"training budget: {budget}" + (f", first {args.train_limit} training images" if args.train_limit else ""),
              f"throughput: 1x28x28 images, batch {args.throughput_batch}, {args.threads} threads, best of "

@@ -24,7 +24,8 @@ padded regions are never routed to while a real region is left.
 Implementations: ``"naive"`` — dense attention over all ``T`` keys with a ``[B, T, T]`` mask
 built from the routing (the obviously correct reference); ``"gather"`` — the paper's form,
 gathering the ``topk`` routed regions' keys/values per region (cost ``O(T * topk * T / R)``).
-``topk=-1`` routes every region to every region, which is full attention plus LCE.
+``topk=-1`` routes every region to every region, which is full attention plus LCE (``"gather"``
+then runs it as one fused attention, nothing gathered).
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ class BiLevelRoutingAttention(Mixer):
         """The paper's form: each region's queries over the gathered tokens of its routed regions."""
         b, r, n, d = q.shape
         topk = index.shape[-1]
+        if topk == r:  # every region routed (topk=-1): all keys, nothing to gather
+            q, k, v = (split_heads(z.reshape(b, r * n, d), self.n_heads) for z in (q, k, v))  # [B, h, T', K]
+            keep = valid.reshape(1, 1, 1, r * n)  # [1, 1, 1, T'] key mask (padding)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, h, T', K]
+            return merge_heads(o).reshape(b, r, n, d)  # [B, T', D] -> [B, R, n, D]
         flat = index.reshape(b, r * topk)  # [B, R*topk]
         k_g, v_g = (z.gather(1, flat[:, :, None, None].expand(b, r * topk, n, d)) for z in (k, v))  # [B, R*topk, n, D]
         k_g, v_g = (z.reshape(b, r, topk * n, d) for z in (k_g, v_g))  # [B, R, topk*n, D]
