@@ -106,7 +106,8 @@ def train_and_test(name: str, factory, args) -> tuple[float, float, int]:
     trainer = pl.Trainer(max_epochs=args.epochs, max_time={"seconds": args.max_minutes * 60}, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, deterministic=False,
-                         limit_test_batches=1.0 if args.test_limit is None else max(1, args.test_limit // args.batch_size))
+                         limit_test_batches=1.0 if args.test_limit is None
+                         else max(1, args.test_limit // args.batch_size))
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     minutes = (time.perf_counter() - start) / 60

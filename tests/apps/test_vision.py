@@ -3,6 +3,8 @@ Fashion-MNIST from the Debian files, fit -> predict -> --explain in-process, and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -140,11 +142,13 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
 
     from seqmix.cli import main
 
-    main(["vision", "fit", "--config", "configs/vision/biformer_tiny_28.yaml", "--data.dataset", "digits",
+    config = Path(__file__).resolve().parents[2] / "configs" / "vision" / "biformer_tiny_28.yaml"
+    main(["vision", "fit", "--config", str(config), "--data.dataset", "digits",
           "--data.val_size", "64", "--data.batch_size", "16", "--trainer.max_epochs", "1",
           "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.max_time", "null",
           "--trainer.enable_progress_bar", "false",
-          "--model.backbone.init_args.depths", "[1, 1, 1, 1]", "--model.backbone.init_args.dims", "[32, 32, 32, 32]", "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--model.backbone.init_args.depths", "[1, 1, 1, 1]", "--model.backbone.init_args.dims", "[32, 32, 32, 32]",
+          "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt"), "--trainer.default_root_dir", str(tmp_path)])
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     grey, rgb, text = tmp_path / "seven.png", tmp_path / "rgb.png", tmp_path / "notes.png"
@@ -153,7 +157,8 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
     text.write_text("not an image")
     capsys.readouterr()
     png = tmp_path / "routing.png"
-    assert main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "3"]) == 0
+    argv = ["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "3"]
+    assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     probs = [float(line.split()[-1]) for line in lines[1:6]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001

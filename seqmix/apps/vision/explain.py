@@ -133,7 +133,8 @@ def predict_command(argv: list[str]) -> int:
                              "with n_win > 1 (stage 0 of biformer_tiny_28)")
         query = attn.regions // 2 if args.query_region is None else args.query_region
         if not 0 <= query < attn.regions:
-            raise ValueError(f"--query-region {query} must be in 0..{attn.regions - 1} ({attn.n_win}x{attn.n_win} regions)")
+            raise ValueError(f"--query-region {query} must be in 0..{attn.regions - 1} "
+                             f"({attn.n_win}x{attn.n_win} regions)")
         title = (f"{Path(args.images[0]).name}: stage {args.stage} block {args.block}, query region {query} (red), "
                  f"top-{index.shape[-1]} routed (green)")
         draw_routing(raw[0], index[0, query], attn.spatial_shape, attn.n_win, query, Path(args.explain), title)
