@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,9 +68,15 @@ class StepBar(pl.Callback):
 
 def run_point(mixer: str, width: int | None, args: argparse.Namespace) -> dict[str, object]:
     """Train and test one (mixer, width); ``None`` for a setting keeps the config's value."""
+    with tempfile.TemporaryDirectory(prefix="mqar_") as scratch:  # Lightning's config.yaml goes there, not runs/
+        return train_and_test(mixer, width, args, scratch)
+
+
+def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root_dir: str) -> dict[str, object]:
     from seqmix.cli import app_cli, load_app
 
     argv = ["--config", str(CONFIG_DIR / f"{mixer}.yaml"), "--seed_everything", str(args.seed),
+            "--trainer.default_root_dir", root_dir,
             "--data.seed", str(args.seed),
             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
