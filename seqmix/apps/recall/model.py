@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +25,7 @@ from seqmix.apps.recall.data import IGNORE_INDEX
 from seqmix.core.blocks import MixerStack
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.core.mixer import Mixer
+from seqmix.apps.module import StagedModule
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, final_ratio: float = 0.1) -> float:
@@ -38,7 +38,7 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class RecallLM(pl.LightningModule):
+class RecallLM(StagedModule):
     """A causal LM for MQAR; ``vocab_size`` and ``max_len`` come from the datamodule (CLI links)."""
 
     def __init__(self, mixer: Callable[[int], Mixer], vocab_size: int = 256, max_len: int = 64,
@@ -107,15 +107,6 @@ class RecallLM(pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(inputs))
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(inputs))
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
 
     def predict_step(self, batch, batch_idx) -> dict[str, Tensor]:
         """Per query: the example index in the batch, its position, the predicted and the true value."""

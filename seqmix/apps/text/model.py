@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +32,7 @@ from seqmix.apps.text.embeddings import additive_mask, load_encoder
 from seqmix.apps.text.metrics import emotion_metrics
 from seqmix.core.blocks import make_norm
 from seqmix.core.mixer import Mixer
+from seqmix.apps.module import StagedModule
 
 
 class AttentionPool(nn.Module):
@@ -108,7 +108,7 @@ def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
     return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-class EmotionRegressor(pl.LightningModule):
+class EmotionRegressor(StagedModule):
     """REDAffectiveLM when both branches are on; ``word_dim``/``context_dim``/``n_emotions`` come from the data."""
 
     def __init__(self, rnn: Callable[[int], Mixer] | None = None, attention: Callable[[int], Mixer] | None = None,
@@ -169,15 +169,6 @@ class EmotionRegressor(pl.LightningModule):
         if stage != "train":
             self.outputs.setdefault(stage, []).append((pred.detach().cpu(), batch["target"].cpu()))
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
 
     def _log_metrics(self, stage: str) -> None:
         collected = self.outputs.pop(stage, [])
