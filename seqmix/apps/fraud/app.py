@@ -88,6 +88,8 @@ def cluster_command(argv: list[str]) -> int:
     parser.add_argument("--batch_size", type=int, default=4096, help="windows per embedding batch")
     parser.add_argument("--features_out", type=Optional[str], default=None,
                         help="also save the clustered features as .npy (e.g. for benchmarks/hdbscan.py)")
+    parser.add_argument("--features_in", type=Optional[str], default=None,
+                        help="cluster this .npy (a features_out of the same data and model) instead of embedding again")
     parser.add_argument("--seed", type=int, default=0)
     cfg = parser.parse_args(argv)
     if cfg.top < 1 or cfg.rule_depth < 1 or cfg.batch_size < 1:
@@ -102,8 +104,15 @@ def cluster_command(argv: list[str]) -> int:
     model.load_state_dict(state["state_dict"])
     data.setup("predict")
     feats = data.features
-    embedding = embed_all(model, feats, cfg.batch_size)
-    points = cluster_features(embedding, feats["expert"], cfg.features)
+    if cfg.features_in:
+        points = np.load(cfg.features_in)
+        if points.shape[0] != len(feats["label"]):
+            raise SystemExit(f"seqmix fraud cluster: {cfg.features_in} has {points.shape[0]} rows but the data has "
+                             f"{len(feats['label'])} events; it was saved for other data")
+        n_embed = points.shape[1] - (len(EXPERT_NAMES) if cfg.features == "hybrid" else 0)
+    else:
+        points = cluster_features(embed_all(model, feats, cfg.batch_size), feats["expert"], cfg.features)
+        n_embed = points.shape[1] - (len(EXPERT_NAMES) if cfg.features == "hybrid" else 0)
     if cfg.features_out:
         atomic_write(Path(cfg.features_out), lambda tmp: np.save(tmp, points))
     labels = clusterer.fit(points).labels_
@@ -118,10 +127,12 @@ def cluster_command(argv: list[str]) -> int:
     projection_plot(points, labels, [s.cluster for s in top], plot, title=cfg.title, seed=cfg.seed)
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in clusterer.timings_.items())
     notes = [f"data: {data.source}, window {data.window} events; features: {cfg.features} "
-             f"({points.shape[1]} dims: embedding {embedding.shape[1]} + expert {len(EXPERT_NAMES)})",
+             f"({points.shape[1]} dims{f': embedding {n_embed} + expert {len(EXPERT_NAMES)}' if cfg.features == 'hybrid' else ''})"
+             + (f", read from {cfg.features_in}" if cfg.features_in else ""),
              f"model: {cfg.fit_config} weights {cfg.checkpoint}",
              f"pHDBSCAN: min_cluster_size={clusterer.min_cluster_size}, min_samples={clusterer.resolved_min_samples}, "
-             f"knn_index={clusterer.knn_index}, {clusterer.n_join_rounds_} join rounds; stages: {timings}"]
+             f"knn_index={clusterer.knn_index}, cluster_selection_method={clusterer.cluster_selection_method}, "
+             f"{clusterer.n_join_rounds_} join rounds; stages: {timings}"]
     text = render_report(title=cfg.title, summaries=top, labels=labels, fraud=fraud, notes=notes,
                          plot_name=plot.name)
     atomic_write(report, lambda tmp: tmp.write_text(text))
