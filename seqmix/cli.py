@@ -36,7 +36,8 @@ def print_mixers() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from seqmix.core import get_mixer_class, list_mixers, mixer_arguments
+    from seqmix.core import get_mixer_class, list_mixers
+    from seqmix.core.mixer import build_reference_mixer
 
     d_model, heads = 256, 4
     table = Table(title=f"seqmix mixers (state sizes for d_model={d_model}, n_heads={heads})")
@@ -46,11 +47,7 @@ def print_mixers() -> None:
         table.add_column(col)
     for name in names:
         cls = get_mixer_class(name)
-        causal = any(p.startswith("causal") for p in cls.patterns)
-        takes = mixer_arguments(cls)
-        cfg = {k: v for k, v in dict(cls.test_configs[0]).items() if k not in ("n_heads", "causal")}
-        cfg.update({k: v for k, v in (("n_heads", heads), ("causal", causal)) if k in takes})  # not every mixer has heads
-        mixer = cls(d_model, **cfg)
+        mixer = build_reference_mixer(name, d_model, heads)
         table.add_row(name, cls.__name__, " ".join(sorted(cls.patterns)), "yes" if cls.recurrent else "no",
                       " ".join(cls.impls), f"{mixer.state_size(1024):,}", f"{mixer.state_size(8192):,}")
     Console().print(table)

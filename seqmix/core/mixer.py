@@ -256,3 +256,17 @@ def build_mixer(name: str, d_model: int, **arguments: object) -> Mixer:
     if unknown:
         raise TypeError(f"mixer {name!r} got unknown arguments {unknown}; it takes {sorted(allowed)}")
     return cls(d_model, **arguments)
+
+
+def build_reference_mixer(name: str, d_model: int, n_heads: int) -> Mixer:
+    """The mixer ``name`` at a reference size, for tables (``seqmix mixers``, the README's).
+
+    Its first test config without the tiny sizes, causal when it supports a causal pattern,
+    and ``n_heads`` where it takes heads (not every mixer has them).
+    """
+    cls = get_mixer_class(name)
+    takes = mixer_arguments(cls)
+    causal = any(p.startswith("causal") for p in cls.patterns)
+    arguments = {k: v for k, v in dict(cls.test_configs[0]).items() if k not in ("n_heads", "causal")}
+    arguments.update({k: v for k, v in (("n_heads", n_heads), ("causal", causal)) if k in takes})
+    return cls(d_model, **arguments)
