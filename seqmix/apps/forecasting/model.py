@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,6 +38,7 @@ from seqmix.core.blocks import ChannelMixer
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.core.mixer import Mixer
 from seqmix.core.mixers.softmax import SoftmaxAttention
+from seqmix.apps.module import StagedModule
 
 MixerFactory = Callable[[int], Mixer]
 
@@ -256,7 +256,7 @@ class RevIN(nn.Module):
 
 
 # ----------------------------------------------------------- Lightning
-class Forecaster(pl.LightningModule):
+class Forecaster(StagedModule):
     """Trains any forecasting network (``network``, a class_path taking :class:`ForecastShape`).
 
     The sizes come from the datamodule (``links`` in ``app.py``). ``lr_decay`` multiplies the
@@ -316,15 +316,6 @@ class Forecaster(pl.LightningModule):
         values = self.metrics[f"{stage}_metrics"].compute()
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
         self.metrics[f"{stage}_metrics"].reset()
-
-    def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
 
     def on_train_epoch_end(self):
         self._log_epoch("train")
