@@ -26,6 +26,12 @@ KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_para
 MAX_BYTES = 5_000_000
 
 
+def duration(minutes: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for a number of minutes."""
+    seconds = int(round(minutes * 60))
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def train(name: str, args) -> None:
     from seqmix.apps.vision.app import APP
     from seqmix.cli import app_cli
@@ -33,7 +39,7 @@ def train(name: str, args) -> None:
     with tempfile.TemporaryDirectory(prefix="seqmix_vision_") as tmp:
         cli = app_cli(APP, ["--config", str(REPO / f"configs/vision/{name}.yaml"),
                             "--trainer.max_epochs", str(args.max_epochs),
-                            "--trainer.max_time", f"00:00:{int(args.max_minutes)}:{int(args.max_minutes % 1 * 60)}",
+                            "--trainer.max_time", duration(args.max_minutes),
                             "--trainer.default_root_dir", tmp, "--trainer.logger", "false",
                             "--trainer.callbacks.init_args.dirpath", tmp,
                             "--trainer.enable_progress_bar", "false"], run=False)
