@@ -27,7 +27,7 @@ class Rule:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.0f}" if abs(value - round(value)) < 1e-9 else f"{value:.3g}"
+    return f"{value:.0f}" if abs(value - round(value)) < 1e-9 else f"{value:.6g}"
 
 
 def _condition(name: str, low: float | None, high: float | None, column: np.ndarray) -> str:
