@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +29,7 @@ from seqmix.apps.fraud.data import STEP_FEATURES
 from seqmix.core.blocks import MixerBlock
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.core.mixer import Mixer
+from seqmix.apps.module import StagedModule
 
 GAP_FEATURE = STEP_FEATURES.index("log_gap")
 
@@ -49,7 +49,7 @@ class TimeAttentionPool(nn.Module):
         return (weight[..., None] * h).sum(1)
 
 
-class SequenceAutoencoder(pl.LightningModule):
+class SequenceAutoencoder(StagedModule):
     """Unsupervised sequence autoencoder; ``embed`` gives the behaviour embedding.
 
     Args:
@@ -123,15 +123,6 @@ class SequenceAutoencoder(pl.LightningModule):
         self.log(f"{stage}/mse", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True,
                  batch_size=len(batch["steps"]))
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
 
     def predict_step(self, batch, batch_idx) -> dict[str, Tensor]:
         return {"row": batch["row"], "embedding": self.embed(batch["steps"], batch["mask"])}
