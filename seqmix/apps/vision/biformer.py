@@ -137,5 +137,6 @@ timm_variant("biformer_base", BiFormer, {"depths": (4, 4, 18, 4), "dims": (96, 1
 TINY_28 = {"in_chans": 1, "num_classes": 10, "img_size": 28, "depths": (2, 2, 4, 2), "dims": (32, 64, 128, 192),
            "n_win": (7, 7, 1, 1), "topks": (4, 16, -1, -1), "stem_stride": 2}
 timm_variant("biformer_tiny_28", BiFormer, TINY_28,
-             "BiFormer-T scaled for 28 x 28 grey images: widths (32, 64, 128, 192) (a 5 MB fp16 checkpoint), grids 14 (2x2-token regions, top-4 of 49), "
+             "BiFormer-T scaled for 28 x 28 grey images: widths (32, 64, 128, 192) (a 5 MB fp16 checkpoint), "
+             "grids 14 (2x2-token regions, top-4 of 49), "
              "7 (1-token regions, top-16 of 49), 4 and 2 (full attention).")
