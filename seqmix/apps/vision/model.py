@@ -16,14 +16,16 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from seqmix.apps.module import StagedModule
+from seqmix.apps.module import StagedModule
 
-class ImageClassifier(pl.LightningModule):
+
+class ImageClassifier(StagedModule):
     def __init__(self, backbone: Callable[[int, int, int], nn.Module], in_chans: int = 1, n_classes: int = 10,
                  img_size: int = 28, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200,
                  label_smoothing: float = 0.1):
@@ -50,15 +52,6 @@ class ImageClassifier(pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(images))
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(images))
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self.shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self.shared_step(batch, "test")
 
     def predict_step(self, batch, batch_idx) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
