@@ -45,11 +45,13 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor, *, causal: bool, imp
         y = F.conv1d(padded.transpose(1, 2), weight[:, None], bias, groups=x.shape[2])  # [B, C, T]
         return y.transpose(1, 2)  # [B, C, T] -> [B, T, C]
     kh, kw = weight.shape[-2:]
-    padded = F.pad(x, (0, 0, kw // 2, kw // 2, kh // 2, kh // 2))  # [B, H + kh - 1, W + kw - 1, C]
     if impl == "naive":
+        padded = F.pad(x, (0, 0, kw // 2, kw // 2, kh // 2, kh // 2))  # [B, H + kh - 1, W + kw - 1, C]
         windows = padded.unfold(1, kh, 1).unfold(2, kw, 1)  # [B, H, W, C, kh, kw]
         return (windows * weight).sum((-2, -1)) + bias
-    y = F.conv2d(padded.permute(0, 3, 1, 2), weight[:, None], bias, groups=x.shape[3])  # [B, C, H, W]
+    # the convolution pads itself: no padded copy of the image
+    image = x.permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+    y = F.conv2d(image, weight[:, None], bias, padding=(kh // 2, kw // 2), groups=x.shape[3])  # [B, C, H, W]
     return y.permute(0, 2, 3, 1)  # [B, C, H, W] -> [B, H, W, C]
 
 
