@@ -1,5 +1,11 @@
 import os
 
+# The Triton kernels are tested on CPU tensors through Triton's interpreter. It must be on
+# before anything imports triton: a @triton.jit function made without it cannot run under it,
+# and under pytest-xdist any test module (a mixer with a "triton" impl, the GPU benchmark's
+# tests) may be the first to import a kernel module.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
