@@ -28,6 +28,9 @@ def body_of(name: str) -> str:
                          f"run the benchmark that writes it first")
     text = path.read_text()
     text = re.sub(r"\A# .*\n", "", text)  # the results file's title; the README has its own heading
+    text = re.sub(r"^#", "###", text, flags=re.M)  # its sections sit below the README's own headings
+    # links relative to benchmarks/results/ (plots) become relative to the repository root
+    text = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+)\)", lambda m: f"](benchmarks/results/{m.group(1)})", text)
     return text.strip() + "\n"
 
 

@@ -31,6 +31,9 @@ class Aaren(Mixer):
         chunk_size: tokens per chunk of the chunked scan (``impl="chunk"``).
     """
 
+    paper = "Feng et al. 2024, Attention as an RNN"
+    complexity = "O(T D) (parallel prefix scan)"
+
     patterns = frozenset({"causal_self"})
     impls = ("naive", "chunk", "triton") if HAS_TRITON_SCAN else ("naive", "chunk")
     recurrent = True

@@ -68,6 +68,9 @@ class GatedCNN(Mixer):
             non-causal only); None for 1-D along time.
     """
 
+    paper = "Yu & Wang 2024, MambaOut: Do We Really Need Mamba for Vision?"
+    complexity = "O(T D k)"
+
     patterns = frozenset({"causal_self", "noncausal_self"})
     impls = ("naive", "conv")
     recurrent = True

@@ -141,6 +141,9 @@ class ProbSparseAttention(Mixer):
             call from torch's global generator.
     """
 
+    paper = "Zhou et al. 2021, Informer (ProbSparse self-attention)"
+    complexity = "O(T log T D)"
+
     patterns = frozenset({"causal_self", "noncausal_self", "noncausal_cross"})
     impls = ("naive", "sparse")
     test_configs = ({"n_heads": 2, "factor": 1}, {"n_heads": 4, "factor": 2, "seed": 7})

@@ -135,6 +135,8 @@ class LSTM(HeadwiseRNN):
     """Head-wise LSTM (gates i, f, z, o; state h, c)."""
 
     cell = "lstm"
+    paper = "Hochreiter & Schmidhuber 1997; Sutskever et al. 2014; head-wise as in FlashRNN (Pöppel et al. 2024)"
+    complexity = "O(T D^2 / H), sequential in T"
 
 
 @register_mixer("gru")
@@ -142,6 +144,8 @@ class GRU(HeadwiseRNN):
     """Head-wise GRU (gates r, z, n; state h)."""
 
     cell = "gru"
+    paper = "Cho et al. 2014; head-wise as in FlashRNN (Pöppel et al. 2024)"
+    complexity = "O(T D^2 / H), sequential in T"
 
 
 @register_mixer("slstm")
@@ -149,3 +153,5 @@ class SLSTM(HeadwiseRNN):
     """Head-wise sLSTM (exponential input gate, normaliser and stabiliser; state h, c, n, m)."""
 
     cell = "slstm"
+    paper = "Beck et al. 2024, xLSTM (sLSTM); head-wise as in FlashRNN"
+    complexity = "O(T D^2 / H), sequential in T"
