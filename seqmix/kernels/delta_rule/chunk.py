@@ -24,7 +24,6 @@ shape: one reverse loop over chunks for the state gradient, the rest batched.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs, run_delta_rule
 from seqmix.kernels.linear_attn.common import check_chunk_size
+from seqmix.kernels.threads import single_threaded
 
 
 def _blocks(x: Tensor, chunk_size: int) -> Tensor:
@@ -46,22 +46,6 @@ def _blocks(x: Tensor, chunk_size: int) -> Tensor:
 def _unblocks(x: Tensor, t: int) -> Tensor:
     """``[B, H, N, C, X] -> [B, T, H, X]`` (a view), dropping the padding."""
     return x.flatten(2, 3)[:, :, :t].transpose(1, 2)  # [B, H, N*C, X] -> [B, T, H, X]
-
-
-@contextmanager
-def _one_thread():
-    """Run the per-chunk loop's small matmuls (``[B*H, C, K] x [K, V]``) on one thread.
-
-    Splitting a 64 x 64 matmul over threads costs more than it saves, and on a busy
-    machine each split waits for every thread to be scheduled (measured here: ~7x slower
-    per call with 2 threads under load). The batched work outside the loop keeps all threads.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _addmm(base: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
@@ -102,7 +86,7 @@ class _ChunkDeltaRule(torch.autograd.Function):
         w, u_prime = inverse @ bk, inverse @ (bc * vc)  # [B, H, N, C, K], [B, H, N, C, V]
 
         states, updates = [], []
-        with _one_thread():
+        with single_threaded():
             for w_n, u_n, k_n in zip(w.unbind(2), u_prime.unbind(2), kc.unbind(2)):
                 states.append(h)
                 u_n = _addmm(u_n, w_n, h, alpha=-1.0)  # [B, H, C, V], the chunk's true updates U'_n - W_n S_n
@@ -127,7 +111,7 @@ class _ChunkDeltaRule(torch.autograd.Function):
         qdo = qc.transpose(-1, -2) @ do  # [B, H, N, K, V]
 
         d_states, d_updates = [], []
-        with _one_thread():
+        with single_threaded():
             for du_n, qdo_n, w_n, k_n in zip(reversed(du_local.unbind(2)), reversed(qdo.unbind(2)),
                                              reversed(w.unbind(2)), reversed(kc.unbind(2))):
                 d_states.append(dh)  # dS_{n+1}

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmix.kernels.rnn.naive import RNNState, _prepare, check_rnn_inputs, single_threaded
+from seqmix.kernels.rnn.naive import RNNState, _prepare, check_rnn_inputs
+from seqmix.kernels.threads import single_threaded
 
 
 def _time_major(gx: Tensor) -> Tensor:

@@ -30,35 +30,19 @@ sLSTM ``(h, c, n, m)``. Computation and states are fp32 (fp64 for fp64 inputs); 
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from seqmix.kernels.linear_attn.common import compute_dtype
+from seqmix.kernels.threads import single_threaded
 
 RNNState = tuple[Tensor, ...]
 
 N_GATES = {"lstm": 4, "gru": 3, "slstm": 4}
 N_STATES = {"lstm": 2, "gru": 1, "slstm": 4}
 STATE_NAMES = {"lstm": "(h, c)", "gru": "(h,)", "slstm": "(h, c, n, m)"}
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Torch ops on one intra-op thread inside the block (the count is restored after).
-
-    For loops over time: each step's ops are too small to split across threads, and an
-    OpenMP barrier per op made such loops up to 30x slower with 2 threads on a busy machine.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_rnn_inputs(cell: str, gates_x: Tensor, R: Tensor, initial_state: RNNState | None,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from seqmix.kernels.linear_attn.common import compute_dtype
-from seqmix.kernels.rnn.naive import single_threaded
+from seqmix.kernels.threads import single_threaded
 
 ScanState = tuple[Tensor, Tensor, Tensor]
 
