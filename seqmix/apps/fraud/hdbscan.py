@@ -40,16 +40,20 @@ one cluster with ``allow_single_cluster=True``; d = 1 is supported.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Literal
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
-from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
+from hdbscan._hdbscan_tree import condense_tree
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster._hierarchical_fast import single_linkage_label
 from threadpoolctl import threadpool_limits
+
+from seqmix.apps.fraud.hdbscan_tree import CondensedTree, flat_clusters, glosh_scores, select_clusters, stabilities
 
 KnnIndex = Literal["exact", "ivf", "hnsw"]
 Metric = Literal["euclidean", "cosine"]
@@ -124,7 +128,7 @@ def build_index(points: np.ndarray, *, kind: KnnIndex, device: str, nlist: int |
     if kind == "exact" or (kind == "ivf" and n < 39 * 4):  # too few points to train inverted lists
         index = faiss.IndexFlatL2(d)
     elif kind == "ivf":
-        lists = nlist or int(np.clip(4 * np.sqrt(n), 1, n // 39))
+        lists = nlist or int(np.clip(4 * np.sqrt(n), 1, n // 39))  # per-query search (GPU): more, shorter lists
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, lists)
         index.cp.max_points_per_centroid = 32  # train on <= 32 points per list: k-means cost stays small
         index.cp.niter = 10
@@ -146,17 +150,87 @@ def build_index(points: np.ndarray, *, kind: KnnIndex, device: str, nlist: int |
     return index
 
 
+@contextmanager
+def faiss_blas_for_small_blocks():
+    """Let ``faiss.knn`` use BLAS on small query blocks (restored on exit).
+
+    This FAISS computes distances with BLAS only above 128,000 pairs per call and in
+    database blocks of 1,024; below that it loops point by point. The IVF blocks of
+    :func:`ivf_self_knn` are ~100-1,000 queries against a few thousand candidates: with BLAS
+    and 256-row database blocks a distance + top-k costs ~2 ns instead of ~6 ns.
+    """
+    saved = faiss.cvar.distance_compute_blas_threshold, faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_threshold, faiss.cvar.distance_compute_blas_database_bs = 20, 256
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold, faiss.cvar.distance_compute_blas_database_bs = saved
+
+
+def ivf_lists(n: int, nlist: int | None) -> int:
+    """Default ``sqrt(n)`` inverted lists, at most ``n / 39`` (FAISS's minimum training points per list)."""
+    return int(np.clip(nlist or round(np.sqrt(n)), 1, n // 39))
+
+
+def ivf_self_knn(points: np.ndarray, k: int, *, nlist: int, nprobe: int, seed: int,
+                 threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k-NN of every point among the points, list by list: ``(squared_l2, ids)``, ``[n, k]`` each.
+
+    The IVF idea (k-means lists; search only the lists near a query), turned around for a
+    self-join: all queries of one list share its ``nprobe`` nearest lists (by centroid) as
+    candidates, so each list is one BLAS block ``[list, candidates]`` instead of ``nprobe``
+    list scans per query. Threads take lists in turn (FAISS releases the GIL). Lists whose
+    candidates are fewer than ``k`` search all points.
+    """
+    n, d = points.shape
+    kmeans = faiss.Kmeans(d, nlist, niter=10, max_points_per_centroid=32, seed=seed)  # trains on <= 32 per list
+    kmeans.train(points)
+    assign = kmeans.index.search(points, 1)[1][:, 0]  # [n]
+    order = np.argsort(assign, kind="stable")
+    bounds = np.searchsorted(assign[order], np.arange(nlist + 1))
+    grouped = points[order]  # [n, d], list after list
+    _, probe = faiss.knn(kmeans.centroids, kmeans.centroids, min(nprobe, nlist))  # [nlist, nprobe]
+    dist, ids = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
+
+    def search(lists: range) -> None:
+        faiss.omp_set_num_threads(1)  # this thread only: one BLAS/OpenMP thread per block
+        for lst in lists:
+            lo, hi = bounds[lst], bounds[lst + 1]
+            if lo == hi:
+                continue
+            cand = np.concatenate([np.arange(bounds[m], bounds[m + 1]) for m in probe[lst]])  # rows of `grouped`
+            if len(cand) < k:
+                cand = np.arange(n)
+            dist[lo:hi], found = faiss.knn(grouped[lo:hi], grouped[cand], k)  # [list, k] each
+            ids[lo:hi] = order[cand[found]]
+
+    with faiss_blas_for_small_blocks():
+        if threads == 1:
+            search(range(nlist))
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(search, [range(t, nlist, threads) for t in range(threads)]))
+    back = np.empty(n, dtype=np.int64)
+    back[order] = np.arange(n)
+    return dist[back], ids[back]
+
+
 def knn(points: np.ndarray, k: int, *, kind: KnnIndex, device: str, nlist: int | None, nprobe: int,
         hnsw_m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest *other* points of every point: ``(squared_l2 [n, k], ids [n, k])``.
 
-    The point itself is removed from its list (or, when an approximate index missed it, the
-    farthest hit is dropped). Rows the approximate index left short (id -1) are searched
-    again exactly, so every row has ``k`` real neighbours.
+    On the CPU, ``"ivf"`` is :func:`ivf_self_knn`; the other kinds (and every kind on the
+    GPU) search a FAISS index. The point itself is removed from its list (or, when an
+    approximate search missed it, the farthest hit is dropped). Rows an approximate index
+    left short (id -1) are searched again exactly, so every row has ``k`` real neighbours.
     """
     n = points.shape[0]
-    index = build_index(points, kind=kind, device=device, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed)
-    dist, ids = index.search(points, k + 1)  # [n, k+1] each, ascending
+    if kind == "ivf" and device == "cpu" and n >= 39 * 4:
+        dist, ids = ivf_self_knn(points, k + 1, nlist=ivf_lists(n, nlist), nprobe=nprobe, seed=seed,
+                                 threads=faiss.omp_get_max_threads())
+    else:
+        index = build_index(points, kind=kind, device=device, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed)
+        dist, ids = index.search(points, k + 1)  # [n, k+1] each, ascending
     short = np.flatnonzero((ids < 0).any(axis=1))
     if len(short):
         exact = faiss.IndexFlatL2(points.shape[1])
@@ -171,14 +245,20 @@ def knn(points: np.ndarray, k: int, *, kind: KnnIndex, device: str, nlist: int |
 
 
 # ---------------------------------------------------------------- graph -> MST
-def spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
+                    indptr: np.ndarray | None = None) -> np.ndarray:
     """Minimum spanning forest of an edge list as ``[m, 3]`` rows ``(a, b, weight)``.
 
-    Zero weights (duplicate points) are kept as edges: scipy reads an explicit zero as
-    "no edge", so they travel as the smallest positive double and come back as 0.
+    ``indptr`` says the edges are already grouped by ``rows`` (CSR layout: row ``i``'s edges
+    at ``indptr[i]:indptr[i+1]``), which skips scipy's COO -> CSR sort. Zero weights
+    (duplicate points) are kept as edges: scipy reads an explicit zero as "no edge", so
+    they travel as the smallest positive double and come back as 0.
     """
     w = np.maximum(weights.astype(np.float64), _TINY)
-    graph = sp.csr_matrix((w, (rows, cols)), shape=(n, n))  # directed entries = undirected edges to scipy
+    if indptr is None:
+        graph = sp.csr_matrix((w, (rows, cols)), shape=(n, n))  # directed entries = undirected edges to scipy
+    else:
+        graph = sp.csr_matrix((w, cols, indptr), shape=(n, n))
     tree = minimum_spanning_tree(graph).tocoo()
     out = np.empty((tree.nnz, 3), dtype=np.float64)
     out[:, 0], out[:, 1] = tree.row, tree.col
@@ -186,17 +266,11 @@ def spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weights: np.ndar
     return out
 
 
-def mutual_reachability_forest(dist: np.ndarray, ids: np.ndarray, core: np.ndarray,
-                               offset: np.ndarray | None = None) -> np.ndarray:
-    """Spanning forest of the k-NN graph under mutual reachability; ``offset`` maps local ids to global."""
+def mutual_reachability_forest(dist: np.ndarray, ids: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """Spanning forest of the k-NN graph ``ids: [n, k]`` under mutual-reachability weights."""
     n, k = ids.shape
-    rows = np.repeat(np.arange(n), k)
-    cols = ids.reshape(-1)  # [n*k]
-    w = np.maximum(np.maximum(dist.reshape(-1), core[rows]), core[cols])
-    forest = spanning_forest(n, rows, cols, w)
-    if offset is not None:
-        forest[:, 0], forest[:, 1] = offset[forest[:, 0].astype(np.int64)], offset[forest[:, 1].astype(np.int64)]
-    return forest
+    w = np.maximum(np.maximum(dist, core[:, None]), core[ids])  # [n, k]
+    return spanning_forest(n, None, ids.reshape(-1), w.reshape(-1), indptr=np.arange(0, n * k + 1, k))
 
 
 def component_labels(n: int, edges: np.ndarray) -> tuple[int, np.ndarray]:
@@ -420,12 +494,16 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         tree = tree[np.argsort(tree[:, 2], kind="stable")]
         check_spanning_tree(tree, n)
         single_linkage = single_linkage_label(tree)  # hdbscan's own `label`, ~30x faster
+        lap("single_linkage")
         condensed = condense_tree(single_linkage, self.min_cluster_size)
-        stability = compute_stability(condensed)
-        labels, probabilities, persistence = get_clusters(condensed, stability, self.cluster_selection_method,
-                                                          self.allow_single_cluster)
-        scores = outlier_scores(condensed)
-        lap("tree")
+        lap("condense")
+        columns = CondensedTree.of(condensed)
+        selected, stability = select_clusters(columns, stabilities(columns), self.cluster_selection_method,
+                                              self.allow_single_cluster)
+        labels, probabilities, persistence = flat_clusters(columns, selected, stability)
+        lap("select")
+        scores = glosh_scores(columns)
+        lap("outlier_scores")
 
         self.labels_ = np.asarray(labels, dtype=np.intp)
         self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
