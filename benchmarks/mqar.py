@@ -10,13 +10,20 @@ the linear family and RNNs).
     python benchmarks/mqar.py --mixers softmax gla --widths 64 128 --max-steps 300   # a budgeted run
     python benchmarks/mqar.py --demo                         # `make demo`: softmax vs gla, T=64, 4 pairs
 
+Every finished point is appended to ``benchmarks/results/<name>_points.jsonl`` with its full
+setting; a rerun with the same setting skips the points already there, so a long sweep can be
+stopped and resumed, or split over processes (``--mixers`` subsets, same ``--name``). The table
+is rendered from every stored point of the current setting (``--render`` renders only).
+
 Writes ``benchmarks/results/mqar.md`` and ``mqar.png`` (``mqar_demo.*`` with ``--demo``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -84,7 +91,8 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
     overrides = {"model.d_model": width, "data.seq_len": args.seq_len, "data.num_kv_pairs": args.kv_pairs,
                  "data.vocab_size": args.vocab_size, "data.batch_size": args.batch_size,
                  "data.num_train": args.num_train, "trainer.max_steps": args.max_steps, "model.lr": args.lr,
-                 "model.mlp_ratio": args.mlp_ratio}
+                 "model.mlp_ratio": args.mlp_ratio, "model.positions": args.positions,
+                 "data.train_kv_pairs": None if args.train_kv_pairs is None else json.dumps(args.train_kv_pairs)}
     for key, value in overrides.items():
         if value is not None:
             argv += [f"--{key}", str(value)]
@@ -108,8 +116,46 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
         "params": sum(p.numel() for p in model.parameters()), "train_s": train_s, "steps": trainer.global_step,
         "seq_len": seq_len, "kv_pairs": data.hparams.num_kv_pairs, "vocab": data.hparams.vocab_size,
         "batch": data.hparams.batch_size, "lr": model.hparams.lr, "mlp_ratio": model.hparams.mlp_ratio,
-        "seed": args.seed,
+        "train_kv_pairs": data.hparams.train_kv_pairs,
+        "positions": model.hparams.positions, "max_steps": args.max_steps, "seed": args.seed,
+        "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2),
     }
+
+
+def setting_of(args: argparse.Namespace) -> dict[str, object]:
+    """The sweep-wide setting a stored point must match to be reused (the lr is per point: configs differ)."""
+    return {"seq_len": args.seq_len, "kv_pairs": args.kv_pairs, "vocab": args.vocab_size, "batch": args.batch_size,
+            "mlp_ratio": args.mlp_ratio, "train_kv_pairs": args.train_kv_pairs, "positions": args.positions,
+            "max_steps": args.max_steps,
+            "seed": args.seed}
+
+
+def matches(row: dict[str, object], setting: dict[str, object]) -> bool:
+    return all(value is None or row.get(key) == value for key, value in setting.items())
+
+
+def load_points(path: Path, setting: dict[str, object], lr: float | None) -> list[dict[str, object]]:
+    """Stored points of this setting (and of this lr override, when one is given)."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"mqar.py: {path}:{number} is not a JSON line ({err}); delete that line and rerun")
+        if matches(row, setting) and (lr is None or row["lr"] == lr):
+            rows.append(row)
+    return rows
+
+
+def append_point(path: Path, row: dict[str, object]) -> None:
+    """One JSON line per point, appended in a single write (safe for parallel sweeps on one file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def plot(rows: list[dict[str, object]], title: str):
@@ -145,16 +191,22 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
               f"(steps actually run are in the table), batch {r0['batch']}, T={r0['seq_len']}, "
               f"{r0['kv_pairs']} key-value pairs, vocab {r0['vocab']}, MLP ratio {r0['mlp_ratio']:g}, "
               "2 layers, other settings from configs/recall/<mixer>.yaml")
+    if r0.get("train_kv_pairs"):
+        budget += (f"; training examples spread evenly over {r0['train_kv_pairs']} key-value pairs at T={r0['seq_len']} "
+                   f"(Zoology's mixture of easier settings), test on {r0['kv_pairs']} pairs only")
     notes = [budget, "accuracy: fraction of queried positions whose value is predicted exactly (test split, "
              "generated from its own seed stream)",
              "state: `mixer.state_size(T)` summed over layers (KV cache for attention, recurrent state otherwise)",
-             "train time: wall clock of `trainer.fit`"]
+             "train time: wall clock of `trainer.fit` at the stated torch threads; load (1 min) is the machine's "
+             "load average when the point finished"]
     if skipped:
         notes.append(f"registered mixers without a recall config, not run: {', '.join(skipped)}")
     table = markdown_table(
-        ["mixer", "d_model", "test acc", "state (floats)", "params", "steps", "lr", "train time (s)", "seed"],
+        ["mixer", "d_model", "test acc", "state (floats)", "params", "steps", "lr", "train time (s)", "threads",
+         "load", "seed"],
         [[r["mixer"], r["d_model"], f"{r['acc']:.4f}", f"{r['state']:,}", f"{r['params']:,}", r["steps"],
-          f"{r['lr']:g}", f"{r['train_s']:.0f}", r["seed"]] for r in rows])
+          f"{r['lr']:g}", f"{r['train_s']:.0f}", r.get("threads", "–"), r.get("load_1min", "–"), r["seed"]]
+         for r in rows])
     text = header(title, seeds=[args.seed], notes=notes) + table
     text += f"\n![accuracy vs state size]({name}.png)\n"
     write_result(name, text)
@@ -178,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None, help="override every config's learning rate")
     parser.add_argument("--mlp-ratio", type=float, default=None,
                         help="override every config's MLP width ratio (0 = no MLP, as Zoology's MQAR models)")
+    parser.add_argument("--train-kv-pairs", nargs="+", type=int, default=None,
+                        help="spread the training examples over these pair counts (Zoology's mixture of easier "
+                             "settings); test stays at --kv-pairs")
+    parser.add_argument("--positions", choices=["learned", "sinusoidal", "none"], default=None,
+                        help="override every config's position encoding")
+    parser.add_argument("--render", action="store_true", help="only render the table from the stored points")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default mqar, or mqar_demo with --demo)")
@@ -199,14 +257,26 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"mqar.py: registered mixers without configs/recall/<name>.yaml, not run: {skipped}")
 
-    points = [(m, w) for m in mixers for w in widths]
+    points_file = Path(__file__).resolve().parent / "results" / f"{name}_points.jsonl"
+    setting = setting_of(args)
+    done = {(r["mixer"], r["d_model"]) for r in load_points(points_file, setting, args.lr)} if not args.demo else set()
+    points = [(m, w) for m in mixers for w in widths if (m, w) not in done]
+    if done and not args.render:
+        print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
+              f"{len(points)} left to run")
     rows = []
     start = time.perf_counter()
-    for mixer, width in tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True):
+    for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
         row = run_point(mixer, width, args)
         rows.append(row)
+        if not args.demo:
+            append_point(points_file, row)
         tqdm.write(f"{row['mixer']:>18} d={row['d_model']:<4} acc {row['acc']:.4f}  state {row['state']:>10,}  "
                    f"{row['train_s']:.0f} s")
+    if not args.demo:
+        rows = load_points(points_file, setting, args.lr)
+    if not rows:
+        raise SystemExit(f"mqar.py: no points of this setting in {points_file}; run without --render first")
     table = report(rows, args, name, title, skipped)
     print(table)
     print(f"total {math.ceil(time.perf_counter() - start)} s; wrote benchmarks/results/{name}.md and {name}.png")

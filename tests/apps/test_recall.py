@@ -89,6 +89,25 @@ def test_datamodule_splits_are_deterministic_and_distinct():
     assert inputs.shape == (64, 64) and (targets != IGNORE_INDEX).sum(1).eq(4).all()
 
 
+def test_training_mixture_spreads_pair_counts_and_leaves_test_alone():
+    dm = MQARDataModule(num_train=90, num_val=8, num_test=8, num_kv_pairs=8, train_kv_pairs=[2, 4, 8], seed=1)
+    dm.setup("fit")
+    queries_per_row = (dm.splits["train"].tensors[1] != IGNORE_INDEX).sum(1)  # [N]
+    assert sorted(queries_per_row.unique().tolist()) == [2, 4, 8]
+    assert [int(queries_per_row.eq(p).sum()) for p in (2, 4, 8)] == [30, 30, 30]
+    assert (dm.splits["test"].tensors[1] != IGNORE_INDEX).sum(1).eq(8).all()
+    plain = MQARDataModule(num_train=90, num_val=8, num_test=8, num_kv_pairs=8, seed=1)
+    plain.setup("fit")
+    assert torch.equal(plain.splits["test"].tensors[0], dm.splits["test"].tensors[0])
+
+
+@pytest.mark.parametrize("train_kv_pairs, message", [([], "train_kv_pairs is empty"),
+                                                     ([4, 40], "too short for num_kv_pairs=40")])
+def test_bad_training_mixture_fails_clearly(train_kv_pairs, message):
+    with pytest.raises(ValueError, match=message):
+        MQARDataModule(train_kv_pairs=train_kv_pairs)
+
+
 # ---------------------------------------------------------------- CLI fits
 def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()) -> dict[str, float]:
     """fit then test through ``seqmix.cli.main``; the config's relative ``runs/`` paths land in ``tmp_path``."""

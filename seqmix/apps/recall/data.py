@@ -17,6 +17,12 @@ slots and probability ``p(g) ~ (g + 1) ** (power_a - 1)``: a power law, so that 
 queries come soon after the key-value block and a few come late (Zoology's ``power_a``,
 0.01 by default). Filler tokens are drawn uniformly from the whole vocabulary, as in
 Zoology's ``random_non_queries``; their targets are ignored.
+
+Zoology trains on a mixture of settings, most of them easier than the test setting (many
+examples with 4 pairs, fewer with 8, 16, ...): the induction mechanism is learned on the
+easy ones and carries over. ``train_kv_pairs`` does the same at one sequence length: the
+training examples are split evenly over those pair counts, while validation and test use
+``num_kv_pairs`` alone.
 """
 
 from __future__ import annotations
@@ -100,9 +106,15 @@ class MQARDataModule(pl.LightningDataModule):
 
     def __init__(self, vocab_size: int = 256, seq_len: int = 64, num_kv_pairs: int = 4, power_a: float = 0.01,
                  num_train: int = 20_000, num_val: int = 1_000, num_test: int = 1_000, seed: int = 0,
-                 batch_size: int = 64, num_workers: int = 0):
+                 batch_size: int = 64, num_workers: int = 0, train_kv_pairs: list[int] | None = None):
+        """``train_kv_pairs``: pair counts the training examples are spread over (default: ``num_kv_pairs`` only)."""
         super().__init__()
         check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
+        for pairs in train_kv_pairs or []:
+            check_mqar_settings(vocab_size, seq_len, pairs, power_a)
+        if train_kv_pairs is not None and len(train_kv_pairs) == 0:
+            raise ValueError("MQARDataModule: train_kv_pairs is empty; give pair counts such as [4, 8, 16] "
+                             "or leave it unset to train on num_kv_pairs alone")
         for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
                             ("batch_size", batch_size)):
             if value < 1:
@@ -114,9 +126,14 @@ class MQARDataModule(pl.LightningDataModule):
 
     def _make(self, split: str, count: int, offset: int) -> TensorDataset:
         h = self.hparams
-        batch = generate_mqar(count, vocab_size=h.vocab_size, seq_len=h.seq_len, num_kv_pairs=h.num_kv_pairs,
-                              power_a=h.power_a, seed=h.seed * 1000 + offset)
-        return TensorDataset(batch.inputs, batch.targets)
+        pair_counts = h.train_kv_pairs if split == "train" and h.train_kv_pairs else [h.num_kv_pairs]
+        shares = [count // len(pair_counts) + (i < count % len(pair_counts)) for i in range(len(pair_counts))]
+        parts = [generate_mqar(share, vocab_size=h.vocab_size, seq_len=h.seq_len, num_kv_pairs=pairs,
+                               power_a=h.power_a, seed=h.seed * 1000 + offset + 100 * i)
+                 for i, (pairs, share) in enumerate(zip(pair_counts, shares)) if share > 0]
+        inputs = torch.cat([part.inputs for part in parts])  # [N, T]
+        targets = torch.cat([part.targets for part in parts])  # [N, T]
+        return TensorDataset(inputs, targets)
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
