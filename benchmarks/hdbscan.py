@@ -122,13 +122,14 @@ def run_one(method: str, source: str, n: int, d: int, args, labels_path: Path) -
                "--d", str(d), "--seed", str(args.seed), "--min-cluster-size", str(args.min_cluster_size),
                "--min-samples", str(args.min_samples), "--threads", str(args.threads),
                "--labels-out", str(labels_path)]
+    load = os.getloadavg()[0]  # others' jobs on this machine: their load stretches wall time
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.cap, env=env)
     except subprocess.TimeoutExpired:
-        return {"status": f"did not finish (> {args.cap:.0f} s cap)"}
+        return {"status": f"did not finish (> {args.cap:.0f} s cap)", "load": load}
     if done.returncode != 0:
-        return {"status": f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:120]}"}
-    return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
+        return {"status": f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:120]}", "load": load}
+    return {"status": "ok", "load": load, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def load_runs() -> list[dict]:
@@ -166,10 +167,10 @@ def render(runs: list[dict], args) -> str:
             fmt(r.get("wall_s"), ".2f") if ok else r["status"], fmt(r.get("cpu_s"), ".1f") if ok else "–",
             fmt(r.get("peak_mib"), ".0f") if ok else "–",
             fmt(r.get("ari_vs_hdbscan"), ".4f"), fmt(r.get("ari_vs_truth"), ".4f"), fmt(r.get("ari_vs_phdbscan"), ".4f"),
-            fmt(r.get("n_clusters"), "d"), speedup or "–", f"{r['commit']}, {r['date']}",
+            fmt(r.get("n_clusters"), "d"), speedup or "–", fmt(r.get("load"), ".1f"), f"{r['commit']}, {r['date']}",
         ])
     columns = ["data", "n", "d", "method", "fit wall s", "fit CPU s", "peak RSS MiB", "ARI vs hdbscan", "ARI vs blobs", "ARI vs pHDBSCAN",
-               "clusters", "speed-up of pHDBSCAN", "commit, date"]
+               "clusters", "speed-up of pHDBSCAN", "load", "commit, date"]
     notes = [f"parameters: min_cluster_size={args.min_cluster_size}, min_samples={args.min_samples} "
              "(scikit-learn gets min_samples + 1: it counts the point itself)",
              f"threads per run: {args.threads} (OMP/BLAS/numba; hdbscan core_dist_n_jobs, sklearn n_jobs), "
@@ -186,8 +187,10 @@ def render(runs: list[dict], args) -> str:
              "(rows run back to back under similar load)",
              "peak RSS: the run's process, VmHWM (imports, data and warm-up included: the input alone is n*d*4 "
              "bytes; joblib worker processes of the hdbscan library not included)",
-             "pHDBSCAN: FAISS IVF k-NN (nlist 4*sqrt(n), nprobe 4, k = max(min_samples, 10)), defaults of "
-             "seqmix.apps.fraud.hdbscan.PHDBSCAN",
+             "load: the machine's 1-minute load average when the run started (2 cores: above 2, other jobs "
+             "took CPU from the run and its wall time is stretched; '–': not recorded)",
+             "pHDBSCAN: defaults of seqmix.apps.fraud.hdbscan.PHDBSCAN: knn_index='ivf' (list-blocked IVF self-join, "
+             "nlist sqrt(n), nprobe 4), k = max(min_samples, 10); its stages are in the second table",
              f"phdbscan_parts: pHDBSCAN's partitioned (out-of-core) mode with partitions={PARTS}; "
              "'ARI vs pHDBSCAN' is its accuracy cost against the non-partitioned result",
              "the machine is shared: wall times carry the load of other jobs at that moment; the rows of one "
@@ -197,6 +200,15 @@ def render(runs: list[dict], args) -> str:
                  + "; ".join(f"`{c}`" for c in commands))
     text = header("HDBSCAN implementations: wall time, memory, agreement", seeds=[args.seed], notes=notes)
     text += markdown_table(columns, rows)
+    staged = [r for r in runs if r["method"].startswith("phdbscan") and r["status"] == "ok" and r.get("stages")]
+    if staged:
+        stages = list(dict.fromkeys(k for r in staged for k in r["stages"]))
+        text += ("\n\n## pHDBSCAN fit, stage by stage (wall seconds, from `timings_`)\n\n"
+                 + markdown_table(["data", "n", "d", "method", *stages, "load", "commit"],
+                                  [[r["source"] if r["source"] == "blobs" else Path(r["source"]).name, f"{r['n']:,}",
+                                    r["d"], r["method"], *(fmt(r["stages"].get(k), ".2f") for k in stages),
+                                    fmt(r.get("load"), ".1f"), r["commit"]] for r in sorted(
+                                        staged, key=lambda r: (r["source"] != "blobs", r["d"], r["n"], r["method"]))]))
     return text
 
 
