@@ -148,7 +148,10 @@ def load_points(path: Path, setting: dict[str, object], lr: float | None) -> lis
             raise SystemExit(f"mqar.py: {path}:{number} is not a JSON line ({err}); delete that line and rerun")
         if matches(row, setting) and (lr is None or row["lr"] == lr):
             rows.append(row)
-    return rows
+    first = {}  # two processes may finish the same point: the first stored one counts
+    for row in rows:
+        first.setdefault((row["mixer"], row["d_model"], row["lr"]), row)
+    return list(first.values())
 
 
 def append_point(path: Path, row: dict[str, object]) -> None:
@@ -267,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     start = time.perf_counter()
     for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
+        if not args.demo and (mixer, width) in {(r["mixer"], r["d_model"]) for r in load_points(points_file, setting, args.lr)}:
+            continue  # another process of the same sweep stored it meanwhile
         row = run_point(mixer, width, args)
         rows.append(row)
         if not args.demo:
