@@ -26,26 +26,12 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs, run_delta_rule
-from seqmix.kernels.linear_attn.common import check_chunk_size
+from seqmix.kernels.linear_attn.common import check_chunk_size, from_chunks, to_chunks
 from seqmix.kernels.threads import single_threaded
-
-
-def _blocks(x: Tensor, chunk_size: int) -> Tensor:
-    """``[B, T, H, X] -> [B, H, N, C, X]`` (one copy), zero-padding T up to ``N * C``."""
-    b, t, h, _ = x.shape
-    n = -(-t // chunk_size)
-    x = F.pad(x.transpose(1, 2), (0, 0, 0, n * chunk_size - t))  # [B, H, N*C, X]
-    return x.unflatten(2, (n, chunk_size))  # [B, H, N, C, X]
-
-
-def _unblocks(x: Tensor, t: int) -> Tensor:
-    """``[B, H, N, C, X] -> [B, T, H, X]`` (a view), dropping the padding."""
-    return x.flatten(2, 3)[:, :, :t].transpose(1, 2)  # [B, H, N*C, X] -> [B, T, H, X]
 
 
 def _addmm(base: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
@@ -75,8 +61,9 @@ class _ChunkDeltaRule(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, h: Tensor, scale: float,
                 chunk_size: int) -> tuple[Tensor, Tensor]:
         t = q.shape[1]
-        qc, kc, vc = _blocks(q * scale, chunk_size), _blocks(k, chunk_size), _blocks(v, chunk_size)
-        bc = _blocks(beta[..., None], chunk_size)  # [B, H, N, C, 1]; padding has beta = 0: no write
+        qc, kc, vc = (to_chunks(x, chunk_size, q.dtype) for x in (q, k, v))  # [B, H, N, C, K|V]
+        qc.mul_(scale)
+        bc = to_chunks(beta[..., None], chunk_size, q.dtype)  # [B, H, N, C, 1]; padding has beta = 0: no write
         bk = bc * kc  # [B, H, N, C, K]
         # The UT transform of every chunk at once: T = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta),
         # from one batched unit-lower-triangular solve for the inverse; W = T K, U' = T V.
@@ -98,14 +85,14 @@ class _ChunkDeltaRule(torch.autograd.Function):
         o = _addmm(qc @ s, qk, u)  # [B, H, N, C, V]
         ctx.save_for_backward(qc, kc, vc, bc, inverse, w, s, u, qk)
         ctx.scale, ctx.t = scale, t
-        return _unblocks(o, t), h
+        return from_chunks(o, t), h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_o: Tensor, d_h: Tensor | None):
         qc, kc, vc, bc, inverse, w, s, u, qk = ctx.saved_tensors
         chunk_size = kc.shape[-2]
-        do = _blocks(d_o.to(qc.dtype), chunk_size)  # [B, H, N, C, V]
+        do = to_chunks(d_o, chunk_size, qc.dtype)  # [B, H, N, C, V]
         dh = torch.zeros_like(s[:, :, 0]) if d_h is None else d_h.to(s.dtype)  # [B, H, K, V]
         du_local = qk.transpose(-1, -2) @ do  # [B, H, N, C, V]
         qdo = qc.transpose(-1, -2) @ do  # [B, H, N, K, V]
@@ -133,8 +120,8 @@ class _ChunkDeltaRule(torch.autograd.Function):
         dvc = bc * dbv
         dbc = (dbv * vc).sum(-1, keepdim=True) - (neg_dbk * kc).sum(-1, keepdim=True)  # [B, H, N, C, 1]
         t = ctx.t
-        return (_unblocks(dq, t) * ctx.scale, _unblocks(dkc, t), _unblocks(dvc, t), _unblocks(dbc, t)[..., 0],
-                dh, None, None)
+        return (from_chunks(dq.mul_(ctx.scale), t), from_chunks(dkc, t), from_chunks(dvc, t),
+                from_chunks(dbc, t)[..., 0], dh, None, None)
 
 
 def _chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, scale: float, h: Tensor,

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmix.kernels.gla.naive import check_gla_inputs
-from seqmix.kernels.linear_attn.chunk import from_chunks, scan_chunks, to_chunks
-from seqmix.kernels.linear_attn.common import check_chunk_size, compute_dtype, per_sequence
+from seqmix.kernels.linear_attn.chunk import scan_chunks
+from seqmix.kernels.linear_attn.common import check_chunk_size, compute_dtype, from_chunks, per_sequence, to_chunks
 
 
 def chunk_length(chunk_size: int, t: int) -> int:
@@ -76,7 +76,7 @@ def gla_chunk(
         t = q.shape[1]
         c = chunk_length(chunk_size, t)
         # padded tokens have q = k = v = 0 and g = 0 (no decay), so they leave the state as it is
-        qc, kc, vc, gc = (to_chunks(x, c, dtype).contiguous() for x in (q, k, v, g))  # [B, H, N, C, K|V]
+        qc, kc, vc, gc = (to_chunks(x, c, dtype) for x in (q, k, v, g))  # [B, H, N, C, K|V]
         b = gc.cumsum(-2)  # [B, H, N, C, K] gates from the chunk start to i
         b_last = b[..., -1:, :]  # [B, H, N, 1, K] the whole chunk
 

@@ -1,5 +1,6 @@
-"""What every linear-recurrence op (linear attention, GLA) shares: input checks, the
-``impl`` dispatch, and running a packed batch (``cu_seqlens``) one sequence at a time.
+"""What every linear-recurrence op (linear attention, GLA, the delta rule) shares: input
+checks, the ``impl`` dispatch, the chunk layout of the chunked forms, and running a packed
+batch (``cu_seqlens``) one sequence at a time.
 
 The ops all carry a matrix state ``S: [B, H, K, V]`` in fp32 (fp64 when given fp64)
 and read ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``.
@@ -8,10 +9,12 @@ and read ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 IMPLS: tuple[str, ...] = ("auto", "naive", "chunk", "triton")
@@ -72,6 +75,25 @@ def check_state_and_offsets(op: str, q: Tensor, v: Tensor, initial_state: Tensor
 def check_chunk_size(op: str, chunk_size: int) -> None:
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{op}: chunk_size must be a positive int (64 is a good default), got {chunk_size!r}")
+
+
+def to_chunks(x: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
+    """``[B, T, H, K] -> [B, H, N, C, K]``, zero-padding T up to ``N * C``: a new contiguous
+    tensor (one copy, never a view of x, so callers may write into it)."""
+    b, t, h, d = x.shape
+    n = math.ceil(t / chunk)
+    x = x.transpose(1, 2)  # [B, H, T, K]
+    padded = n * chunk > t
+    if padded:
+        x = F.pad(x, (0, 0, 0, n * chunk - t))  # [B, H, N*C, K], a new tensor
+    x = x.to(dtype, memory_format=torch.contiguous_format, copy=not padded)  # [B, H, N*C, K]
+    return x.view(b, h, n, chunk, d)  # [B, H, N*C, K] -> [B, H, N, C, K]
+
+
+def from_chunks(x: Tensor, t: int) -> Tensor:
+    """``[B, H, N, C, V] -> [B, T, H, V]``, contiguous (one copy), dropping the padding."""
+    b, h, n, c, d = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(b, n * c, h, d)[:, :t]  # [B, H, N, C, V] -> [B, T, H, V]
 
 
 def resolve_impl(op: str, impl: str, x: Tensor) -> str:
