@@ -30,14 +30,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs, run_delta_rule
-from seqmix.kernels.linear_attn.common import check_chunk_size, from_chunks, to_chunks
+from seqmix.kernels.linear_attn.common import bmm, check_chunk_size, from_chunks, to_chunks
 from seqmix.kernels.threads import single_threaded
-
-
-def _addmm(base: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
-    """``base + alpha * a @ b`` over batches ``[..., M, K] x [..., K, N]``, as one fused GEMM."""
-    out = torch.baddbmm(base.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), alpha=alpha)
-    return out.view(base.shape)
 
 
 class _ChunkDeltaRule(torch.autograd.Function):
@@ -45,7 +39,9 @@ class _ChunkDeltaRule(torch.autograd.Function):
 
     Autograd through the chunk loop works but records ~10 small ops per chunk; the hand
     backward runs one reverse loop of two matmuls per chunk and does everything else
-    batched over chunks. With ``dS`` the gradient of the state leaving a chunk::
+    batched over chunks. With ``dO`` the output's gradient times ``scale`` (the scale is
+    applied once, to the output and to its gradient) and ``dS`` the gradient of the state
+    leaving a chunk::
 
         dU_n = tril(Q_n K_n^T)^T dO_n + K_n dS_{n+1}
         dS_n = dS_{n+1} + Q_n^T dO_n - W_n^T dU_n
@@ -62,7 +58,6 @@ class _ChunkDeltaRule(torch.autograd.Function):
                 chunk_size: int) -> tuple[Tensor, Tensor]:
         t = q.shape[1]
         qc, kc, vc = (to_chunks(x, chunk_size, q.dtype) for x in (q, k, v))  # [B, H, N, C, K|V]
-        qc.mul_(scale)
         bc = to_chunks(beta[..., None], chunk_size, q.dtype)  # [B, H, N, C, 1]; padding has beta = 0: no write
         bk = bc * kc  # [B, H, N, C, K]
         # The UT transform of every chunk at once: T = (I + tril(diag(beta) K K^T, -1))^{-1} diag(beta),
@@ -76,13 +71,13 @@ class _ChunkDeltaRule(torch.autograd.Function):
         with single_threaded():
             for w_n, u_n, k_n in zip(w.unbind(2), u_prime.unbind(2), kc.unbind(2)):
                 states.append(h)
-                u_n = _addmm(u_n, w_n, h, alpha=-1.0)  # [B, H, C, V], the chunk's true updates U'_n - W_n S_n
+                u_n = bmm(w_n, h, base=u_n, alpha=-1.0)  # [B, H, C, V], the chunk's true updates U'_n - W_n S_n
                 updates.append(u_n)
-                h = _addmm(h, k_n.transpose(-1, -2), u_n)  # [B, H, K, V]
+                h = bmm(k_n.transpose(-1, -2), u_n, base=h)  # [B, H, K, V]
         s = torch.stack(states, 2)  # [B, H, N, K, V], the state entering each chunk
         u = torch.stack(updates, 2)  # [B, H, N, C, V]
         qk = (qc @ kc.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
-        o = _addmm(qc @ s, qk, u)  # [B, H, N, C, V]
+        o = bmm(qk, u, base=qc @ s, alpha=scale, beta=scale)  # [B, H, N, C, V]
         ctx.save_for_backward(qc, kc, vc, bc, inverse, w, s, u, qk)
         ctx.scale, ctx.t = scale, t
         return from_chunks(o, t), h
@@ -92,7 +87,7 @@ class _ChunkDeltaRule(torch.autograd.Function):
     def backward(ctx, d_o: Tensor, d_h: Tensor | None):
         qc, kc, vc, bc, inverse, w, s, u, qk = ctx.saved_tensors
         chunk_size = kc.shape[-2]
-        do = to_chunks(d_o, chunk_size, qc.dtype)  # [B, H, N, C, V]
+        do = to_chunks(d_o, chunk_size, qc.dtype).mul_(ctx.scale)  # [B, H, N, C, V], scale * dO
         dh = torch.zeros_like(s[:, :, 0]) if d_h is None else d_h.to(s.dtype)  # [B, H, K, V]
         du_local = qk.transpose(-1, -2) @ do  # [B, H, N, C, V]
         qdo = qc.transpose(-1, -2) @ do  # [B, H, N, K, V]
@@ -102,25 +97,25 @@ class _ChunkDeltaRule(torch.autograd.Function):
             for du_n, qdo_n, w_n, k_n in zip(reversed(du_local.unbind(2)), reversed(qdo.unbind(2)),
                                              reversed(w.unbind(2)), reversed(kc.unbind(2))):
                 d_states.append(dh)  # dS_{n+1}
-                du_n = _addmm(du_n, k_n, dh)  # [B, H, C, V]
+                du_n = bmm(k_n, dh, base=du_n)  # [B, H, C, V]
                 d_updates.append(du_n)
-                dh = _addmm(dh + qdo_n, w_n.transpose(-1, -2), du_n, alpha=-1.0)  # dS_n
+                dh = bmm(w_n.transpose(-1, -2), du_n, base=dh + qdo_n, alpha=-1.0)  # dS_n
         ds_next = torch.stack(d_states[::-1], 2)  # [B, H, N, K, V]
         du = torch.stack(d_updates[::-1], 2)  # [B, H, N, C, V]
 
         dqk = (do @ u.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
-        dq = _addmm(do @ s.transpose(-1, -2), dqk, kc)  # [B, H, N, C, K]
-        dkc = _addmm(dqk.transpose(-1, -2) @ qc, u, ds_next.transpose(-1, -2))  # [B, H, N, C, K]
+        dq = bmm(dqk, kc, base=do @ s.transpose(-1, -2))  # [B, H, N, C, K]
+        dkc = bmm(u, ds_next.transpose(-1, -2), base=dqk.transpose(-1, -2) @ qc)  # [B, H, N, C, K]
         # Through W = L^{-1} (beta k) and U' = L^{-1} (beta v), with dW = -dU S^T and dU' = dU:
         dbv = inverse.transpose(-1, -2) @ du  # gradient of beta * v, [B, H, N, C, V]
         neg_dbk = dbv @ s.transpose(-1, -2)  # -(gradient of beta * k) = -L^{-T} dW, [B, H, N, C, K]
         neg_dlower = (dbv @ u.transpose(-1, -2)).tril_(-1)  # -dL = tril(dbk W^T + dbv U'^T) = tril(dbv U^T)
-        neg_dbk = _addmm(neg_dbk, neg_dlower, kc)  # through L = I + tril(beta k k^T, -1)
-        dkc = _addmm(dkc - bc * neg_dbk, neg_dlower.transpose(-1, -2), bc * kc, alpha=-1.0)
+        neg_dbk = bmm(neg_dlower, kc, base=neg_dbk)  # through L = I + tril(beta k k^T, -1)
+        dkc = bmm(neg_dlower.transpose(-1, -2), bc * kc, base=dkc - bc * neg_dbk, alpha=-1.0)
         dvc = bc * dbv
         dbc = (dbv * vc).sum(-1, keepdim=True) - (neg_dbk * kc).sum(-1, keepdim=True)  # [B, H, N, C, 1]
         t = ctx.t
-        return (from_chunks(dq.mul_(ctx.scale), t), from_chunks(dkc, t), from_chunks(dvc, t),
+        return (from_chunks(dq, t), from_chunks(dkc, t), from_chunks(dvc, t),
                 from_chunks(dbc, t)[..., 0], dh, None, None)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from seqmix.kernels.linear_attn.common import (
+    bmm,
     check_chunk_size,
     compute_dtype,
     from_chunks,
@@ -54,15 +55,6 @@ def scan_chunks(decays: Tensor | None, updates: Tensor, s0: Tensor, *,
             entering.append(s)
             s = update + (s if decay is None else decay * s)
     return torch.stack(entering[::-1] if reverse else entering, 2), s
-
-
-def bmm(a: Tensor, b: Tensor, base: Tensor | None = None, scale: float = 1.0) -> Tensor:
-    """``a @ b``, or ``scale * (base + a @ b)`` as one fused GEMM, over batches ``[..., M, K] x [..., K, N]``
-    whose leading dims flatten without a copy (chunked tensors and their transposes)."""
-    a3, b3 = a.flatten(0, -3), b.flatten(0, -3)  # [batch, M, K], [batch, K, N]
-    if base is None:
-        return torch.bmm(a3, b3).view(*a.shape[:-1], b.shape[-1])
-    return torch.baddbmm(base.flatten(0, -3), a3, b3, beta=scale, alpha=scale).view(base.shape)
 
 
 class _ChunkLinearAttn(torch.autograd.Function):
@@ -95,7 +87,7 @@ class _ChunkLinearAttn(torch.autograd.Function):
         kd = kc if k_decay is None else kc * k_decay  # [B, H, N, C, K]
         states, final = scan_chunks(chunk_decay, bmm(kd.transpose(-1, -2), vc), s0)  # [B, H, N, K, V]
         qd = qc if q_decay is None else qc * q_decay  # [B, H, N, C, K]
-        o = bmm(qd, states, base=bmm(a, vc), scale=scale)  # [B, H, N, C, V]
+        o = bmm(qd, states, base=bmm(a, vc), alpha=scale, beta=scale)  # [B, H, N, C, V]
         ctx.save_for_backward(qc, kc, vc, scores, states, mask, q_decay, k_decay, chunk_decay)
         ctx.scale, ctx.t = scale, t
         return from_chunks(o, t), final

@@ -96,6 +96,16 @@ def from_chunks(x: Tensor, t: int) -> Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(b, n * c, h, d)[:, :t]  # [B, H, N, C, V] -> [B, T, H, V]
 
 
+def bmm(a: Tensor, b: Tensor, base: Tensor | None = None, alpha: float = 1.0, beta: float = 1.0) -> Tensor:
+    """``a @ b``, or ``beta * base + alpha * (a @ b)`` as one fused GEMM, over batches
+    ``[..., M, K] x [..., K, N]`` whose leading dims flatten without a copy (chunked tensors,
+    their transposes, one chunk of them)."""
+    a3, b3 = a.flatten(0, -3), b.flatten(0, -3)  # [batch, M, K], [batch, K, N]
+    if base is None:
+        return torch.bmm(a3, b3).view(*a.shape[:-1], b.shape[-1])  # [..., M, N]
+    return torch.baddbmm(base.flatten(0, -3), a3, b3, beta=beta, alpha=alpha).view(base.shape)
+
+
 def resolve_impl(op: str, impl: str, x: Tensor) -> str:
     """``"auto"`` -> ``"triton"`` for CUDA tensors, ``"chunk"`` elsewhere; unknown names fail."""
     if impl not in IMPLS:
