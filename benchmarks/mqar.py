@@ -201,7 +201,8 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
              "generated from its own seed stream)",
              "state: `mixer.state_size(T)` summed over layers (KV cache for attention, recurrent state otherwise)",
              "train time: wall clock of `trainer.fit` at the stated torch threads; load (1 min) is the machine's "
-             "load average when the point finished"]
+             "load average when the point finished: with a load above the 2 cores the point shared the CPU with "
+             "other jobs, so its time is not a speed measurement"]
     if skipped:
         notes.append(f"registered mixers without a recall config, not run: {', '.join(skipped)}")
     table = markdown_table(
