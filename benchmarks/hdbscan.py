@@ -189,8 +189,8 @@ def render(runs: list[dict], args) -> str:
              "bytes; joblib worker processes of the hdbscan library not included)",
              "load: the machine's 1-minute load average when the run started (2 cores: above 2, other jobs "
              "took CPU from the run and its wall time is stretched; '–': not recorded)",
-             "pHDBSCAN: defaults of seqmix.apps.fraud.hdbscan.PHDBSCAN: knn_index='ivf' (list-blocked IVF self-join, "
-             "nlist sqrt(n), nprobe 4), k = max(min_samples, 10); its stages are in the second table",
+             "pHDBSCAN: defaults of seqmix.apps.fraud.hdbscan.PHDBSCAN: knn_index='ivf' (batched IVF self-join, "
+             "nlist sqrt(n), nprobe 3), k = max(min_samples, 10); its stages are in the second table",
              f"phdbscan_parts: pHDBSCAN's partitioned (out-of-core) mode with partitions={PARTS}; "
              "'ARI vs pHDBSCAN' is its accuracy cost against the non-partitioned result",
              "the machine is shared: wall times carry the load of other jobs at that moment; the rows of one "
