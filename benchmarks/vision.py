@@ -3,28 +3,43 @@ GFLOPs (multiply-adds, fvcore's convention, counted with ``torch.utils.flop_coun
 images/s (inference and training) of BiFormer-T (scaled), MambaOut-Femto (scaled), ViT(softmax),
 ViT(GLA), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same configuration.
 
-    python benchmarks/vision.py                                   # 30 epochs / 30 min per model
-    python benchmarks/vision.py --epochs 1 --max-minutes 0.5      # a short run (label says so)
+    # the targets: 30 minutes of training each, both at once on the 2 cores (1 thread each),
+    # each run also writing its model's shipped checkpoint checkpoints/vision/<model>.ckpt
+    python benchmarks/vision.py --models 'BiFormer-T (scaled)' --threads 1 --max-minutes 30 --save-checkpoints &
+    python benchmarks/vision.py --models 'MambaOut-Femto (scaled)' --threads 1 --max-minutes 30 --save-checkpoints
+    # the other rows (short budget, labelled as such)
+    python benchmarks/vision.py --models 'ViT(softmax)' 'ViT(GLA)' 'MambaOut-Femto (ours, paper config)' \
+        'timm mambaout_femto (paper config)' --train-models 'ViT(softmax)' 'ViT(GLA)' --max-minutes 3 --threads 1
 
 Training goes through the app's own classes (ImageDataModule, ImageClassifier, Lightning's
-Trainer), AdamW + cosine, seed ``--seed``; the test accuracy is on the official 10k test images.
-Throughput is the best of ``--repeats`` timed runs (the machine is shared; the best run is the
-least disturbed), ours and timm's measured alternately.
+Trainer) on the 55k training images (5k held out for validation), AdamW with a cosine that ends
+when the time budget ends (``budget_minutes``), seed ``--seed``; the test accuracy is on the
+official 10k test images. Throughput is the best of ``--repeats`` timed runs (the machine is
+shared; the best run is the least disturbed), ours and timm's measured alternately.
+
+Each run merges its rows into ``benchmarks/results/vision.json`` (by model name, under a file
+lock, so concurrent runs keep each other's rows) and renders the table from all stored rows;
+every row states its own budget, threads, load average, epochs, seed, date, commit and command.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
+import os
 import sys
 import time
 from functools import partial
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, markdown_table, write_result  # noqa: E402
+from common import (RESULTS_DIR, atomic_write_text, command_line, git_commit, header,  # noqa: E402
+                    markdown_table, utc_now, write_result)
 
 import seqmix.apps.vision  # noqa: E402,F401  (registers the timm models)
 from seqmix.apps.vision.biformer import TINY_28, BiFormer  # noqa: E402
@@ -33,6 +48,8 @@ from seqmix.apps.vision.vit import ViT  # noqa: E402
 from seqmix.core.blocks import mixer_factory  # noqa: E402
 
 SIZES = ("in_chans", "num_classes", "img_size")
+REPO = Path(__file__).resolve().parent.parent
+STORE = RESULTS_DIR / "vision.json"  # every run's rows, merged (--out changes it)
 
 
 def timm_mambaout_femto(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
@@ -53,6 +70,7 @@ MODELS = {
     "MambaOut-Femto (ours, paper config)": partial(MambaOut, **FEMTO),
     "timm mambaout_femto (paper config)": timm_mambaout_femto,
 }
+CHECKPOINTS = {"BiFormer-T (scaled)": "biformer_tiny_28", "MambaOut-Femto (scaled)": "mambaout_femto_28"}
 
 
 def gmacs(model: nn.Module, x: torch.Tensor) -> float:
@@ -91,56 +109,134 @@ def images_per_second(model: nn.Module, batch: int, train: bool, repeats: int, m
     return best
 
 
-def train_and_test(name: str, factory, args) -> tuple[float, float, int]:
-    """(test accuracy, training minutes, epochs run) through the app's classes."""
-    import pytorch_lightning as pl
+class LoadSampler(pl.Callback):
+    """The 1-minute load average, sampled about once a minute during training (others' jobs slow us)."""
 
+    def __init__(self, every_s: float = 60.0):
+        self.every_s, self.samples, self.last = every_s, [], -float("inf")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.perf_counter() - self.last >= self.every_s:
+            self.last = time.perf_counter()
+            self.samples.append(os.getloadavg()[0])
+
+
+def train_and_test(name: str, factory, args) -> dict:
+    """Train within ``--max-minutes`` through the app's classes; validation and test accuracy,
+    training minutes, epochs (images seen / training images), load; optionally the checkpoint."""
     from seqmix.apps.vision.data import ImageDataModule
+    from seqmix.apps.vision.export import save_small_checkpoint
     from seqmix.apps.vision.model import ImageClassifier
 
     pl.seed_everything(args.seed, verbose=False)
     data = ImageDataModule(dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
                            train_limit=args.train_limit, seed=args.seed,
                            val_size=5000 if args.dataset == "fashion_mnist" else 200)
-    model = ImageClassifier(factory, in_chans=1, n_classes=10, img_size=28, lr=args.lr, warmup_steps=args.warmup)
-    trainer = pl.Trainer(max_epochs=args.epochs, max_time={"seconds": args.max_minutes * 60}, logger=False,
+    model = ImageClassifier(factory, in_chans=1, n_classes=10, img_size=28, lr=args.lr, warmup_steps=args.warmup,
+                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                            budget_minutes=args.max_minutes)
+    load = LoadSampler()
+    trainer = pl.Trainer(max_epochs=-1, max_time={"seconds": args.max_minutes * 60}, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, deterministic=False,
+                         limit_val_batches=0, callbacks=[load], num_sanity_val_steps=0,
                          limit_test_batches=1.0 if args.test_limit is None
                          else max(1, args.test_limit // args.batch_size))
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     minutes = (time.perf_counter() - start) / 60
-    result = trainer.test(model, datamodule=data, verbose=False)[0]
-    print(f"{name}: test acc {result['test/acc']:.4f} after {minutes:.1f} min ({trainer.current_epoch} epochs)",
-          flush=True)
-    return result["test/acc"], minutes, trainer.current_epoch
+    trainer.limit_val_batches = 1.0  # validation only after the budget (the split any choice was made on)
+    val = trainer.validate(model, datamodule=data, verbose=False)[0]["val/acc"]
+    test = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
+    epochs = trainer.global_step * args.batch_size / len(data.train_set)
+    out = {"test_acc": test, "val_acc": val, "minutes": minutes, "epochs": epochs, "steps": trainer.global_step,
+           "load_mean": sum(load.samples) / max(1, len(load.samples)), "load_max": max(load.samples, default=0.0)}
+    if args.save_checkpoints:
+        if name not in CHECKPOINTS:
+            raise SystemExit(f"--save-checkpoints: {name!r} has no shipped checkpoint; only {list(CHECKPOINTS)}")
+        path = REPO / "checkpoints" / "vision" / f"{CHECKPOINTS[name]}.ckpt"
+        size = save_small_checkpoint(trainer, path)
+        out["checkpoint"] = f"{path.relative_to(REPO)} ({size / 1e6:.2f} MB)"
+    print(f"{name}: test acc {test:.4f} (val {val:.4f}) after {minutes:.1f} min, {epochs:.1f} epochs", flush=True)
+    return out
+
+
+def merge_records(new: dict[str, dict]) -> dict[str, dict]:
+    """Store ``new`` rows in ``vision.json`` (replacing same-named rows), keeping the others; returns all rows."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_DIR / ".vision.json.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs (one per model) each add their row
+        records = json.loads(STORE.read_text()) if STORE.exists() else {}
+        records.update(new)
+        atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
+        return records
+
+
+def render(records: dict[str, dict]) -> str:
+    """The results table over every stored row, in MODELS order, and each row's provenance."""
+    names = [n for n in MODELS if n in records] + [n for n in records if n not in MODELS]
+    rows, runs = [], []
+    for name in names:
+        r = records[name]
+        trained = r.get("test_acc") is not None
+        rows.append([name, f"{100 * r['test_acc']:.2f}" if trained else "-",
+                     f"{100 * r['val_acc']:.2f}" if trained else "-", f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.4f}",
+                     f"{r['infer']:.0f}", f"{r['train']:.0f}", f"{r['budget_minutes']:g}" if trained else "-",
+                     r["threads"], f"{r['epochs']:.1f}" if trained else "-", f"{r['minutes']:.1f}" if trained else "-",
+                     f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
+                     r["seed"], r.get("checkpoint", "-")])
+        runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}; {r['data']})")
+    table = markdown_table(["model", "test acc % (10k)", "val acc % (5k)", "params (M)", "GMACs", "infer img/s",
+                            "train img/s", "budget (min)", "threads", "epochs", "train min", "load avg (mean / max)",
+                            "seed", "checkpoint"], rows)
+    notes = [f"training: AdamW, linear warm-up then cosine to 1% ending when the time budget ends, label smoothing, "
+             "random crop (pad 2) + horizontal flip, 55k training images (5k held out for validation); the test "
+             "accuracy is on the official 10k test images unless the row's data says otherwise",
+             "epochs: images seen / training images; budget: wall-clock training minutes, the process's torch "
+             "threads given in the row; load avg: the 1-minute load average sampled each minute of training (mean / "
+             "max; untrained rows: when measured) — the machine has 2 cores, other jobs slow the throughput",
+             "throughput: 1x28x28 images, batch 64, best of 3 runs of >= 1 s, measured at the start of the row's "
+             "run; training = forward + backward + AdamW step",
+             "GMACs: multiply-adds of one 28x28 image (torch.utils.flop_counter FLOPs / 2; matmuls and convolutions "
+             "only, as fvcore)",
+             "rows come from separate runs (merged through benchmarks/results/vision.json); each run's command:"]
+    return header("Fashion-MNIST: BiFormer, MambaOut, ViT", notes=notes)[:-1] + "\n".join(runs) + "\n\n" + table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="NAME")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget per model")
+    parser.add_argument("--max-minutes", type=float, default=30.0,
+                        help="training budget per model (wall clock); the learning-rate schedule ends with it")
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images only")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     parser.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "digits"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--throughput-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images only (short runs)")
     parser.add_argument("--train-models", nargs="*", default=None, choices=list(MODELS), metavar="NAME",
                         help="train only these (default: all of --models); the others get sizes and throughput")
     parser.add_argument("--no-train", action="store_true", help="sizes and throughput only")
-    parser.add_argument("--out", default="vision")
+    parser.add_argument("--save-checkpoints", action="store_true",
+                        help="also write checkpoints/vision/<model>.ckpt (fp16, <= 5 MB) of each trained model "
+                             f"({', '.join(CHECKPOINTS)})")
+    parser.add_argument("--out", default="vision", help="results name: benchmarks/results/<out>.md and .json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global STORE
+    STORE = RESULTS_DIR / f"{args.out}.json"
 
-    rows = []
+    test = "10k test images" if args.test_limit is None else \
+        f"first {max(1, args.test_limit // args.batch_size) * args.batch_size} test images"
+    train_images = "55k" if args.train_limit is None else f"first {args.train_limit}"
+    data = (f"{args.dataset}, {train_images} training images, {test}, batch {args.batch_size}, AdamW lr {args.lr} "
+            f"wd {args.weight_decay}, {args.warmup} warm-up steps, label smoothing {args.label_smoothing}")
     for name in args.models:
         torch.manual_seed(args.seed)
         model = MODELS[name](1, 10, 28)
@@ -148,32 +244,15 @@ def main() -> None:
         macs = gmacs(model.eval(), torch.randn(1, 1, 28, 28))
         infer = images_per_second(model, args.throughput_batch, False, args.repeats)
         train = images_per_second(model, args.throughput_batch, True, args.repeats)
-        print(f"{name}: {params / 1e6:.2f}M params, {macs:.4f} GMACs, {infer:.0f} / {train:.0f} img/s", flush=True)
-        trained = not args.no_train and (args.train_models is None or name in args.train_models)
-        acc, minutes, epochs = train_and_test(name, MODELS[name], args) if trained else (None, 0.0, 0)
-        rows.append([name, "-" if acc is None else f"{100 * acc:.2f}", f"{params / 1e6:.2f}", f"{macs:.3f}",
-                     f"{infer:.0f}", f"{train:.0f}", f"{minutes:.1f}", epochs])
-
-    budget = f"{args.epochs} epoch(s) or {args.max_minutes:g} min per model, whichever ends first"
-    short = (args.no_train or args.max_minutes < 30 or args.epochs < 30 or args.train_limit is not None
-             or args.test_limit is not None)
-    test = "the official 10k test images" if args.test_limit is None else \
-        f"the first {max(1, args.test_limit // args.batch_size) * args.batch_size} of the official 10k test images"
-    notes = [f"data: {args.dataset} (test: {test}), batch {args.batch_size}, AdamW lr "
-             f"{args.lr}, cosine, {args.warmup} warm-up steps, label smoothing 0.1, crop (pad 2) + flip",
-             f"training budget: {budget}" + (f", first {args.train_limit} training images" if args.train_limit else ""),
-             f"throughput: 1x28x28 images, batch {args.throughput_batch}, {args.threads} threads, best of "
-             f"{args.repeats} runs of >= 1 s; training = forward + backward + AdamW step",
-             "GMACs: multiply-adds of one 28x28 image (torch.utils.flop_counter FLOPs / 2; matmuls and convolutions "
-             "only, as fvcore)"]
-    if short:
-        notes.insert(0, "**SHORT RUN** (budget below): accuracies are far from converged and are not the 30-minute "
-                        "results the targets ask for")
-    table = markdown_table(["model", "test acc %", "params (M)", "GMACs", "infer img/s", "train img/s",
-                            "train min", "epochs"], rows)
-    path = write_result(args.out, header("Fashion-MNIST: BiFormer, MambaOut, ViT", seeds=[args.seed], notes=notes)
-                        + table)
-    print(f"wrote {path}")
+        print(f"{name}: {params / 1e6:.2f}M params, {macs:.4f} GMACs, {infer:.0f} / {train:.0f} img/s "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
+                  "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
+                  "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": data}
+        if not args.no_train and (args.train_models is None or name in args.train_models):
+            record.update(train_and_test(name, MODELS[name], args))
+        path = write_result(args.out, render(merge_records({name: record})))  # each row as soon as it is done
+        print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

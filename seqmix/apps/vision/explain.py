@@ -32,7 +32,7 @@ def load_classifier(ckpt: str | Path):
     if info is None:
         raise ValueError(f"{path}: has no ImageDataModule state (normalisation, class names); it was not written "
                          "by `seqmix vision fit`")
-    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)  # as torch.load above
     return model.eval(), info
 
 

@@ -111,8 +111,8 @@ timm_variant("seqmix_mambaout_kobe", MambaOut, {"depths": (3, 3, 15, 3), "dims":
              "MambaOut-Kobe (paper: 9.1M parameters).")
 timm_variant("seqmix_mambaout_tiny", MambaOut, {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 576)},
              "MambaOut-Tiny (paper: 26.5M parameters).")
-FEMTO_28 = {"in_chans": 1, "num_classes": 10, "img_size": 28, "depths": (2, 2, 6, 2), "dims": (32, 64, 128, 192),
+FEMTO_28 = {"in_chans": 1, "num_classes": 10, "img_size": 28, "depths": (2, 2, 4, 2), "dims": (24, 48, 96, 160),
             "stem_stride": 2}
 timm_variant("seqmix_mambaout_femto_28", MambaOut, FEMTO_28,
-             "MambaOut-Femto scaled for 28 x 28 grey images: stem stride 2 (grids 14, 7, 4, 2), "
-             "depths (2, 2, 6, 2), widths (32, 64, 128, 192).")
+             "MambaOut-Femto scaled for 28 x 28 grey images (sized to train ~10 epochs of Fashion-MNIST in 30 "
+             "minutes on one core): stem stride 2 (grids 14, 7, 4, 2), depths (2, 2, 4, 2), widths (24, 48, 96, 160).")

@@ -7,13 +7,16 @@ nn.Module``, which LightningCLI builds from a config entry such as::
       init_args: {depths: [2, 2, 4, 2], dims: [32, 64, 128, 256], ...}
 
 and the three sizes come from the datamodule (``link_arguments``), never typed twice.
-AdamW, linear warm-up then cosine decay per step, label smoothing; logs ``{stage}/loss``,
-``{stage}/acc``.
+AdamW, linear warm-up then cosine decay, label smoothing; logs ``{stage}/loss``, ``{stage}/acc``.
+The cosine runs over the trainer's steps (``max_epochs``), or, with ``budget_minutes``, over the
+training wall-clock time: a run stopped by a time budget (``trainer.max_time``) then ends its
+schedule when the budget ends instead of at an epoch count it never reaches.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -22,19 +25,21 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from seqmix.apps.module import StagedModule
-from seqmix.apps.module import StagedModule
 
 
 class ImageClassifier(StagedModule):
     def __init__(self, backbone: Callable[[int, int, int], nn.Module], in_chans: int = 1, n_classes: int = 10,
                  img_size: int = 28, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200,
-                 label_smoothing: float = 0.1):
+                 label_smoothing: float = 0.1, budget_minutes: float | None = None):
         super().__init__()
         if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(f"ImageClassifier: need lr > 0, weight_decay >= 0, warmup_steps >= 0, 0 <= "
                              f"label_smoothing < 1; got {lr}, {weight_decay}, {warmup_steps}, {label_smoothing}")
+        if budget_minutes is not None and budget_minutes <= 0:
+            raise ValueError(f"ImageClassifier: budget_minutes must be positive or None, got {budget_minutes}")
         self.save_hyperparameters()  # the backbone factory is a picklable partial: checkpoints rebuild the model
         self.backbone = backbone(in_chans, n_classes, img_size)
+        self.fit_start: float | None = None  # perf_counter() at the start of fit (the time-based schedule)
         self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=n_classes, average="micro")
                                   for s in ("train", "val", "test")})
 
@@ -53,6 +58,16 @@ class ImageClassifier(StagedModule):
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(images))
         return loss
 
+    def on_train_start(self) -> None:
+        self.fit_start = time.perf_counter()
+
+    def schedule_progress(self, step: int, warmup: int, total: int) -> float:
+        """Fraction of the cosine done: of the steps after warm-up, or of ``budget_minutes`` of training."""
+        if self.hparams.budget_minutes is None:
+            return (step - warmup) / max(1, total - warmup)
+        elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
+        return elapsed / (60 * self.hparams.budget_minutes)
+
     def predict_step(self, batch, batch_idx) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).softmax(-1)
@@ -62,13 +77,20 @@ class ImageClassifier(StagedModule):
         other = [p for n, p in self.named_parameters() if not (p.dim() > 1 and "pos" not in n.split(".")[-1])]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                        {"params": other, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total // 2)
+        if self.hparams.budget_minutes is None:
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError("ImageClassifier: the cosine schedule needs a step count (trainer.max_epochs or "
+                                 "max_steps) or a time budget (model.budget_minutes with trainer.max_time)")
+            total = max(1, int(total))
+            warmup = min(self.hparams.warmup_steps, total // 2)
+        else:
+            total, warmup = 0, self.hparams.warmup_steps  # the time budget decides the length
 
         def multiplier(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            progress = min(1.0, self.schedule_progress(step, warmup, total))
             return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
