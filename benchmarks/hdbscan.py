@@ -3,6 +3,7 @@
     python benchmarks/hdbscan.py                                  # blobs, n 10k/100k, d 16/64
     python benchmarks/hdbscan.py --sizes 1000000 --methods phdbscan   # the 1M rows, added to the table
     python benchmarks/hdbscan.py --embeddings runs/fraud/embeddings.npy   # fraud embeddings
+    python benchmarks/hdbscan.py --profile --sizes 100000 --dims 16   # pHDBSCAN alone, 1 thread: stages, k-NN recall
 
 Every (method, data, n, d) run is its own subprocess (``--worker``) under a wall-clock cap:
 the parent records wall time of ``fit`` (imports, data generation and a warm-up fit on
@@ -212,6 +213,58 @@ def render(runs: list[dict], args) -> str:
     return text
 
 
+def profile(args, source: str, dims: list[int], sizes: list[int]) -> None:
+    """pHDBSCAN alone, 1 thread, in this process: CPU and wall seconds per stage, and the k-NN's
+    recall@k against brute force on 2,000 sampled points for a few index settings."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    from seqmix.apps.fraud.hdbscan import PHDBSCAN, knn
+
+    faiss.omp_set_num_threads(1)
+    stage_rows, knn_rows = [], []
+    with threadpool_limits(limits=1):
+        for d in dims:
+            for n in sizes:
+                x, _ = make_data(source, n, d, args.seed)
+                tag = "blobs" if source == "blobs" else Path(source).name
+                params = dict(min_cluster_size=args.min_cluster_size, min_samples=args.min_samples)
+                PHDBSCAN(**params).fit(x[:2000])  # warm-up
+                load = os.getloadavg()[0]
+                model = PHDBSCAN(**params).fit(x)
+                stages = list(model.cpu_timings_)
+                stage_rows.append([tag, f"{n:,}", d, *(f"{model.cpu_timings_[k]:.3f}" for k in stages),
+                                   f"{sum(model.cpu_timings_.values()):.2f}", f"{sum(model.timings_.values()):.2f}",
+                                   f"{load:.1f}"])
+                k = model.resolved_k
+                sample = np.random.default_rng(args.seed).choice(n, size=min(n, 2000), replace=False)
+                _, truth = faiss.knn(x[sample], x, k + 1)  # the point itself included
+                variants = [("ivf", 3), ("ivf", 4), ("ivf", 6)] + ([("hnsw", 0)] if n <= 200_000 else [])
+                for kind, nprobe in variants:
+                    start = time.process_time()
+                    _, ids = knn(x, k, kind=kind, device="cpu", nlist=None, nprobe=max(nprobe, 1), hnsw_m=32,
+                                 seed=args.seed)
+                    cpu = time.process_time() - start
+                    found = np.concatenate([sample[:, None], ids[sample]], axis=1)  # [2000, k+1]
+                    recall = np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, truth)]) / (k + 1)
+                    knn_rows.append([tag, f"{n:,}", d, kind + (f", nprobe {nprobe}" if kind == "ivf" else ", M 32"),
+                                     f"{cpu:.2f}", f"{recall:.3f}", f"{os.getloadavg()[0]:.1f}"])
+                print(f"[hdbscan profile] {tag} n={n} d={d}: {stage_rows[-1]}", flush=True)
+    notes = [f"pHDBSCAN defaults, min_cluster_size={args.min_cluster_size}, min_samples={args.min_samples}; "
+             "1 thread (FAISS OpenMP and BLAS), in one process, after a 2,000-point warm-up fit",
+             "stage CPU seconds from `PHDBSCAN.cpu_timings_` (process CPU time, steadier than wall time on a "
+             "shared machine); 'wall s': the sum of `timings_`; load: 1-minute load average before the fit",
+             "k-NN: `seqmix.apps.fraud.hdbscan.knn` alone (core distances not included), CPU seconds; recall@k: "
+             "share of the true k+1 nearest (the point itself included) found, on 2,000 sampled points, "
+             "against FAISS brute force; ivf = the batched IVF self-join with sqrt(n) lists (nprobe 3 is "
+             "the default); hnsw only up to n = 200k (its build is slow)"]
+    text = header("pHDBSCAN profile: stages and k-NN settings (1 thread)", seeds=[args.seed], notes=notes)
+    text += markdown_table(["data", "n", "d", *stages, "total CPU s", "wall s", "load"], stage_rows)
+    text += "\n" + markdown_table(["data", "n", "d", "k-NN", "CPU s", "recall@k", "load"], knn_rows)
+    write_result(args.profile_name, text)
+    print(f"wrote {RESULTS_DIR / (args.profile_name + '.md')}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000")
@@ -231,6 +284,9 @@ def main() -> None:
     p.add_argument("--d", type=int, help=argparse.SUPPRESS)
     p.add_argument("--labels-out", help=argparse.SUPPRESS)
     p.add_argument("--render", action="store_true", help="only rebuild the markdown from the stored runs")
+    p.add_argument("--profile", action="store_true",
+                   help="pHDBSCAN only, 1 thread: CPU per stage and k-NN recall, to benchmarks/results/<--profile-name>.md")
+    p.add_argument("--profile-name", default="hdbscan_profile")
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -249,6 +305,9 @@ def main() -> None:
     else:
         source, dims = "blobs", [int(v) for v in args.dims.split(",")]
     sizes = [int(v) for v in args.sizes.split(",")]
+    if args.profile:
+        profile(args, source, dims, sizes)
+        return
     runs = load_runs()
     commit, run_id = git_commit(), utc_now()
     tmp = REPO_ROOT / "runs" / "hdbscan_bench"  # labels of every run, kept so a later invocation can compare

@@ -386,6 +386,24 @@ def check_spanning_tree(tree: np.ndarray, n: int) -> None:
 
 
 # ---------------------------------------------------------------- estimator
+class StageClock:
+    """Seconds per stage, summed over repeats: ``wall`` and ``cpu`` (this process, all its threads)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.restart()
+
+    def restart(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, stage: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.wall[stage] = self.wall.get(stage, 0.0) + wall - self._wall
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu - self._cpu
+        self._wall, self._cpu = wall, cpu
+
+
 class PHDBSCAN(BaseEstimator, ClusterMixin):
     """HDBSCAN* on a FAISS k-NN graph (see the module docstring for the algorithm).
 
@@ -417,7 +435,8 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
     ``core_distances_``, ``cluster_persistence_``, ``n_join_rounds_`` and ``timings_``
     (wall seconds per stage: ``partition`` (partitioned mode), ``knn`` (with core distances),
     ``mst``, ``join``, ``single_linkage`` (with the tree check), ``condense``, ``select``
-    (stabilities, selection, labels, probabilities), ``outlier_scores``).
+    (stabilities, selection, labels, probabilities), ``outlier_scores``) and
+    ``cpu_timings_`` (the same stages in CPU seconds of this process, all threads).
     """
 
     def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None, *, metric: Metric = "euclidean",
@@ -485,45 +504,37 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
             gpu_resources()  # fail before any work
         check_data(X, metric=self.metric, min_cluster_size=self.min_cluster_size)
         n = X.shape[0]
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = now - clock
-            clock = now
-
+        clock = StageClock()
+        self.timings_, self.cpu_timings_ = clock.wall, clock.cpu
         if self._all_identical(X):
             self._fit_identical(n)
-            self.timings_ = timings
             return self
 
         k = min(self.resolved_k, n - 1)
         min_samples = min(self.resolved_min_samples, k)
         if self.partitions == 1:
             points = load_rows(X, slice(None), self.metric)
-            forest, core = self._part_forest(points, k, min_samples, timings)
+            forest, core = self._part_forest(points, k, min_samples, clock)
             del points
         else:
-            forest, core = self._partitioned_forest(X, k, min_samples, timings)
-        clock = time.perf_counter()
+            forest, core = self._partitioned_forest(X, k, min_samples, clock)
+        clock.restart()
         tree, rounds = join_components(X, forest, core, metric=self.metric, candidates=self.join_candidates,
                                        sample=self.join_sample)
-        lap("join")
+        clock.lap("join")
         tree = tree[np.argsort(tree[:, 2], kind="stable")]
         check_spanning_tree(tree, n)
         single_linkage = single_linkage_label(tree)  # hdbscan's own `label`, ~30x faster
-        lap("single_linkage")
+        clock.lap("single_linkage")
         condensed = condense_tree(single_linkage, self.min_cluster_size)
-        lap("condense")
+        clock.lap("condense")
         columns = CondensedTree.of(condensed)
         selected, stability = select_clusters(columns, stabilities(columns), self.cluster_selection_method,
                                               self.allow_single_cluster)
         labels, probabilities, persistence = flat_clusters(columns, selected, stability)
-        lap("select")
+        clock.lap("select")
         scores = glosh_scores(columns)
-        lap("outlier_scores")
+        clock.lap("outlier_scores")
 
         self.labels_ = np.asarray(labels, dtype=np.intp)
         self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
@@ -534,28 +545,26 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         self.minimum_spanning_tree_ = tree
         self.core_distances_ = core
         self.n_join_rounds_ = rounds
-        self.timings_ = timings
         return self
 
     def _part_forest(self, points: np.ndarray, k: int, min_samples: int,
-                     timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+                     clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
         """k-NN, core distances and the mutual-reachability spanning forest of one in-memory block."""
-        start = time.perf_counter()
+        clock.restart()
         d2, ids = knn(points, k, kind=self.knn_index, device=self.device, nlist=self.nlist, nprobe=self.nprobe,
                       hnsw_m=self.hnsw_m, seed=self.random_state)
         dist = to_metric(d2, self.metric)
         core = dist[:, min_samples - 1].astype(np.float64)
-        mid = time.perf_counter()
+        clock.lap("knn")
         forest = mutual_reachability_forest(dist, ids, core)
-        timings["knn"] = timings.get("knn", 0.0) + mid - start
-        timings["mst"] = timings.get("mst", 0.0) + time.perf_counter() - mid
+        clock.lap("mst")
         return forest, core
 
     def _partitioned_forest(self, X, k: int, min_samples: int,
-                            timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+                            clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
         """Partition by k-means, then one spanning forest per part (each part loaded alone)."""
 
-        start = time.perf_counter()
+        clock.restart()
         n, d = X.shape
         rng = np.random.default_rng(self.random_state)
         sample = np.sort(rng.choice(n, size=min(n, 256 * self.partitions), replace=False))
@@ -575,12 +584,12 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
             for p in np.flatnonzero(small & (sizes > 0)):
                 target = big[np.argmin(((centres[big] - centres[p]) ** 2).sum(1))]
                 part[part == p] = target
-        timings["partition"] = time.perf_counter() - start
+        clock.lap("partition")
         core = np.empty(n, dtype=np.float64)
         forests = []
         for p in np.unique(part):
             rows = np.flatnonzero(part == p)
-            forest, core[rows] = self._part_forest(load_rows(X, rows, self.metric), k, min_samples, timings)
+            forest, core[rows] = self._part_forest(load_rows(X, rows, self.metric), k, min_samples, clock)
             forest[:, 0], forest[:, 1] = rows[forest[:, 0].astype(np.int64)], rows[forest[:, 1].astype(np.int64)]
             forests.append(forest)
         self.partition_labels_ = part
