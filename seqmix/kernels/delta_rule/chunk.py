@@ -67,17 +67,17 @@ class _ChunkDeltaRule(torch.autograd.Function):
         inverse = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)  # [B, H, N, C, C]
         w, u_prime = inverse @ bk, inverse @ (bc * vc)  # [B, H, N, C, K], [B, H, N, C, V]
 
-        states, updates = [], []
+        # The state loop writes in place: U' becomes U chunk by chunk, S_n goes to its slot of s.
+        u = u_prime  # [B, H, N, C, V]
+        s = h.new_empty(*h.shape[:2], u.shape[2], *h.shape[2:])  # [B, H, N, K, V]
+        h = h.clone()  # [B, H, K, V], updated in place
         with single_threaded():
-            for w_n, u_n, k_n in zip(w.unbind(2), u_prime.unbind(2), kc.unbind(2)):
-                states.append(h)
-                u_n = bmm(w_n, h, base=u_n, alpha=-1.0)  # [B, H, C, V], the chunk's true updates U'_n - W_n S_n
-                updates.append(u_n)
-                h = bmm(k_n.transpose(-1, -2), u_n, base=h)  # [B, H, K, V]
-        s = torch.stack(states, 2)  # [B, H, N, K, V], the state entering each chunk
-        u = torch.stack(updates, 2)  # [B, H, N, C, V]
+            for w_n, u_n, k_n, s_n in zip(w.unbind(2), u.unbind(2), kc.unbind(2), s.unbind(2)):
+                s_n.copy_(h)  # the state entering the chunk
+                bmm(w_n, h, add_to=u_n, alpha=-1.0)  # [B, H, C, V], the chunk's true updates U'_n - W_n S_n
+                bmm(k_n.transpose(-1, -2), u_n, add_to=h)  # [B, H, K, V]
         qk = (qc @ kc.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
-        o = bmm(qk, u, base=qc @ s, alpha=scale, beta=scale)  # [B, H, N, C, V]
+        o = bmm(qk, u, add_to=qc @ s, alpha=scale, beta=scale)  # [B, H, N, C, V]
         ctx.save_for_backward(qc, kc, vc, bc, inverse, w, s, u, qk)
         ctx.scale, ctx.t = scale, t
         return from_chunks(o, t), h
@@ -88,30 +88,28 @@ class _ChunkDeltaRule(torch.autograd.Function):
         qc, kc, vc, bc, inverse, w, s, u, qk = ctx.saved_tensors
         chunk_size = kc.shape[-2]
         do = to_chunks(d_o, chunk_size, qc.dtype).mul_(ctx.scale)  # [B, H, N, C, V], scale * dO
-        dh = torch.zeros_like(s[:, :, 0]) if d_h is None else d_h.to(s.dtype)  # [B, H, K, V]
+        dh = torch.zeros_like(s[:, :, 0]) if d_h is None else d_h.to(s.dtype, copy=True)  # [B, H, K, V], in place
         du_local = qk.transpose(-1, -2) @ do  # [B, H, N, C, V]
         qdo = qc.transpose(-1, -2) @ do  # [B, H, N, K, V]
 
-        d_states, d_updates = [], []
+        # In place as in the forward: the local part of dU becomes dU, dS_{n+1} goes to its slot.
+        du = du_local  # [B, H, N, C, V]
+        ds_next = torch.empty_like(s)  # [B, H, N, K, V]
         with single_threaded():
-            for du_n, qdo_n, w_n, k_n in zip(reversed(du_local.unbind(2)), reversed(qdo.unbind(2)),
-                                             reversed(w.unbind(2)), reversed(kc.unbind(2))):
-                d_states.append(dh)  # dS_{n+1}
-                du_n = bmm(k_n, dh, base=du_n)  # [B, H, C, V]
-                d_updates.append(du_n)
-                dh = bmm(w_n.transpose(-1, -2), du_n, base=dh + qdo_n, alpha=-1.0)  # dS_n
-        ds_next = torch.stack(d_states[::-1], 2)  # [B, H, N, K, V]
-        du = torch.stack(d_updates[::-1], 2)  # [B, H, N, C, V]
+            for du_n, qdo_n, w_n, k_n, ds_n in zip(*(reversed(x.unbind(2)) for x in (du, qdo, w, kc, ds_next))):
+                ds_n.copy_(dh)  # dS_{n+1}
+                bmm(k_n, dh, add_to=du_n)  # [B, H, C, V]
+                bmm(w_n.transpose(-1, -2), du_n, add_to=dh.add_(qdo_n), alpha=-1.0)  # dS_n
 
         dqk = (do @ u.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
-        dq = bmm(dqk, kc, base=do @ s.transpose(-1, -2))  # [B, H, N, C, K]
-        dkc = bmm(u, ds_next.transpose(-1, -2), base=dqk.transpose(-1, -2) @ qc)  # [B, H, N, C, K]
+        dq = bmm(dqk, kc, add_to=do @ s.transpose(-1, -2))  # [B, H, N, C, K]
+        dkc = bmm(u, ds_next.transpose(-1, -2), add_to=dqk.transpose(-1, -2) @ qc)  # [B, H, N, C, K]
         # Through W = L^{-1} (beta k) and U' = L^{-1} (beta v), with dW = -dU S^T and dU' = dU:
         dbv = inverse.transpose(-1, -2) @ du  # gradient of beta * v, [B, H, N, C, V]
         neg_dbk = dbv @ s.transpose(-1, -2)  # -(gradient of beta * k) = -L^{-T} dW, [B, H, N, C, K]
         neg_dlower = (dbv @ u.transpose(-1, -2)).tril_(-1)  # -dL = tril(dbk W^T + dbv U'^T) = tril(dbv U^T)
-        neg_dbk = bmm(neg_dlower, kc, base=neg_dbk)  # through L = I + tril(beta k k^T, -1)
-        dkc = bmm(neg_dlower.transpose(-1, -2), bc * kc, base=dkc - bc * neg_dbk, alpha=-1.0)
+        bmm(neg_dlower, kc, add_to=neg_dbk)  # through L = I + tril(beta k k^T, -1)
+        bmm(neg_dlower.transpose(-1, -2), bc * kc, add_to=dkc.addcmul_(bc, neg_dbk, value=-1.0), alpha=-1.0)
         dvc = bc * dbv
         dbc = (dbv * vc).sum(-1, keepdim=True) - (neg_dbk * kc).sum(-1, keepdim=True)  # [B, H, N, C, 1]
         t = ctx.t

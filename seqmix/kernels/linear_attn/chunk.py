@@ -87,7 +87,7 @@ class _ChunkLinearAttn(torch.autograd.Function):
         kd = kc if k_decay is None else kc * k_decay  # [B, H, N, C, K]
         states, final = scan_chunks(chunk_decay, bmm(kd.transpose(-1, -2), vc), s0)  # [B, H, N, K, V]
         qd = qc if q_decay is None else qc * q_decay  # [B, H, N, C, K]
-        o = bmm(qd, states, base=bmm(a, vc), alpha=scale, beta=scale)  # [B, H, N, C, V]
+        o = bmm(qd, states, add_to=bmm(a, vc), alpha=scale, beta=scale)  # [B, H, N, C, V]
         ctx.save_for_backward(qc, kc, vc, scores, states, mask, q_decay, k_decay, chunk_decay)
         ctx.scale, ctx.t = scale, t
         return from_chunks(o, t), final
@@ -114,19 +114,19 @@ class _ChunkLinearAttn(torch.autograd.Function):
             da = d_scores.mul_(mask)
         do_s = bmm(do, states.transpose(-1, -2))  # [B, H, N, C, K]
         if q_decay is None:
-            dq = bmm(da, kc, base=do_s)
+            dq = bmm(da, kc, add_to=do_s)
         else:
             if ctx.needs_input_grad[5]:
                 grads["q_decay"] = (do_s * qc).sum_to_size(q_decay.shape)
-            dq = bmm(da, kc, base=do_s.mul_(q_decay))
+            dq = bmm(da, kc, add_to=do_s.mul_(q_decay))
         v_r = bmm(vc, r.transpose(-1, -2))  # [B, H, N, C, K]
         if k_decay is None:
-            dk = bmm(da.transpose(-1, -2), qc, base=v_r)
+            dk = bmm(da.transpose(-1, -2), qc, add_to=v_r)
         else:
             if ctx.needs_input_grad[6]:
                 grads["k_decay"] = (v_r * kc).sum_to_size(k_decay.shape)
-            dk = bmm(da.transpose(-1, -2), qc, base=v_r.mul_(k_decay))
-        dv = bmm(a.transpose(-1, -2), do, base=bmm(kd, r))  # [B, H, N, C, V]
+            dk = bmm(da.transpose(-1, -2), qc, add_to=v_r.mul_(k_decay))
+        dv = bmm(a.transpose(-1, -2), do, add_to=bmm(kd, r))  # [B, H, N, C, V]
         if chunk_decay is not None and ctx.needs_input_grad[7]:
             grads["chunk_decay"] = (r * states).sum_to_size(chunk_decay.shape)
         return (from_chunks(dq, t), from_chunks(dk, t), from_chunks(dv, t), d_s0, grads["mask"],

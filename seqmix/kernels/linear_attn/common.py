@@ -96,14 +96,16 @@ def from_chunks(x: Tensor, t: int) -> Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(b, n * c, h, d)[:, :t]  # [B, H, N, C, V] -> [B, T, H, V]
 
 
-def bmm(a: Tensor, b: Tensor, base: Tensor | None = None, alpha: float = 1.0, beta: float = 1.0) -> Tensor:
-    """``a @ b``, or ``beta * base + alpha * (a @ b)`` as one fused GEMM, over batches
-    ``[..., M, K] x [..., K, N]`` whose leading dims flatten without a copy (chunked tensors,
-    their transposes, one chunk of them)."""
+def bmm(a: Tensor, b: Tensor, *, add_to: Tensor | None = None, alpha: float = 1.0, beta: float = 1.0) -> Tensor:
+    """``a @ b`` over batches ``[..., M, K] x [..., K, N]`` whose leading dims flatten without a
+    copy (chunked tensors, their transposes, one chunk of them). With ``add_to``:
+    ``add_to = beta * add_to + alpha * (a @ b)`` in place, one fused GEMM and no new tensor,
+    returned (``add_to`` must be one the caller may overwrite)."""
     a3, b3 = a.flatten(0, -3), b.flatten(0, -3)  # [batch, M, K], [batch, K, N]
-    if base is None:
+    if add_to is None:
         return torch.bmm(a3, b3).view(*a.shape[:-1], b.shape[-1])  # [..., M, N]
-    return torch.baddbmm(base.flatten(0, -3), a3, b3, beta=beta, alpha=alpha).view(base.shape)
+    add_to.view(-1, *add_to.shape[-2:]).baddbmm_(a3, b3, beta=beta, alpha=alpha)  # [batch, M, N], a view: in place
+    return add_to
 
 
 def resolve_impl(op: str, impl: str, x: Tensor) -> str:
