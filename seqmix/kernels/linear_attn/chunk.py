@@ -80,9 +80,9 @@ class _ChunkLinearAttn(torch.autograd.Function):
         t = q.shape[1]
         qc, kc, vc = (to_chunks(x, chunk, s0.dtype) for x in (q, k, v))  # [B, H, N, C, K|V]
         scores = bmm(qc, kc.transpose(-1, -2))  # [B, H, N, C, C]
-        if mask is None:  # no decay: the causal mask
+        if mask is None:  # no decay: the causal mask, in place (scores then saves A itself)
             a = scores.tril_()
-        else:
+        else:  # decay: scores stays raw, for the mask's gradient
             a = scores * mask  # [B, H, N, C, C]
         kd = kc if k_decay is None else kc * k_decay  # [B, H, N, C, K]
         states, final = scan_chunks(chunk_decay, bmm(kd.transpose(-1, -2), vc), s0)  # [B, H, N, K, V]
