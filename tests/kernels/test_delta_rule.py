@@ -68,6 +68,19 @@ def test_delta_rule_chunk_backward_gradcheck():
     assert torch.autograd.gradcheck(fn, (q, k, v, beta, s0))
 
 
+@pytest.mark.parametrize("h", [1, 2])
+def test_delta_rule_chunk_leaves_its_inputs_alone(h):
+    """The chunked form works in place on its own buffers only: the inputs, the initial state and
+    the incoming gradients are unchanged after forward + backward (one head: chunking is a no-op view)."""
+    inputs = make_inputs(1, 32, h, 8, 8, with_state=True)
+    d_o, d_final = torch.randn(1, 32, h, 8), torch.randn(1, h, 8, 8)
+    before = [x.detach().clone() for x in (*inputs, d_o, d_final)]
+    o, final = delta_rule_chunk(*inputs[:4], initial_state=inputs[4], output_final_state=True, chunk_size=32)
+    torch.autograd.backward((o, final), (d_o, d_final))
+    for i, (x, x0) in enumerate(zip((*inputs, d_o, d_final), before)):
+        assert torch.equal(x.detach(), x0), f"input {i} was modified"
+
+
 def test_chunk_delta_rule_packed_sequences(assert_rel_close):
     """cu_seqlens: the state restarts at every boundary (an empty sequence included); each
     packed sequence equals the same sequence run on its own."""
