@@ -188,7 +188,7 @@ def ivf_self_knn(points: np.ndarray, k: int, *, nlist: int, nprobe: int, seed: i
     list are searched against it as one BLAS block ``[queries, list]``, and every point's
     ``nprobe`` partial results are merged at the end. A per-query search pays the coarse
     quantiser, heap set-up and list dispatch per query; here those are per list. Threads
-    take lists in turn (FAISS releases the GIL). Missing neighbours (all probed lists
+    take batches of lists as they free up (FAISS releases the GIL). Missing neighbours (all probed lists
     together smaller than ``k``) come back as id -1.
     """
     n, d = points.shape
@@ -209,7 +209,6 @@ def ivf_self_knn(points: np.ndarray, k: int, *, nlist: int, nprobe: int, seed: i
     depth = {True: k, False: k // 2 + 1}
 
     def search(lists: range) -> None:
-        faiss.omp_set_num_threads(1)  # this thread only: one BLAS/OpenMP thread per block
         for lst in lists:
             lo, hi = bounds[lst], bounds[lst + 1]
             pairs = visits[visit_bounds[lst]:visit_bounds[lst + 1]]
@@ -225,12 +224,20 @@ def ivf_self_knn(points: np.ndarray, k: int, *, nlist: int, nprobe: int, seed: i
                 rows = slot[mine] * n + query[mine]
                 part_d[rows, :found], part_i[rows, :found] = dist, order[lo + idx]
 
+    def one_thread(lists: range) -> None:
+        saved = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # the calling thread only: one BLAS/OpenMP thread per small block
+        try:
+            search(lists)
+        finally:
+            faiss.omp_set_num_threads(saved)
+
     with faiss_blas_for_small_blocks():
         if threads == 1:
-            search(range(nlist))
+            one_thread(range(nlist))
         else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(search, [range(t, nlist, threads) for t in range(threads)]))
+            with ThreadPoolExecutor(threads) as pool:  # batches of 8 lists, handed out as threads free up
+                list(pool.map(one_thread, [range(start, min(start + 8, nlist)) for start in range(0, nlist, 8)]))
     return faiss.merge_knn_results(part_d.reshape(nprobe, n, k), part_i.reshape(nprobe, n, k))  # [n, k] each
 
 
