@@ -129,7 +129,8 @@ def run_one(method: str, source: str, n: int, d: int, args, labels_path: Path) -
     except subprocess.TimeoutExpired:
         return {"status": f"did not finish (> {args.cap:.0f} s cap)", "load": load}
     if done.returncode != 0:
-        return {"status": f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:120]}", "load": load}
+        last = done.stderr.strip().splitlines()[-1][:120]
+        return {"status": f"failed (exit {done.returncode}): {last}", "load": load}
     return {"status": "ok", "load": load, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
@@ -285,7 +286,8 @@ def main() -> None:
     p.add_argument("--labels-out", help=argparse.SUPPRESS)
     p.add_argument("--render", action="store_true", help="only rebuild the markdown from the stored runs")
     p.add_argument("--profile", action="store_true",
-                   help="pHDBSCAN only, 1 thread: CPU per stage and k-NN recall, to benchmarks/results/<--profile-name>.md")
+                   help="pHDBSCAN only, 1 thread: CPU per stage and k-NN recall, "
+                        "to benchmarks/results/<--profile-name>.md")
     p.add_argument("--profile-name", default="hdbscan_profile")
     args = p.parse_args()
     if args.worker:
