@@ -64,7 +64,8 @@ class _ChunkDeltaRule(torch.autograd.Function):
         # from one batched unit-lower-triangular solve for the inverse; W = T K, U' = T V.
         lower = (bk @ kc.transpose(-1, -2)).tril_(-1)  # [B, H, N, C, C], unit diagonal implied
         eye = torch.eye(chunk_size, dtype=q.dtype, device=q.device).expand_as(lower)
-        inverse = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)  # [B, H, N, C, C]
+        with single_threaded():  # LAPACK solves one small matrix at a time: threads would meet after each
+            inverse = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)  # [B, H, N, C, C]
         w, u_prime = inverse @ bk, inverse @ (bc * vc)  # [B, H, N, C, K], [B, H, N, C, V]
 
         # The state loop writes in place: U' becomes U chunk by chunk, S_n goes to its slot of s.
