@@ -148,8 +148,13 @@ def train_and_test(name: str, factory, args) -> dict:
     val = trainer.validate(model, datamodule=data, verbose=False)[0]["val/acc"]
     test = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
     epochs = trainer.global_step * args.batch_size / len(data.train_set)
+    n_test = len(data.test_set) if args.test_limit is None else \
+        min(len(data.test_set), max(1, args.test_limit // args.batch_size) * args.batch_size)
     out = {"test_acc": test, "val_acc": val, "minutes": minutes, "epochs": epochs, "steps": trainer.global_step,
-           "load_mean": sum(load.samples) / max(1, len(load.samples)), "load_max": max(load.samples, default=0.0)}
+           "load_mean": sum(load.samples) / max(1, len(load.samples)), "load_max": max(load.samples, default=0.0),
+           "data": f"{args.dataset}: {len(data.train_set)} training, {len(data.val_set)} validation, {n_test} test "
+                   f"images; batch {args.batch_size}, AdamW lr {args.lr} wd {args.weight_decay}, {args.warmup} "
+                   f"warm-up steps, label smoothing {args.label_smoothing}"}
     if args.save_checkpoints:
         if name not in CHECKPOINTS:
             raise SystemExit(f"--save-checkpoints: {name!r} has no shipped checkpoint; only {list(CHECKPOINTS)}")
@@ -185,7 +190,7 @@ def render(records: dict[str, dict]) -> str:
                      f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
                      r["seed"], r.get("checkpoint", "-")])
         runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}; {r['data']})")
-    table = markdown_table(["model", "test acc % (10k)", "val acc % (5k)", "params (M)", "GMACs", "infer img/s",
+    table = markdown_table(["model", "test acc %", "val acc %", "params (M)", "GMACs", "infer img/s",
                             "train img/s", "budget (min)", "threads", "epochs", "train min", "load avg (mean / max)",
                             "seed", "checkpoint"], rows)
     notes = [f"training: AdamW, linear warm-up then cosine to 1% ending when the time budget ends, label smoothing, "
@@ -208,7 +213,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="training budget per model (wall clock); the learning-rate schedule ends with it")
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images only")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
@@ -232,11 +237,6 @@ def main() -> None:
     global STORE
     STORE = RESULTS_DIR / f"{args.out}.json"
 
-    test = "10k test images" if args.test_limit is None else \
-        f"first {max(1, args.test_limit // args.batch_size) * args.batch_size} test images"
-    train_images = "55k" if args.train_limit is None else f"first {args.train_limit}"
-    data = (f"{args.dataset}, {train_images} training images, {test}, batch {args.batch_size}, AdamW lr {args.lr} "
-            f"wd {args.weight_decay}, {args.warmup} warm-up steps, label smoothing {args.label_smoothing}")
     for name in args.models:
         torch.manual_seed(args.seed)
         model = MODELS[name](1, 10, 28)
@@ -248,7 +248,7 @@ def main() -> None:
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
                   "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
-                  "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": data}
+                  "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": "throughput only"}
         if not args.no_train and (args.train_models is None or name in args.train_models):
             record.update(train_and_test(name, MODELS[name], args))
         path = write_result(args.out, render(merge_records({name: record})))  # each row as soon as it is done
