@@ -5,13 +5,14 @@
 
 Runs ``seqmix forecasting fit`` in-process on the default config for ``--epochs`` full epochs
 (no validation pass: the time is the training epoch alone), and writes
-``benchmarks/results/forecasting_epoch.md``: per-epoch wall and CPU seconds, batches per
+``benchmarks/results/forecasting_epoch.md`` (and ``.json``, which ``forecasting.py`` cites): per-epoch wall and CPU seconds, batches per
 epoch, the machine's load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, header, markdown_table, write_result  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
 from forecasting import EpochTimer  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "forecasting" / "informer_etth1.yaml"
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     text = header("Forecasting: one training epoch of the default config", seeds=[args.seed], notes=notes)
     text += markdown_table(["epoch", "batches", "wall s", "CPU s", f"< {TARGET_S:.0f} s"], rows)
     path = write_result("forecasting_epoch", text)
+    summary = {"config": str(config), "threads": args.threads, "epochs_wall_s": timer.wall, "epochs_cpu_s": timer.cpu,
+               "batches": batches, "load_before": round(load_before, 2), "load_after": round(load_after, 2),
+               "command": command_line(), "commit": git_commit(), "date": utc_now(), "seed": args.seed}
+    atomic_write_text(RESULTS_DIR / "forecasting_epoch.json", json.dumps(summary, indent=1) + "\n")  # read by forecasting.py
     print(text)
     print(f"wrote {path}")
     return 0
