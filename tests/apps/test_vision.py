@@ -3,6 +3,7 @@ Fashion-MNIST from the Debian files, fit -> predict -> --explain in-process, and
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,77 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
         main(["vision", "predict", "--ckpt", str(ckpt), str(rgb)])
     with pytest.raises(ValueError, match="--query-region 49 must be in 0..48"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "49"])
+
+
+def test_cosine_ends_with_the_time_budget():
+    import time
+
+    from seqmix.apps.vision.model import ImageClassifier
+
+    model = ImageClassifier(lambda c, n, s: torch.nn.Linear(1, 1), warmup_steps=10, budget_minutes=2.0)
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    multiplier = scheduler.lr_lambdas[0]
+    assert multiplier(0) == pytest.approx(0.1)  # warm-up in steps
+    for elapsed, expected in ((0.0, 1.0), (60.0, 0.505), (120.0, 0.01), (500.0, 0.01)):  # cosine in time
+        model.fit_start = time.perf_counter() - elapsed
+        assert multiplier(1000) == pytest.approx(expected, abs=2e-3), elapsed
+    with pytest.raises(ValueError, match="budget_minutes must be positive"):
+        ImageClassifier(lambda c, n, s: torch.nn.Linear(1, 1), budget_minutes=0.0)
+
+
+@pytest.mark.parametrize("config, variant", [("biformer_tiny_28", "TINY_28"), ("mambaout_femto_28", "FEMTO_28")])
+def test_configs_train_the_registered_28x28_variants(config, variant):
+    import importlib
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "vision" / f"{config}.yaml"
+    backbone = yaml.safe_load(path.read_text())["model"]["backbone"]
+    module_name, class_name = backbone["class_path"].rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    defaults = getattr(module, variant)
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in backbone["init_args"].items()}
+    sizes = ("in_chans", "num_classes", "img_size")
+    assert {k: v for k, v in defaults.items() if k not in sizes} == args  # one definition, what the benchmark trains
+    timm_name = "biformer_tiny_28" if config.startswith("biformer") else "seqmix_mambaout_femto_28"
+    assert type(timm.create_model(timm_name)) is getattr(module, class_name)
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "vision"
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny_28", "mambaout_femto_28"])
+def test_shipped_checkpoints_are_small_and_classify_fashion_mnist(name):
+    from seqmix.apps.vision.explain import load_classifier
+
+    path = SHIPPED / f"{name}.ckpt"
+    assert path.is_file(), f"{path} is missing: python scripts/train_vision_checkpoints.py writes it"
+    assert path.stat().st_size <= 5_000_000
+    model, info = load_classifier(path)
+    assert info["dataset"] == "fashion_mnist" and len(info["class_names"]) == 10
+    if not DEBIAN_DIR.is_dir():
+        pytest.skip(f"{DEBIAN_DIR} is missing: apt-get install dataset-fashion-mnist (make install does)")
+    images, labels = load_fashion_mnist(DEBIAN_DIR)["test"]
+    x = (images[:500, None].float() / 255 - info["mean"]) / info["std"]  # [500, 1, 28, 28]
+    with torch.no_grad():
+        acc = (model(x).argmax(-1) == labels[:500]).float().mean().item()
+    assert acc > 0.85, f"{name}: {acc:.3f} on the first 500 test images"
+
+
+def test_small_checkpoint_too_big_is_a_clear_error(tmp_path):
+    import pytorch_lightning as pl
+
+    from seqmix.apps.vision.export import save_small_checkpoint
+    from seqmix.apps.vision.model import ImageClassifier
+    from seqmix.apps.vision.vit import ViT
+
+    data = ImageDataModule(dataset="digits", val_size=64, batch_size=16)
+    model = ImageClassifier(partial(ViT, depth=1, d_model=32), warmup_steps=1, budget_minutes=1.0)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    size = save_small_checkpoint(trainer, tmp_path / "vit.ckpt")
+    assert (tmp_path / "vit.ckpt").stat().st_size == size
+    with pytest.raises(ValueError, match="would be .* MB > 0.01 MB; use a smaller model"):
+        save_small_checkpoint(trainer, tmp_path / "big.ckpt", max_bytes=10_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.ckpt"]  # nothing half-written left
