@@ -199,8 +199,9 @@ def render(records: dict[str, dict]) -> str:
              "epochs: images seen / training images; budget: wall-clock training minutes, the process's torch "
              "threads given in the row; load avg: the 1-minute load average sampled each minute of training (mean / "
              "max; untrained rows: when measured) — the machine has 2 cores, other jobs slow the throughput",
-             "throughput: 1x28x28 images, batch 64, best of 3 runs of >= 1 s, measured at the start of the row's "
-             "run; training = forward + backward + AdamW step",
+             "throughput: 1x28x28 images, batch `--throughput-batch` (64 unless the row's command says otherwise), "
+             "best of `--repeats` timed runs of >= 1 s (3 unless the row's command says otherwise), measured at the "
+             "start of the row's run; training = forward + backward + AdamW step",
              "GMACs: multiply-adds of one 28x28 image (torch.utils.flop_counter FLOPs / 2; matmuls and convolutions "
              "only, as fvcore)",
              "rows come from separate runs (merged through benchmarks/results/vision.json); each run's command:"]
