@@ -205,6 +205,7 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
              "other jobs, so its time is not a speed measurement"]
     if skipped:
         notes.append(f"registered mixers without a recall config, not run: {', '.join(skipped)}")
+    notes += args.note
     table = markdown_table(
         ["mixer", "d_model", "test acc", "state (floats)", "params", "steps", "lr", "train time (s)", "threads",
          "load", "seed"],
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions", choices=["learned", "sinusoidal", "none"], default=None,
                         help="override every config's position encoding")
     parser.add_argument("--render", action="store_true", help="only render the table from the stored points")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line added to the results file's notes (e.g. how the sweep was run); repeatable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default mqar, or mqar_demo with --demo)")
