@@ -1,11 +1,22 @@
-"""What every app's LightningModule shares: one ``shared_step`` for train / val / test."""
+"""What every app's LightningModule shares: one ``shared_step`` for train / val / test, and
+the loss / accuracy logging of the classifying apps."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+STAGES = ("train", "val", "test")
+
+
+def stage_accuracies(num_classes: int) -> nn.ModuleDict:
+    """One micro-averaged accuracy per stage (``"train_acc"``, ...): metric state must not mix stages."""
+    return nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro") for s in STAGES})
 
 
 class StagedModule(pl.LightningModule):
@@ -26,3 +37,33 @@ class StagedModule(pl.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self.shared_step(batch, "test")
+
+    def log_classification(self, stage: str, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
+        """Log ``{stage}/loss`` (per step in training, per epoch otherwise) and ``{stage}/acc`` (per epoch).
+
+        ``logits: [N, C]``, ``targets: [N]``; needs ``self.acc = stage_accuracies(C)``.
+        """
+        acc = self.acc[f"{stage}_acc"]
+        acc(logits.argmax(-1), targets)
+        on_step, n = stage == "train", len(targets)
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n)
+
+
+def load_trained(module_cls: type[pl.LightningModule], ckpt: str | Path, datamodule_state: str,
+                 train_hint: str) -> tuple[pl.LightningModule, dict]:
+    """A trained module in eval mode and the data description its datamodule saved in the checkpoint.
+
+    ``datamodule_state``: the datamodule's class name (Lightning stores its ``state_dict`` under it);
+    ``train_hint``: how to get a checkpoint, for the error. Checkpoints hold hyper-parameters and are
+    unpickled (``weights_only=False``): load only checkpoints you trust.
+    """
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; {train_hint}")
+    info = torch.load(path, map_location="cpu", weights_only=False).get(datamodule_state)
+    if info is None:
+        raise ValueError(f"{path}: has no {datamodule_state} state (the data description); it was not written "
+                         f"by this app's `fit`: {train_hint}")
+    model = module_cls.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    return model.eval(), info

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from seqmix.apps.forecasting.data import clean_frame, infer_freq, read_csv, time_features
+from seqmix.apps.module import load_trained
 
 
 def atomic_save(path: Path, write) -> None:
@@ -33,22 +34,12 @@ def atomic_save(path: Path, write) -> None:
 
 
 def load_forecaster(ckpt: str | Path):
-    """The trained :class:`Forecaster` and the data description saved with it."""
+    """The trained :class:`Forecaster` and the data description (columns, frequency) saved with it."""
     from seqmix.apps.forecasting.model import Forecaster
 
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `seqmix forecasting fit "
-                                "--config configs/forecasting/<exp>.yaml` or use checkpoints/forecasting/"
-                                "informer_etth1.ckpt")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    info = checkpoint.get("ForecastDataModule")
-    if info is None:
-        raise ValueError(f"{path}: has no ForecastDataModule state (columns, frequency); it was not written by "
-                         "`seqmix forecasting fit`")
-    model = Forecaster.load_from_checkpoint(path, map_location="cpu")
-    model.eval()
-    return model, info
+    return load_trained(Forecaster, ckpt, "ForecastDataModule",
+                        "train one with `seqmix forecasting fit --config configs/forecasting/<exp>.yaml` or use "
+                        "checkpoints/forecasting/informer_etth1.ckpt")
 
 
 def forecast_frame(model, info: dict, frame: pd.DataFrame, origin: int | None = None):

@@ -19,13 +19,12 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from seqmix.apps.recall.data import IGNORE_INDEX
 from seqmix.core.blocks import MixerStack
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.core.mixer import Mixer
-from seqmix.apps.module import StagedModule
+from seqmix.apps.module import StagedModule, stage_accuracies
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, final_ratio: float = 0.1) -> float:
@@ -65,8 +64,7 @@ class RecallLM(StagedModule):
         self.stack = MixerStack(d_model, n_layers, mixer, causal=True, mlp_ratio=mlp_ratio, mlp=mlp,
                                 dropout=dropout)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
-        self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=vocab_size, average="micro")
-                                  for s in ("train", "val", "test")})
+        self.acc = stage_accuracies(vocab_size)
 
     # ------------------------------------------------------------- model
     def hidden(self, tokens: Tensor) -> Tensor:
@@ -101,11 +99,7 @@ class RecallLM(StagedModule):
         inputs, targets = batch
         logits, wanted = self.query_logits(inputs, targets)
         loss = F.cross_entropy(logits, wanted)
-        acc = self.acc[f"{stage}_acc"]
-        acc(logits.argmax(-1), wanted)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(inputs))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(inputs))
+        self.log_classification(stage, loss, logits, wanted)
         return loss
 
     def predict_step(self, batch, batch_idx) -> dict[str, Tensor]:

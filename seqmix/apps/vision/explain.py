@@ -18,22 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqmix.apps.module import load_trained
+
 
 def load_classifier(ckpt: str | Path):
-    """The trained :class:`ImageClassifier` and the data description saved with it."""
+    """The trained :class:`ImageClassifier` and the data description (normalisation, class names) saved with it."""
     from seqmix.apps.vision.model import ImageClassifier
 
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `seqmix vision fit --config "
-                                "configs/vision/<exp>.yaml`")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    info = checkpoint.get("ImageDataModule")
-    if info is None:
-        raise ValueError(f"{path}: has no ImageDataModule state (normalisation, class names); it was not written "
-                         "by `seqmix vision fit`")
-    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)  # as torch.load above
-    return model.eval(), info
+    return load_trained(ImageClassifier, ckpt, "ImageDataModule",
+                        "train one with `seqmix vision fit --config configs/vision/<exp>.yaml`")
 
 
 def read_image(path: str | Path, *, in_chans: int, img_size: int, convert: bool, resize: bool) -> np.ndarray:

@@ -22,9 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from seqmix.apps.module import StagedModule
+from seqmix.apps.module import StagedModule, stage_accuracies
 
 
 class ImageClassifier(StagedModule):
@@ -40,8 +39,7 @@ class ImageClassifier(StagedModule):
         self.save_hyperparameters()  # the backbone factory is a picklable partial: checkpoints rebuild the model
         self.backbone = backbone(in_chans, n_classes, img_size)
         self.fit_start: float | None = None  # perf_counter() at the start of fit (the time-based schedule)
-        self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=n_classes, average="micro")
-                                  for s in ("train", "val", "test")})
+        self.acc = stage_accuracies(n_classes)
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, C, S, S]`` normalised images -> logits ``[B, n_classes]``."""
@@ -51,11 +49,7 @@ class ImageClassifier(StagedModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0)
-        acc = self.acc[f"{stage}_acc"]
-        acc(logits.argmax(-1), labels)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(images))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(images))
+        self.log_classification(stage, loss, logits, labels)
         return loss
 
     def on_train_start(self) -> None:
