@@ -211,9 +211,11 @@ class BiLevelRoutingAttention(Mixer):
             keep = valid.reshape(1, 1, 1, r * n)  # [1, 1, 1, T'] key mask (padding)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, h, T', K]
             return merge_heads(o).reshape(b, r, n, d)  # [B, T', D] -> [B, R, n, D]
-        flat = index.reshape(b, r * topk)  # [B, R*topk]
-        k_g, v_g = (z.gather(1, flat[:, :, None, None].expand(b, r * topk, n, d)) for z in (k, v))  # [B, R*topk, n, D]
-        k_g, v_g = (z.reshape(b, r, topk * n, d) for z in (k_g, v_g))  # [B, R, topk*n, D]
+        # rows of the [B*R, n, D] region table: index_select (backward: index_add) is ~2x faster on the
+        # CPU than gather with an expanded [B, R*topk, n, D] index (backward: scatter_add)
+        rows = (index + torch.arange(b, device=index.device)[:, None, None] * r).reshape(-1)  # [B*R*topk]
+        k_g, v_g = (z.reshape(b * r, n, d).index_select(0, rows).reshape(b, r, topk * n, d)
+                    for z in (k, v))  # [B*R, n, D] -> [B*R*topk, n, D] -> [B, R, topk*n, D]
         keep = valid[index].reshape(b, r, 1, 1, topk * n)  # [R, n][B, R, topk] -> [B, R, 1, 1, topk*n]
         qh, kh, vh = self.heads(q), self.heads(k_g), self.heads(v_g)  # [B, R, h, n | topk*n, K]
         scores = (qh * self.scale) @ kh.transpose(-1, -2)  # [B, R, h, n, topk*n]
