@@ -199,7 +199,10 @@ def main() -> None:
              f"paper split seed 7: {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}",
              f"neural models: {len(args.seeds)} seeds each, best-validation-loss checkpoint; TF-IDF + ridge is "
              "deterministic (1 run, alpha chosen on validation RMSE)",
-             f"torch threads {args.threads}; the machine was shared with other jobs, so times are upper bounds"]
+             f"torch threads {args.threads}; the machine was shared with other jobs, so times are upper bounds",
+             "the fine-tuning settings of the configs (encoder layers, their learning rate, schedule, epochs, pooling, "
+             "loss) were chosen on the VALIDATION split only, one seed per setting: "
+             "benchmarks/results/emotion_tuning.md (benchmarks/emotion_tune.py)"]
     if args.max_epochs_scale != 1.0:
         notes.append(f"SMOKE RUN: max_epochs scaled by {args.max_epochs_scale}")
     text = header("Readers' emotion on SemEval-2007: REDAffectiveLM vs baselines", seeds=args.seeds, notes=notes)

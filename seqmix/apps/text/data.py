@@ -34,7 +34,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seqmix.apps.text.embeddings import AffectLexicon, ContextEncoder, default_data_dir, feature_dim, word_tokens
 
@@ -289,6 +289,29 @@ class FeatureDataset(Dataset):
                 "context_mask": f.context_mask[r], "target": self.targets[r], "row": r}
 
 
+class LengthBuckets(Sampler[list[int]]):
+    """Shuffled batches of similar lengths: shuffle, cut into pools of ``pool`` batches, sort each pool
+    by length, cut it into batches, shuffle the batch order. With :func:`collate_trimmed` a batch
+    then pads to about its own length, not the longest headline's (fine-tuned encoder layers cost
+    per padded token); the batches stay random from epoch to epoch (torch's global generator)."""
+
+    def __init__(self, lengths: Tensor, batch_size: int, pool: int = 8):
+        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.batch_size * self.pool):
+            chunk = order[start:start + self.batch_size * self.pool]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches)).tolist():
+            yield batches[i]
+
+
 def collate_trimmed(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Stack a batch and cut the padding every row shares: words to the longest headline in
     the batch, context tokens to the longest tokenization (headlines are short, the buffers
@@ -307,6 +330,9 @@ class EmotionDataModule(pl.LightningDataModule):
     With ``context_trainable_layers = k`` the cache holds the encoder states below its top
     ``k`` layers, which the model fine-tunes (the rest of the encoder stays frozen).
 
+    ``length_buckets`` draws training batches of similar token counts (:class:`LengthBuckets`),
+    which cuts the padding the fine-tuned layers pay for.
+
     ``source="semeval2007"`` reads ``<data_dir>/semeval2007``; ``source="csv"`` reads
     ``csv_path`` with :func:`read_vote_csv`. ``n_emotions``, ``word_dim`` and ``context_dim``
     are linked to the model by the CLI.
@@ -317,7 +343,8 @@ class EmotionDataModule(pl.LightningDataModule):
                  zero_rows: Literal["error", "drop"] = "error", download: bool = False, split_seed: int = 7,
                  word_features: Literal["affect", "glove", "none"] = "affect", max_words: int = 16,
                  keep_stopwords: bool = False, context: bool = True, context_max_len: int = 32,
-                 context_trainable_layers: int = 0, batch_size: int = 32, cache_dir: str | None = "runs/text/cache"):
+                 context_trainable_layers: int = 0, batch_size: int = 32, length_buckets: bool = True,
+                 cache_dir: str | None = "runs/text/cache"):
         super().__init__()
         if source not in ("semeval2007", "csv"):
             raise ValueError(f"source={source!r} is unknown; choose 'semeval2007' or 'csv'")
@@ -393,6 +420,11 @@ class EmotionDataModule(pl.LightningDataModule):
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         ds = FeatureDataset(self.features, self.targets, self.splits[split])
+        if shuffle and self.hparams.length_buckets:
+            rows = torch.as_tensor(self.splits[split])
+            mask = self.features.context_mask if self.featurizer.encoder is not None else self.features.word_mask
+            buckets = LengthBuckets(mask[rows].sum(1), self.hparams.batch_size)
+            return DataLoader(ds, batch_sampler=buckets, collate_fn=collate_trimmed)
         return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=collate_trimmed)
 
     def train_dataloader(self):

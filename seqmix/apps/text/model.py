@@ -3,7 +3,8 @@
 Two branches, fused::
 
     context  : MiniLM-L6 token states [B, L, C] (frozen and cached; the top ``context_trainable_layers``
-               layers fine-tuned on the cached states below them) -> masked mean pool -> [B, C]
+               layers fine-tuned on the cached states below them) -> pool (``context_pool``: masked
+               mean, [CLS], or additive attention) -> [B, C]
     affect   : affect-enriched word features [B, W, F]  (GloVe 50d + NRC EmoLex + NRC intensity)
                -> Linear -> rnn mixer (Bi-LSTM) -> attention mixer (self, non-causal, masked)
                -> attention pooling (the paper's word attention; its weights feed --explain) -> [B, D]
@@ -17,6 +18,9 @@ the baselines with the same code: Bi-LSTM + attention over plain GloVe (``word_f
 ridge baseline is :func:`fit_tfidf_ridge`.
 
 Loss: MSE between the predicted and gold distributions (the paper), or ``kl`` (KL(gold || pred)).
+Optimiser: AdamW with two parameter groups, the fine-tuned encoder layers at ``context_lr`` and
+everything else at ``lr``; ``lr_schedule: linear`` warms both up linearly over the first
+``warmup_ratio`` of the training steps and then decays them linearly to 0 (per step).
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ class ContextTop(nn.Module):
         total = len(encoder.encoder.layer)
         if not 1 <= n_layers <= total:
             raise ValueError(f"context_trainable_layers must be in [0, {total}], got {n_layers}")
-        self.layers = nn.ModuleList(encoder.encoder.layer[total - n_layers:])
+        # load_encoder returns eval mode; these layers are trained, so they follow the parent's
+        # train()/eval() from here (the pretrained config's dropout is active while fine-tuning)
+        self.layers = nn.ModuleList(encoder.encoder.layer[total - n_layers:]).train()
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         """``h: [B, L, C]`` states below these layers, ``mask: [B, L]`` -> the encoder's top states ``[B, L, C]``."""
@@ -108,17 +114,32 @@ def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
     return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def cls_pool(states: Tensor, mask: Tensor) -> Tensor:
+    """``[B, L, C]`` -> the first token's state ``[B, C]`` (BERT's [CLS]; the tokenizer puts it first)."""
+    return states[:, 0]
+
+
 class EmotionRegressor(StagedModule):
     """REDAffectiveLM when both branches are on; ``word_dim``/``context_dim``/``n_emotions`` come from the data."""
 
     def __init__(self, rnn: Callable[[int], Mixer] | None = None, attention: Callable[[int], Mixer] | None = None,
                  n_emotions: int = 5, word_dim: int = 64, context_dim: int = 384, d_model: int = 128,
                  fusion_hidden: int = 256, dropout: float = 0.3, context_dropout: float = 0.1,
-                 context_trainable_layers: int = 0, loss: Literal["mse", "kl"] = "mse", lr: float = 1e-3,
-                 context_lr: float = 5e-5, weight_decay: float = 1e-4):
+                 context_trainable_layers: int = 0, context_pool: Literal["mean", "cls", "attention"] = "mean",
+                 loss: Literal["mse", "kl"] = "mse", lr: float = 1e-3, context_lr: float = 5e-5,
+                 weight_decay: float = 1e-4, lr_schedule: Literal["constant", "linear"] = "constant",
+                 warmup_ratio: float = 0.0):
         super().__init__()
         if loss not in ("mse", "kl"):
             raise ValueError(f"EmotionRegressor: loss={loss!r} is unknown; choose 'mse' or 'kl'")
+        if context_pool not in ("mean", "cls", "attention"):
+            raise ValueError(f"EmotionRegressor: context_pool={context_pool!r} is unknown; "
+                             "choose 'mean', 'cls' or 'attention'")
+        if lr_schedule not in ("constant", "linear") or not 0 <= warmup_ratio < 1:
+            raise ValueError(f"EmotionRegressor: need lr_schedule in ('constant', 'linear') and 0 <= warmup_ratio < 1; "
+                             f"got {lr_schedule!r}, {warmup_ratio}")
+        if lr_schedule == "constant" and warmup_ratio > 0:
+            raise ValueError("EmotionRegressor: warmup_ratio > 0 needs lr_schedule: linear (warm-up, then linear decay)")
         if word_dim <= 0 and context_dim <= 0:
             raise ValueError("EmotionRegressor: both branches are off (word_dim = context_dim = 0)")
         if word_dim > 0 and rnn is None:
@@ -131,6 +152,7 @@ class EmotionRegressor(StagedModule):
         self.affect = AffectBranch(word_dim, d_model, rnn, attention, dropout) if word_dim > 0 else None
         self.context_top = ContextTop(context_trainable_layers) if context_dim > 0 and context_trainable_layers > 0 else None
         self.context_dropout = nn.Dropout(context_dropout)
+        self.context_attn = AttentionPool(context_dim) if context_dim > 0 and context_pool == "attention" else None
         fused = (d_model if word_dim > 0 else 0) + max(context_dim, 0)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused, fusion_hidden), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(fusion_hidden, n_emotions))
@@ -146,7 +168,7 @@ class EmotionRegressor(StagedModule):
                                  f"{self.hparams.context_dim}; the checkpoint and the features disagree")
             if self.context_top is not None:
                 ctx = self.context_top(ctx, batch["context_mask"])
-            parts.append(self.context_dropout(masked_mean(ctx, batch["context_mask"])))
+            parts.append(self.context_dropout(self.pool_context(ctx, batch["context_mask"])))
         if self.affect is not None:
             words = batch["words"]
             if words.shape[-1] != self.hparams.word_dim:
@@ -155,6 +177,14 @@ class EmotionRegressor(StagedModule):
             pooled, weights = self.affect(words, batch["word_mask"])
             parts.append(pooled)
         return torch.softmax(self.head(torch.cat(parts, dim=-1)), dim=-1), weights
+
+    def pool_context(self, states: Tensor, mask: Tensor) -> Tensor:
+        """Token states ``[B, L, C]`` and mask ``[B, L]`` -> ``[B, C]`` (``context_pool``)."""
+        if self.hparams.context_pool == "cls":
+            return cls_pool(states, mask)
+        if self.context_attn is not None:
+            return self.context_attn(states, mask)[0]
+        return masked_mean(states, mask)
 
     def loss_fn(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.hparams.loss == "mse":
@@ -215,7 +245,26 @@ class EmotionRegressor(StagedModule):
         groups = [{"params": [p for p in self.parameters() if id(p) not in ids], "lr": h.lr}]
         if top:
             groups.append({"params": top, "lr": h.context_lr})
-        return torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+        if h.lr_schedule == "constant":
+            return optimizer
+        schedule = linear_warmup_decay(int(self.trainer.estimated_stepping_batches), h.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def linear_warmup_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """LR multiplier at a step: 0 -> 1 linearly over ``warmup_ratio * total_steps`` steps, then 1 -> 0 linearly."""
+    if total_steps < 1:
+        raise ValueError(f"linear lr schedule: need at least 1 training step, got {total_steps}")
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
 
 
 # ----------------------------------------------------------- TF-IDF + ridge

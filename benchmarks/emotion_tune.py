@@ -1,0 +1,71 @@
+"""Validation-only tuning runs for the text app (issue 6) -> benchmarks/results/emotion_tuning.md.
+
+    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/emotion_tune.py \
+        --name k6 --config configs/text/redaffectivelm.yaml -- --model.context_lr 5e-5 ...
+
+One seed of one config with CLI overrides; it reports the best-validation-loss checkpoint's
+VALIDATION metrics only (test is never computed here, so no setting is chosen on test).
+Each run appends one row to the tuning table (atomic rewrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, REPO_ROOT, header, markdown_table, write_result  # noqa: E402
+from emotion import build, predictions  # noqa: E402
+
+from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
+from seqmix.apps.text.model import EmotionRegressor  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="LightningCLI overrides, after --")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not os.environ.get("HF_HUB_OFFLINE"):
+        raise SystemExit("run with HF_HUB_OFFLINE=1")
+    with tempfile.TemporaryDirectory() as tmp:
+        model, dm, trainer = build(args.config, args.seed, tmp, str(REPO_ROOT / "runs/text/cache"), args.overrides)
+        dm.setup()
+        t0 = time.perf_counter()
+        trainer.fit(model, dm)
+        seconds = time.perf_counter() - t0
+        ckpt = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
+        best = EmotionRegressor.from_checkpoint_dict(ckpt)
+        gold = dm.targets[dm.split_rows("val")].double().numpy()
+        m = emotion_metrics(predictions(best, dm, "val"), gold)
+    row = {"name": args.name, "config": Path(args.config).name, "seed": args.seed,
+           "overrides": " ".join(args.overrides), "val acc@1": round(m["acc@1"], 3), "val rmse": round(m["rmse"], 4),
+           "val ap_document": round(m["ap_document"], 3), "best epoch": int(ckpt["epoch"]),
+           "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1)}
+    print(json.dumps(row), flush=True)
+    log = RESULTS_DIR / "emotion_tuning.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    rows.append(row)
+    tmp_log = log.with_name(f".{log.name}.tmp")
+    tmp_log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp_log, log)
+    keys = list(row)
+    text = header("Text app: validation-only tuning runs (issue 6)", seeds=sorted({r["seed"] for r in rows}),
+                  notes=["one seed per row; best-validation-loss checkpoint; VALIDATION metrics only (test never "
+                         "computed here)", "torch threads 1; `load` is the 1-min load average at the end of the run"])
+    text += markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows])
+    write_result("emotion_tuning", text)
+
+
+if __name__ == "__main__":
+    main()
