@@ -72,22 +72,28 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
             for source, target in app.links:
                 parser.link_arguments(source, target, apply_on="instantiate")
 
-    return AppCLI(
-        app.model_class,
-        app.datamodule_class,
-        args=list(argv),
-        subclass_mode_model=False,
-        subclass_mode_data=False,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "default_root_dir": f"runs/{app.name}",
-            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                       "init_args": {"save_dir": f"runs/{app.name}"}},
-        },
-        auto_configure_optimizers=False,
-        parser_kwargs={"prog": f"seqmix {app.name}"},
-        run=run,
-    )
+    # the arguments travel in `args`; LightningCLI warns ("not recommended to provide both args and
+    # command line arguments") whenever sys.argv holds any too, as it does under `seqmix <app> ...`
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return AppCLI(
+            app.model_class,
+            app.datamodule_class,
+            args=list(argv),
+            subclass_mode_model=False,
+            subclass_mode_data=False,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "default_root_dir": f"runs/{app.name}",
+                "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                           "init_args": {"save_dir": f"runs/{app.name}"}},
+            },
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": f"seqmix {app.name}"},
+            run=run,
+        )
+    finally:
+        sys.argv = saved_argv
 
 
 def run_lightning(app, argv: Sequence[str]) -> int:

@@ -68,3 +68,21 @@ def test_unknown_mixer_class_path_is_named(tmp_path, capsys):
 def test_unknown_mixer_argument_is_named(capsys):
     err = _cli_error(["recall", "fit", "--config", str(SOFTMAX), "--model.mixer.init_args.n_headz", "2"], capsys)
     assert "n_headz" in err
+
+
+def test_console_call_has_no_lightning_args_warning(monkeypatch, capsys):
+    """Under the console script sys.argv holds the same arguments as LightningCLI's ``args``;
+    Lightning's "not recommended to provide both" warning must not reach the user, and sys.argv
+    must be given back unchanged."""
+    import sys
+    import warnings
+
+    argv = ["recall", "fit", "--config", str(SOFTMAX), "--print_config"]
+    monkeypatch.setattr(sys, "argv", ["seqmix", *argv])
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit) as done:
+        warnings.simplefilter("always")
+        main()
+    assert done.value.code in (0, None)
+    assert "seed_everything" in capsys.readouterr().out  # the config was printed
+    assert not [w for w in caught if "args parameter" in str(w.message)]
+    assert sys.argv == ["seqmix", *argv]
