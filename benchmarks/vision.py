@@ -189,7 +189,8 @@ def render(records: dict[str, dict]) -> str:
                      r["threads"], f"{r['epochs']:.1f}" if trained else "-", f"{r['minutes']:.1f}" if trained else "-",
                      f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
                      r["seed"], r.get("checkpoint", "-")])
-        runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}; {r['data']})")
+        cpus = f"; ran on CPUs {r['cpus']} (affinity)" if "cpus" in r else ""
+        runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}; {r['data']}{cpus})")
     table = markdown_table(["model", "test acc %", "val acc %", "params (M)", "GMACs", "infer img/s",
                             "train img/s", "budget (min)", "threads", "epochs", "train min", "load avg (mean / max)",
                             "seed", "checkpoint"], rows)
@@ -249,6 +250,7 @@ def main() -> None:
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
                   "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
+                  "cpus": sorted(os.sched_getaffinity(0)),  # pinned (taskset) runs have cores of their own
                   "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": "throughput only"}
         if not args.no_train and (args.train_models is None or name in args.train_models):
             record.update(train_and_test(name, MODELS[name], args))
