@@ -5,7 +5,8 @@
 
 One seed of one config with CLI overrides; it reports the best-validation-loss checkpoint's
 VALIDATION metrics only (test is never computed here, so no setting is chosen on test).
-Each run appends one row to the tuning table (atomic rewrite).
+Each run appends one row to the tuning table (atomic rewrite); ``--render`` only rewrites the
+table from the log.
 """
 
 from __future__ import annotations
@@ -28,13 +29,41 @@ from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
 from seqmix.apps.text.model import EmotionRegressor  # noqa: E402
 
 
+LOG = RESULTS_DIR / "emotion_tuning.jsonl"
+
+
+def row_seed(row: dict) -> int:
+    """The seed a row ran with: ``--seed_everything N`` in its overrides wins over ``--seed`` (early rows)."""
+    words = row["overrides"].split()
+    return int(words[words.index("--seed_everything") + 1]) if "--seed_everything" in words else row["seed"]
+
+
+def render(rows: list[dict]) -> None:
+    rows = [{**r, "seed": row_seed(r)} for r in rows]
+    keys = list(rows[0])
+    text = header("Text app: validation-only tuning runs (issue 6)", seeds=sorted({r["seed"] for r in rows}),
+                  notes=["one seed per row; best-validation-loss checkpoint; VALIDATION metrics only (test never "
+                         "computed here)", "torch threads 1; `load` is the 1-min load average at the end of the run",
+                         "the command line above is the last run's (or --render); each row names its overrides"])
+    text += markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows])
+    write_result("emotion_tuning", text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--name")
+    parser.add_argument("--config")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--render", action="store_true", help="only rewrite the table from the log")
     parser.add_argument("overrides", nargs="*", help="LightningCLI overrides, after --")
     args = parser.parse_args()
+    rows = [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.is_file() else []
+    if args.render:
+        if not rows:
+            raise SystemExit(f"--render: no runs logged in {LOG}")
+        return render(rows)
+    if not args.name or not args.config:
+        raise SystemExit("give --name and --config (or --render)")
     torch.set_num_threads(1)
     if not os.environ.get("HF_HUB_OFFLINE"):
         raise SystemExit("run with HF_HUB_OFFLINE=1")
@@ -53,18 +82,11 @@ def main() -> None:
            "val ap_document": round(m["ap_document"], 3), "best epoch": int(ckpt["epoch"]),
            "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1)}
     print(json.dumps(row), flush=True)
-    log = RESULTS_DIR / "emotion_tuning.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     rows.append(row)
-    tmp_log = log.with_name(f".{log.name}.tmp")
+    tmp_log = LOG.with_name(f".{LOG.name}.tmp")
     tmp_log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp_log, log)
-    keys = list(row)
-    text = header("Text app: validation-only tuning runs (issue 6)", seeds=sorted({r["seed"] for r in rows}),
-                  notes=["one seed per row; best-validation-loss checkpoint; VALIDATION metrics only (test never "
-                         "computed here)", "torch threads 1; `load` is the 1-min load average at the end of the run"])
-    text += markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows])
-    write_result("emotion_tuning", text)
+    os.replace(tmp_log, LOG)
+    render(rows)
 
 
 if __name__ == "__main__":
