@@ -180,6 +180,41 @@ def test_bidirectional_rnn_mixer_sees_both_sides():
         build_mixer("gru", 16, n_heads=2, causal=True, bidirectional=True)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "slstm"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_masked_rnn_skips_masked_tokens(cell, bidirectional, assert_rel_close):
+    """With a mask, each row's output at its kept tokens equals the RNN run on those tokens alone
+    (right padding, left padding and a gap alike), outputs and input gradients; masked positions
+    output zeros and get no gradient."""
+    torch.manual_seed(0)
+    mixer = build_mixer(cell, 8, n_heads=2, causal=not bidirectional, bidirectional=bidirectional).double()
+    t = 9
+    mask = torch.ones(3, t, dtype=torch.bool)
+    mask[0, 6:] = False  # right-padded
+    mask[1, :4] = False  # left-padded
+    mask[2, [2, 5]] = False  # gaps
+    x = torch.randn(3, t, 8, dtype=torch.float64, requires_grad=True)
+    y = mixer(x, mask=mask)
+    (y * torch.linspace(-1, 1, t, dtype=torch.float64)[None, :, None]).sum().backward()
+    assert y[~mask].abs().max() == 0 and x.grad[~mask].abs().max() == 0
+    for row in range(3):
+        alone = x[row, mask[row]].detach()[None].requires_grad_()  # [1, kept, 8]
+        y_alone = mixer(alone)
+        weights = torch.linspace(-1, 1, t, dtype=torch.float64)[mask[row]][None, :, None]
+        (y_alone * weights).sum().backward()
+        assert_rel_close(y[row, mask[row]].detach(), y_alone[0].detach(), 1e-12)
+        assert_rel_close(x.grad[row, mask[row]], alone.grad[0], 1e-12)
+
+
+def test_masked_rnn_errors_name_the_problem():
+    mixer = build_mixer("lstm", 8, n_heads=2, causal=True)
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="mask cannot be combined with a carried state"):
+        mixer(x, mask=mask, return_state=True)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor \[batch=2, keys=5\]"):
+        mixer(x, mask=mask[:, :4])
+
+
 def test_stacked_lstm_encoder_carries_states(assert_rel_close):
     """A stacked unidirectional LSTM (a seq2seq encoder) returns per-layer (h, c) states and
     steps token by token to the same outputs."""

@@ -14,7 +14,8 @@ expert features beside it: the "hybrid" features).
 The recurrence and the attention are injected mixer factories (``Callable[[int], Mixer]``),
 so any registered mixer can replace them from the config. Windows are left-padded; padded
 steps are zeroed before every block and the mask goes to every mixer that takes one
-(``supports_mask``); a mixer without one (an RNN) reads the zeros.
+(``supports_mask``: attention masks the padded keys, an RNN skips the padded steps); a mixer
+without one reads the zeros.
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ class HeadwiseRNN(Mixer):
     patterns = frozenset({"causal_self", "noncausal_self"})
     impls = ("naive", "chunk", "triton") if HAS_TRITON_RNN else ("naive", "chunk")
     recurrent = True
+    supports_mask = True  # masked tokens are skipped by the recurrence (``masked_forward``)
     test_configs = ({"n_heads": 2},)  # one config: the T = 4096 generic test runs 4096 steps per config
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
@@ -102,6 +103,11 @@ class HeadwiseRNN(Mixer):
         if self.bidirectional and (state is not None or return_state):
             raise ValueError(f"{type(self).__name__}: a bidirectional RNN carries no state across pieces "
                              "(its backward direction starts at the end); use bidirectional=False")
+        if mask is not None:
+            if state is not None or return_state:
+                raise ValueError(f"{type(self).__name__}: a mask cannot be combined with a carried state; run the "
+                                 "masked sequences without state / return_state")
+            return self.masked_forward(x, mask)
         impl = self.resolve_impl(x)
         h, final = self.directions[0](x, state=state, return_state=return_state, impl=impl)
         if self.bidirectional:
@@ -109,6 +115,29 @@ class HeadwiseRNN(Mixer):
             h = torch.cat((h, h_back.flip(1)), -1)  # [B, T, 2D]
         y = self.out(h)
         return (y, final) if return_state else y
+
+    def masked_forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The recurrence over the kept tokens only (``mask`` True), as if the others were absent:
+        each row's kept tokens are moved to the front in order (so left or right padding, or gaps,
+        never reach the state), the backward direction reverses each row within its length, and
+        the outputs go back to their positions; masked positions output zeros."""
+        b, t, d = x.shape
+        front = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # [B, T] kept positions first
+        back = torch.argsort(front, dim=1)  # [B, T] the inverse permutation
+        lengths = mask.sum(1, keepdim=True)  # [B, 1]
+        steps = torch.arange(t, device=x.device)[None]  # [1, T]
+        kept = steps < lengths  # [B, T] the compacted rows' valid prefix
+        x_c = x.gather(1, front[..., None].expand(b, t, d)) * kept[..., None]  # [B, T, D] right-padded
+        impl = self.resolve_impl(x)
+        h, _ = self.directions[0](x_c, state=None, return_state=False, impl=impl)
+        if self.bidirectional:
+            flip = torch.where(kept, lengths - 1 - steps, steps)  # [B, T] reverses each row's valid prefix
+            h_back, _ = self.directions[1](x_c.gather(1, flip[..., None].expand(b, t, d)), state=None,
+                                           return_state=False, impl=impl)
+            h_back = h_back.gather(1, flip[..., None].expand(b, t, d))  # [B, T, D] back in compacted order
+            h = torch.cat((h, h_back), -1)  # [B, T, 2D]
+        h = h.gather(1, back[..., None].expand(b, t, h.shape[-1])) * mask[..., None]  # [B, T, nD] in place
+        return self.out(h)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
