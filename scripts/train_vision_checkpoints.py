@@ -1,9 +1,10 @@
 """Train the small Fashion-MNIST checkpoints of the vision app (BiFormer-T and MambaOut-Femto, scaled).
 
-    python scripts/train_vision_checkpoints.py [--max-minutes 30]
+    python scripts/train_vision_checkpoints.py [--max-minutes 30] [--threads 1]
 
-One run per model, both at once (1 torch thread each, one per core of a 2-core machine): each is
-``benchmarks/vision.py --models <model> --threads 1 --max-minutes M --save-checkpoints``, which
+One run per model: with ``--threads 1`` both at once (one per core of a 2-core machine), with more
+threads one after the other (each run then has the machine to itself). Each is
+``benchmarks/vision.py --models <model> --threads T --max-minutes M --save-checkpoints``, which
 trains within the budget (the learning-rate schedule ends with it), tests on the 10k test images,
 writes ``checkpoints/vision/<model>.ckpt`` (fp16 weights, hyper-parameters and the data
 description, no optimizer state: <= 5 MB) and its row of ``benchmarks/results/vision.md``.
@@ -26,11 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget of each model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run; 1 runs the models side by side, more one after the other")
     args = parser.parse_args(argv)
-    runs = [subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "vision.py"), "--models", name,
-                              "--threads", "1", "--max-minutes", str(args.max_minutes), "--seed", str(args.seed),
-                              "--save-checkpoints"], cwd=REPO) for name in args.models]
-    failed = [name for name, run in zip(args.models, runs) if run.wait() != 0]
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "vision.py"), "--models", name,
+                                 "--threads", str(args.threads), "--max-minutes", str(args.max_minutes),
+                                 "--seed", str(args.seed), "--save-checkpoints"], cwd=REPO)
+
+    if args.threads == 1:
+        runs = [start(name) for name in args.models]
+        codes = [run.wait() for run in runs]
+    else:
+        codes = [start(name).wait() for name in args.models]
+    failed = [name for name, code in zip(args.models, codes) if code != 0]
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
         return 1
