@@ -3,8 +3,9 @@ the loss / accuracy logging of the classifying apps."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -12,6 +13,25 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 STAGES = ("train", "val", "test")
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, progress: float,
+                  schedule: Literal["constant", "cosine", "linear"], final_ratio: float) -> float:
+    """The learning-rate factor of every app: linear warm-up to 1 over ``warmup_steps``, then
+    constant, or a cosine / linear decay to ``final_ratio`` as ``progress`` (the fraction of the
+    decay done: of the steps after warm-up, or of a time budget) goes from 0 to 1."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    done = min(1.0, max(0.0, progress))
+    shape = 0.5 * (1.0 + math.cos(math.pi * done)) if schedule == "cosine" else 1.0 - done
+    return final_ratio + (1.0 - final_ratio) * shape
+
+
+def step_progress(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Fraction of the decay done at ``step`` when it spans the steps after warm-up."""
+    return (step - warmup_steps) / max(1, total_steps - warmup_steps)
 
 
 def stage_accuracies(num_classes: int) -> nn.ModuleDict:

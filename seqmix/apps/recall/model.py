@@ -13,7 +13,6 @@ the head is applied there only, which saves the ``[B, T, V]`` logits on the CPU.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Literal
 
 import torch
@@ -24,17 +23,7 @@ from seqmix.apps.recall.data import IGNORE_INDEX
 from seqmix.core.blocks import MixerStack
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.core.mixer import Mixer
-from seqmix.apps.module import StagedModule, stage_accuracies
-
-
-def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, final_ratio: float = 0.1) -> float:
-    """Linear warm-up to 1, then constant (``schedule="constant"``) or cosine decay to ``final_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress
 
 
 class RecallLM(StagedModule):
@@ -118,5 +107,6 @@ class RecallLM(StagedModule):
                                  {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.98))
         total = int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_multiplier(step, warmup_steps=h.warmup_steps, total_steps=total, schedule=h.schedule))
+            opt, lambda step: lr_multiplier(step, warmup_steps=h.warmup_steps, schedule=h.schedule, final_ratio=0.1,
+                                         progress=step_progress(step, h.warmup_steps, total)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

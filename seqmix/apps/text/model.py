@@ -36,7 +36,7 @@ from seqmix.apps.text.embeddings import additive_mask, load_encoder
 from seqmix.apps.text.metrics import emotion_metrics
 from seqmix.core.blocks import make_norm
 from seqmix.core.mixer import Mixer
-from seqmix.apps.module import StagedModule
+from seqmix.apps.module import StagedModule, lr_multiplier, step_progress
 
 
 class AttentionPool(nn.Module):
@@ -258,13 +258,8 @@ def linear_warmup_decay(total_steps: int, warmup_ratio: float) -> Callable[[int]
     if total_steps < 1:
         raise ValueError(f"linear lr schedule: need at least 1 training step, got {total_steps}")
     warmup = int(round(warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
+    return lambda step: lr_multiplier(step, warmup_steps=warmup, progress=step_progress(step, warmup, total_steps),
+                                      schedule="linear", final_ratio=0.0)
 
 
 # ----------------------------------------------------------- TF-IDF + ridge

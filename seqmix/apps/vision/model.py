@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.apps.module import StagedModule, stage_accuracies
+from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress
 
 
 class ImageClassifier(StagedModule):
@@ -58,7 +58,7 @@ class ImageClassifier(StagedModule):
     def schedule_progress(self, step: int, warmup: int, total: int) -> float:
         """Fraction of the cosine done: of the steps after warm-up, or of ``budget_minutes`` of training."""
         if self.hparams.budget_minutes is None:
-            return (step - warmup) / max(1, total - warmup)
+            return step_progress(step, warmup, total)
         elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
         return elapsed / (60 * self.hparams.budget_minutes)
 
@@ -82,10 +82,8 @@ class ImageClassifier(StagedModule):
             total, warmup = 0, self.hparams.warmup_steps  # the time budget decides the length
 
         def multiplier(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, self.schedule_progress(step, warmup, total))
-            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+            return lr_multiplier(step, warmup_steps=warmup, progress=self.schedule_progress(step, warmup, total),
+                                 schedule="cosine", final_ratio=0.01)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -211,7 +211,7 @@ class BiLevelRoutingAttention(Mixer):
             keep = valid.reshape(1, 1, 1, r * n)  # [1, 1, 1, T'] key mask (padding)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, h, T', K]
             return merge_heads(o).reshape(b, r, n, d)  # [B, T', D] -> [B, R, n, D]
-        # rows of the [B*R, n, D] region table: index_select (backward: index_add) is ~2x faster on the
+        # rows of the [B*R, n, D] region table: index_select (backward: index_add) is faster on the
         # CPU than gather with an expanded [B, R*topk, n, D] index (backward: scatter_add)
         rows = (index + torch.arange(b, device=index.device)[:, None, None] * r).reshape(-1)  # [B*R*topk]
         k_g, v_g = (z.reshape(b * r, n, d).index_select(0, rows).reshape(b, r, topk * n, d)

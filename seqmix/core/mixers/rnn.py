@@ -127,7 +127,7 @@ class HeadwiseRNN(Mixer):
         lengths = mask.sum(1, keepdim=True)  # [B, 1]
         steps = torch.arange(t, device=x.device)[None]  # [1, T]
         kept = steps < lengths  # [B, T] the compacted rows' valid prefix
-        x_c = x.gather(1, front[..., None].expand(b, t, d)) * kept[..., None]  # [B, T, D] right-padded
+        x_c = x.gather(1, front[..., None].expand(b, t, d))  # [B, T, D] kept tokens first; the rest is masked out below
         impl = self.resolve_impl(x)
         h, _ = self.directions[0](x_c, state=None, return_state=False, impl=impl)
         if self.bidirectional:
