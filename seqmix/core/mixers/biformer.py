@@ -180,16 +180,6 @@ class BiLevelRoutingAttention(Mixer):
         image = v.reshape(b, *self.spatial_shape, d)  # [B, T, D] -> [B, H, W, D]
         return depthwise_conv(image, self.lce_weight, self.lce_bias, causal=False, impl=impl).reshape(b, t, d)
 
-    def heads(self, x: Tensor) -> Tensor:
-        """``[B, R, n, D] -> [B, R, heads, n, K]``."""
-        b, r, n, _ = x.shape
-        return split_heads(x.reshape(b * r, n, -1), self.n_heads).reshape(b, r, self.n_heads, n, -1)
-
-    def unheads(self, x: Tensor) -> Tensor:
-        """``[B, R, heads, n, K] -> [B, R, n, D]``."""
-        b, r, h, n, kd = x.shape
-        return merge_heads(x.reshape(b * r, h, n, kd)).reshape(b, r, n, h * kd)
-
     def attend_naive(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, index: Tensor) -> Tensor:
         """Dense reference: every query over all tokens, masked to its region's routed regions."""
         b, r, n, d = q.shape
@@ -214,13 +204,14 @@ class BiLevelRoutingAttention(Mixer):
         # rows of the [B*R, n, D] region table: index_select (backward: index_add) is faster on the
         # CPU than gather with an expanded [B, R*topk, n, D] index (backward: scatter_add)
         rows = (index + torch.arange(b, device=index.device)[:, None, None] * r).reshape(-1)  # [B*R*topk]
-        k_g, v_g = (z.reshape(b * r, n, d).index_select(0, rows).reshape(b, r, topk * n, d)
-                    for z in (k, v))  # [B*R, n, D] -> [B*R*topk, n, D] -> [B, R, topk*n, D]
-        keep = valid[index].reshape(b, r, 1, 1, topk * n)  # [R, n][B, R, topk] -> [B, R, 1, 1, topk*n]
-        qh, kh, vh = self.heads(q), self.heads(k_g), self.heads(v_g)  # [B, R, h, n | topk*n, K]
-        scores = (qh * self.scale) @ kh.transpose(-1, -2)  # [B, R, h, n, topk*n]
-        o = scores.masked_fill(~keep, float("-inf")).softmax(-1) @ vh  # [B, R, h, n, K]
-        return self.unheads(o)
+        k_g, v_g = (z.reshape(b * r, n, d).index_select(0, rows).reshape(b * r, topk * n, d)
+                    for z in (k, v))  # [B*R, n, D] -> [B*R*topk, n, D] -> [B*R, topk*n, D]
+        qh = split_heads(q.reshape(b * r, n, d), self.n_heads)  # [B*R, h, n, K]
+        kh, vh = split_heads(k_g, self.n_heads), split_heads(v_g, self.n_heads)  # [B*R, h, topk*n, K]
+        # one fused kernel for the many tiny region-to-regions attentions; the key mask only with padding
+        keep = None if bool(valid.all()) else valid[index].reshape(b * r, 1, 1, topk * n)  # [B*R, 1, 1, topk*n]
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=keep)  # [B*R, h, n, K]
+        return merge_heads(o).reshape(b, r, n, d)  # [B*R, n, D] -> [B, R, n, D]
 
     def routed_regions(self, x: Tensor) -> Tensor:
         """The routing ``[B, R, topk]`` for ``x: [B, T, D]`` (for pictures of the routing)."""
