@@ -112,13 +112,15 @@ def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: in
         if trainable:
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             epochs = cli.trainer.current_epoch
+            best_val = cli.trainer.checkpoint_callback.best_model_score  # the checkpoint the test reads
         else:
-            epochs = 0
+            epochs, best_val = 0, None
         result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if trainable else None,
                                   verbose=False)[0]
         cpu, wall = time.process_time() - cpu0, time.time() - wall0
     return {"model": model, "dataset": dataset, "seq_len": seq_len, "label_len": label_len, "pred_len": pred_len,
             "seed": seed, "max_epochs": max_epochs, "epochs_run": epochs, "limit_train_batches": limit_train_batches,
+            "val_mse_best": None if best_val is None else float(best_val),
             "test_mse": result["test/mse"], "test_mae": result["test/mae"],
             "test_mse_orig": result["test/mse_orig"], "test_mae_orig": result["test/mae_orig"],
             "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "threads": torch.get_num_threads(),
