@@ -24,6 +24,7 @@ from seqmix.apps.forecasting.model import (
     ForecastShape,
     Informer,
     LastValue,
+    TrainingMean,
     RevIN,
     Transformer,
 )
@@ -203,6 +204,7 @@ def test_ms_and_baseline_shapes():
     assert DLinear(SHAPE, individual=True).forward(*batch(SHAPE)).shape == (2, 8, 5)
     last = LastValue(ms).forward(x, xm, ym)
     assert torch.equal(last, x[:, -1:, -1:].expand(-1, 8, -1))
+    assert torch.equal(TrainingMean(ms).forward(x, xm, ym), torch.zeros(2, 8, 1))
 
 
 def test_distilling_halves_the_length():

@@ -16,6 +16,7 @@ Blocks -> models, top to bottom:
 - :class:`Transformer` — the vanilla encoder-decoder Transformer (no distilling).
 - :class:`DLinear` — moving-average decomposition + one linear map per component over time.
 - :class:`LastValue` — repeats the last observed value (no parameters).
+- :class:`TrainingMean` — the training mean of each variable, zero on the scaled data (no parameters).
 - :class:`RevIN` — reversible instance normalisation, a flag of :class:`Forecaster`.
 - :class:`Forecaster` — the LightningModule: one shared step, MSE loss, metrics scaled and
   in original units, Informer's per-epoch learning-rate halving.
@@ -235,6 +236,18 @@ class LastValue(nn.Module):
         return x[:, -1:, -self.shape.n_out:].expand(-1, self.shape.pred_len, -1)  # [B, pred_len, n_out]
 
 
+class TrainingMean(nn.Module):
+    """Forecasts each variable's training mean: zero on the standardised data (the scaler is fitted on
+    the training rows). The floor a forecaster must clear on the scaled MSE."""
+
+    def __init__(self, shape: ForecastShape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: Tensor, x_mark: Tensor, y_mark: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0], self.shape.pred_len, self.shape.n_out)  # [B, pred_len, n_out]
+
+
 class RevIN(nn.Module):
     """Reversible instance normalisation (Kim et al., ICLR 2022) over time, per variable."""
 
@@ -331,7 +344,7 @@ class Forecaster(StagedModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        if not params:  # LastValue: nothing to train
+        if not params:  # LastValue, TrainingMean: nothing to train
             return None
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.lr_decay)
