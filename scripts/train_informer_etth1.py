@@ -1,6 +1,6 @@
 """Train the small pretrained ETTh1 Informer used in the docs' predict example.
 
-    python scripts/train_informer_etth1.py [--max-epochs 3] [--limit-train-batches 1.0]
+    python scripts/train_informer_etth1.py [--max-epochs N] [--limit-train-batches 1.0] [--threads T]
 
 Fits ``configs/forecasting/informer_etth1.yaml`` (seed 0, early stopping on val/mse), tests the
 best checkpoint, and writes it to ``checkpoints/forecasting/informer_etth1.ckpt`` without the
@@ -26,10 +26,12 @@ KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_para
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-epochs", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=None, help="default: the config's trainer.max_epochs")
     parser.add_argument("--limit-train-batches", type=float, default=1.0, help="fraction of each training epoch")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("SEQMIX_DATA", str(REPO.parent / "shared" / "data"))
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="seqmix_informer_") as tmp:
         cli = app_cli(APP, ["--config", str(REPO / "configs/forecasting/informer_etth1.yaml"),
-                            "--trainer.max_epochs", str(args.max_epochs),
+                            *(["--trainer.max_epochs", str(args.max_epochs)] if args.max_epochs is not None else []),
                             "--trainer.limit_train_batches", str(args.limit_train_batches),
                             "--trainer.default_root_dir", tmp,
                             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"], run=False)
