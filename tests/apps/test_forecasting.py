@@ -133,6 +133,23 @@ def test_missing_dates_error_or_interpolate(tmp_path):
     assert min(ot[9], ot[12]) <= ot[10] <= max(ot[9], ot[12])
 
 
+def test_repeated_dates_error_or_keep_first(tmp_path):
+    path = write_csv(tmp_path / "dup.csv")
+    df = pd.read_csv(path)
+    df = pd.concat([df.iloc[:11], df.iloc[10:11].assign(a=99.0), df.iloc[11:]])  # row 10's date twice
+    df.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="1 repeated dates.*--data.duplicates first"):
+        ForecastDataModule(str(path), seq_len=24, label_len=12, pred_len=8).frame
+    dm = ForecastDataModule(str(path), seq_len=24, label_len=12, pred_len=8, duplicates="first")
+    with pytest.warns(UserWarning, match="dropped 1 repeated dates"):
+        frame = dm.frame
+    assert len(frame) == 400 and frame["date"].is_monotonic_increasing and 99.0 not in frame["a"].to_numpy()
+    unsorted = write_csv(tmp_path / "unsorted.csv")
+    pd.read_csv(unsorted).iloc[::-1].to_csv(unsorted, index=False)
+    with pytest.raises(ValueError, match="unsorted dates"):
+        ForecastDataModule(str(unsorted), seq_len=24, label_len=12, pred_len=8).frame
+
+
 def test_nan_values_error(tmp_path):
     values = np.ones(400)
     values[5] = np.nan

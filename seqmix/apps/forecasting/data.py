@@ -122,11 +122,14 @@ def infer_freq(dates: pd.Series) -> pd.Timedelta:
     return steps.mode().iloc[0]
 
 
-def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "interpolate"]) -> pd.DataFrame:
+def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "interpolate"],
+                duplicates: Literal["error", "first"] = "error") -> pd.DataFrame:
     """Check a raw frame: a parseable, increasing ``date`` column, numeric variables, gaps and NaNs.
 
     ``missing="error"`` (default) raises on missing dates or NaN values; ``"interpolate"``
     re-indexes to the regular frequency, fills linearly in time and warns how many values it filled.
+    ``duplicates="error"`` (default) raises on a repeated date; ``"first"`` keeps the first row of
+    each date and warns (the TSLib ``weather.csv`` repeats 2020-05-12 06:00).
     """
     if "date" not in df.columns:
         raise ValueError(f"{source}: no 'date' column; the columns are {list(df.columns)} "
@@ -143,8 +146,16 @@ def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "int
     non_numeric = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
     if non_numeric:
         raise ValueError(f"{source}: non-numeric columns {non_numeric}; drop them or encode them as numbers")
-    if not dates.is_monotonic_increasing or dates.duplicated().any():
-        raise ValueError(f"{source}: dates must be strictly increasing (found unsorted or duplicate dates)")
+    repeated = dates.duplicated()
+    if repeated.any():
+        what = f"{int(repeated.sum())} repeated dates (first {dates[repeated].iloc[0]})"
+        if duplicates == "error":
+            raise ValueError(f"{source}: {what}; fix the file or pass --data.duplicates first to keep the "
+                             "first row of each date")
+        values, dates = values[~repeated.to_numpy()], dates[~repeated]
+        warnings.warn(f"{source}: dropped {what}, keeping the first row of each", stacklevel=2)
+    if not dates.is_monotonic_increasing:
+        raise ValueError(f"{source}: dates must be increasing (found unsorted dates); sort the file by date")
     frame = values.astype(np.float64).set_index(pd.DatetimeIndex(dates, name="date"))
     freq = infer_freq(frame.index.to_series())
     full = pd.date_range(frame.index[0], frame.index[-1], freq=freq)
@@ -242,7 +253,7 @@ class ForecastDataModule(pl.LightningDataModule):
                  features: Literal["M", "S", "MS"] = "M", target: str | None = None,
                  seq_len: int = 96, label_len: int = 48, pred_len: int = 96, batch_size: int = 32,
                  num_workers: int = 0, missing: Literal["error", "interpolate"] = "error",
-                 allow_download: bool = False):
+                 duplicates: Literal["error", "first"] = "error", allow_download: bool = False):
         super().__init__()
         self.save_hyperparameters()  # predict rebuilds the columns / lengths from the checkpoint
         if features not in ("M", "S", "MS"):
@@ -255,7 +266,7 @@ class ForecastDataModule(pl.LightningDataModule):
         self.dataset, self.data_dir, self.features = dataset, data_dir, features
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.missing, self.allow_download = missing, allow_download
+        self.missing, self.duplicates, self.allow_download = missing, duplicates, allow_download
         self._target = target
         self.splits: dict[str, WindowDataset] = {}
 
@@ -272,7 +283,7 @@ class ForecastDataModule(pl.LightningDataModule):
         else:
             path = resolve_csv(self.dataset, self.data_dir, allow_download=self.allow_download)
             raw, source = read_csv(path), str(path)
-        df = clean_frame(raw, source=source, missing=self.missing)
+        df = clean_frame(raw, source=source, missing=self.missing, duplicates=self.duplicates)
         variables = [c for c in df.columns if c != "date"]
         if self.target not in variables:
             raise ValueError(f"{source}: target column {self.target!r} is not in the file; "

@@ -108,12 +108,14 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--png", default=None, help="plot (default: --out with .png)")
     parser.add_argument("--missing", choices=("error", "interpolate"), default="error",
                         help="what to do with missing dates / NaNs in the CSV")
+    parser.add_argument("--duplicates", choices=("error", "first"), default="error",
+                        help="what to do with repeated dates in the CSV (first: keep the first row of each)")
     args = parser.parse_args(argv)
     model, info = load_forecaster(args.ckpt)
     csv = Path(args.csv)
     if not csv.is_file():
         raise FileNotFoundError(f"--csv {csv} does not exist")
-    frame = clean_frame(read_csv(csv), source=str(csv), missing=args.missing)
+    frame = clean_frame(read_csv(csv), source=str(csv), missing=args.missing, duplicates=args.duplicates)
     history, forecast = forecast_frame(model, info, frame, args.origin)
     out = Path(args.out) if args.out else csv.with_name(f"{csv.stem}_forecast.csv")
     png = Path(args.png) if args.png else out.with_suffix(".png")
