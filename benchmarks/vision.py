@@ -71,10 +71,17 @@ MODELS = {
     "timm mambaout_femto (paper config)": timm_mambaout_femto,
 }
 CHECKPOINTS = {"BiFormer-T (scaled)": "biformer_tiny_28", "MambaOut-Femto (scaled)": "mambaout_femto_28"}
-# peak learning rate of each model's recipe (= its configs/vision/*.yaml), chosen on the validation split;
-# BiFormer: 1e-3 over 5e-4 and 2e-3 in 10-minute runs
-RECIPE_LR = {"BiFormer-T (scaled)": 1e-3}
-DEFAULT_LR = 2e-3
+DEFAULT_LR = 2e-3  # the peak learning rate of models without a config of their own
+
+
+def recipe_lr(name: str) -> float:
+    """The peak learning rate of a model's recipe: ``model.lr`` of its ``configs/vision/<checkpoint>.yaml``
+    (chosen on the validation split), so the benchmark and ``seqmix vision fit`` train alike."""
+    if name not in CHECKPOINTS:
+        return DEFAULT_LR
+    import yaml
+
+    return float(yaml.safe_load((REPO / "configs" / "vision" / f"{CHECKPOINTS[name]}.yaml").read_text())["model"]["lr"])
 
 
 def gmacs(model: nn.Module, x: torch.Tensor) -> float:
@@ -132,7 +139,7 @@ def train_and_test(name: str, factory, args) -> dict:
     from seqmix.apps.vision.export import save_small_checkpoint
     from seqmix.apps.vision.model import ImageClassifier
 
-    lr = args.lr if args.lr is not None else RECIPE_LR.get(name, DEFAULT_LR)
+    lr = args.lr if args.lr is not None else recipe_lr(name)
     pl.seed_everything(args.seed, verbose=False)
     data = ImageDataModule(dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
                            train_limit=args.train_limit, seed=args.seed,
@@ -222,7 +229,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images only")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None,
-                        help=f"peak learning rate (default: the model's recipe, {DEFAULT_LR} unless {RECIPE_LR})")
+                        help=f"peak learning rate (default: model.lr of the model's configs/vision/*.yaml, else {DEFAULT_LR})")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
