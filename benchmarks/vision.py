@@ -120,21 +120,43 @@ def images_per_second(model: nn.Module, batch: int, train: bool, repeats: int, m
     return best
 
 
-class LoadSampler(pl.Callback):
-    """The 1-minute load average, sampled about once a minute during training (others' jobs slow us)."""
+class LoadMonitor:
+    """The 1-minute load average, sampled about once a minute by a background thread of this process
+    while training runs (in this process or in data-parallel workers): others' jobs slow us."""
 
     def __init__(self, every_s: float = 60.0):
-        self.every_s, self.samples, self.last = every_s, [], -float("inf")
+        import threading
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if time.perf_counter() - self.last >= self.every_s:
-            self.last = time.perf_counter()
+        self.every_s, self.samples, self.stop = every_s, [], threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while True:
             self.samples.append(os.getloadavg()[0])
+            if self.stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> "LoadMonitor":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class StepCount(pl.Callback):
+    """Puts the optimizer steps into ``callback_metrics`` (``fit/steps``) when training ends: the one
+    channel by which a data-parallel (spawned) fit reports back to this process."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.callback_metrics["fit/steps"] = torch.tensor(float(trainer.global_step))
 
 
 def train_and_test(name: str, factory, args) -> dict:
-    """Train within ``--max-minutes`` through the app's classes; validation and test accuracy,
-    training minutes, epochs (images seen / training images), load; optionally the checkpoint."""
+    """Train within ``--max-minutes`` through the app's classes (``--ranks`` data-parallel processes,
+    ``--batch-size`` images each per step); validation and test accuracy in this process, training
+    minutes, epochs (images seen / training images), load; optionally the checkpoint."""
     from seqmix.apps.vision.data import ImageDataModule
     from seqmix.apps.vision.export import save_small_checkpoint
     from seqmix.apps.vision.model import ImageClassifier
@@ -147,31 +169,37 @@ def train_and_test(name: str, factory, args) -> dict:
     model = ImageClassifier(factory, in_chans=1, n_classes=10, img_size=28, lr=lr, warmup_steps=args.warmup,
                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                             budget_minutes=args.max_minutes)
-    load = LoadSampler()
-    trainer = pl.Trainer(max_epochs=-1, max_time={"seconds": args.max_minutes * 60}, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=[load], num_sanity_val_steps=0,
-                         limit_test_batches=1.0 if args.test_limit is None
-                         else max(1, args.test_limit // args.batch_size))
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    if args.ranks > 1:  # the spawned workers read their torch threads from the environment
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    trainer = pl.Trainer(accelerator="cpu", devices=args.ranks, strategy="ddp_spawn" if args.ranks > 1 else "auto",
+                         max_epochs=-1, max_time={"seconds": args.max_minutes * 60}, enable_checkpointing=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[StepCount()], **quiet)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
+    with LoadMonitor() as load:
+        trainer.fit(model, datamodule=data)
     minutes = (time.perf_counter() - start) / 60
-    trainer.limit_val_batches = 1.0  # validation only after the budget (the split any choice was made on)
-    val = trainer.validate(model, datamodule=data, verbose=False)[0]["val/acc"]
-    test = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
-    epochs = trainer.global_step * args.batch_size / len(data.train_set)
+    # validation (the split any choice was made on) and test after the budget, in this process
+    test_batches = 1.0 if args.test_limit is None else max(1, args.test_limit // args.batch_size)
+    evaluator = pl.Trainer(accelerator="cpu", devices=1, limit_test_batches=test_batches, **quiet)
+    val = evaluator.validate(model, datamodule=data, verbose=False)[0]["val/acc"]
+    test = evaluator.test(model, datamodule=data, verbose=False)[0]["test/acc"]
+    steps = int(trainer.callback_metrics["fit/steps"])
+    epochs = steps * args.batch_size * args.ranks / len(data.train_set)
     n_test = len(data.test_set) if args.test_limit is None else \
-        min(len(data.test_set), max(1, args.test_limit // args.batch_size) * args.batch_size)
-    out = {"test_acc": test, "val_acc": val, "minutes": minutes, "epochs": epochs, "steps": trainer.global_step,
+        min(len(data.test_set), test_batches * args.batch_size)
+    per_step = f"{args.ranks} processes x {args.batch_size}" if args.ranks > 1 else f"{args.batch_size}"
+    out = {"test_acc": test, "val_acc": val, "minutes": minutes, "epochs": epochs, "steps": steps,
+           "ranks": args.ranks,
            "load_mean": sum(load.samples) / max(1, len(load.samples)), "load_max": max(load.samples, default=0.0),
            "data": f"{args.dataset}: {len(data.train_set)} training, {len(data.val_set)} validation, {n_test} test "
-                   f"images; batch {args.batch_size}, AdamW lr {lr} wd {args.weight_decay}, {args.warmup} "
+                   f"images; batch {per_step}, AdamW lr {lr} wd {args.weight_decay}, {args.warmup} "
                    f"warm-up steps, label smoothing {args.label_smoothing}"}
     if args.save_checkpoints:
         if name not in CHECKPOINTS:
             raise SystemExit(f"--save-checkpoints: {name!r} has no shipped checkpoint; only {list(CHECKPOINTS)}")
         path = REPO / "checkpoints" / "vision" / f"{CHECKPOINTS[name]}.ckpt"
-        size = save_small_checkpoint(trainer, path)
+        size = save_small_checkpoint(evaluator, path)
         out["checkpoint"] = f"{path.relative_to(REPO)} ({size / 1e6:.2f} MB)"
     print(f"{name}: test acc {test:.4f} (val {val:.4f}) after {minutes:.1f} min, {epochs:.1f} epochs", flush=True)
     return out
@@ -188,6 +216,12 @@ def merge_records(new: dict[str, dict]) -> dict[str, dict]:
         return records
 
 
+def threads(row: dict) -> str:
+    """``2`` (one process, 2 torch threads) or ``2 x 1`` (two data-parallel processes of 1 thread)."""
+    ranks = row.get("ranks", 1)
+    return f"{ranks} x {row['threads']}" if ranks > 1 else str(row["threads"])
+
+
 def render(records: dict[str, dict]) -> str:
     """The results table over every stored row, in MODELS order, and each row's provenance."""
     names = [n for n in MODELS if n in records] + [n for n in records if n not in MODELS]
@@ -198,7 +232,7 @@ def render(records: dict[str, dict]) -> str:
         rows.append([name, f"{100 * r['test_acc']:.2f}" if trained else "-",
                      f"{100 * r['val_acc']:.2f}" if trained else "-", f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.4f}",
                      f"{r['infer']:.0f}", f"{r['train']:.0f}", f"{r['budget_minutes']:g}" if trained else "-",
-                     r["threads"], f"{r['epochs']:.1f}" if trained else "-", f"{r['minutes']:.1f}" if trained else "-",
+                     threads(r), f"{r['epochs']:.1f}" if trained else "-", f"{r['minutes']:.1f}" if trained else "-",
                      f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
                      r["seed"], r.get("checkpoint", "-")])
         cpus = f"; ran on CPUs {r['cpus']} (affinity)" if "cpus" in r else ""
@@ -209,8 +243,10 @@ def render(records: dict[str, dict]) -> str:
     notes = [f"training: AdamW, linear warm-up then cosine to 1% ending when the time budget ends, label smoothing, "
              "random crop (pad 2) + horizontal flip, 55k training images (5k held out for validation); the test "
              "accuracy is on the official 10k test images unless the row's data says otherwise",
-             "epochs: images seen / training images; budget: wall-clock training minutes, the process's torch "
-             "threads given in the row; load avg: the 1-minute load average sampled each minute of training (mean / "
+             "epochs: images seen / training images; budget: wall-clock training minutes (train min: from the "
+             "start of fit, including the start of data-parallel processes); threads: the process's torch threads, "
+             "or processes x threads for data-parallel (DDP) training, whose throughput columns are one process at "
+             "the row's threads; load avg: the 1-minute load average sampled each minute of training (mean / "
              "max; untrained rows: when measured) — the machine has 2 cores, other jobs slow the throughput",
              "throughput: 1x28x28 images, batch `--throughput-batch` (64 unless the row's command says otherwise), "
              "best of `--repeats` timed runs of >= 1 s (3 unless the row's command says otherwise), measured at the "
@@ -236,7 +272,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "digits"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (of each process with --ranks)")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="data-parallel training processes (Lightning DDP over the CPU cores, --threads each; "
+                             "--batch-size is per process): on 2 cores, 2 x 1 thread trains faster than 1 x 2")
     parser.add_argument("--throughput-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images only (short runs)")

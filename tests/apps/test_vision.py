@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import timm
 import torch
 
@@ -244,3 +245,27 @@ def test_small_checkpoint_too_big_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="would be .* MB > 0.01 MB; use a smaller model"):
         save_small_checkpoint(trainer, tmp_path / "big.ckpt", max_bytes=10_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.ckpt"]  # nothing half-written left
+
+
+class SameLearningRateOnEveryRank(pl.Callback):
+    """Asserts at every step that the data-parallel ranks use one learning rate and hold the same weights."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        lr = torch.tensor([trainer.optimizers[0].param_groups[0]["lr"]], dtype=torch.float64)
+        weights = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        lrs, all_weights = trainer.strategy.all_gather(lr), trainer.strategy.all_gather(weights)
+        assert lrs.shape[0] == 2 and lrs.min() == lrs.max(), lrs  # the time-based cosine: rank 0's clock
+        assert torch.equal(all_weights[0], all_weights[1])
+
+
+def test_data_parallel_ranks_follow_one_time_based_schedule():
+    from seqmix.apps.vision.model import ImageClassifier
+    from seqmix.apps.vision.vit import ViT
+
+    data = ImageDataModule(dataset="digits", val_size=64, batch_size=16)
+    model = ImageClassifier(partial(ViT, depth=1, d_model=32), warmup_steps=2, budget_minutes=0.05)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=6, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, callbacks=[SameLearningRateOnEveryRank()])
+    trainer.fit(model, datamodule=data)
+    assert trainer.state.finished

@@ -10,7 +10,8 @@ and the three sizes come from the datamodule (``link_arguments``), never typed t
 AdamW, linear warm-up then cosine decay, label smoothing; logs ``{stage}/loss``, ``{stage}/acc``.
 The cosine runs over the trainer's steps (``max_epochs``), or, with ``budget_minutes``, over the
 training wall-clock time: a run stopped by a time budget (``trainer.max_time``) then ends its
-schedule when the budget ends instead of at an epoch count it never reaches.
+schedule when the budget ends instead of at an epoch count it never reaches. Data-parallel runs
+(``--trainer.strategy ddp --trainer.devices 2`` on the CPU cores) follow rank 0's clock.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class ImageClassifier(StagedModule):
         if self.hparams.budget_minutes is None:
             return step_progress(step, warmup, total)
         elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
+        if self._trainer is not None and self.trainer.world_size > 1:
+            elapsed = self.trainer.strategy.broadcast(elapsed)  # rank 0's clock: every rank steps the same lr
         return elapsed / (60 * self.hparams.budget_minutes)
 
     def predict_step(self, batch, batch_idx) -> Tensor:
