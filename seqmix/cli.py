@@ -72,28 +72,32 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
             for source, target in app.links:
                 parser.link_arguments(source, target, apply_on="instantiate")
 
-    # the arguments travel in `args`; LightningCLI warns ("not recommended to provide both args and
-    # command line arguments") whenever sys.argv holds any too, as it does under `seqmix <app> ...`
-    saved_argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        return AppCLI(
-            app.model_class,
-            app.datamodule_class,
-            args=list(argv),
-            subclass_mode_model=False,
-            subclass_mode_data=False,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={
-                "default_root_dir": f"runs/{app.name}",
-                "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                           "init_args": {"save_dir": f"runs/{app.name}"}},
-            },
-            auto_configure_optimizers=False,
-            parser_kwargs={"prog": f"seqmix {app.name}"},
-            run=run,
-        )
-    finally:
-        sys.argv = saved_argv
+        def parse_arguments(self, parser, args):
+            # the arguments travel in `args`; LightningCLI warns ("not recommended to provide both args and
+            # command line arguments") whenever sys.argv holds any too, as it does under `seqmix <app> ...`.
+            # sys.argv is hidden for the parse only: DDP (`--trainer.strategy ddp`) relaunches it per rank
+            saved_argv, sys.argv = sys.argv, sys.argv[:1]
+            try:
+                super().parse_arguments(parser, args)
+            finally:
+                sys.argv = saved_argv
+
+    return AppCLI(
+        app.model_class,
+        app.datamodule_class,
+        args=list(argv),
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "default_root_dir": f"runs/{app.name}",
+            "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
+                       "init_args": {"save_dir": f"runs/{app.name}"}},
+        },
+        auto_configure_optimizers=False,
+        parser_kwargs={"prog": f"seqmix {app.name}"},
+        run=run,
+    )
 
 
 def run_lightning(app, argv: Sequence[str]) -> int:

@@ -86,3 +86,21 @@ def test_console_call_has_no_lightning_args_warning(monkeypatch, capsys):
     assert "seed_everything" in capsys.readouterr().out  # the config was printed
     assert not [w for w in caught if "args parameter" in str(w.message)]
     assert sys.argv == ["seqmix", *argv]
+
+
+def test_ddp_relaunches_the_seqmix_command(tmp_path):
+    """``--trainer.strategy ddp`` relaunches the command line once per extra rank: sys.argv must
+    hold the whole ``seqmix <app> fit ...`` command while the trainer runs (2 CPU processes; without
+    it rank 1 parses nothing, exits, and rank 0 waits for it until the timeout)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "seqmix.cli", "recall", "fit", "--config", str(SOFTMAX), "--trainer.max_steps", "2",
+           "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+           "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.init_args.dirpath", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
+    assert "`max_steps=2` reached" in log

@@ -66,7 +66,9 @@ class StagedModule(pl.LightningModule):
         acc = self.acc[f"{stage}_acc"]
         acc(logits.argmax(-1), targets)
         on_step, n = stage == "train", len(targets)
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=n)
+        # epoch means are averaged over data-parallel ranks (the accuracy, a torchmetrics Metric, syncs itself)
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=n,
+                 sync_dist=not on_step)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n)
 
 
