@@ -1,10 +1,11 @@
 """Train the small Fashion-MNIST checkpoints of the vision app (BiFormer-T and MambaOut-Femto, scaled).
 
-    python scripts/train_vision_checkpoints.py [--max-minutes 30] [--threads 1]
+    python scripts/train_vision_checkpoints.py [--max-minutes 30] [--threads 1] [--ranks 1] [--lr LR]
 
-One run per model: with ``--threads 1`` both at once (one per core of a 2-core machine), with more
-threads one after the other (each run then has the machine to itself). Each is
-``benchmarks/vision.py --models <model> --threads T --max-minutes M --save-checkpoints``, which
+One run per model: with one thread in one process both at once (one per core of a 2-core
+machine), otherwise one after the other (each run then has the machine to itself; ``--ranks 2
+--threads 1`` trains data-parallel, one process per core). Each is ``benchmarks/vision.py --models
+<model> --threads T --ranks R --max-minutes M --save-checkpoints``, which
 trains within the budget (the learning-rate schedule ends with it), tests on the 10k test images,
 writes ``checkpoints/vision/<model>.ckpt`` (fp16 weights, hyper-parameters and the data
 description, no optimizer state: <= 5 MB) and its row of ``benchmarks/results/vision.md``.
@@ -28,17 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget of each model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per run; 1 runs the models side by side, more one after the other")
+                        help="torch threads per process; 1 (and --ranks 1) runs the models side by side")
+    parser.add_argument("--ranks", type=int, default=1, help="data-parallel training processes per run")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per process per step")
+    parser.add_argument("--lr", type=float, default=None, help="peak lr (default: each model's config)")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads < 1 or args.ranks < 1:
+        parser.error(f"--threads and --ranks must be >= 1, got {args.threads}, {args.ranks}")
 
     def start(name: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "vision.py"), "--models", name,
-                                 "--threads", str(args.threads), "--max-minutes", str(args.max_minutes),
-                                 "--seed", str(args.seed), "--save-checkpoints"], cwd=REPO)
+                                 "--threads", str(args.threads), "--ranks", str(args.ranks),
+                                 "--batch-size", str(args.batch_size), "--max-minutes", str(args.max_minutes),
+                                 "--seed", str(args.seed), "--save-checkpoints",
+                                 *([] if args.lr is None else ["--lr", str(args.lr)])], cwd=REPO)
 
-    if args.threads == 1:
+    if args.threads * args.ranks == 1:
         runs = [start(name) for name in args.models]
         codes = [run.wait() for run in runs]
     else:
