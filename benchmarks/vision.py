@@ -170,7 +170,7 @@ def train_and_test(name: str, factory, args) -> dict:
                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                             budget_minutes=args.max_minutes)
     quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-    if args.ranks > 1:  # the spawned workers read their torch threads from the environment
+    if args.ranks > 1:  # the spawned workers read their torch threads from the environment (as torchrun sets it)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     trainer = pl.Trainer(accelerator="cpu", devices=args.ranks, strategy="ddp_spawn" if args.ranks > 1 else "auto",
                          max_epochs=-1, max_time={"seconds": args.max_minutes * 60}, enable_checkpointing=False,
@@ -199,7 +199,7 @@ def train_and_test(name: str, factory, args) -> dict:
         if name not in CHECKPOINTS:
             raise SystemExit(f"--save-checkpoints: {name!r} has no shipped checkpoint; only {list(CHECKPOINTS)}")
         path = REPO / "checkpoints" / "vision" / f"{CHECKPOINTS[name]}.ckpt"
-        size = save_small_checkpoint(evaluator, path)
+        size = save_small_checkpoint(evaluator, path, trained=(int(epochs), steps))
         out["checkpoint"] = f"{path.relative_to(REPO)} ({size / 1e6:.2f} MB)"
     print(f"{name}: test acc {test:.4f} (val {val:.4f}) after {minutes:.1f} min, {epochs:.1f} epochs", flush=True)
     return out

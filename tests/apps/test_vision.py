@@ -242,6 +242,10 @@ def test_small_checkpoint_too_big_is_a_clear_error(tmp_path):
     trainer.fit(model, datamodule=data)
     size = save_small_checkpoint(trainer, tmp_path / "vit.ckpt")
     assert (tmp_path / "vit.ckpt").stat().st_size == size
+    assert torch.load(tmp_path / "vit.ckpt", weights_only=False)["global_step"] == 1  # the trainer's own count
+    save_small_checkpoint(trainer, tmp_path / "vit.ckpt", trained=(3, 42))  # e.g. after a data-parallel fit
+    saved = torch.load(tmp_path / "vit.ckpt", weights_only=False)
+    assert (saved["epoch"], saved["global_step"]) == (3, 42)
     with pytest.raises(ValueError, match="would be .* MB > 0.01 MB; use a smaller model"):
         save_small_checkpoint(trainer, tmp_path / "big.ckpt", max_bytes=10_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.ckpt"]  # nothing half-written left

@@ -15,9 +15,12 @@ KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_para
 MAX_BYTES = 5_000_000
 
 
-def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int = MAX_BYTES) -> int:
+def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int = MAX_BYTES, *,
+                          trained: tuple[int, int] | None = None) -> int:
     """Write the trainer's model and datamodule to ``path`` atomically, weights in fp16; returns the
-    size in bytes, or raises (writing nothing) when it would exceed ``max_bytes``."""
+    size in bytes, or raises (writing nothing) when it would exceed ``max_bytes``. ``trained``:
+    ``(epoch, global_step)`` of the training, when ``trainer`` is not the one that trained the
+    weights (e.g. an evaluation trainer after a data-parallel fit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     full = path.with_name(f".{path.name}.{os.getpid()}.full.tmp")
@@ -26,6 +29,8 @@ def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int 
         trainer.save_checkpoint(full, weights_only=True)
         checkpoint = torch.load(full, map_location="cpu", weights_only=False)
         kept = {k: v for k, v in checkpoint.items() if k in KEEP}
+        if trained is not None:
+            kept["epoch"], kept["global_step"] = trained
         if "ImageDataModule" not in kept:
             raise ValueError("save_small_checkpoint: the trainer has no ImageDataModule attached (normalisation and "
                              "class names); fit with datamodule=ImageDataModule(...)")
