@@ -96,6 +96,9 @@ class BiFormer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes)
         self.apply(init_weights)
+        # the convolutions (stem, position, downsampling) run channels-last: on the CPU the backward
+        # of the depthwise ones is 2-3x faster, and the blocks' [B, C, H, W] <-> [B, H*W, C] become views
+        self.to(memory_format=torch.channels_last)
 
     def check_images(self, x: Tensor) -> None:
         check_images(x, self.in_chans, self.img_size, type(self).__name__)
