@@ -38,18 +38,18 @@ def test_28x28_models_classify_and_train(name):
 
 def test_biformer_runs_channels_last_with_the_same_logits_and_gradients():
     torch.manual_seed(0)
-    m = BiFormer(in_chans=3, num_classes=10, img_size=56, depths=(1, 1), dims=(32, 64), n_win=(7, 1),
-                 topks=(4, -1), stem_stride=4)
-    assert m.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = BiFormer(in_chans=3, num_classes=10, img_size=56, depths=(1, 1), dims=(32, 64), n_win=(7, 1),
-                    topks=(4, -1), stem_stride=4).to(memory_format=torch.contiguous_format)
+    small = {"in_chans": 3, "num_classes": 10, "img_size": 56, "depths": (1, 1), "dims": (32, 64), "n_win": (7, 1),
+             "topks": (4, -1), "stem_stride": 4}
+    m = BiFormer(**small).eval()
+    nchw = BiFormer(**small).to(memory_format=torch.contiguous_format).eval()
     nchw.load_state_dict(m.state_dict())
+    assert m.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert not nchw.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-    m.eval(), nchw.eval()
     x = torch.randn(2, 3, 56, 56)
     y, y_ref = m(x), nchw(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    y.square().sum().backward(), y_ref.square().sum().backward()
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
     for (name, p), p_ref in zip(m.named_parameters(), nchw.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
 

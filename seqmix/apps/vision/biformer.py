@@ -97,7 +97,8 @@ class BiFormer(nn.Module):
         self.head = nn.Linear(dims[-1], num_classes)
         self.apply(init_weights)
         # the convolutions (stem, position, downsampling) run channels-last: PyTorch's CPU backward of
-        # the depthwise ones is much faster so, and the blocks' [B, C, H, W] <-> [B, H*W, C] become views
+        # depthwise convolutions is much faster in that layout, and the blocks' [B, C, H, W] <->
+        # [B, H*W, C] reshapes become views
         self.to(memory_format=torch.channels_last)
 
     def check_images(self, x: Tensor) -> None:
