@@ -284,10 +284,18 @@ def test_data_parallel_ranks_follow_one_time_based_schedule():
     from seqmix.apps.vision.model import ImageClassifier
     from seqmix.apps.vision.vit import ViT
 
-    data = ImageDataModule(dataset="digits", val_size=64, batch_size=16)
-    model = ImageClassifier(partial(ViT, depth=1, d_model=32), warmup_steps=2, budget_minutes=0.05)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=6, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=[SameLearningRateOnEveryRank()])
-    trainer.fit(model, datamodule=data)
+    # a spawned process that dies without raising (ProcessExitedException: seen once under a loaded
+    # 2-worker `make test`) is retried once; a failed assertion in a rank raises ProcessRaisedException
+    for attempt in range(2):
+        data = ImageDataModule(dataset="digits", val_size=64, batch_size=16)
+        model = ImageClassifier(partial(ViT, depth=1, d_model=32), warmup_steps=2, budget_minutes=0.05)
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=6, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0, callbacks=[SameLearningRateOnEveryRank()])
+        try:
+            trainer.fit(model, datamodule=data)
+            break
+        except torch.multiprocessing.ProcessExitedException:
+            if attempt == 1:
+                raise
     assert trainer.state.finished
