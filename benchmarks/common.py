@@ -14,7 +14,9 @@ says where it came from.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import os
 import platform
 import shlex
@@ -93,6 +95,16 @@ def atomic_write_text(path: Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def results_lock(name: str):
+    """Hold an exclusive lock on ``benchmarks/results/.<name>.lock`` (concurrent runs that read, extend
+    and rewrite one shared results file each keep the others' rows)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_DIR / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_result(name: str, text: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, REPO_ROOT, header, markdown_table, write_result  # noqa: E402
+from common import RESULTS_DIR, REPO_ROOT, atomic_write_text, header, markdown_table, results_lock, write_result  # noqa: E402
 from emotion import build, predictions  # noqa: E402
 
 from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
@@ -82,11 +82,11 @@ def main() -> None:
            "val ap_document": round(m["ap_document"], 3), "best epoch": int(ckpt["epoch"]),
            "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1)}
     print(json.dumps(row), flush=True)
-    rows.append(row)
-    tmp_log = LOG.with_name(f".{LOG.name}.tmp")
-    tmp_log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp_log, LOG)
-    render(rows)
+    with results_lock(LOG.name):  # re-read: a concurrent run may have logged its row meanwhile
+        rows = [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.is_file() else []
+        rows.append(row)
+        atomic_write_text(LOG, "".join(json.dumps(r) + "\n" for r in rows))
+        render(rows)
 
 
 if __name__ == "__main__":

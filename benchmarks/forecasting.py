@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, save_figure, utc_now  # noqa: E402
+from common import RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, results_lock, save_figure, utc_now  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "forecasting"
@@ -65,11 +65,7 @@ def load_runs() -> dict:
 
 def add_run(key: str, run: dict) -> dict:
     """Add one run to the cache under a file lock (several invocations may run side by side)."""
-    import fcntl
-
-    RUNS.parent.mkdir(parents=True, exist_ok=True)
-    with open(Path(tempfile.gettempdir()) / "seqmix_forecasting_runs.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with results_lock(RUNS.name):
         runs = load_runs()
         runs[key] = run
         atomic_write_text(RUNS, json.dumps(runs, indent=1, sort_keys=True))

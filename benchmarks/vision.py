@@ -26,7 +26,6 @@ every row states its own budget, threads, load average, epochs, seed, date, comm
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS_DIR, atomic_write_text, command_line, git_commit, header,  # noqa: E402
-                    markdown_table, utc_now, write_result)
+                    markdown_table, results_lock, utc_now, write_result)
 
 import seqmix.apps.vision  # noqa: E402,F401  (registers the timm models)
 from seqmix.apps.vision.biformer import TINY_28, BiFormer  # noqa: E402
@@ -207,9 +206,7 @@ def train_and_test(name: str, factory, args) -> dict:
 
 def merge_records(new: dict[str, dict]) -> dict[str, dict]:
     """Store ``new`` rows in ``vision.json`` (replacing same-named rows), keeping the others; returns all rows."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS_DIR / ".vision.json.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs (one per model) each add their row
+    with results_lock("vision.json"):  # concurrent runs (one per model) each add their row
         records = json.loads(STORE.read_text()) if STORE.exists() else {}
         records.update(new)
         atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
