@@ -38,6 +38,15 @@ def row_seed(row: dict) -> int:
     return int(words[words.index("--seed_everything") + 1]) if "--seed_everything" in words else row["seed"]
 
 
+def without_seed(overrides: str) -> str:
+    """The overrides without ``--seed_everything N``."""
+    words = overrides.split()
+    if "--seed_everything" in words:
+        at = words.index("--seed_everything")
+        del words[at: at + 2]
+    return " ".join(words) or "(none)"
+
+
 def render(rows: list[dict]) -> None:
     rows = [{**r, "seed": row_seed(r)} for r in rows]
     keys = list(rows[0])
@@ -46,6 +55,21 @@ def render(rows: list[dict]) -> None:
                          "computed here)", "torch threads 1; `load` is the 1-min load average at the end of the run",
                          "the command line above is the last run's (or --render); each row names its overrides"])
     text += markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows])
+    groups: dict[str, list[dict]] = {}
+    for r in rows:  # a setting run over several seeds is named "<setting>-s<seed>"
+        setting, dash, seed = r["name"].rpartition("-s")
+        if dash and seed.isdigit():
+            groups.setdefault(setting, []).append(r)
+    groups = {name: g for name, g in groups.items() if len(g) > 1}
+    if groups:
+        text += ("\n\n## Settings run over several seeds (mean over the rows named `<setting>-s<seed>`)\n\n"
+                 + markdown_table(["setting", "config", "overrides (without the seed)", "seeds", "val acc@1",
+                                   "val rmse", "val ap_document"],
+                                  [[name, g[0]["config"], without_seed(g[0]["overrides"]),
+                                    " ".join(str(row_seed(r)) for r in g),
+                                    *(f"{sum(r[k] for r in g) / len(g):.{p}f}"
+                                      for k, p in (("val acc@1", 3), ("val rmse", 4), ("val ap_document", 3)))]
+                                   for name, g in groups.items()]))
     write_result("emotion_tuning", text)
 
 

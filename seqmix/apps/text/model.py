@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.apps.text.embeddings import GLOVE_DIM, additive_mask, load_encoder
+from seqmix.apps.text.embeddings import additive_mask, load_encoder
 from seqmix.apps.text.metrics import emotion_metrics
 from seqmix.core.blocks import make_norm
 from seqmix.core.mixer import Mixer
@@ -108,13 +108,6 @@ class ContextTop(nn.Module):
         return h
 
 
-def lexicon_summary(lexicon: Tensor, mask: Tensor) -> Tensor:
-    """A headline's lexicon columns ``[B, W, L]`` (EmoLex flags, NRC intensities) summed and max-pooled over
-    its words (``mask: [B, W]``) -> ``[B, 2 L]``: how much of each emotion the lexicons see, and its peak."""
-    masked = lexicon * mask[..., None]  # [B, W, L], padding zeroed (the columns are >= 0)
-    return torch.cat([masked.sum(1), masked.amax(1)], dim=-1)
-
-
 def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
     """``[B, L, C]``, ``[B, L]`` -> mean over unmasked positions ``[B, C]`` (sentence-transformers pooling)."""
     m = mask[..., None].to(states.dtype)  # [B, L, 1]
@@ -135,7 +128,7 @@ class EmotionRegressor(StagedModule):
                  context_trainable_layers: int = 0, context_pool: Literal["mean", "cls", "attention"] = "mean",
                  loss: Literal["mse", "kl"] = "mse", lr: float = 1e-3, context_lr: float = 5e-5,
                  weight_decay: float = 1e-4, lr_schedule: Literal["constant", "linear"] = "constant",
-                 warmup_ratio: float = 0.0, lexicon_summary: bool = False, branch_loss_weight: float = 0.0):
+                 warmup_ratio: float = 0.0):
         super().__init__()
         if loss not in ("mse", "kl"):
             raise ValueError(f"EmotionRegressor: loss={loss!r} is unknown; choose 'mse' or 'kl'")
@@ -155,40 +148,18 @@ class EmotionRegressor(StagedModule):
         if n_emotions < 2 or lr <= 0 or not 0 <= dropout < 1:
             raise ValueError(f"EmotionRegressor: need n_emotions >= 2, lr > 0, 0 <= dropout < 1; "
                              f"got {n_emotions}, {lr}, {dropout}")
-        lexicon_dim = word_dim - GLOVE_DIM
-        if lexicon_summary and lexicon_dim <= 0:
-            raise ValueError(f"EmotionRegressor: lexicon_summary needs the affect lexicon columns in the word "
-                             f"features (data.word_features: affect), got word_dim={word_dim}")
-        if branch_loss_weight < 0 or (branch_loss_weight > 0 and (word_dim <= 0 or context_dim <= 0)):
-            raise ValueError(f"EmotionRegressor: branch_loss_weight={branch_loss_weight} must be >= 0, and > 0 only "
-                             "with both branches on (REDAffectiveLM)")
         self.save_hyperparameters(ignore=["rnn", "attention"])
         self.affect = AffectBranch(word_dim, d_model, rnn, attention, dropout) if word_dim > 0 else None
         self.context_top = ContextTop(context_trainable_layers) if context_dim > 0 and context_trainable_layers > 0 else None
         self.context_dropout = nn.Dropout(context_dropout)
         self.context_attn = AttentionPool(context_dim) if context_dim > 0 and context_pool == "attention" else None
-        branch_dims = [max(context_dim, 0), d_model if word_dim > 0 else 0]  # [context, affect]
-        fused = sum(branch_dims) + (2 * lexicon_dim if lexicon_summary else 0)
+        fused = (d_model if word_dim > 0 else 0) + max(context_dim, 0)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused, fusion_hidden), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(fusion_hidden, n_emotions))
-        # deep supervision: each branch also predicts the distribution alone (training loss only)
-        self.branch_heads = nn.ModuleList(nn.Linear(d, n_emotions) for d in branch_dims) if branch_loss_weight else None
         self.outputs: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """Emotion distribution ``[B, K]`` and the word attention weights ``[B, W]`` (None without words)."""
-        parts, weights = self.branches(batch)
-        return self.fuse(parts, batch), weights
-
-    def fuse(self, parts: list[Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """Branch outputs (+ the lexicon summary with ``lexicon_summary``) -> distribution ``[B, K]``."""
-        if self.hparams.lexicon_summary:
-            parts = parts + [lexicon_summary(batch["words"][..., GLOVE_DIM:], batch["word_mask"])]
-        return torch.softmax(self.head(torch.cat(parts, dim=-1)), dim=-1)
-
-    def branches(self, batch: dict[str, Tensor]) -> tuple[list[Tensor], Tensor | None]:
-        """The branch outputs (context ``[B, C]`` then affect ``[B, D]``, those that are on) and the word
-        attention weights ``[B, W]`` (None without words)."""
         parts, weights = [], None
         if self.hparams.context_dim > 0:
             ctx = batch["context"]
@@ -205,7 +176,7 @@ class EmotionRegressor(StagedModule):
                                  f"{self.hparams.word_dim}; the checkpoint and the features disagree")
             pooled, weights = self.affect(words, batch["word_mask"])
             parts.append(pooled)
-        return parts, weights
+        return torch.softmax(self.head(torch.cat(parts, dim=-1)), dim=-1), weights
 
     def pool_context(self, states: Tensor, mask: Tensor) -> Tensor:
         """Token states ``[B, L, C]`` and mask ``[B, L]`` -> ``[B, C]`` (``context_pool``)."""
@@ -221,27 +192,12 @@ class EmotionRegressor(StagedModule):
         return F.kl_div(pred.clamp_min(1e-8).log(), target, reduction="batchmean")
 
     def shared_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        if stage == "train" and self.branch_heads is not None:
-            return self.training_loss_with_branches(batch)
         pred, _ = self(batch)
         loss = self.loss_fn(pred, batch["target"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
                  batch_size=len(pred))
         if stage != "train":
             self.outputs.setdefault(stage, []).append((pred.detach().cpu(), batch["target"].cpu()))
-        return loss
-
-    def training_loss_with_branches(self, batch: dict[str, Tensor]) -> Tensor:
-        """The fused loss plus ``branch_loss_weight`` x the mean loss of each branch's own prediction."""
-        parts, _ = self.branches(batch)
-        target = batch["target"]
-        loss = self.loss_fn(self.fuse(parts, batch), target)
-        self.log("train/fused_loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
-        drop = self.hparams.dropout
-        branch = sum(self.loss_fn(torch.softmax(head(F.dropout(h, drop, self.training)), dim=-1), target)
-                     for head, h in zip(self.branch_heads, parts)) / len(parts)
-        loss = loss + self.hparams.branch_loss_weight * branch
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
         return loss
 
     def _log_metrics(self, stage: str) -> None:
