@@ -3,7 +3,7 @@ bi-level routing attention (:class:`~seqmix.core.mixers.biformer.BiLevelRoutingA
 
     stem: conv3x3/2 - BN - GELU - conv3x3/(2 or 1) - BN     (overlapping patch embedding)
     stage i: [downsample conv3x3/2 - BN], depth_i x block
-    block: x + dwconv3x3(x)  (position);  x + BRA(LN(x));  x + MLP(LN(x))     (MLP ratio 3)
+    block: x + dwconv(x)  (position, pos_kernel: the paper's 3);  x + BRA(LN(x));  x + MLP(LN(x))  (MLP ratio 3)
     head: BN - global average pool - linear
 
 blocks -> model -> variants (timm names): ``biformer_tiny`` / ``_small`` / ``_base`` are the
@@ -26,9 +26,9 @@ class BiFormerBlock(nn.Module):
     """One BiFormer block over a ``[B, C, H, W]`` map of the grid it was built for."""
 
     def __init__(self, dim: int, grid: tuple[int, int], *, n_heads: int, n_win: int, topk: int,
-                 mlp_ratio: float = 3.0, lce_kernel: int = 5, drop_path: float = 0.0):
+                 mlp_ratio: float = 3.0, lce_kernel: int = 5, pos_kernel: int = 3, drop_path: float = 0.0):
         super().__init__()
-        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.pos = nn.Conv2d(dim, dim, pos_kernel, padding=pos_kernel // 2, groups=dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = BiLevelRoutingAttention(dim, n_heads=n_heads, causal=False, n_win=n_win, topk=topk,
                                             lce_kernel=lce_kernel, spatial_shape=grid)
@@ -55,8 +55,8 @@ class BiFormer(nn.Module):
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, img_size: int = 224, *,
                  depths: tuple[int, ...] = (2, 2, 8, 2), dims: tuple[int, ...] = (64, 128, 256, 512),
                  head_dim: int = 32, n_win: tuple[int, ...] = (7, 7, 7, 7), topks: tuple[int, ...] = (1, 4, 16, -1),
-                 mlp_ratio: float = 3.0, lce_kernel: int = 5, stem_stride: int = 4, drop_path_rate: float = 0.0,
-                 drop_rate: float = 0.0):
+                 mlp_ratio: float = 3.0, lce_kernel: int = 5, pos_kernel: int = 3, stem_stride: int = 4,
+                 drop_path_rate: float = 0.0, drop_rate: float = 0.0):
         super().__init__()
         stages = len(depths)
         if not (len(dims) == len(n_win) == len(topks) == stages) or stages == 0:
@@ -64,6 +64,9 @@ class BiFormer(nn.Module):
                              f"{len(depths)}, {len(dims)}, {len(n_win)}, {len(topks)}")
         if stem_stride not in (2, 4):
             raise ValueError(f"BiFormer: stem_stride must be 4 (the paper) or 2 (small images), got {stem_stride}")
+        if not isinstance(pos_kernel, int) or pos_kernel < 1 or pos_kernel % 2 == 0:
+            raise ValueError(f"BiFormer: pos_kernel (the depthwise position convolution) must be an odd positive "
+                             f"int (the paper: 3), got {pos_kernel!r}")
         if any(d % head_dim for d in dims):
             raise ValueError(f"BiFormer: every stage width {list(dims)} must be a multiple of head_dim={head_dim}")
         if in_chans < 1 or num_classes < 1 or img_size < 1:
@@ -90,7 +93,8 @@ class BiFormer(nn.Module):
             start = sum(depths[:i])
             self.stages.append(nn.Sequential(*(
                 BiFormerBlock(dims[i], (side, side), n_heads=dims[i] // head_dim, n_win=n_win[i], topk=topks[i],
-                              mlp_ratio=mlp_ratio, lce_kernel=lce_kernel, drop_path=rates[start + j])
+                              mlp_ratio=mlp_ratio, lce_kernel=lce_kernel, pos_kernel=pos_kernel,
+                              drop_path=rates[start + j])
                 for j in range(depths[i]))))
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
@@ -140,7 +144,7 @@ timm_variant("biformer_small", BiFormer, {"depths": (4, 4, 18, 4), "dims": (64, 
 timm_variant("biformer_base", BiFormer, {"depths": (4, 4, 18, 4), "dims": (96, 192, 384, 768)},
              "BiFormer-B (paper: 56.8M parameters).")
 TINY_28 = {"in_chans": 1, "num_classes": 10, "img_size": 28, "depths": (1, 1, 3, 1), "dims": (32, 64, 128, 160),
-           "n_win": (7, 1, 1, 1), "topks": (4, -1, -1, -1), "stem_stride": 2}
+           "n_win": (7, 1, 1, 1), "topks": (4, -1, -1, -1), "stem_stride": 2, "pos_kernel": 7}
 timm_variant("biformer_tiny_28", BiFormer, TINY_28,
              "BiFormer-T scaled for 28 x 28 grey images (sized to train ~10 epochs of Fashion-MNIST in 30 minutes "
              "on one core): stem stride 2, grids 14, 7, 4, 2; depths (1, 1, 3, 1), widths (32, 64, 128, 160); "

@@ -138,26 +138,30 @@ class BiLevelRoutingAttention(Mixer):
 
     # --------------------------------------------------------------- routing
     @torch.no_grad()
-    def route(self, q_r: Tensor, k_r: Tensor, valid: Tensor) -> Tensor:
+    def route(self, q_r: Tensor, k_r: Tensor, valid: Tensor | None) -> Tensor:
         """Top-k routed regions ``[B, R, topk]`` from region means ``q_r, k_r: [B, R, D]``.
 
-        ``valid: [R, n]`` marks real (not padded) tokens; fully padded regions rank last.
+        ``valid: [R, n]`` marks real (not padded) tokens (None: no padding); fully padded regions rank last.
         """
         affinity = q_r @ k_r.transpose(1, 2)  # [B, R, R]
-        empty = ~valid.any(-1)  # [R]
-        affinity = affinity.masked_fill(empty, float("-inf"))
+        if valid is not None:
+            affinity = affinity.masked_fill(~valid.any(-1), float("-inf"))  # [R] empty regions
         topk = self.regions if self.topk == -1 else self.topk
         return affinity.topk(topk, dim=-1).indices  # [B, R, topk]
 
-    def routing(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Projections in regions and the routing: ``q, k, v: [B, R, n, D]``, ``valid: [R, n]``,
-        ``index: [B, R, topk]``."""
+    def routing(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """Projections in regions and the routing: ``q, k, v: [B, R, n, D]``, ``valid: [R, n]`` (None
+        when the grid needs no padding: decided by the sizes alone, no device sync), ``index: [B, R, topk]``."""
         t = x.shape[1]
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, T, D] each
-        valid = self.to_regions(x.new_ones(1, t, 1), t)[0, ..., 0] > 0  # [R, n]
+        hp, wp, _, _ = self.region_layout(t)
+        valid = None if hp * wp == t else self.to_regions(x.new_ones(1, t, 1), t)[0, ..., 0] > 0  # [R, n]
         q, k, v = (self.to_regions(z, t) for z in (q, k, v))  # [B, R, n, D]
-        count = valid.sum(-1).clamp(min=1)[:, None]  # [R, 1]
-        q_r, k_r = q.sum(2) / count, k.sum(2) / count  # padded tokens are zeros: the mean of the real ones
+        if valid is None:
+            q_r, k_r = q.mean(2), k.mean(2)  # [B, R, D]
+        else:
+            count = valid.sum(-1).clamp(min=1)[:, None]  # [R, 1]
+            q_r, k_r = q.sum(2) / count, k.sum(2) / count  # padded tokens are zeros: the mean of the real ones
         return q, k, v, valid, self.route(q_r, k_r, valid)
 
     # --------------------------------------------------------------- forward
@@ -180,25 +184,27 @@ class BiLevelRoutingAttention(Mixer):
         image = v.reshape(b, *self.spatial_shape, d)  # [B, T, D] -> [B, H, W, D]
         return depthwise_conv(image, self.lce_weight, self.lce_bias, causal=False, impl=impl).reshape(b, t, d)
 
-    def attend_naive(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, index: Tensor) -> Tensor:
+    def attend_naive(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, index: Tensor) -> Tensor:
         """Dense reference: every query over all tokens, masked to its region's routed regions."""
         b, r, n, d = q.shape
         routed = torch.zeros(b, r, r, dtype=torch.bool, device=q.device)
         routed.scatter_(2, index, True)  # [B, R(query region), R(key region)]
-        allowed = routed[:, :, None, :, None] & valid[None, None, None]  # [B, R, 1, R, n]
+        allowed = routed[:, :, None, :, None]  # [B, R, 1, R, 1]
+        if valid is not None:
+            allowed = allowed & valid[None, None, None]  # [B, R, 1, R, n]
         allowed = allowed.expand(b, r, n, r, n).reshape(b, 1, r * n, r * n)  # [B, 1, T', T']
         q, k, v = (split_heads(z.reshape(b, r * n, d), self.n_heads) for z in (q, k, v))  # [B, h, T', K]
         scores = (q * self.scale) @ k.transpose(-1, -2)  # [B, h, T', T']
         o = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v  # [B, h, T', K]
         return merge_heads(o).reshape(b, r, n, d)  # [B, T', D] -> [B, R, n, D]
 
-    def attend_gather(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor, index: Tensor) -> Tensor:
+    def attend_gather(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, index: Tensor) -> Tensor:
         """The paper's form: each region's queries over the gathered tokens of its routed regions."""
         b, r, n, d = q.shape
         topk = index.shape[-1]
         if topk == r:  # every region routed (topk=-1): all keys, nothing to gather
             q, k, v = (split_heads(z.reshape(b, r * n, d), self.n_heads) for z in (q, k, v))  # [B, h, T', K]
-            keep = valid.reshape(1, 1, 1, r * n)  # [1, 1, 1, T'] key mask (padding)
+            keep = None if valid is None else valid.reshape(1, 1, 1, r * n)  # [1, 1, 1, T'] key mask (padding)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, h, T', K]
             return merge_heads(o).reshape(b, r, n, d)  # [B, T', D] -> [B, R, n, D]
         # rows of the [B*R, n, D] region table: index_select (backward: index_add) is faster on the
@@ -209,7 +215,7 @@ class BiLevelRoutingAttention(Mixer):
         qh = split_heads(q.reshape(b * r, n, d), self.n_heads)  # [B*R, h, n, K]
         kh, vh = split_heads(k_g, self.n_heads), split_heads(v_g, self.n_heads)  # [B*R, h, topk*n, K]
         # one fused kernel for the many tiny region-to-regions attentions; the key mask only with padding
-        keep = None if bool(valid.all()) else valid[index].reshape(b * r, 1, 1, topk * n)  # [B*R, 1, 1, topk*n]
+        keep = None if valid is None else valid[index].reshape(b * r, 1, 1, topk * n)  # [B*R, 1, 1, topk*n]
         o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=keep)  # [B*R, h, n, K]
         return merge_heads(o).reshape(b, r, n, d)  # [B*R, n, D] -> [B, R, n, D]
 
