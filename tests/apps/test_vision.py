@@ -133,6 +133,8 @@ def test_wrong_channels_and_sizes_are_clear_errors():
     # 30 x 30 -> a 15 x 15 grid at stage 0, which 7 regions per side cannot divide
     with pytest.raises(ValueError, match="stage 0 sees a 15x15 grid.*n_win=7 regions per side cannot divide"):
         timm.create_model("biformer_tiny_28", img_size=30)
+    with pytest.raises(ValueError, match="pos_kernel .* must be an odd positive int"):
+        timm.create_model("biformer_tiny_28", pos_kernel=4)
 
 
 def test_fashion_mnist_from_the_debian_files():

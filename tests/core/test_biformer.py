@@ -37,9 +37,11 @@ def test_all_regions_equals_full_attention_with_lce(impl, assert_rel_close):
     assert_rel_close(y, expected, 1e-5, f"bra impl={impl}, topk=all vs dense attention + LCE")
 
 
-def test_gather_equals_dense_masked_on_a_padded_grid(assert_rel_close):
-    m = _bra(n_win=3, topk=2, spatial_shape=(7, 10), pad=True, lce_kernel=3)
-    x = _x(70)
+@pytest.mark.parametrize("shape", [(7, 10), (6, 9)], ids=["padded", "unpadded"])
+def test_gather_equals_dense_masked(shape, assert_rel_close):
+    # padded: 7 x 10 -> 9 x 12 (key masks in both forms); unpadded: no mask at all (valid=None)
+    m = _bra(n_win=3, topk=2, spatial_shape=shape, pad=True, lce_kernel=3)
+    x = _x(shape[0] * shape[1])
     results = {}
     for impl in ("naive", "gather"):
         m.impl, m.zero_grad()

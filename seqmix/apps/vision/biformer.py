@@ -144,7 +144,7 @@ timm_variant("biformer_small", BiFormer, {"depths": (4, 4, 18, 4), "dims": (64, 
 timm_variant("biformer_base", BiFormer, {"depths": (4, 4, 18, 4), "dims": (96, 192, 384, 768)},
              "BiFormer-B (paper: 56.8M parameters).")
 TINY_28 = {"in_chans": 1, "num_classes": 10, "img_size": 28, "depths": (1, 1, 3, 1), "dims": (32, 64, 128, 160),
-           "n_win": (7, 1, 1, 1), "topks": (4, -1, -1, -1), "stem_stride": 2, "pos_kernel": 7}
+           "n_win": (7, 1, 1, 1), "topks": (4, -1, -1, -1), "stem_stride": 2}
 timm_variant("biformer_tiny_28", BiFormer, TINY_28,
              "BiFormer-T scaled for 28 x 28 grey images (sized to train ~10 epochs of Fashion-MNIST in 30 minutes "
              "on one core): stem stride 2, grids 14, 7, 4, 2; depths (1, 1, 3, 1), widths (32, 64, 128, 160); "
