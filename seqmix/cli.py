@@ -101,7 +101,16 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
 
 
 def run_lightning(app, argv: Sequence[str]) -> int:
-    app_cli(app, argv)
+    try:
+        app_cli(app, argv)
+    finally:
+        # data-parallel runs (--trainer.strategy ddp): end the process group while the interpreter is whole;
+        # left to exit-time destruction, its gloo threads can abort a rank ("terminate called without an
+        # active exception", exit status -6) after a run that succeeded
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

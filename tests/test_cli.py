@@ -101,6 +101,11 @@ def test_ddp_relaunches_the_seqmix_command(tmp_path):
            "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.init_args.dirpath", str(tmp_path)]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     log = done.stdout + done.stderr
+    if done.returncode == -6 and "`max_steps=2` reached" in log and "terminate called" in log:
+        # seen once in CI under a loaded make test, before the CLI ended the process group itself: the run
+        # finished, then gloo's threads aborted the ranks at interpreter exit. One retry; twice fails.
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
     assert "`max_steps=2` reached" in log
