@@ -38,6 +38,11 @@ def row_seed(row: dict) -> int:
     return int(words[words.index("--seed_everything") + 1]) if "--seed_everything" in words else row["seed"]
 
 
+def read_log() -> list[dict]:
+    """The logged runs, one JSON object per line of ``emotion_tuning.jsonl``."""
+    return [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.is_file() else []
+
+
 def without_seed(overrides: str) -> str:
     """The overrides without ``--seed_everything N``."""
     words = overrides.split()
@@ -81,8 +86,8 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="only rewrite the table from the log")
     parser.add_argument("overrides", nargs="*", help="LightningCLI overrides, after --")
     args = parser.parse_args()
-    rows = [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.is_file() else []
     if args.render:
+        rows = read_log()
         if not rows:
             raise SystemExit(f"--render: no runs logged in {LOG}")
         return render(rows)
@@ -107,8 +112,7 @@ def main() -> None:
            "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1)}
     print(json.dumps(row), flush=True)
     with results_lock(LOG.name):  # re-read: a concurrent run may have logged its row meanwhile
-        rows = [json.loads(line) for line in LOG.read_text().splitlines()] if LOG.is_file() else []
-        rows.append(row)
+        rows = read_log() + [row]
         atomic_write_text(LOG, "".join(json.dumps(r) + "\n" for r in rows))
         render(rows)
 
