@@ -169,11 +169,31 @@ def table(runs: dict, protocol: str, datasets: list[str], models: list[str]) -> 
     return markdown_table(cols, rows), missing
 
 
+def seed_sets(sel: list[dict]) -> str:
+    """The seeds of each (dataset, horizon), grouped: e.g. "[0, 1, 2] at ETTh1 H=24, 48; [0] at ...".
+
+    Every model of one (dataset, horizon) should share its seeds (the issue: the same seed set for every
+    model); a model that does not is named."""
+    cells: dict[tuple[str, int], dict[str, set[int]]] = {}
+    for r in sel:
+        cells.setdefault((r["dataset"], r["pred_len"]), {}).setdefault(r["model"], set()).add(r["seed"])
+    groups: dict[tuple[int, ...], dict[str, list[int]]] = {}  # seeds -> dataset -> horizons
+    uneven = []
+    for (ds, h), by_model in sorted(cells.items(), key=lambda c: (c[0][0], c[0][1])):
+        union = set().union(*by_model.values())
+        groups.setdefault(tuple(sorted(union)), {}).setdefault(ds, []).append(h)
+        uneven += [f"{MODEL_NAMES[m]} at {ds} H={h} has seeds {sorted(s)} of {sorted(union)}"
+                   for m, s in sorted(by_model.items()) if s != union]
+    text = "; ".join(f"{list(seeds)} at " + ", ".join(f"{ds} H={'/'.join(map(str, hs))}" for ds, hs in where.items())
+                     for seeds, where in sorted(groups.items()))
+    return text + (" (uneven: " + "; ".join(uneven) + ")" if uneven else "")
+
+
 def seeds_and_epochs(runs: dict, protocol: str) -> str:
     sel = [r for k, r in runs.items() if k.startswith(protocol + "|")]
     if not sel:
         return "no runs"
-    seeds = sorted({r["seed"] for r in sel})
+    seeds = seed_sets(sel)
     budget = sorted({(r["model"], r["max_epochs"], r["limit_train_batches"]) for r in sel})
     epochs = {m: sorted({r["epochs_run"] for r in sel if r["model"] == m}) for m, _, _ in budget}
     return (f"seeds {seeds}; max epochs (model, max, train fraction): {budget}; epochs run before early "
@@ -216,8 +236,11 @@ def targets(runs: dict) -> str:
     cells = []
     for h, ref in paper.items():
         if got[h]:
-            mse = float(np.mean([r["test_mse"] for r in got[h]]))
-            cells.append(f"H={h}: {mse:.3f} vs {ref} {'met' if mse <= ref else 'MISSED'}")
+            per_seed = [r["test_mse"] for r in got[h]]
+            mse = float(np.mean(per_seed))
+            spread = (f" (mean of {len(per_seed)} seeds, ±{np.std(per_seed):.3f}, "
+                      f"{min(per_seed):.3f}-{max(per_seed):.3f})" if len(per_seed) > 1 else "")
+            cells.append(f"H={h}: {mse:.3f}{spread} vs {ref} {'met' if mse <= ref else 'MISSED'}")
         else:
             cells.append(f"H={h}: not run")
     lines.append("- Informer (ProbSparse), ETTh1 multivariate, test MSE <= the paper's at every horizon: "

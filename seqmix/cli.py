@@ -101,16 +101,7 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
 
 
 def run_lightning(app, argv: Sequence[str]) -> int:
-    try:
-        app_cli(app, argv)
-    finally:
-        # data-parallel runs (--trainer.strategy ddp): end the process group while the interpreter is whole;
-        # left to exit-time destruction, its gloo threads can abort a rank ("terminate called without an
-        # active exception", exit status -6) after a run that succeeded
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    app_cli(app, argv)  # a data-parallel run's process group ends at exit (StagedModule.setup registers it)
     return 0
 
 

@@ -3,12 +3,15 @@ the loss / accuracy logging of the classifying apps."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -39,6 +42,22 @@ def stage_accuracies(num_classes: int) -> nn.ModuleDict:
     return nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro") for s in STAGES})
 
 
+def _end_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@functools.cache
+def end_process_group_at_exit() -> None:
+    """Register (once per process) the end of the data-parallel process group at interpreter exit.
+
+    Lightning does this only for NCCL; a gloo group left to interpreter finalisation can abort its
+    rank after a run that succeeded ("terminate called without an active exception", exit status
+    -6). atexit handlers run while the interpreter is whole, in ``ddp`` processes and ``ddp_spawn``
+    workers alike."""
+    atexit.register(_end_process_group)
+
+
 class StagedModule(pl.LightningModule):
     """A LightningModule whose training, validation and test steps are one ``shared_step``.
 
@@ -48,6 +67,10 @@ class StagedModule(pl.LightningModule):
 
     def shared_step(self, batch: Any, stage: str) -> Tensor:
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if dist.is_available() and dist.is_initialized():  # the strategy started it before this hook
+            end_process_group_at_exit()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")

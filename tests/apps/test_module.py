@@ -19,3 +19,28 @@ def test_checkpoint_without_the_data_description_is_refused(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(ValueError, match=r"bare\.ckpt: has no ImageDataModule state"):
         load_trained(ImageClassifier, path, "ImageDataModule", "train one with `seqmix vision fit`")
+
+
+GROUP_AT_EXIT = """
+import atexit, socket
+import torch.distributed as dist
+from seqmix.apps.module import StagedModule
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+# registered first, so it runs last: after every handler the module's setup registered
+atexit.register(lambda: print("group alive at exit:", dist.is_initialized(), flush=True))
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+StagedModule().setup("fit")
+StagedModule().setup("test")  # registers once per process
+"""
+
+
+def test_a_data_parallel_process_group_ends_before_interpreter_exit():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GROUP_AT_EXIT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "group alive at exit: False", done.stdout

@@ -292,6 +292,7 @@ class Forecaster(StagedModule):
         self.metrics = nn.ModuleDict({f"{stage}_metrics": ForecastMetrics() for stage in ("train", "val", "test")})
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "scaler"):
             if dm.n_vars != self.shape.n_vars or dm.n_out != self.shape.n_out:
