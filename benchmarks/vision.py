@@ -11,6 +11,8 @@ ViT(GLA), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the sam
     # the other rows (short budget, labelled as such)
     python benchmarks/vision.py --models 'ViT(softmax)' 'ViT(GLA)' 'MambaOut-Femto (ours, paper config)' \
         'timm mambaout_femto (paper config)' --train-models 'ViT(softmax)' 'ViT(GLA)' --max-minutes 3 --threads 1
+    # a candidate architecture: its own row ('BiFormer-T (scaled) + pos_kernel=7') in a file of its own
+    python benchmarks/vision.py --models 'BiFormer-T (scaled)' --model-args '{"pos_kernel": 7}' --out vision_rejected ...
 
 Training goes through the app's own classes (ImageDataModule, ImageClassifier, Lightning's
 Trainer) on the 55k training images (5k held out for validation), AdamW with a cosine that ends
@@ -26,12 +28,14 @@ every row states its own budget, threads, load average, epochs, seed, date, comm
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import threading
 import time
 from functools import partial
+from typing import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -73,6 +77,31 @@ MODELS = {
 }
 CHECKPOINTS = {"BiFormer-T (scaled)": "biformer_tiny_28", "MambaOut-Femto (scaled)": "mambaout_femto_28"}
 DEFAULT_LR = 2e-3  # the peak learning rate of models without a config of their own
+
+
+def json_object(text: str) -> dict:
+    """``--model-args``: a JSON object of constructor keyword arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}); write e.g. '{{\"pos_kernel\": 7}}'") from None
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError(f"want a non-empty JSON object of keyword arguments, got {text!r}")
+    return value
+
+
+def variant(name: str, model_args: dict | None) -> tuple[str, Callable[..., nn.Module]]:
+    """The row name and model factory of ``name`` with ``--model-args`` applied (a candidate
+    architecture gets a row of its own, e.g. ``BiFormer-T (scaled) + pos_kernel=7``)."""
+    factory = MODELS[name]
+    if not model_args:
+        return name, factory
+    try:
+        inspect.signature(factory).bind_partial(**model_args)
+    except TypeError as e:
+        raise SystemExit(f"--model-args {model_args} do not fit {name!r}: {e}") from None
+    row = f"{name} + " + ", ".join(f"{k}={v}" for k, v in model_args.items())
+    return row, partial(factory, **model_args)
 
 
 def recipe_lr(name: str) -> float:
@@ -283,27 +312,33 @@ def main() -> None:
                         help="also write checkpoints/vision/<model>.ckpt (fp16, <= 5 MB) of each trained model "
                              f"({', '.join(CHECKPOINTS)})")
     parser.add_argument("--out", default="vision", help="results name: benchmarks/results/<out>.md and .json")
+    parser.add_argument("--model-args", type=json_object, default=None, metavar="JSON",
+                        help="keyword arguments for every selected model, e.g. '{\"pos_kernel\": 7}': a candidate "
+                             "architecture, in a row of its own (with --out, a file of its own)")
     args = parser.parse_args()
+    if args.model_args and args.save_checkpoints:
+        parser.error("--save-checkpoints writes the shipped checkpoints of the shipped configs; drop --model-args")
     torch.set_num_threads(args.threads)
     global STORE
     STORE = RESULTS_DIR / f"{args.out}.json"
 
     for name in args.models:
+        row, factory = variant(name, args.model_args)
         torch.manual_seed(args.seed)
-        model = MODELS[name](1, 10, 28)
+        model = factory(1, 10, 28)
         params = sum(p.numel() for p in model.parameters())
         macs = gmacs(model.eval(), torch.randn(1, 1, 28, 28))
         infer = images_per_second(model, args.throughput_batch, False, args.repeats)
         train = images_per_second(model, args.throughput_batch, True, args.repeats)
-        print(f"{name}: {params / 1e6:.2f}M params, {macs:.4f} GMACs, {infer:.0f} / {train:.0f} img/s "
+        print(f"{row}: {params / 1e6:.2f}M params, {macs:.4f} GMACs, {infer:.0f} / {train:.0f} img/s "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
                   "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
                   "cpus": sorted(os.sched_getaffinity(0)),  # pinned (taskset) runs have cores of their own
                   "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": "throughput only"}
         if not args.no_train and (args.train_models is None or name in args.train_models):
-            record.update(train_and_test(name, MODELS[name], args))
-        path = write_result(args.out, render(merge_records({name: record})))  # each row as soon as it is done
+            record.update(train_and_test(name, factory, args))
+        path = write_result(args.out, render(merge_records({row: record})))  # each row as soon as it is done
         print(f"wrote {path}", flush=True)
 
 
