@@ -1,0 +1,35 @@
+"""The CPU-cheap parts of ``benchmarks/vision.py``: a candidate architecture's row and its errors."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vision.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("vision_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vision_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_args_make_a_row_of_their_own(bench):
+    row, factory = bench.variant("BiFormer-T (scaled)", bench.json_object('{"pos_kernel": 5}'))
+    assert row == "BiFormer-T (scaled) + pos_kernel=5"
+    model = factory(1, 10, 28)
+    assert model.stages[0][0].pos.kernel_size == (5, 5)
+    assert bench.variant("BiFormer-T (scaled)", None)[0] == "BiFormer-T (scaled)"
+
+
+def test_model_args_that_do_not_fit_are_refused(bench):
+    with pytest.raises(SystemExit, match="do not fit 'MambaOut-Femto \\(scaled\\)'.*pos_kernel"):
+        bench.variant("MambaOut-Femto (scaled)", {"pos_kernel": 5})
+    for text in ("[1]", "{}", "pos_kernel=5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.json_object(text)
