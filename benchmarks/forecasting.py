@@ -170,7 +170,7 @@ def table(runs: dict, protocol: str, datasets: list[str], models: list[str]) -> 
 
 
 def seed_sets(sel: list[dict]) -> str:
-    """The seeds of each (dataset, horizon), grouped: e.g. "[0, 1, 2] at ETTh1 H=24, 48; [0] at ...".
+    """The seeds of each (dataset, horizon), grouped: e.g. "[0] at ETTh1 H=336/720; [0, 1, 2] at ETTh1 H=24/48".
 
     Every model of one (dataset, horizon) should share its seeds (the issue: the same seed set for every
     model); a model that does not is named."""
