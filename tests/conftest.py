@@ -30,3 +30,22 @@ def assert_rel_close():
         assert err <= ratio, f"{what}: relative RMS error {err:.3e} > {ratio:.0e}"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)``: ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a
+    package), registered in ``sys.modules`` as ``<name>_bench`` so that its dataclasses find their module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

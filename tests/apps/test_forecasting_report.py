@@ -1,21 +1,11 @@
 """The report side of ``benchmarks/forecasting.py``: which seeds each table cell rests on."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "forecasting.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("forecasting_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["forecasting_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("forecasting")
 
 
 def run(model: str, dataset: str, horizon: int, seed: int) -> dict:

@@ -1,22 +1,12 @@
 """The CPU-cheap parts of ``benchmarks/vision.py``: a candidate architecture's row and its errors."""
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vision.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("vision_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vision_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("vision")
 
 
 def test_model_args_make_a_row_of_their_own(bench):

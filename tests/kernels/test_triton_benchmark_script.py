@@ -1,22 +1,12 @@
 """The CPU-checkable parts of ``benchmarks/kernels_gpu.py``: arguments, FLOP formulas, no-GPU exit."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels_gpu.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("kernels_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kernels_gpu"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("kernels_gpu")
 
 
 def test_flop_formulas(bench):
