@@ -179,7 +179,7 @@ def seed_sets(sel: list[dict]) -> str:
         cells.setdefault((r["dataset"], r["pred_len"]), {}).setdefault(r["model"], set()).add(r["seed"])
     groups: dict[tuple[int, ...], dict[str, list[int]]] = {}  # seeds -> dataset -> horizons
     uneven = []
-    for (ds, h), by_model in sorted(cells.items(), key=lambda c: (c[0][0], c[0][1])):
+    for (ds, h), by_model in sorted(cells.items()):
         union = set().union(*by_model.values())
         groups.setdefault(tuple(sorted(union)), {}).setdefault(ds, []).append(h)
         uneven += [f"{MODEL_NAMES[m]} at {ds} H={h} has seeds {sorted(s)} of {sorted(union)}"

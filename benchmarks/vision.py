@@ -35,8 +35,8 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -229,7 +229,6 @@ def train_and_test(name: str, factory, args) -> dict:
         path = REPO / "checkpoints" / "vision" / f"{CHECKPOINTS[name]}.ckpt"
         size = save_small_checkpoint(evaluator, path, trained=(int(epochs), steps))
         out["checkpoint"] = f"{path.relative_to(REPO)} ({size / 1e6:.2f} MB)"
-    print(f"{name}: test acc {test:.4f} (val {val:.4f}) after {minutes:.1f} min, {epochs:.1f} epochs", flush=True)
     return out
 
 
@@ -338,6 +337,8 @@ def main() -> None:
                   "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": "throughput only"}
         if not args.no_train and (args.train_models is None or name in args.train_models):
             record.update(train_and_test(name, factory, args))
+            print(f"{row}: test acc {record['test_acc']:.4f} (val {record['val_acc']:.4f}) after "
+                  f"{record['minutes']:.1f} min, {record['epochs']:.1f} epochs", flush=True)
         path = write_result(args.out, render(merge_records({row: record})))  # each row as soon as it is done
         print(f"wrote {path}", flush=True)
 

@@ -102,8 +102,9 @@ def test_ddp_relaunches_the_seqmix_command(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     log = done.stdout + done.stderr
     if done.returncode == -6 and "`max_steps=2` reached" in log and "terminate called" in log:
-        # seen once in CI under a loaded make test, before every app module's setup arranged the process group's end at exit: the run
-        # finished, then gloo's threads aborted the ranks at interpreter exit. One retry; twice fails.
+        # seen once in CI under a loaded make test, before StagedModule.setup arranged the process group's
+        # end at exit: the run finished, then gloo's threads aborted the ranks at interpreter exit. One
+        # retry; twice fails.
         done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
         log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
