@@ -255,8 +255,8 @@ def test_revin_round_trip():
 
 
 # ------------------------------------------------------------ CLI, predict
-def tiny_argv(root: Path, seed: int = 0) -> list[str]:
-    return ["--config", str(REPO / "configs/forecasting/transformer.yaml"), "--seed_everything", str(seed),
+def tiny_argv(root: Path, seed: int = 0, config: str = "transformer.yaml") -> list[str]:
+    return ["--config", str(REPO / "configs/forecasting" / config), "--seed_everything", str(seed),
             "--model.network.init_args.d_model", "16", "--data.data_dir", str(DATA_DIR),
             "--data.seq_len", "24", "--data.label_len", "12", "--data.pred_len", "12",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
@@ -265,11 +265,11 @@ def tiny_argv(root: Path, seed: int = 0) -> list[str]:
             "--trainer.enable_model_summary", "false"]
 
 
-def fit_and_test(root: Path, seed: int):
+def fit_and_test(root: Path, seed: int, config: str = "transformer.yaml"):
     from seqmix.apps.forecasting.app import APP
     from seqmix.cli import app_cli
 
-    cli = app_cli(APP, tiny_argv(root, seed), run=False)
+    cli = app_cli(APP, tiny_argv(root, seed, config), run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
     return result, cli.trainer.checkpoint_callback.best_model_path
@@ -293,9 +293,26 @@ def test_cli_fit_and_test_in_process(tiny_run, tmp_path):
     assert main(["forecasting", "test", *tiny_argv(tmp_path), "--ckpt_path", ckpt]) == 0
 
 
-def test_same_seed_same_test_mse(tiny_run, tmp_path):
-    again, _ = fit_and_test(tmp_path, seed=0)
-    assert abs(again["test/mse"] - tiny_run[0]["test/mse"]) <= 1e-6
+def test_same_seed_same_test_mse_and_forecast_with_the_default_informer(tmp_path):
+    """The default config (ProbSparse drawing a new key sample at every training step) twice from
+    seed 0: the same test MSE; and its checkpoint forecasts the same values at every call."""
+    from seqmix.cli import main
+
+    if not HAVE_ETT:
+        pytest.skip(f"ETTh1.csv not under {DATA_DIR} (set SEQMIX_DATA; CI does)")
+    first, ckpt = fit_and_test(tmp_path / "a", seed=0, config="informer_etth1.yaml")
+    again, _ = fit_and_test(tmp_path / "b", seed=0, config="informer_etth1.yaml")
+    assert abs(again["test/mse"] - first["test/mse"]) <= 1e-6
+    other, _ = fit_and_test(tmp_path / "c", seed=1, config="informer_etth1.yaml")
+    assert abs(other["test/mse"] - first["test/mse"]) > 1e-6, "another seed trains another model"
+    csv = tmp_path / "recent.csv"
+    pd.read_csv(DATA_DIR / "ett" / "ETTh1.csv").iloc[:200].to_csv(csv, index=False)
+    forecasts = []
+    for i in range(2):
+        out = tmp_path / f"forecast{i}.csv"
+        assert main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--out", str(out)]) == 0
+        forecasts.append(pd.read_csv(out))
+    pd.testing.assert_frame_equal(forecasts[0], forecasts[1])
 
 
 def test_predict_writes_csv_and_png(tiny_run, tmp_path):

@@ -19,3 +19,20 @@ def test_seed_sets_group_cells_and_name_a_model_that_lacks_seeds(bench):
     text = bench.seed_sets(runs)
     assert text.startswith("[0] at ETTh1 H=168; [0, 1] at ETTh2 H=24; [0, 1, 2] at ETTh1 H=24/48")
     assert text.endswith("(uneven: Informer (ProbSparse) at ETTh2 H=24 has seeds [0] of [0, 1])")
+
+
+def test_a_run_whose_config_file_changed_since_is_stale(bench, tmp_path, monkeypatch):
+    (tmp_path / "informer_etth1.yaml").write_text("model: {lr: 2.0e-3}\n")
+    (tmp_path / "dlinear.yaml").write_text("model: {lr: 1.0e-2}\n")
+    monkeypatch.setattr(bench, "CONFIGS", tmp_path)
+    runs = {f"informer|ETTh1|{m}|{h}|seed0": {**run(m, "ETTh1", h, 0), "config_sha256": bench.config_digest(m)}
+            for m in ("informer_etth1", "dlinear") for h in (24, 48)}
+    runs["informer|ETTh1|dlinear|168|seed0"] = run("dlinear", "ETTh1", 168, 0)  # recorded before the field
+    current, stale = bench.split_stale(runs)
+    assert len(current) == 4 and list(stale) == ["informer|ETTh1|dlinear|168|seed0"]
+    (tmp_path / "informer_etth1.yaml").write_text("model: {lr: 1.0e-3}\n")  # the config changes: its runs go stale
+    current, stale = bench.split_stale(runs)
+    assert sorted(r["model"] for r in current.values()) == ["dlinear", "dlinear"]
+    assert bench.stale_lines(stale) == [
+        "informer protocol, ETTh1, DLinear: H=168 seeds [0]",
+        "informer protocol, ETTh1, Informer (ProbSparse): H=24 seeds [0]; H=48 seeds [0]"]

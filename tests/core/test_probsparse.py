@@ -104,10 +104,30 @@ def test_seed_makes_the_mixer_reproducible():
         assert torch.equal(a, mixer(x)), "seed=None follows torch's global generator"
 
 
+def test_resample_keys_draws_a_new_sample_in_training_and_keeps_the_seed_sample_in_eval():
+    x = torch.randn(2, 60, 16)
+    torch.manual_seed(0)
+    mixer = build_mixer("probsparse", 16, n_heads=2, factor=1, causal=False, resample_keys=True)
+    fixed = build_mixer("probsparse", 16, n_heads=2, factor=1, causal=False)
+    fixed.load_state_dict(mixer.state_dict())
+    with torch.no_grad():
+        mixer.train()
+        torch.manual_seed(1)
+        a = mixer(x)
+        assert not torch.equal(a, mixer(x)), "training calls draw a new key sample each"
+        torch.manual_seed(1)
+        assert torch.equal(a, mixer(x)), "the training sample follows torch's global generator"
+        assert not torch.equal(a, fixed(x))
+        mixer.eval()
+        assert torch.equal(mixer(x), fixed.eval()(x)), "eval mode uses the seed's sample"
+
+
 def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="factor must be an int >= 1"):
         build_mixer("probsparse", 16, factor=0)
     with pytest.raises(ValueError, match="seed must be an int >= 0 or None"):
         build_mixer("probsparse", 16, seed=-1)
+    with pytest.raises(ValueError, match="resample_keys=True keeps the `seed` sample"):
+        build_mixer("probsparse", 16, seed=None, resample_keys=True)
     with pytest.raises(ValueError, match="pattern 'causal_cross' is not supported"):
         build_mixer("probsparse", 16, causal=True)(torch.randn(1, 4, 16), context=torch.randn(1, 4, 16))

@@ -19,8 +19,10 @@ are active in expectation.
 
 The sample is drawn from a ``torch.Generator`` seeded by ``seed`` (the same sample at every
 call: deterministic, and the same for every implementation); ``seed=None`` draws a new
-sample per call from torch's global generator (Informer's behaviour; reproducible under
-``torch.manual_seed``).
+sample per call from torch's global generator (reproducible under ``torch.manual_seed``).
+``resample_keys=True`` draws a new sample at every *training* call, as Informer's code does,
+and keeps the ``seed`` sample in eval mode (like dropout: noise while training, a
+deterministic function of the input when predicting).
 
 Implementations (same selection, from :func:`probsparse_select`): ``"naive"`` computes the
 full ``[L_Q, L_K]`` attention for every query and keeps the active rows; ``"sparse"``
@@ -139,6 +141,8 @@ class ProbSparseAttention(Mixer):
             sampled keys per query.
         seed: seed of the key sample (the same sample at every call); None = a new sample per
             call from torch's global generator.
+        resample_keys: a new sample (torch's global generator) at every call in training mode,
+            as Informer's code; eval mode keeps the ``seed`` sample.
     """
 
     paper = "Zhou et al. 2021, Informer (ProbSparse self-attention)"
@@ -149,20 +153,26 @@ class ProbSparseAttention(Mixer):
     test_configs = ({"n_heads": 2, "factor": 1}, {"n_heads": 4, "factor": 2, "seed": 7})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 factor: int = 5, seed: int | None = 0):
+                 factor: int = 5, seed: int | None = 0, resample_keys: bool = False):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         if not isinstance(factor, int) or factor < 1:
             raise ValueError(f"ProbSparseAttention: factor must be an int >= 1 (Informer uses 5), got {factor!r}")
         if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise ValueError(f"ProbSparseAttention: seed must be an int >= 0 or None (a new sample per call), "
                              f"got {seed!r}")
-        self.factor, self.seed = factor, seed
+        if not isinstance(resample_keys, bool):
+            raise ValueError(f"ProbSparseAttention: resample_keys must be true or false, got {resample_keys!r}")
+        if resample_keys and seed is None:
+            raise ValueError("ProbSparseAttention: resample_keys=True keeps the `seed` sample for eval mode, so it "
+                             "needs an int seed; seed=None already draws a new sample at every call")
+        self.factor, self.seed, self.resample_keys = factor, seed, resample_keys
         self.qkv = QKVProjection(d_model, n_heads)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def _forward(self, x, *, context, mask, state, return_state):
         q, k, v = self.qkv(x, context)  # [B, H, T, K], [B, H, S, K], [B, H, S, V]
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
+        fresh = self.seed is None or (self.resample_keys and self.training)
+        seed = int(torch.randint(2**62, ()).item()) if fresh else self.seed
         o = probsparse_attention(q, k, v, factor=self.factor, causal=self.causal, seed=seed,
                                  impl=self.resolve_impl(x))
         return self.out(merge_heads(o))
@@ -171,4 +181,4 @@ class ProbSparseAttention(Mixer):
         return 2 * seq_len * self.d_model  # the key and value cache
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, factor={self.factor}, seed={self.seed}"
+        return f"{super().extra_repr()}, factor={self.factor}, seed={self.seed}, resample_keys={self.resample_keys}"
