@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
 import os
 import platform
 import shlex
@@ -61,6 +62,11 @@ def git_commit() -> str:
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
+
+
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of the sha256 of a file's bytes: which version of a config a result ran."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def utc_now() -> str:

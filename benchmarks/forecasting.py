@@ -15,7 +15,6 @@ rebuilt from every cached run each time, stating what was run and what was not.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, results_lock, save_figure, utc_now  # noqa: E402
+from common import RESULTS_DIR, atomic_write_text, command_line, file_digest, git_commit, header, markdown_table, results_lock, save_figure, utc_now  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "forecasting"
@@ -79,7 +78,7 @@ def run_key(protocol: str, dataset: str, model: str, horizon: int, seed: int) ->
 
 def config_digest(model: str) -> str:
     """The first 12 hex digits of the sha256 of ``configs/forecasting/<model>.yaml`` as it is now."""
-    return hashlib.sha256((CONFIGS / f"{model}.yaml").read_bytes()).hexdigest()[:12]
+    return file_digest(CONFIGS / f"{model}.yaml")
 
 
 def split_stale(runs: dict) -> tuple[dict, dict]:
@@ -279,8 +278,11 @@ def targets(runs: dict) -> str:
     else:
         lines.append("- best model, lookback 96, mean ETTh1 MSE over 96-720 <= 0.45: no model has all four horizons")
     epoch_file = RESULTS_DIR / "forecasting_epoch.json"  # written by benchmarks/forecasting_epoch.py
-    if epoch_file.exists():
-        e = json.loads(epoch_file.read_text())
+    e = json.loads(epoch_file.read_text()) if epoch_file.exists() else None
+    if e is not None and e.get("config_sha256") != file_digest(REPO / e["config"]):
+        lines.append(f"- one ETTh1 epoch of the default config < 60 s: stale (forecasting_epoch.json timed an earlier "
+                     f"version of {e['config']}; run benchmarks/forecasting_epoch.py again)")
+    elif e is not None:
         wall = max(e["epochs_wall_s"])
         lines.append(
             f"- one ETTh1 training epoch of the default config ({Path(e['config']).name}) < 60 s on 2 cores: "

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, file_digest, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
 from forecasting import EpochTimer  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "forecasting" / "informer_etth1.yaml"
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     text = header("Forecasting: one training epoch of the default config", seeds=[args.seed], notes=notes)
     text += markdown_table(["epoch", "batches", "wall s", "CPU s", f"< {TARGET_S:.0f} s"], rows)
     path = write_result("forecasting_epoch", text)
-    summary = {"config": str(config), "threads": args.threads, "epochs_wall_s": timer.wall, "epochs_cpu_s": timer.cpu,
+    summary = {"config": str(config), "config_sha256": file_digest(args.config), "threads": args.threads, "epochs_wall_s": timer.wall, "epochs_cpu_s": timer.cpu,
                "batches": batches, "load_before": round(load_before, 2), "load_after": round(load_after, 2),
                "command": command_line(), "commit": git_commit(), "date": utc_now(), "seed": args.seed}
     atomic_write_text(RESULTS_DIR / "forecasting_epoch.json", json.dumps(summary, indent=1) + "\n")  # read by forecasting.py

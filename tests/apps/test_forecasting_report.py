@@ -36,3 +36,19 @@ def test_a_run_whose_config_file_changed_since_is_stale(bench, tmp_path, monkeyp
     assert bench.stale_lines(stale) == [
         "informer protocol, ETTh1, DLinear: H=168 seeds [0]",
         "informer protocol, ETTh1, Informer (ProbSparse): H=24 seeds [0]; H=48 seeds [0]"]
+
+
+def test_the_epoch_time_of_an_earlier_config_is_stale(bench, tmp_path, monkeypatch):
+    import json
+
+    config = tmp_path / "informer.yaml"
+    config.write_text("model: {lr: 2.0e-3}\n")
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    timed = {"config": "informer.yaml", "config_sha256": bench.file_digest(config), "threads": 2,
+             "epochs_wall_s": [28.5], "batches": 266, "load_before": 0.4, "command": "python x.py", "commit": "abc",
+             "date": "today"}
+    (tmp_path / "forecasting_epoch.json").write_text(json.dumps(timed))
+    assert "28.5 s wall, the slowest of 1 full epochs of 266 batches at 2 torch threads" in bench.targets({})
+    config.write_text("model: {lr: 1.0e-3}\n")
+    assert "stale (forecasting_epoch.json timed an earlier version of informer.yaml" in bench.targets({})
