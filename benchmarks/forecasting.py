@@ -372,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 for model in args.models:
                     for seed in args.seeds:
                         key = run_key(args.protocol, dataset, model, h, seed)
-                        cached = runs.get(key)
-                        if cached and cached.get("config_sha256") == config_digest(model) and not args.rerun:
+                        if key in split_stale(runs)[0] and not args.rerun:
                             continue
                         seq_len, label_len = lengths[h]
                         r = run_one(model, dataset, seq_len, label_len, h, seed, args.max_epochs,

@@ -1,6 +1,7 @@
 """The CPU-cheap parts of ``benchmarks/vision.py``: a candidate architecture's row and its errors."""
 
 import argparse
+
 import pytest
 
 
