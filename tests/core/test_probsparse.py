@@ -2,15 +2,19 @@
 queries get mean(V) (or the prefix mean when causal); the max-mean measure picks the spiky
 queries; the sparse form equals the dense reference; the sample is reproducible."""
 
+import math
+
 import pytest
 import torch
 
 from seqmix.core import build_mixer
+from seqmix.core.mixers import probsparse
 from seqmix.core.mixers.probsparse import (
     lazy_output,
     probsparse_attention,
     probsparse_sample_keys,
     probsparse_select,
+    sparsity_measure,
 )
 from seqmix.kernels.attention import attention_naive
 
@@ -131,3 +135,25 @@ def test_bad_arguments_name_the_problem():
         build_mixer("probsparse", 16, seed=None, resample_keys=True)
     with pytest.raises(ValueError, match="pattern 'causal_cross' is not supported"):
         build_mixer("probsparse", 16, causal=True)(torch.randn(1, 4, 16), context=torch.randn(1, 4, 16))
+
+
+@pytest.mark.parametrize("head_dim, length", [(32, 40), (2, 100)])  # L_K <= U * K: dense scores; else gathered keys
+def test_measure_is_max_minus_mean_of_the_sampled_scores(head_dim, length, assert_rel_close):
+    q, k, _ = qkv(t=length, d=head_dim, seed=4)
+    index = probsparse_sample_keys(length, length, 1, causal=False, seed=2)  # [L, U]
+    scores = torch.stack([(q[:, :, i, None] * k[:, :, index[i]]).sum(-1) for i in range(length)], 2)  # [B, H, L, U]
+    scores = scores * head_dim**-0.5
+    assert_rel_close(sparsity_measure(q, k, index), scores.amax(-1) - scores.mean(-1), 1e-6, "measure")
+
+
+def test_causal_rank_in_blocks_equals_the_rule_row_by_row(monkeypatch):
+    """Query i is active when fewer than u_i of the measures of queries 0..i are larger; the
+    ranking runs in blocks of rows (forced small here) and must give the same answer."""
+    q, k, _ = qkv(t=70, seed=6)
+    monkeypatch.setattr(probsparse, "_RANK_BLOCK_ELEMENTS", 4 * 70 * 3)  # 3 rows per block
+    active = probsparse_select(q, k, 2, causal=True, seed=1)  # [B, H, L]
+    measure = sparsity_measure(q, k, probsparse_sample_keys(70, 70, 2, causal=True, seed=1))
+    for i in range(70):
+        budget = min(i + 1, max(1, 2 * math.ceil(math.log(i + 1))))
+        larger = (measure[..., : i + 1] > measure[..., i : i + 1]).sum(-1)  # [B, H]
+        assert torch.equal(active[..., i], larger < budget), f"row {i}"

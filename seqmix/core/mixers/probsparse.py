@@ -40,7 +40,7 @@ from seqmix.core.layers import QKVProjection, merge_heads
 from seqmix.core.mixer import Mixer, register_mixer
 from seqmix.kernels.attention import attention_naive
 
-_RANK_BLOCK = 256  # query rows per block when ranking the causal measures
+_RANK_BLOCK_ELEMENTS = 1 << 20  # comparisons per block when ranking the causal measures (cache-sized blocks)
 
 
 def _log_budget(factor: int, length: int) -> int:
@@ -66,9 +66,22 @@ def probsparse_sample_keys(l_q: int, l_k: int, factor: int, *, causal: bool, see
 
 
 def sparsity_measure(q: Tensor, k: Tensor, key_index: Tensor) -> Tensor:
-    """``M = max - mean`` of the scaled scores of each query on its sampled keys: ``[B, H, L_Q]``."""
-    k_sample = k[:, :, key_index]  # [B, H, L_Q, U, K]
-    scores = torch.einsum("bhlk,bhluk->bhlu", q, k_sample) * q.shape[-1] ** -0.5  # [B, H, L_Q, U]
+    """``M = max - mean`` of the scaled scores of each query on its sampled keys: ``[B, H, L_Q]``.
+
+    Two ways to the same sampled scores, whichever holds the smaller intermediate: the dense
+    ``[L_Q, L_K]`` score matrix (one matmul) and a gather of the sampled columns when
+    ``L_K <= U * K`` (Informer's lengths: the matmul is several times faster than gathering
+    keys), else the sampled keys gathered ``[L_Q, U, K]`` and dotted with their query
+    (long sequences: O(L log L) memory, as the paper's).
+    """
+    l_q, n_sample = key_index.shape
+    if k.shape[-2] <= n_sample * k.shape[-1]:
+        scores = q @ k.transpose(-1, -2)  # [B, H, L_Q, L_K]
+        scores = scores.gather(-1, key_index.expand(*q.shape[:2], l_q, n_sample))  # [B, H, L_Q, U]
+    else:
+        k_sample = k[:, :, key_index]  # [B, H, L_Q, U, K]
+        scores = torch.einsum("bhlk,bhluk->bhlu", q, k_sample)  # [B, H, L_Q, U]
+    scores = scores * q.shape[-1] ** -0.5
     return scores.amax(-1) - scores.mean(-1)
 
 
@@ -85,8 +98,9 @@ def probsparse_select(q: Tensor, k: Tensor, factor: int, *, causal: bool, seed: 
         budget = torch.tensor([min(i + 1, max(1, factor * math.ceil(math.log(i + 1)))) for i in range(l_q)],
                               device=q.device)  # [L_Q]
         active = []
-        for start in range(0, l_q, _RANK_BLOCK):
-            rows = torch.arange(start, min(start + _RANK_BLOCK, l_q), device=q.device)  # [R]
+        block = max(1, _RANK_BLOCK_ELEMENTS // (measure.numel() // l_q * l_q))  # query rows per block
+        for start in range(0, l_q, block):
+            rows = torch.arange(start, min(start + block, l_q), device=q.device)  # [R]
             seen = torch.arange(rows[-1] + 1, device=q.device)  # [S]
             larger = measure[..., None, : len(seen)] > measure[..., rows, None]  # [B, H, R, S]
             larger &= seen[None, :] <= rows[:, None]
