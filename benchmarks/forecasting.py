@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, atomic_write_text, command_line, file_digest, git_commit, header, markdown_table, results_lock, save_figure, utc_now  # noqa: E402
+from common import RESULTS_DIR, atomic_write_text, command_line, cpu_model, file_digest, git_commit, header, markdown_table, results_lock, save_figure, utc_now  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "forecasting"
@@ -139,7 +139,7 @@ def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: in
             "test_mse_orig": result["test/mse_orig"], "test_mae_orig": result["test/mae_orig"],
             "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "threads": torch.get_num_threads(),
             "train_epoch_wall_s": timer.wall, "train_epoch_cpu_s": timer.cpu, "load_avg": os.getloadavg()[0],
-            "config_sha256": config_digest(model), "commit": git_commit(), "date": utc_now(),
+            "config_sha256": config_digest(model), "cpu": cpu_model(), "commit": git_commit(), "date": utc_now(),
             "command": command_line()}
 
 
@@ -204,6 +204,26 @@ def seed_sets(sel: list[dict]) -> str:
     return text + (" (uneven: " + "; ".join(uneven) + ")" if uneven else "")
 
 
+def cpu_sets(sel: list[dict]) -> str:
+    """Which CPU ran which runs: e.g. "AMD EPYC: 150 runs; Intel Xeon: 12 runs (ETTh1 H=336 seeds [1, 2])".
+
+    The same seed gives slightly different numbers on another CPU (its floating-point kernels differ),
+    and CPU seconds compare only within one CPU. When several CPUs share a protocol, every CPU but
+    the one with the most runs lists its (dataset, horizon, seeds)."""
+    by_cpu: dict[str, list[dict]] = {}
+    for r in sel:
+        by_cpu.setdefault(r.get("cpu", "not recorded"), []).append(r)
+    ranked = sorted(by_cpu.items(), key=lambda kv: -len(kv[1]))
+    parts = []
+    for i, (cpu, rs) in enumerate(ranked):
+        cells: dict[tuple[str, int], set[int]] = {}
+        for r in rs:
+            cells.setdefault((r["dataset"], r["pred_len"]), set()).add(r["seed"])
+        where = "; ".join(f"{ds} H={h} seeds {sorted(seeds)}" for (ds, h), seeds in sorted(cells.items()))
+        parts.append(f"{cpu}: {len(rs)} run{'s' * (len(rs) != 1)}" + (f" ({where})" if i > 0 else ""))
+    return "; ".join(parts)
+
+
 def seeds_and_epochs(runs: dict, protocol: str) -> str:
     sel = [r for k, r in runs.items() if k.startswith(protocol + "|")]
     if not sel:
@@ -212,7 +232,8 @@ def seeds_and_epochs(runs: dict, protocol: str) -> str:
     budget = sorted({(r["model"], r["max_epochs"], r["limit_train_batches"]) for r in sel})
     epochs = {m: sorted({r["epochs_run"] for r in sel if r["model"] == m}) for m, _, _ in budget}
     return (f"seeds {seeds}; max epochs (model, max, train fraction): {budget}; epochs run before early "
-            f"stopping / the cap: {epochs}; torch threads per run: {sorted({r['threads'] for r in sel})}")
+            f"stopping / the cap: {epochs}; torch threads per run: {sorted({r['threads'] for r in sel})}; "
+            f"CPUs: {cpu_sets(sel)}")
 
 
 def plot(runs: dict) -> None:
@@ -318,9 +339,12 @@ def report(all_runs: dict) -> None:
     text = header("Forecasting: Informer protocol and lookback-96 protocol",
                   seeds=sorted({r["seed"] for r in runs.values()}) or None,
                   notes=["every number below is the mean over the seeds of runs cached in "
-                         "`benchmarks/results/forecasting_runs.json` (each run records its own commit, date, "
+                         "`benchmarks/results/forecasting_runs.json` (each run records its own commit, date, CPU, "
                          "CPU seconds, epochs, and the sha256 of its config file: only runs of the config files as "
                          "they are now count); test MSE / MAE on the scaled data (the papers' convention)",
+                         "the machine line above is where this report was written; the runs came from the CPUs "
+                         "that each protocol's Runs line lists (a seed's figures differ slightly from one CPU "
+                         "to another, and CPU seconds compare only within one CPU)",
                          "models are the configs `configs/forecasting/<model>.yaml` at d_model 64 (the papers "
                          "use 512): sized for a shared 2-core CPU",
                          "data options per file (DATA_OPTIONS): " + "; ".join(

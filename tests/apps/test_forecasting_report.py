@@ -52,3 +52,12 @@ def test_the_epoch_time_of_an_earlier_config_is_stale(bench, tmp_path, monkeypat
     assert "28.5 s wall, the slowest of 1 full epochs of 266 batches at 2 torch threads" in bench.targets({})
     config.write_text("model: {lr: 1.0e-3}\n")
     assert "stale (forecasting_epoch.json timed an earlier version of informer.yaml" in bench.targets({})
+
+
+def test_cpu_sets_say_which_cpu_ran_which_runs(bench):
+    amd = [{**run(m, "ETTh1", h, 0), "cpu": "AMD EPYC"} for m in ("dlinear", "informer_etth1") for h in (24, 48, 168)]
+    xeon = [{**run(m, "ETTh1", 336, s), "cpu": "Intel Xeon"} for m in ("dlinear", "informer_etth1") for s in (1, 2)]
+    legacy = [run("dlinear", "ETTh2", 24, 0)]  # cached before runs recorded their CPU
+    assert bench.cpu_sets(xeon + amd + legacy) == (
+        "AMD EPYC: 6 runs; Intel Xeon: 4 runs (ETTh1 H=336 seeds [1, 2]); not recorded: 1 run (ETTh2 H=24 seeds [0])")
+    assert bench.cpu_sets(amd) == "AMD EPYC: 6 runs"
