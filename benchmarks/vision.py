@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, atomic_write_text, command_line, git_commit, header,  # noqa: E402
+from common import (RESULTS_DIR, atomic_write_text, command_line, cpu_model, git_commit, header,  # noqa: E402
                     markdown_table, results_lock, utc_now, write_result)
 
 import seqmix.apps.vision  # noqa: E402,F401  (registers the timm models)
@@ -261,7 +261,8 @@ def render(records: dict[str, dict]) -> str:
                      f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
                      r["seed"], r.get("checkpoint", "-")])
         cpus = f"; ran on CPUs {r['cpus']} (affinity)" if "cpus" in r else ""
-        runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}; {r['data']}{cpus})")
+        runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}, {r.get('cpu', 'CPU not recorded')}; "
+                    f"{r['data']}{cpus})")
     table = markdown_table(["model", "test acc %", "val acc %", "params (M)", "GMACs", "infer img/s",
                             "train img/s", "budget (min)", "threads", "epochs", "train min", "load avg (mean / max)",
                             "seed", "checkpoint"], rows)
@@ -278,7 +279,9 @@ def render(records: dict[str, dict]) -> str:
              "start of the row's run; training = forward + backward + AdamW step",
              "GMACs: multiply-adds of one 28x28 image (torch.utils.flop_counter FLOPs / 2; matmuls and convolutions "
              "only, as fvcore)",
-             "rows come from separate runs (merged through benchmarks/results/vision.json); each run's command:"]
+             "rows come from separate runs (merged through benchmarks/results/vision.json), each on the CPU its "
+             "line names (the machine line above is where this file was written; throughput compares only within "
+             "one CPU); each run's command:"]
     return header("Fashion-MNIST: BiFormer, MambaOut, ViT", notes=notes)[:-1] + "\n".join(runs) + "\n\n" + table
 
 
@@ -334,6 +337,7 @@ def main() -> None:
         record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
                   "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
                   "cpus": sorted(os.sched_getaffinity(0)),  # pinned (taskset) runs have cores of their own
+                  "cpu": cpu_model(),  # rows merge across runs, maybe across machines: throughput is per CPU
                   "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": "throughput only"}
         if not args.no_train and (args.train_models is None or name in args.train_models):
             record.update(train_and_test(name, factory, args))

@@ -24,3 +24,13 @@ def test_model_args_that_do_not_fit_are_refused(bench):
     for text in ("[1]", "{}", "pos_kernel=5"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.json_object(text)
+
+
+def test_each_row_names_the_cpu_it_ran_on(bench):
+    """Rows merge across runs, maybe across machines: each run's line names its CPU."""
+    base = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
+            "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
+            "date": "2026-11-30 08:00 UTC", "data": "throughput only"}
+    text = bench.render({"MambaOut-Femto (scaled)": {**base, "cpu": "Intel Xeon"}, "ViT(softmax)": base})
+    assert "- MambaOut-Femto (scaled): `python benchmarks/vision.py` (commit `abc`, 2026-11-30 08:00 UTC, Intel Xeon;" in text
+    assert "- ViT(softmax): `python benchmarks/vision.py` (commit `abc`, 2026-11-30 08:00 UTC, CPU not recorded;" in text
