@@ -205,21 +205,23 @@ def seed_sets(sel: list[dict]) -> str:
 
 
 def cpu_sets(sel: list[dict]) -> str:
-    """Which CPU ran which runs: e.g. "AMD EPYC: 150 runs; Intel Xeon: 12 runs (ETTh1 H=336 seeds [1, 2])".
+    """Which CPU ran which runs: e.g. "AMD EPYC: 150 runs; Intel Xeon: 2 runs (DLinear: ETTh1 H=336 seeds [1, 2])".
 
     The same seed gives slightly different numbers on another CPU (its floating-point kernels differ),
     and CPU seconds compare only within one CPU. When several CPUs share a protocol, every CPU but
-    the one with the most runs lists its (dataset, horizon, seeds)."""
+    the one with the most runs lists its runs: model, then dataset, horizon and seeds."""
     by_cpu: dict[str, list[dict]] = {}
     for r in sel:
         by_cpu.setdefault(r.get("cpu", "not recorded"), []).append(r)
     ranked = sorted(by_cpu.items(), key=lambda kv: -len(kv[1]))
     parts = []
     for i, (cpu, rs) in enumerate(ranked):
-        cells: dict[tuple[str, int], set[int]] = {}
+        cells: dict[str, dict[tuple[str, int], set[int]]] = {}  # model -> (dataset, horizon) -> seeds
         for r in rs:
-            cells.setdefault((r["dataset"], r["pred_len"]), set()).add(r["seed"])
-        where = "; ".join(f"{ds} H={h} seeds {sorted(seeds)}" for (ds, h), seeds in sorted(cells.items()))
+            cells.setdefault(r["model"], {}).setdefault((r["dataset"], r["pred_len"]), set()).add(r["seed"])
+        where = "; ".join(f"{MODEL_NAMES[m]}: " + ", ".join(f"{ds} H={h} seeds {sorted(seeds)}"
+                                                           for (ds, h), seeds in sorted(by_cell.items()))
+                          for m, by_cell in sorted(cells.items()))
         parts.append(f"{cpu}: {len(rs)} run{'s' * (len(rs) != 1)}" + (f" ({where})" if i > 0 else ""))
     return "; ".join(parts)
 

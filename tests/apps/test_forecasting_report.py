@@ -59,5 +59,6 @@ def test_cpu_sets_say_which_cpu_ran_which_runs(bench):
     xeon = [{**run(m, "ETTh1", 336, s), "cpu": "Intel Xeon"} for m in ("dlinear", "informer_etth1") for s in (1, 2)]
     legacy = [run("dlinear", "ETTh2", 24, 0)]  # cached before runs recorded their CPU
     assert bench.cpu_sets(xeon + amd + legacy) == (
-        "AMD EPYC: 6 runs; Intel Xeon: 4 runs (ETTh1 H=336 seeds [1, 2]); not recorded: 1 run (ETTh2 H=24 seeds [0])")
+        "AMD EPYC: 6 runs; Intel Xeon: 4 runs (DLinear: ETTh1 H=336 seeds [1, 2]; Informer (ProbSparse): ETTh1 "
+        "H=336 seeds [1, 2]); not recorded: 1 run (DLinear: ETTh2 H=24 seeds [0])")
     assert bench.cpu_sets(amd) == "AMD EPYC: 6 runs"
