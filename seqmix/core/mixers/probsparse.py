@@ -70,7 +70,7 @@ def sparsity_measure(q: Tensor, k: Tensor, key_index: Tensor) -> Tensor:
 
     Two ways to the same sampled scores, whichever holds the smaller intermediate: the dense
     ``[L_Q, L_K]`` score matrix (one matmul) and a gather of the sampled columns when
-    ``L_K <= U * K`` (Informer's lengths: the matmul is several times faster than gathering
+    ``L_K <= U * K`` (Informer's lengths: one matmul is faster than gathering the
     keys), else the sampled keys gathered ``[L_Q, U, K]`` and dotted with their query
     (long sequences: O(L log L) memory, as the paper's).
     """
