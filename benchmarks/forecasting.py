@@ -393,12 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         bad = [h for h in horizons if h not in lengths]
         if bad:
             parser.error(f"horizons {bad} are not in the {args.protocol} protocol: {list(lengths)}")
+        current = split_stale(runs)[0]  # the cached runs of the config files as they are now
         for dataset in args.datasets:
             for h in horizons:
                 for model in args.models:
                     for seed in args.seeds:
                         key = run_key(args.protocol, dataset, model, h, seed)
-                        if key in split_stale(runs)[0] and not args.rerun:
+                        if key in current and not args.rerun:
                             continue
                         seq_len, label_len = lengths[h]
                         r = run_one(model, dataset, seq_len, label_len, h, seed, args.max_epochs,
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{key}: test MSE {r['test_mse']:.4f} MAE {r['test_mae']:.4f} "
                               f"({r['epochs_run']} epochs, {r['cpu_s']:.0f} CPU s)", flush=True)
                         runs = add_run(key, r)
+                        current = split_stale(runs)[0]  # side-by-side invocations may have added runs too
                         report(runs)
     report(runs)
     print(f"wrote {RESULTS_DIR / 'forecasting.md'}")

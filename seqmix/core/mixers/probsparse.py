@@ -95,10 +95,9 @@ def probsparse_select(q: Tensor, k: Tensor, factor: int, *, causal: bool, seed: 
             top = measure.topk(_log_budget(factor, l_q), dim=-1).indices  # [B, H, u]
             return torch.zeros_like(measure, dtype=torch.bool).scatter_(-1, top, True)
         # query i is active when fewer than u_i of the queries 0..i have a larger measure
-        budget = torch.tensor([min(i + 1, max(1, factor * math.ceil(math.log(i + 1)))) for i in range(l_q)],
-                              device=q.device)  # [L_Q]
+        budget = torch.tensor([_log_budget(factor, i + 1) for i in range(l_q)], device=q.device)  # [L_Q]
         active = []
-        block = max(1, _RANK_BLOCK_ELEMENTS // (measure.numel() // l_q * l_q))  # query rows per block
+        block = max(1, _RANK_BLOCK_ELEMENTS // measure.numel())  # query rows per block: B*H*L_Q comparisons a row
         for start in range(0, l_q, block):
             rows = torch.arange(start, min(start + block, l_q), device=q.device)  # [R]
             seen = torch.arange(rows[-1] + 1, device=q.device)  # [S]
