@@ -5,8 +5,10 @@
 
 One seed of one config with CLI overrides; it reports the best-validation-loss checkpoint's
 VALIDATION metrics only (test is never computed here, so no setting is chosen on test).
-Each run appends one row to the tuning table (atomic rewrite); ``--render`` only rewrites the
-table from the log.
+Each run appends one row to the tuning table (atomic rewrite), with the CPU model and commit it
+ran on; ``--render`` only rewrites the table from the log. A setting run over several seeds
+(rows named ``<setting>-s<seed>``) gets its mean per CPU model, since a seed gives slightly
+different numbers on different CPUs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, REPO_ROOT, atomic_write_text, header, markdown_table, results_lock, write_result  # noqa: E402
+from common import (RESULTS_DIR, REPO_ROOT, atomic_write_text, cpu_model, git_commit, header,  # noqa: E402
+                    markdown_table, results_lock, write_result)
 from emotion import build, predictions  # noqa: E402
 
 from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
@@ -54,27 +57,29 @@ def without_seed(overrides: str) -> str:
 
 def render(rows: list[dict]) -> None:
     rows = [{**r, "seed": row_seed(r)} for r in rows]
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has (early rows lack cpu, commit)
     text = header("Text app: validation-only tuning runs (issue 6)", seeds=sorted({r["seed"] for r in rows}),
                   notes=["one seed per row; best-validation-loss checkpoint; VALIDATION metrics only (test never "
-                         "computed here)", "torch threads 1; `load` is the 1-min load average at the end of the run",
+                         "computed here)",
+                         "torch threads 1; `load` is the 1-min load average at the end of the run; `cpu` the CPU model "
+                         "(a seed gives slightly different numbers on different CPUs: compare settings within one CPU)",
                          "the command line above is the last run's (or --render); each row names its overrides"])
     text += markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows])
-    groups: dict[str, list[dict]] = {}
-    for r in rows:  # a setting run over several seeds is named "<setting>-s<seed>"
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:  # a setting run over several seeds is named "<setting>-s<seed>"; one group per CPU
         setting, dash, seed = r["name"].rpartition("-s")
         if dash and seed.isdigit():
-            groups.setdefault(setting, []).append(r)
-    groups = {name: g for name, g in groups.items() if len(g) > 1}
+            groups.setdefault((setting, r.get("cpu", "")), []).append(r)
+    groups = {key: g for key, g in groups.items() if len(g) > 1}
     if groups:
-        text += ("\n\n## Settings run over several seeds (mean over the rows named `<setting>-s<seed>`)\n\n"
-                 + markdown_table(["setting", "config", "overrides (without the seed)", "seeds", "val acc@1",
+        text += ("\n\n## Settings run over several seeds (mean over the rows named `<setting>-s<seed>`, per CPU)\n\n"
+                 + markdown_table(["setting", "cpu", "config", "overrides (without the seed)", "seeds", "val acc@1",
                                    "val rmse", "val ap_document"],
-                                  [[name, g[0]["config"], without_seed(g[0]["overrides"]),
+                                  [[name, cpu, g[0]["config"], without_seed(g[0]["overrides"]),
                                     " ".join(str(row_seed(r)) for r in g),
                                     *(f"{sum(r[k] for r in g) / len(g):.{p}f}"
                                       for k, p in (("val acc@1", 3), ("val rmse", 4), ("val ap_document", 3)))]
-                                   for name, g in groups.items()]))
+                                   for (name, cpu), g in groups.items()]))
     write_result("emotion_tuning", text)
 
 
@@ -109,7 +114,8 @@ def main() -> None:
     row = {"name": args.name, "config": Path(args.config).name, "seed": args.seed,
            "overrides": " ".join(args.overrides), "val acc@1": round(m["acc@1"], 3), "val rmse": round(m["rmse"], 4),
            "val ap_document": round(m["ap_document"], 3), "best epoch": int(ckpt["epoch"]),
-           "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1)}
+           "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1),
+           "cpu": cpu_model(), "commit": git_commit()}
     print(json.dumps(row), flush=True)
     with results_lock(LOG.name):  # re-read: a concurrent run may have logged its row meanwhile
         rows = read_log() + [row]

@@ -273,3 +273,34 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
             main(["text", "predict", "--ckpt", str(ckpts[0]), *argv])
     with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
         main(["text", "predict", "--ckpt", str(tmp_path / "missing.ckpt"), "--text", "x"])
+
+
+# ---------------------------------------------------- the shipped checkpoint
+SHIPPED = REPO / "checkpoints" / "text" / "redaffectivelm_lora.ckpt"
+
+
+def test_shipped_checkpoint_is_small_and_reads_semeval_headlines(semeval, capsys):
+    """benchmarks/emotion_checkpoint.py writes it; `seqmix text predict` reads it with no network."""
+    from seqmix.apps.text.app import load_checkpoint
+    from seqmix.apps.text.data import SEMEVAL_EMOTIONS, TextFeaturizer
+    from seqmix.cli import main
+
+    assert SHIPPED.is_file(), f"{SHIPPED} is missing: python benchmarks/emotion_checkpoint.py writes it"
+    assert SHIPPED.stat().st_size <= 5_000_000
+    model, dm = load_checkpoint(SHIPPED)
+    assert model.hparams.context_lora_rank > 0 and dm["data_dir"] is None and dm["cache_dir"] == "runs/text/cache"
+    featurizer = TextFeaturizer(dm["word_features"], dm["max_words"], dm["context"], dm["context_max_len"],
+                                str(DATA / "lexicons" / "NRC-AffectIntensity-Lexicon.txt"), dm["keep_stopwords"],
+                                dm["context_trainable_layers"])
+    test_rows = paper_split(len(semeval), 7)[2][:120]
+    feats = featurizer([semeval.texts[i] for i in test_rows])
+    with torch.no_grad():
+        pred, _ = model.eval()({"words": feats.words, "word_mask": feats.word_mask, "context": feats.context,
+                                "context_mask": feats.context_mask})
+    m = emotion_metrics(pred.double().numpy(), semeval.targets[test_rows])
+    assert m["acc@1"] > 0.55 and m["rmse"] < 0.19  # the mean-distribution floor: 0.424 / 0.2247 on the test split
+    main(["text", "predict", "--ckpt", str(SHIPPED), "--text", "Bombers kill shoppers in Baghdad market"])
+    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert header.split("\t")[1:] == list(SEMEVAL_EMOTIONS)
+    probs = dict(zip(SEMEVAL_EMOTIONS, map(float, row.split("\t")[1:])))
+    assert sum(probs.values()) == pytest.approx(1.0, abs=2e-3) and probs["joy"] < min(probs["fear"], probs["sadness"])

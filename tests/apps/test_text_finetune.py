@@ -31,6 +31,22 @@ def test_context_top_on_cached_states_equals_the_full_encoder(full_states, k):
     assert ContextTop(k).layers[0].training  # fresh: trainable (dropout on), unlike load_encoder's eval mode
 
 
+def test_lora_context_top_starts_as_the_encoder_and_trains_only_its_adapters(full_states):
+    """LoRA (B = 0 at init) leaves the pretrained function unchanged; only the adapters take gradients."""
+    below, mask = ContextEncoder(max_len=16, skip_top=2).encode(TEXTS)
+    top = ContextTop(2, lora_rank=4).eval()
+    with torch.no_grad():
+        out = top(below, mask)
+    torch.testing.assert_close(out[mask], full_states[0][mask], rtol=1e-4, atol=1e-4)
+    trainable = {n for n, p in top.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert len(trainable) == 2 * 6 * 2  # A and B for the 6 linear maps of each of the 2 layers
+    top.train()(below, mask)[mask].sum().backward()
+    assert all((p.grad is not None) == p.requires_grad for p in top.parameters())
+    with pytest.raises(ValueError, match="context_lora_rank must be >= 0"):
+        ContextTop(2, lora_rank=-1)
+
+
 def _model(**kw):
     return EmotionRegressor(word_dim=0, context_dim=384, fusion_hidden=8, **kw)
 
@@ -62,9 +78,10 @@ def test_param_groups_and_linear_schedule():
     conf = model.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     top = {id(p) for p in model.context_top.parameters()}
-    head, enc = opt.param_groups
-    assert {id(p) for p in enc["params"]} == top and not top & {id(p) for p in head["params"]}
-    assert len(head["params"]) + len(enc["params"]) == len(list(model.parameters()))
+    head, *enc = opt.param_groups  # the head, then one group per fine-tuned encoder layer (bottom to top)
+    assert len(enc) == 2 and [g["initial_lr"] for g in enc] == [3e-5, 3e-5]  # context_lr_decay 1: one rate
+    assert {id(p) for g in enc for p in g["params"]} == top and not top & {id(p) for p in head["params"]}
+    assert len(head["params"]) + sum(len(g["params"]) for g in enc) == len(list(model.parameters()))
     assert conf["lr_scheduler"]["interval"] == "step"
     lrs = []
     for _ in range(20):
@@ -77,6 +94,16 @@ def test_param_groups_and_linear_schedule():
     assert all(a[0] > b[0] for a, b in zip(lrs[2:], lrs[3:]))
     assert isinstance(_model().configure_optimizers(), torch.optim.AdamW)  # constant: no scheduler
     assert linear_warmup_decay(10, 0.0)(0) == 1.0  # no warm-up: the full rate from the first step
+
+
+def test_layerwise_lr_decay():
+    model = _model(context_trainable_layers=3, context_lr=1e-4, context_lr_decay=0.5)
+    _, *enc = model.configure_optimizers().param_groups
+    assert [g["lr"] for g in enc] == pytest.approx([2.5e-5, 5e-5, 1e-4])  # bottom to top
+    assert [{id(p) for p in g["params"]} for g in enc] == [{id(p) for p in layer.parameters()}
+                                                           for layer in model.context_top.layers]
+    with pytest.raises(ValueError, match="context_lr_decay must be in"):
+        _model(context_trainable_layers=3, context_lr_decay=0.0)
 
 
 def test_finetune_argument_errors():
@@ -106,3 +133,28 @@ def test_length_buckets_cover_every_row_once_and_group_similar_lengths():
     random_spread = torch.tensor([float(lengths[b].max() - lengths[b].min())
                                   for b in torch.randperm(203).split(8)]).mean()
     assert spread < random_spread / 2  # batches pad to about their own length
+
+
+def test_lora_checkpoint_leaves_out_the_frozen_encoder_and_loads_back(full_states):
+    """A LoRA model's checkpoint holds what training changed; loading it restores the same model."""
+    states, mask = full_states
+    model = _model(context_trainable_layers=2, context_lora_rank=4).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0.0, 0.05)  # trained adapters: not the identity any more
+        expected, _ = model({"context": states, "context_mask": mask})
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    frozen = model.frozen_pretrained_keys()
+    assert frozen and all(".base_layer." in k or "LayerNorm" in k for k in frozen)
+    model.on_save_checkpoint(checkpoint)
+    assert not set(frozen) & set(checkpoint["state_dict"]) and checkpoint["text_mixers"] == {"rnn": None,
+                                                                                               "attention": None}
+    stored = sum(v.numel() for v in checkpoint["state_dict"].values())
+    assert stored < sum(v.numel() for v in model.state_dict().values()) / 5
+    loaded = EmotionRegressor.from_checkpoint_dict(checkpoint).eval()
+    with torch.no_grad():
+        got, _ = loaded({"context": states, "context_mask": mask})
+    torch.testing.assert_close(got, expected)
+    full = _model(context_trainable_layers=2)  # full fine-tuning: every weight is stored
+    assert full.frozen_pretrained_keys() == []

@@ -18,9 +18,11 @@ the baselines with the same code: Bi-LSTM + attention over plain GloVe (``word_f
 ridge baseline is :func:`fit_tfidf_ridge`.
 
 Loss: MSE between the predicted and gold distributions (the paper), or ``kl`` (KL(gold || pred)).
-Optimiser: AdamW with two parameter groups, the fine-tuned encoder layers at ``context_lr`` and
-everything else at ``lr``; ``lr_schedule: linear`` warms both up linearly over the first
-``warmup_ratio`` of the training steps and then decays them linearly to 0 (per step).
+Optimiser: AdamW, everything but the fine-tuned encoder layers at ``lr`` and the encoder layers at
+``context_lr`` (the top one; with ``context_lr_decay`` < 1 each layer's rate is that factor times
+the rate of the layer above: layer-wise learning-rate decay); ``lr_schedule: linear`` warms them up
+linearly over the first ``warmup_ratio`` of the training steps and then decays them linearly to 0
+(per step). ``context_lora_rank`` > 0 trains LoRA adapters on those layers instead of their weights.
 """
 
 from __future__ import annotations
@@ -87,17 +89,28 @@ class AffectBranch(nn.Module):
 
 
 class ContextTop(nn.Module):
-    """The top ``n_layers`` layers of the pretrained encoder, trained on the cached states below them."""
+    """The top ``n_layers`` layers of the pretrained encoder, trained on the cached states below them:
+    every weight (``lora_rank`` 0), or only rank-``lora_rank`` LoRA adapters (peft) on each of their
+    linear maps, the pretrained weights frozen."""
 
-    def __init__(self, n_layers: int):
+    def __init__(self, n_layers: int, lora_rank: int = 0):
         super().__init__()
         encoder = load_encoder()
         total = len(encoder.encoder.layer)
         if not 1 <= n_layers <= total:
             raise ValueError(f"context_trainable_layers must be in [0, {total}], got {n_layers}")
+        if lora_rank < 0:
+            raise ValueError(f"context_lora_rank must be >= 0 (0 = fine-tune every weight), got {lora_rank}")
         # load_encoder returns eval mode; these layers are trained, so they follow the parent's
         # train()/eval() from here (the pretrained config's dropout is active while fine-tuning)
         self.layers = nn.ModuleList(encoder.encoder.layer[total - n_layers:]).train()
+        if lora_rank:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            targets = sorted({name.rpartition(".")[2] for name, m in self.layers.named_modules()
+                              if isinstance(m, nn.Linear)})  # query, key, value, dense
+            config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=targets, lora_dropout=0.0)
+            inject_adapter_in_model(config, self.layers)  # in place; freezes every non-adapter weight
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         """``h: [B, L, C]`` states below these layers, ``mask: [B, L]`` -> the encoder's top states ``[B, L, C]``."""
@@ -127,7 +140,8 @@ class EmotionRegressor(StagedModule):
                  fusion_hidden: int = 256, dropout: float = 0.3, context_dropout: float = 0.1,
                  context_trainable_layers: int = 0, context_pool: Literal["mean", "cls", "attention"] = "mean",
                  loss: Literal["mse", "kl"] = "mse", lr: float = 1e-3, context_lr: float = 5e-5,
-                 weight_decay: float = 1e-4, lr_schedule: Literal["constant", "linear"] = "constant",
+                 context_lr_decay: float = 1.0, context_lora_rank: int = 0, weight_decay: float = 1e-4,
+                 lr_schedule: Literal["constant", "linear"] = "constant",
                  warmup_ratio: float = 0.0):
         super().__init__()
         if loss not in ("mse", "kl"):
@@ -140,6 +154,9 @@ class EmotionRegressor(StagedModule):
                              f"got {lr_schedule!r}, {warmup_ratio}")
         if lr_schedule == "constant" and warmup_ratio > 0:
             raise ValueError("EmotionRegressor: warmup_ratio > 0 needs lr_schedule: linear (warm-up, then linear decay)")
+        if not 0 < context_lr_decay <= 1:
+            raise ValueError(f"EmotionRegressor: context_lr_decay must be in (0, 1] (1 = one rate for every encoder "
+                             f"layer), got {context_lr_decay}")
         if word_dim <= 0 and context_dim <= 0:
             raise ValueError("EmotionRegressor: both branches are off (word_dim = context_dim = 0)")
         if word_dim > 0 and rnn is None:
@@ -150,7 +167,8 @@ class EmotionRegressor(StagedModule):
                              f"got {n_emotions}, {lr}, {dropout}")
         self.save_hyperparameters(ignore=["rnn", "attention"])
         self.affect = AffectBranch(word_dim, d_model, rnn, attention, dropout) if word_dim > 0 else None
-        self.context_top = ContextTop(context_trainable_layers) if context_dim > 0 and context_trainable_layers > 0 else None
+        self.context_top = (ContextTop(context_trainable_layers, context_lora_rank)
+                            if context_dim > 0 and context_trainable_layers > 0 else None)
         self.context_dropout = nn.Dropout(context_dropout)
         self.context_attn = AttentionPool(context_dim) if context_dim > 0 and context_pool == "attention" else None
         fused = (d_model if word_dim > 0 else 0) + max(context_dim, 0)
@@ -220,11 +238,28 @@ class EmotionRegressor(StagedModule):
         return {"row": batch["row"], "pred": pred, "weights": weights if weights is not None else pred.new_zeros(0)}
 
     # ------------------------------------------------------- checkpoints
+    def frozen_pretrained_keys(self) -> list[str]:
+        """``state_dict`` keys of the pretrained encoder weights that LoRA fine-tuning leaves frozen."""
+        if self.context_top is None:
+            return []
+        return [f"context_top.{name}" for name, p in self.context_top.named_parameters() if not p.requires_grad]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the mixer modules themselves: their factories are not hyper-parameters, and
-        ``seqmix text predict`` must rebuild the exact architecture from the checkpoint alone."""
+        ``seqmix text predict`` must rebuild the exact architecture from the checkpoint alone.
+        Leave out the frozen pretrained weights (LoRA): the encoder package holds them, so a
+        checkpoint stores only what training changed (a few MB instead of 40)."""
         a = self.affect
         checkpoint["text_mixers"] = {"rnn": a.rnn if a else None, "attention": a.attention if a else None}
+        for key in self.frozen_pretrained_keys():
+            del checkpoint["state_dict"][key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put back the frozen pretrained weights that :meth:`on_save_checkpoint` left out (this model
+        loaded them from the encoder package when it was built)."""
+        own = self.state_dict()
+        for key in self.frozen_pretrained_keys():
+            checkpoint["state_dict"].setdefault(key, own[key])
 
     @classmethod
     def from_checkpoint_dict(cls, checkpoint: dict) -> "EmotionRegressor":
@@ -235,16 +270,17 @@ class EmotionRegressor(StagedModule):
         factory = {role: (lambda d, m=m: copy.deepcopy(m)) if m is not None else None for role, m in mixers.items()}
         hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}  # "_instantiator" etc.
         model = cls(rnn=factory["rnn"], attention=factory["attention"], **hparams)
+        model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         return model
 
     def configure_optimizers(self):
         h = self.hparams
-        top = list(self.context_top.parameters()) if self.context_top is not None else []
-        ids = {id(p) for p in top}
+        layers = list(self.context_top.layers) if self.context_top is not None else []  # bottom to top
+        ids = {id(p) for layer in layers for p in layer.parameters()}
         groups = [{"params": [p for p in self.parameters() if id(p) not in ids], "lr": h.lr}]
-        if top:
-            groups.append({"params": top, "lr": h.context_lr})
+        groups += [{"params": [p for p in layer.parameters() if p.requires_grad],  # per layer, the top at context_lr
+                    "lr": h.context_lr * h.context_lr_decay ** (len(layers) - 1 - i)} for i, layer in enumerate(layers)]
         optimizer = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
         if h.lr_schedule == "constant":
             return optimizer
