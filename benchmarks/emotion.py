@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, header, markdown_table, write_result  # noqa: E402
 
-from seqmix.apps.text.app import APP  # noqa: E402
+from seqmix.apps.text.app import APP, load_checkpoint  # noqa: E402
 from seqmix.apps.text.data import EmotionDataModule, paper_split, read_semeval2007  # noqa: E402
 from seqmix.apps.text.metrics import emotion_metrics, row_rmse, top_k_hits  # noqa: E402
 from seqmix.apps.text.model import EmotionRegressor, fit_tfidf_ridge  # noqa: E402
@@ -137,9 +137,9 @@ def main() -> None:
                 trainer.fit(model, dm)
                 fit_seconds[name].append(time.perf_counter() - t0)
                 best_path = trainer.checkpoint_callback.best_model_path
-                ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
+                ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
                 epochs_run[name].append(int(ckpt["epoch"]))
-                best = EmotionRegressor.from_checkpoint_dict(ckpt)
+                best = load_checkpoint(best_path)[0]
                 for s in SPLITS:
                     p = predictions(best, dm, s)
                     results[name][s].append(emotion_metrics(p, gold[s]))

@@ -33,7 +33,7 @@ from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
 CONFIG = "configs/text/redaffectivelm_lora.yaml"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "text" / "redaffectivelm_lora.ckpt"
 # what ``seqmix text predict`` (``load_checkpoint``) and ``seqmix text test --ckpt_path`` read
-KEEP = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "text_mixers", "epoch", "global_step",
+KEEP = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step",
         "pytorch-lightning_version")
 MAX_BYTES = 5_000_000
 
@@ -42,7 +42,7 @@ def write_small_checkpoint(checkpoint: dict, path: Path, max_bytes: int = MAX_BY
     """``checkpoint`` without optimizer and loop state, written atomically; its size in bytes. Raises
     (writing nothing) when it would exceed ``max_bytes``."""
     small = {k: checkpoint[k] for k in KEEP if k in checkpoint}
-    missing = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters", "text_mixers"} - set(small)
+    missing = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters"} - set(small)
     if missing:
         raise ValueError(f"the checkpoint lacks {sorted(missing)}: it was not written by `seqmix text fit`")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit(model, dm)
         seconds = time.perf_counter() - t0
-        best = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
+        best = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
     size = write_small_checkpoint(best, args.out)
     shipped, _ = load_checkpoint(args.out)  # the predict path
     rows = []

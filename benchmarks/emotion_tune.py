@@ -29,7 +29,7 @@ from common import (RESULTS_DIR, REPO_ROOT, atomic_write_text, cpu_model, git_co
 from emotion import build, predictions  # noqa: E402
 
 from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
-from seqmix.apps.text.model import EmotionRegressor  # noqa: E402
+from seqmix.apps.text.app import load_checkpoint  # noqa: E402
 
 
 LOG = RESULTS_DIR / "emotion_tuning.jsonl"
@@ -107,13 +107,13 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit(model, dm)
         seconds = time.perf_counter() - t0
-        ckpt = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
-        best = EmotionRegressor.from_checkpoint_dict(ckpt)
+        best, _ = load_checkpoint(trainer.checkpoint_callback.best_model_path)
+        best_epoch = int(torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["epoch"])
         gold = dm.targets[dm.split_rows("val")].double().numpy()
         m = emotion_metrics(predictions(best, dm, "val"), gold)
     row = {"name": args.name, "config": Path(args.config).name, "seed": args.seed,
            "overrides": " ".join(args.overrides), "val acc@1": round(m["acc@1"], 3), "val rmse": round(m["rmse"], 4),
-           "val ap_document": round(m["ap_document"], 3), "best epoch": int(ckpt["epoch"]),
+           "val ap_document": round(m["ap_document"], 3), "best epoch": best_epoch,
            "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1),
            "cpu": cpu_model(), "commit": git_commit()}
     print(json.dumps(row), flush=True)

@@ -242,14 +242,18 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
             "Kate is marrying Doherty,0,0,5,0,4", "Mine collapse traps miners,1,7,0,6,2"]
     votes.write_text("text,anger,fear,joy,sadness,surprise\n" + "\n".join(rows) + "\n")
     monkeypatch.chdir(tmp_path)
-    main(["text", "fit", "--config", str(REPO / "configs/text/redaffectivelm.yaml"),
-          "--data.source", "csv", "--data.csv_path", str(votes), "--data.zero_rows", "drop",
-          "--data.emotion_columns", "[anger, fear, joy, sadness, surprise]", "--data.data_dir", str(DATA),
-          "--data.cache_dir", str(tmp_path / "cache"), "--data.batch_size", "4", "--model.d_model", "16",
-          "--model.fusion_hidden", "16", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"])
+    settings = ["--config", str(REPO / "configs/text/redaffectivelm.yaml"),
+                "--data.source", "csv", "--data.csv_path", str(votes), "--data.zero_rows", "drop",
+                "--data.emotion_columns", "[anger, fear, joy, sadness, surprise]", "--data.data_dir", str(DATA),
+                "--data.cache_dir", str(tmp_path / "cache"), "--data.batch_size", "4", "--model.d_model", "16",
+                "--model.fusion_hidden", "16", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+    main(["text", "fit", *settings])
     ckpts = list(tmp_path.glob("runs/text/**/*.ckpt"))
     assert len(ckpts) == 1
-    capsys.readouterr()
+    stored = torch.load(ckpts[0], weights_only=True)  # mixers by class path and init args, no pickled code
+    assert stored["hyper_parameters"]["rnn"]["class_path"] == "seqmix.core.mixers.rnn.LSTM"
+    main(["text", "test", *settings, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])  # Lightning's loader
+    assert "test/rmse" in capsys.readouterr().out
     html = tmp_path / "explain.html"
     main(["text", "predict", "--ckpt", str(ckpts[0]), "--text", "Bombers kill shoppers in Baghdad",
           "--text", "the of and", "--explain", str(html)])
@@ -304,3 +308,21 @@ def test_shipped_checkpoint_is_small_and_reads_semeval_headlines(semeval, capsys
     assert header.split("\t")[1:] == list(SEMEVAL_EMOTIONS)
     probs = dict(zip(SEMEVAL_EMOTIONS, map(float, row.split("\t")[1:])))
     assert sum(probs.values()) == pytest.approx(1.0, abs=2e-3) and probs["joy"] < min(probs["fear"], probs["sadness"])
+
+
+def test_small_checkpoint_writer_keeps_what_loading_needs_and_refuses_big_files(tmp_path, load_benchmark):
+    bench = load_benchmark("emotion_checkpoint")
+    full = {"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {"lr": 1e-3},
+            "datamodule_hyper_parameters": {"source": "semeval2007"}, "optimizer_states": [{"big": torch.zeros(9999)}],
+            "loops": {}, "epoch": 3, "global_step": 90}
+    out = tmp_path / "c.ckpt"
+    size = bench.write_small_checkpoint(full, out)
+    small = torch.load(out, weights_only=True)
+    assert size == out.stat().st_size and set(small) == {"state_dict", "hyper_parameters",
+                                                         "datamodule_hyper_parameters", "epoch", "global_step"}
+    with pytest.raises(ValueError, match="would be .* MB > 0.001 MB"):
+        bench.write_small_checkpoint(full, tmp_path / "big.ckpt", max_bytes=1000)
+    with pytest.raises(ValueError, match="lacks \\['datamodule_hyper_parameters'\\]"):
+        bench.write_small_checkpoint({k: v for k, v in full.items() if k != "datamodule_hyper_parameters"},
+                                     tmp_path / "x.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]  # nothing half-written left behind

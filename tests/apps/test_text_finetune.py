@@ -135,8 +135,10 @@ def test_length_buckets_cover_every_row_once_and_group_similar_lengths():
     assert spread < random_spread / 2  # batches pad to about their own length
 
 
-def test_lora_checkpoint_leaves_out_the_frozen_encoder_and_loads_back(full_states):
+def test_lora_checkpoint_leaves_out_the_frozen_encoder_and_loads_back(full_states, tmp_path):
     """A LoRA model's checkpoint holds what training changed; loading it restores the same model."""
+    import pytorch_lightning as pl
+
     states, mask = full_states
     model = _model(context_trainable_layers=2, context_lora_rank=4).eval()
     with torch.no_grad():
@@ -144,15 +146,16 @@ def test_lora_checkpoint_leaves_out_the_frozen_encoder_and_loads_back(full_state
             if ".lora_B." in name:
                 p.normal_(0.0, 0.05)  # trained adapters: not the identity any more
         expected, _ = model({"context": states, "context_mask": mask})
-    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": pl.__version__}
     frozen = model.frozen_pretrained_keys()
     assert frozen and all(".base_layer." in k or "LayerNorm" in k for k in frozen)
     model.on_save_checkpoint(checkpoint)
-    assert not set(frozen) & set(checkpoint["state_dict"]) and checkpoint["text_mixers"] == {"rnn": None,
-                                                                                               "attention": None}
+    assert not set(frozen) & set(checkpoint["state_dict"])
     stored = sum(v.numel() for v in checkpoint["state_dict"].values())
     assert stored < sum(v.numel() for v in model.state_dict().values()) / 5
-    loaded = EmotionRegressor.from_checkpoint_dict(checkpoint).eval()
+    torch.save(checkpoint, tmp_path / "lora.ckpt")
+    loaded = EmotionRegressor.load_from_checkpoint(tmp_path / "lora.ckpt", weights_only=True).eval()
     with torch.no_grad():
         got, _ = loaded({"context": states, "context_mask": mask})
     torch.testing.assert_close(got, expected)

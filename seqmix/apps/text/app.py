@@ -18,10 +18,10 @@ from seqmix.apps.text.model import EmotionRegressor
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
-    """The model and its datamodule settings from a checkpoint written by ``seqmix text fit``.
+    """The model (eval mode) and its datamodule settings from a checkpoint written by ``seqmix text fit``.
 
-    The checkpoint carries the mixer modules themselves (``EmotionRegressor.on_save_checkpoint``),
-    so it is unpickled (``weights_only=False``): load only checkpoints you trust.
+    The checkpoint names its mixers by class path and init args (LightningCLI), so it is read with
+    ``weights_only=True``: no pickled code runs.
     """
     import torch
 
@@ -30,14 +30,16 @@ def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
         raise FileNotFoundError(f"checkpoint {path} not found; train one with `seqmix text fit --config "
                                 "configs/text/redaffectivelm.yaml` (it lands in runs/text/.../checkpoints/)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({err})") from err
-    for key in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "text_mixers"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file, or one that holds pickled objects
+        raise ValueError(f"{path} is not a checkpoint of `seqmix text fit` that loads with weights_only=True "
+                         f"({str(err).splitlines()[0]})") from err
+    for key in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters"):
         if key not in ckpt:
             raise ValueError(f"{path} has no {key!r}: it was not written by `seqmix text fit` (EmotionRegressor "
                              "trained with EmotionDataModule)")
-    return EmotionRegressor.from_checkpoint_dict(ckpt), dict(ckpt["datamodule_hyper_parameters"])
+    model = EmotionRegressor.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return model.eval(), dict(ckpt["datamodule_hyper_parameters"])
 
 
 def read_texts(text: list[str] | None, file: str | None) -> list[str]:

@@ -165,7 +165,9 @@ class EmotionRegressor(StagedModule):
         if n_emotions < 2 or lr <= 0 or not 0 <= dropout < 1:
             raise ValueError(f"EmotionRegressor: need n_emotions >= 2, lr > 0, 0 <= dropout < 1; "
                              f"got {n_emotions}, {lr}, {dropout}")
-        self.save_hyperparameters(ignore=["rnn", "attention"])
+        # under LightningCLI (`seqmix text fit`) the mixers are stored as their class_path / init_args, so
+        # a checkpoint rebuilds them (load_from_checkpoint) and holds no pickled code (weights_only loads)
+        self.save_hyperparameters()
         self.affect = AffectBranch(word_dim, d_model, rnn, attention, dropout) if word_dim > 0 else None
         self.context_top = (ContextTop(context_trainable_layers, context_lora_rank)
                             if context_dim > 0 and context_trainable_layers > 0 else None)
@@ -245,12 +247,8 @@ class EmotionRegressor(StagedModule):
         return [f"context_top.{name}" for name, p in self.context_top.named_parameters() if not p.requires_grad]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the mixer modules themselves: their factories are not hyper-parameters, and
-        ``seqmix text predict`` must rebuild the exact architecture from the checkpoint alone.
-        Leave out the frozen pretrained weights (LoRA): the encoder package holds them, so a
-        checkpoint stores only what training changed (a few MB instead of 40)."""
-        a = self.affect
-        checkpoint["text_mixers"] = {"rnn": a.rnn if a else None, "attention": a.attention if a else None}
+        """Leave out the frozen pretrained weights (LoRA): the encoder package holds them, so a
+        checkpoint stores only what training changed (a few MB instead of 45)."""
         for key in self.frozen_pretrained_keys():
             del checkpoint["state_dict"][key]
 
@@ -260,19 +258,6 @@ class EmotionRegressor(StagedModule):
         own = self.state_dict()
         for key in self.frozen_pretrained_keys():
             checkpoint["state_dict"].setdefault(key, own[key])
-
-    @classmethod
-    def from_checkpoint_dict(cls, checkpoint: dict) -> "EmotionRegressor":
-        """The model of a checkpoint written by ``seqmix text fit`` (see :meth:`on_save_checkpoint`)."""
-        import copy
-
-        mixers = checkpoint["text_mixers"]
-        factory = {role: (lambda d, m=m: copy.deepcopy(m)) if m is not None else None for role, m in mixers.items()}
-        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}  # "_instantiator" etc.
-        model = cls(rnn=factory["rnn"], attention=factory["attention"], **hparams)
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
-        return model
 
     def configure_optimizers(self):
         h = self.hparams
