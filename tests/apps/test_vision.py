@@ -237,6 +237,7 @@ def test_shipped_checkpoints_are_small_and_classify_fashion_mnist(name):
     path = SHIPPED / f"{name}.ckpt"
     assert path.is_file(), f"{path} is missing: python scripts/train_vision_checkpoints.py writes it"
     assert path.stat().st_size <= 5_000_000
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["_instantiator"]  # loads with no pickled code
     model, info = load_classifier(path)
     assert info["dataset"] == "fashion_mnist" and len(info["class_names"]) == 10
     if not DEBIAN_DIR.is_dir():
@@ -264,11 +265,27 @@ def test_small_checkpoint_too_big_is_a_clear_error(tmp_path):
     assert (tmp_path / "vit.ckpt").stat().st_size == size
     assert torch.load(tmp_path / "vit.ckpt", weights_only=False)["global_step"] == 1  # the trainer's own count
     save_small_checkpoint(trainer, tmp_path / "vit.ckpt", trained=(3, 42))  # e.g. after a data-parallel fit
-    saved = torch.load(tmp_path / "vit.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "vit.ckpt", weights_only=True)  # plain data: the backbone by class path
     assert (saved["epoch"], saved["global_step"]) == (3, 42)
+    assert saved["hyper_parameters"]["backbone"] == {"class_path": "seqmix.apps.vision.vit.ViT",
+                                                     "init_args": {"depth": 1, "d_model": 32}}
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "vit.ckpt", weights_only=True)
+    assert type(loaded.backbone) is ViT and len(loaded.backbone.blocks.blocks) == 1
     with pytest.raises(ValueError, match="would be .* MB > 0.01 MB; use a smaller model"):
         save_small_checkpoint(trainer, tmp_path / "big.ckpt", max_bytes=10_000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.ckpt"]  # nothing half-written left
+
+
+def test_cli_form_names_classes_and_refuses_unnamed_callables():
+    from seqmix.apps.vision.export import cli_form, cli_hyperparameters
+    from seqmix.apps.vision.mambaout import MambaOut
+
+    assert cli_form(partial(MambaOut, depths=(1, 2), dims=(8, 16))) == {
+        "class_path": "seqmix.apps.vision.mambaout.MambaOut", "init_args": {"depths": [1, 2], "dims": [8, 16]}}
+    assert cli_hyperparameters({"lr": 1e-3, "_instantiator": "x"}) == {"lr": 1e-3, "_instantiator": "x"}
+    for bad in (lambda c: None, partial(MambaOut, 3), partial(min, key=abs)):
+        with pytest.raises(ValueError, match="cannot store"):
+            cli_hyperparameters({"backbone": bad})
 
 
 class SameLearningRateOnEveryRank(pl.Callback):

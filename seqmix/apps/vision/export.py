@@ -1,9 +1,12 @@
 """Small shipped checkpoints: a trained :class:`ImageClassifier` as an fp16 Lightning checkpoint
-without optimizer state (``seqmix vision predict --ckpt`` loads it back into fp32)."""
+without optimizer state (``seqmix vision predict --ckpt`` loads it back into fp32). The backbone is
+stored as LightningCLI stores it (class path and init args), so the file loads with
+``weights_only=True``, also in ``seqmix vision test --ckpt_path``."""
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -13,6 +16,33 @@ import torch
 KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_parameters",
         "datamodule_hparams_name", "ImageDataModule", "pytorch-lightning_version", "epoch", "global_step")
 MAX_BYTES = 5_000_000
+INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"  # what LightningCLI records, so loading rebuilds the same way
+
+
+def cli_form(value: object) -> object:
+    """A hyper-parameter as LightningCLI writes it: ``partial(Class, **kw)`` -> ``{"class_path", "init_args"}``
+    (recursively; tuples become lists). Raises on a callable it cannot name (a lambda, a partial with
+    positional arguments): a checkpoint must be rebuildable from plain data."""
+    if isinstance(value, partial):
+        if value.args or not isinstance(value.func, type):
+            raise ValueError(f"cannot store {value!r} as class_path/init_args: give the class and keyword "
+                             "arguments only (partial(Class, key=value, ...))")
+        return {"class_path": f"{value.func.__module__}.{value.func.__qualname__}",
+                "init_args": {k: cli_form(v) for k, v in value.keywords.items()}}
+    if isinstance(value, (tuple, list)):
+        return [cli_form(v) for v in value]
+    if isinstance(value, dict):
+        return {k: cli_form(v) for k, v in value.items()}
+    if callable(value):
+        raise ValueError(f"cannot store the callable {value!r} in a checkpoint as plain data; pass partial(Class, ...)")
+    return value
+
+
+def cli_hyperparameters(hparams: dict) -> dict:
+    """``hyper_parameters`` of a directly built module in LightningCLI's form (see :func:`cli_form`)."""
+    if "_instantiator" in hparams:  # built by LightningCLI: already in that form
+        return dict(hparams)
+    return {**{k: cli_form(v) for k, v in hparams.items()}, "_instantiator": INSTANTIATOR}
 
 
 def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int = MAX_BYTES, *,
@@ -35,6 +65,7 @@ def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int 
             raise ValueError("save_small_checkpoint: the trainer has no ImageDataModule attached (normalisation and "
                              "class names); fit with datamodule=ImageDataModule(...)")
         kept["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in kept["state_dict"].items()}
+        kept["hyper_parameters"] = cli_hyperparameters(kept["hyper_parameters"])
         torch.save(kept, small)
         size = small.stat().st_size
         if size > max_bytes:
@@ -45,3 +76,25 @@ def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int 
     finally:
         full.unlink(missing_ok=True)
         small.unlink(missing_ok=True)
+
+
+def rewrite_hyperparameters(path: str | Path) -> None:
+    """Rewrite, atomically, the hyper-parameters of a small checkpoint written before they were
+    stored in LightningCLI's form (weights and everything else unchanged)."""
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the old form holds pickled partials
+    checkpoint["hyper_parameters"] = cli_hyperparameters(checkpoint["hyper_parameters"])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # python -m seqmix.apps.vision.export checkpoints/vision/*.ckpt
+    import sys
+
+    for name in sys.argv[1:]:
+        rewrite_hyperparameters(name)
+        print(f"{name}: hyper-parameters in LightningCLI form")
