@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, cpu_model, header, markdown_table, write_result  # noqa: E402
 from emotion import SHOWN, build, predictions  # noqa: E402
 
+from seqmix.apps.files import save_checkpoint  # noqa: E402
 from seqmix.apps.text.app import load_checkpoint  # noqa: E402
 from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
 
@@ -45,18 +46,8 @@ def write_small_checkpoint(checkpoint: dict, path: Path, max_bytes: int = MAX_BY
     missing = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters"} - set(small)
     if missing:
         raise ValueError(f"the checkpoint lacks {sorted(missing)}: it was not written by `seqmix text fit`")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(small, tmp)
-        size = tmp.stat().st_size
-        if size > max_bytes:
-            raise ValueError(f"{path.name}: the checkpoint would be {size / 1e6:.2f} MB > {max_bytes / 1e6:g} MB; "
-                             "fine-tune through LoRA (model.context_lora_rank) so the encoder weights stay out")
-        os.replace(tmp, path)
-        return size
-    finally:
-        tmp.unlink(missing_ok=True)
+    return save_checkpoint(small, path, max_bytes=max_bytes,
+                           too_big="fine-tune through LoRA (model.context_lora_rank) so the encoder weights stay out")
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ Both files are written atomically (a temporary file, then a rename).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,8 @@ import pandas as pd
 import torch
 
 from seqmix.apps.forecasting.data import clean_frame, infer_freq, read_csv, time_features
+from seqmix.apps.files import atomic_write
 from seqmix.apps.module import load_trained
-
-
-def atomic_save(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def load_forecaster(ckpt: str | Path):
@@ -94,7 +87,7 @@ def plot(history: pd.DataFrame, forecast: pd.DataFrame, target: str, path: Path)
     ax.set_title(f"{target}: {len(history)} steps of history, {len(forecast)}-step forecast")
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
-    atomic_save(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -119,7 +112,7 @@ def predict_command(argv: list[str]) -> int:
     history, forecast = forecast_frame(model, info, frame, args.origin)
     out = Path(args.out) if args.out else csv.with_name(f"{csv.stem}_forecast.csv")
     png = Path(args.png) if args.png else out.with_suffix(".png")
-    atomic_save(out, lambda p: forecast.to_csv(p, index=False))
+    atomic_write(out, lambda p: forecast.to_csv(p, index=False))
     plot(history, forecast, info["columns"][-1], png)
     print(f"wrote {out} ({len(forecast)} steps x {model.shape.n_out} variables) and {png}")
     return 0

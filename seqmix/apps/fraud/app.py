@@ -22,7 +22,8 @@ import yaml
 from seqmix.apps.fraud.data import EXPERT_NAMES, FraudDataModule
 from seqmix.apps.fraud.hdbscan import PHDBSCAN
 from seqmix.apps.fraud.model import SequenceAutoencoder
-from seqmix.apps.fraud.report import atomic_write, projection_plot, rank_clusters, render_report, with_rules
+from seqmix.apps.files import atomic_write
+from seqmix.apps.fraud.report import projection_plot, rank_clusters, render_report, with_rules
 from seqmix.apps.spec import AppSpec
 
 

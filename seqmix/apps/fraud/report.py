@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqmix.apps.files import atomic_write
 from seqmix.apps.fraud.rules import Rule, cluster_rule
 
 
@@ -86,15 +87,6 @@ def provenance() -> list[str]:
     return [f"- command: `seqmix {' '.join(shlex.quote(a) for a in sys.argv[1:]) or 'fraud cluster'}`",
             f"- commit: `{commit}`", f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
             f"- machine: {cpu}, {cores} cores, Python {platform.python_version()}"]
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def projection_plot(points: np.ndarray, labels: np.ndarray, highlight: list[int], path: Path, *,

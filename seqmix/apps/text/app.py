@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 from pathlib import Path
 
+from seqmix.apps.files import atomic_write
 from seqmix.apps.spec import AppSpec
 from seqmix.apps.text.data import SEMEVAL_EMOTIONS, EmotionDataModule, TextFeaturizer
 from seqmix.apps.text.model import EmotionRegressor
@@ -80,13 +80,6 @@ def explain_html(texts: list[str], tokens: list[list[str]], weights, preds, emot
             "and numbers are not read by the word branch.</p>" + "".join(rows))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def predict_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seqmix text predict",
                                      description="Emotion distribution of each headline from a trained checkpoint")
@@ -117,7 +110,8 @@ def predict_command(argv: list[str]) -> int:
             raise SystemExit("seqmix text predict: --explain needs a model with the word branch (this one is the "
                              "transformer branch alone, which has no word attention)")
         out = Path(args.explain)
-        write_atomic(out, explain_html(texts, feats.tokens, weights.tolist(), preds.tolist(), emotions))
+        page = explain_html(texts, feats.tokens, weights.tolist(), preds.tolist(), emotions)
+        atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         print(f"word attention written to {out}")
     return 0
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from seqmix.apps.files import save_checkpoint
+
 # what ``ImageClassifier.load_from_checkpoint`` and ``predict`` need (the data description too)
 KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_parameters",
         "datamodule_hparams_name", "ImageDataModule", "pytorch-lightning_version", "epoch", "global_step")
@@ -54,28 +56,20 @@ def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     full = path.with_name(f".{path.name}.{os.getpid()}.full.tmp")
-    small = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         trainer.save_checkpoint(full, weights_only=True)
         checkpoint = torch.load(full, map_location="cpu", weights_only=False)
-        kept = {k: v for k, v in checkpoint.items() if k in KEEP}
-        if trained is not None:
-            kept["epoch"], kept["global_step"] = trained
-        if "ImageDataModule" not in kept:
-            raise ValueError("save_small_checkpoint: the trainer has no ImageDataModule attached (normalisation and "
-                             "class names); fit with datamodule=ImageDataModule(...)")
-        kept["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in kept["state_dict"].items()}
-        kept["hyper_parameters"] = cli_hyperparameters(kept["hyper_parameters"])
-        torch.save(kept, small)
-        size = small.stat().st_size
-        if size > max_bytes:
-            raise ValueError(f"{path.name}: the checkpoint would be {size / 1e6:.2f} MB > {max_bytes / 1e6:g} MB; "
-                             "use a smaller model (fewer channels or blocks)")
-        os.replace(small, path)
-        return size
     finally:
         full.unlink(missing_ok=True)
-        small.unlink(missing_ok=True)
+    kept = {k: v for k, v in checkpoint.items() if k in KEEP}
+    if trained is not None:
+        kept["epoch"], kept["global_step"] = trained
+    if "ImageDataModule" not in kept:
+        raise ValueError("save_small_checkpoint: the trainer has no ImageDataModule attached (normalisation and "
+                         "class names); fit with datamodule=ImageDataModule(...)")
+    kept["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in kept["state_dict"].items()}
+    kept["hyper_parameters"] = cli_hyperparameters(kept["hyper_parameters"])
+    return save_checkpoint(kept, path, max_bytes=max_bytes, too_big="use a smaller model (fewer channels or blocks)")
 
 
 def rewrite_hyperparameters(path: str | Path) -> None:
@@ -84,12 +78,7 @@ def rewrite_hyperparameters(path: str | Path) -> None:
     path = Path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the old form holds pickled partials
     checkpoint["hyper_parameters"] = cli_hyperparameters(checkpoint["hyper_parameters"])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_checkpoint(checkpoint, path)
 
 
 if __name__ == "__main__":  # python -m seqmix.apps.vision.export checkpoints/vision/*.ckpt
