@@ -260,9 +260,9 @@ def render(records: dict[str, dict]) -> str:
                      threads(r), f"{r['epochs']:.1f}" if trained else "-", f"{r['minutes']:.1f}" if trained else "-",
                      f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
                      r["seed"], r.get("checkpoint", "-")])
-        cpus = f"; ran on CPUs {r['cpus']} (affinity)" if "cpus" in r else ""
+        affinity = f"; ran on CPUs {r['cpu_affinity']} (affinity)" if "cpu_affinity" in r else ""
         runs.append(f"- {name}: `{r['command']}` (commit `{r['commit']}`, {r['date']}, {r.get('cpu', 'CPU not recorded')}; "
-                    f"{r['data']}{cpus})")
+                    f"{r['data']}{affinity})")
     table = markdown_table(["model", "test acc %", "val acc %", "params (M)", "GMACs", "infer img/s",
                             "train img/s", "budget (min)", "threads", "epochs", "train min", "load avg (mean / max)",
                             "seed", "checkpoint"], rows)
@@ -279,7 +279,7 @@ def render(records: dict[str, dict]) -> str:
              "start of the row's run; training = forward + backward + AdamW step",
              "GMACs: multiply-adds of one 28x28 image (torch.utils.flop_counter FLOPs / 2; matmuls and convolutions "
              "only, as fvcore)",
-             "rows come from separate runs (merged through benchmarks/results/vision.json), each on the CPU its "
+             f"rows come from separate runs (merged through benchmarks/results/{STORE.name}), each on the CPU its "
              "line names (the machine line above is where this file was written; throughput compares only within "
              "one CPU); each run's command:"]
     return header("Fashion-MNIST: BiFormer, MambaOut, ViT", notes=notes)[:-1] + "\n".join(runs) + "\n\n" + table
@@ -314,6 +314,8 @@ def main() -> None:
                         help="also write checkpoints/vision/<model>.ckpt (fp16, <= 5 MB) of each trained model "
                              f"({', '.join(CHECKPOINTS)})")
     parser.add_argument("--out", default="vision", help="results name: benchmarks/results/<out>.md and .json")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite benchmarks/results/<out>.md from the rows stored in <out>.json")
     parser.add_argument("--model-args", type=json_object, default=None, metavar="JSON",
                         help="keyword arguments for every selected model, e.g. '{\"pos_kernel\": 7}': a candidate "
                              "architecture, in a row of its own (with --out, a file of its own)")
@@ -323,6 +325,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     global STORE
     STORE = RESULTS_DIR / f"{args.out}.json"
+    if args.render:
+        if not STORE.is_file():
+            parser.error(f"--render: no stored rows in {STORE}; run the benchmark first")
+        print(f"wrote {write_result(args.out, render(merge_records({})))}")
+        return
 
     for name in args.models:
         row, factory = variant(name, args.model_args)
@@ -336,7 +343,7 @@ def main() -> None:
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
                   "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
-                  "cpus": sorted(os.sched_getaffinity(0)),  # pinned (taskset) runs have cores of their own
+                  "cpu_affinity": sorted(os.sched_getaffinity(0)),  # pinned (taskset) runs have cores of their own
                   "cpu": cpu_model(),  # rows merge across runs, maybe across machines: throughput is per CPU
                   "command": command_line(), "commit": git_commit(), "date": utc_now(), "data": "throughput only"}
         if not args.no_train and (args.train_models is None or name in args.train_models):

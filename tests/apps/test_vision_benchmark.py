@@ -1,6 +1,8 @@
 """The CPU-cheap parts of ``benchmarks/vision.py``: a candidate architecture's row and its errors."""
 
 import argparse
+import json
+import sys
 
 import pytest
 
@@ -34,3 +36,19 @@ def test_each_row_names_the_cpu_it_ran_on(bench):
     text = bench.render({"MambaOut-Femto (scaled)": {**base, "cpu": "Intel Xeon"}, "ViT(softmax)": base})
     assert "- MambaOut-Femto (scaled): `python benchmarks/vision.py` (commit `abc`, 2026-11-30 08:00 UTC, Intel Xeon;" in text
     assert "- ViT(softmax): `python benchmarks/vision.py` (commit `abc`, 2026-11-30 08:00 UTC, CPU not recorded;" in text
+
+
+def test_render_rewrites_the_table_from_the_stored_rows_only(bench, tmp_path, monkeypatch):
+    row = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
+           "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
+           "date": "2026-11-30 08:00 UTC", "data": "throughput only", "cpu": "Intel Xeon", "cpu_affinity": [0, 1]}
+    (tmp_path / "t.json").write_text(json.dumps({"ViT(softmax)": row}))
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "write_result", lambda name, text: (tmp_path / f"{name}.md").write_text(text))
+    monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", "t"])
+    bench.main()
+    text = (tmp_path / "t.md").read_text()
+    assert "| ViT(softmax) | - | - | 1.10 |" in text and "ran on CPUs [0, 1] (affinity)" in text
+    monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", "missing"])
+    with pytest.raises(SystemExit):
+        bench.main()
