@@ -136,10 +136,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 trainer.fit(model, dm)
                 fit_seconds[name].append(time.perf_counter() - t0)
-                best_path = trainer.checkpoint_callback.best_model_path
-                ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
+                best, ckpt = load_checkpoint(trainer.checkpoint_callback.best_model_path)
                 epochs_run[name].append(int(ckpt["epoch"]))
-                best = load_checkpoint(best_path)[0]
                 for s in SPLITS:
                     p = predictions(best, dm, s)
                     results[name][s].append(emotion_metrics(p, gold[s]))

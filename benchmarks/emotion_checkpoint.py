@@ -28,14 +28,13 @@ from common import REPO_ROOT, cpu_model, header, markdown_table, write_result  #
 from emotion import SHOWN, build, predictions  # noqa: E402
 
 from seqmix.apps.files import save_checkpoint  # noqa: E402
-from seqmix.apps.text.app import load_checkpoint  # noqa: E402
+from seqmix.apps.text.app import CHECKPOINT_KEYS, load_checkpoint  # noqa: E402
 from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
 
 CONFIG = "configs/text/redaffectivelm_lora.yaml"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "text" / "redaffectivelm_lora.ckpt"
 # what ``seqmix text predict`` (``load_checkpoint``) and ``seqmix text test --ckpt_path`` read
-KEEP = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "epoch", "global_step",
-        "pytorch-lightning_version")
+KEEP = (*CHECKPOINT_KEYS, "epoch", "global_step", "pytorch-lightning_version")
 MAX_BYTES = 5_000_000
 
 
@@ -43,9 +42,9 @@ def write_small_checkpoint(checkpoint: dict, path: Path, max_bytes: int = MAX_BY
     """``checkpoint`` without optimizer and loop state, written atomically; its size in bytes. Raises
     (writing nothing) when it would exceed ``max_bytes``."""
     small = {k: checkpoint[k] for k in KEEP if k in checkpoint}
-    missing = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters"} - set(small)
+    missing = [k for k in CHECKPOINT_KEYS if k not in small]
     if missing:
-        raise ValueError(f"the checkpoint lacks {sorted(missing)}: it was not written by `seqmix text fit`")
+        raise ValueError(f"the checkpoint lacks {missing}: it was not written by `seqmix text fit`")
     return save_checkpoint(small, path, max_bytes=max_bytes,
                            too_big="fine-tune through LoRA (model.context_lora_rank) so the encoder weights stay out")
 

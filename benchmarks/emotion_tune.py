@@ -57,7 +57,7 @@ def without_seed(overrides: str) -> str:
 
 def render(rows: list[dict]) -> None:
     rows = [{**r, "seed": row_seed(r)} for r in rows]
-    keys = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has (early rows lack cpu, commit)
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every column any row has (early rows lack commit)
     text = header("Text app: validation-only tuning runs (issue 6)", seeds=sorted({r["seed"] for r in rows}),
                   notes=["one seed per row; best-validation-loss checkpoint; VALIDATION metrics only (test never "
                          "computed here)",
@@ -107,13 +107,12 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer.fit(model, dm)
         seconds = time.perf_counter() - t0
-        best, _ = load_checkpoint(trainer.checkpoint_callback.best_model_path)
-        best_epoch = int(torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["epoch"])
+        best, ckpt = load_checkpoint(trainer.checkpoint_callback.best_model_path)
         gold = dm.targets[dm.split_rows("val")].double().numpy()
         m = emotion_metrics(predictions(best, dm, "val"), gold)
     row = {"name": args.name, "config": Path(args.config).name, "seed": args.seed,
            "overrides": " ".join(args.overrides), "val acc@1": round(m["acc@1"], 3), "val rmse": round(m["rmse"], 4),
-           "val ap_document": round(m["ap_document"], 3), "best epoch": best_epoch,
+           "val ap_document": round(m["ap_document"], 3), "best epoch": int(ckpt["epoch"]),
            "epochs": trainer.current_epoch, "fit s": round(seconds), "load": round(os.getloadavg()[0], 1),
            "cpu": cpu_model(), "commit": git_commit()}
     print(json.dumps(row), flush=True)

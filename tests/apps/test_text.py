@@ -291,7 +291,8 @@ def test_shipped_checkpoint_is_small_and_reads_semeval_headlines(semeval, capsys
 
     assert SHIPPED.is_file(), f"{SHIPPED} is missing: python benchmarks/emotion_checkpoint.py writes it"
     assert SHIPPED.stat().st_size <= 5_000_000
-    model, dm = load_checkpoint(SHIPPED)
+    model, ckpt = load_checkpoint(SHIPPED)
+    dm = ckpt["datamodule_hyper_parameters"]
     assert model.hparams.context_lora_rank > 0 and dm["data_dir"] is None and dm["cache_dir"] == "runs/text/cache"
     featurizer = TextFeaturizer(dm["word_features"], dm["max_words"], dm["context"], dm["context_max_len"],
                                 str(DATA / "lexicons" / "NRC-AffectIntensity-Lexicon.txt"), dm["keep_stopwords"],

@@ -17,8 +17,13 @@ from seqmix.apps.text.data import SEMEVAL_EMOTIONS, EmotionDataModule, TextFeatu
 from seqmix.apps.text.model import EmotionRegressor
 
 
+# what a checkpoint of ``seqmix text fit`` must hold for ``predict`` (the model and its data settings)
+CHECKPOINT_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+
+
 def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
-    """The model (eval mode) and its datamodule settings from a checkpoint written by ``seqmix text fit``.
+    """The model (eval mode) and the checkpoint dictionary it came from (its ``datamodule_hyper_parameters``,
+    ``epoch``, ...), from a checkpoint written by ``seqmix text fit``.
 
     The checkpoint names its mixers by class path and init args (LightningCLI), so it is read with
     ``weights_only=True``: no pickled code runs.
@@ -34,12 +39,12 @@ def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
     except Exception as err:  # a truncated or foreign file, or one that holds pickled objects
         raise ValueError(f"{path} is not a checkpoint of `seqmix text fit` that loads with weights_only=True "
                          f"({str(err).splitlines()[0]})") from err
-    for key in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters"):
+    for key in CHECKPOINT_KEYS:
         if key not in ckpt:
             raise ValueError(f"{path} has no {key!r}: it was not written by `seqmix text fit` (EmotionRegressor "
                              "trained with EmotionDataModule)")
     model = EmotionRegressor.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return model.eval(), dict(ckpt["datamodule_hyper_parameters"])
+    return model.eval(), ckpt
 
 
 def read_texts(text: list[str] | None, file: str | None) -> list[str]:
@@ -91,7 +96,8 @@ def predict_command(argv: list[str]) -> int:
     texts = read_texts(args.text, args.file)
     import torch
 
-    model, dm = load_checkpoint(args.ckpt)
+    model, ckpt = load_checkpoint(args.ckpt)
+    dm = ckpt["datamodule_hyper_parameters"]
     data_dir = Path(dm["data_dir"]) if dm.get("data_dir") else None
     featurizer = TextFeaturizer(dm["word_features"], dm["max_words"], dm["context"], dm["context_max_len"],
                                 str(data_dir / "lexicons" / "NRC-AffectIntensity-Lexicon.txt") if data_dir else None,

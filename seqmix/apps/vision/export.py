@@ -71,19 +71,3 @@ def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int 
     kept["hyper_parameters"] = cli_hyperparameters(kept["hyper_parameters"])
     return save_checkpoint(kept, path, max_bytes=max_bytes, too_big="use a smaller model (fewer channels or blocks)")
 
-
-def rewrite_hyperparameters(path: str | Path) -> None:
-    """Rewrite, atomically, the hyper-parameters of a small checkpoint written before they were
-    stored in LightningCLI's form (weights and everything else unchanged)."""
-    path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the old form holds pickled partials
-    checkpoint["hyper_parameters"] = cli_hyperparameters(checkpoint["hyper_parameters"])
-    save_checkpoint(checkpoint, path)
-
-
-if __name__ == "__main__":  # python -m seqmix.apps.vision.export checkpoints/vision/*.ckpt
-    import sys
-
-    for name in sys.argv[1:]:
-        rewrite_hyperparameters(name)
-        print(f"{name}: hyper-parameters in LightningCLI form")
