@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, header, markdown_table, save_figure, write_result  # noqa: E402
+from common import REPO_ROOT, cpu_model, git_commit, header, markdown_table, save_figure, utc_now, write_result  # noqa: E402
 
 CONFIG_DIR = REPO_ROOT / "configs" / "recall"
 DEMO_MIXERS = ("softmax", "gla")
@@ -119,6 +119,7 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
         "train_kv_pairs": data.hparams.train_kv_pairs,
         "positions": model.hparams.positions, "max_steps": args.max_steps, "seed": args.seed,
         "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2),
+        "cpu": cpu_model(), "commit": git_commit(), "date": utc_now(),  # points merge across runs and machines
     }
 
 
@@ -159,6 +160,20 @@ def append_point(path: Path, row: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def provenance(rows: list[dict[str, object]]) -> str:
+    """Which CPU and commit ran how many points, and when: a table merges points of several runs."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        key = (str(r.get("cpu", "CPU not recorded")), str(r.get("commit", "commit not recorded")))
+        groups.setdefault(key, []).append(str(r.get("date", "")))
+    parts = []
+    for (cpu, commit), dates in sorted(groups.items()):
+        known = sorted(d for d in dates if d)
+        when = "" if not known else f", {known[0]}" + (f" to {known[-1]}" if known[-1] != known[0] else "")
+        parts.append(f"{len(dates)} point{'s' * (len(dates) != 1)} on {cpu} at {commit}{when}")
+    return "points ran: " + "; ".join(parts)
 
 
 def plot(rows: list[dict[str, object]], title: str):
@@ -203,6 +218,7 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
              "train time: wall clock of `trainer.fit` at the stated torch threads; load (1 min) is the machine's "
              "load average when the point finished: with a load above the 2 cores the point shared the CPU with "
              "other jobs, so its time is not a speed measurement"]
+    notes.append(provenance(rows))
     if skipped:
         notes.append(f"registered mixers without a recall config, not run: {', '.join(skipped)}")
     notes += args.note

@@ -1,0 +1,19 @@
+"""The report side of ``benchmarks/mqar.py``: a table that merges points of several runs names where each ran."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(load_benchmark):
+    return load_benchmark("mqar")
+
+
+def test_provenance_counts_points_per_cpu_and_commit_with_their_dates(bench):
+    rows = [{"cpu": "AMD EPYC"}, {"cpu": "AMD EPYC"},
+            {"cpu": "Intel Xeon", "commit": "abc1234", "date": "2026-11-30 10:00 UTC"},
+            {"cpu": "Intel Xeon", "commit": "abc1234", "date": "2026-11-30 09:00 UTC"},
+            {}]
+    assert bench.provenance(rows) == (
+        "points ran: 2 points on AMD EPYC at commit not recorded; "
+        "1 point on CPU not recorded at commit not recorded; "
+        "2 points on Intel Xeon at abc1234, 2026-11-30 09:00 UTC to 2026-11-30 10:00 UTC")
