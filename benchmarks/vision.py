@@ -266,7 +266,7 @@ def render(records: dict[str, dict]) -> str:
     table = markdown_table(["model", "test acc %", "val acc %", "params (M)", "GMACs", "infer img/s",
                             "train img/s", "budget (min)", "threads", "epochs", "train min", "load avg (mean / max)",
                             "seed", "checkpoint"], rows)
-    notes = [f"training: AdamW, linear warm-up then cosine to 1% ending when the time budget ends, label smoothing, "
+    notes = ["training: AdamW, linear warm-up then cosine to 1% ending when the time budget ends, label smoothing, "
              "random crop (pad 2) + horizontal flip, 55k training images (5k held out for validation); the test "
              "accuracy is on the official 10k test images unless the row's data says otherwise",
              "epochs: images seen / training images; budget: wall-clock training minutes (train min: from the "

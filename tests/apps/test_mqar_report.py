@@ -17,3 +17,13 @@ def test_provenance_counts_points_per_cpu_and_commit_with_their_dates(bench):
         "points ran: 2 points on AMD EPYC at commit not recorded; "
         "1 point on CPU not recorded at commit not recorded; "
         "2 points on Intel Xeon at abc1234, 2026-11-30 09:00 UTC to 2026-11-30 10:00 UTC")
+
+
+def test_loading_a_benchmark_leaves_sys_path_as_it_was(load_benchmark):
+    """benchmarks/ on sys.path would make a later `import hdbscan` find benchmarks/hdbscan.py (seen in the suite)."""
+    import sys
+    from pathlib import Path
+
+    load_benchmark("mqar")
+    folder = (Path(__file__).resolve().parents[2] / "benchmarks").resolve()
+    assert all(Path(p or ".").resolve() != folder for p in sys.path)

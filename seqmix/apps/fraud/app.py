@@ -65,7 +65,8 @@ def standardise(x: np.ndarray) -> np.ndarray:
 
 def cluster_features(embedding: np.ndarray, expert: np.ndarray,
                      kind: Literal["hybrid", "embedding", "expert"]) -> np.ndarray:
-    """Standardised embedding, expert features (``sign * log1p |x|`` first: counts and amounts are heavy-tailed), or both."""
+    """Standardised embedding, expert features (``sign * log1p |x|`` first: counts and amounts are
+    heavy-tailed), or both."""
     parts = {"embedding": [embedding], "expert": [np.sign(expert) * np.log1p(np.abs(expert))]}
     parts["hybrid"] = parts["embedding"] + parts["expert"]
     if kind not in parts:
@@ -128,7 +129,8 @@ def cluster_command(argv: list[str]) -> int:
     projection_plot(points, labels, [s.cluster for s in top], plot, title=cfg.title, seed=cfg.seed)
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in clusterer.timings_.items())
     notes = [f"data: {data.source}, window {data.window} events; features: {cfg.features} "
-             f"({points.shape[1]} dims{f': embedding {n_embed} + expert {len(EXPERT_NAMES)}' if cfg.features == 'hybrid' else ''})"
+             f"({points.shape[1]} dims"
+             f"{f': embedding {n_embed} + expert {len(EXPERT_NAMES)}' if cfg.features == 'hybrid' else ''})"
              + (f", read from {cfg.features_in}" if cfg.features_in else ""),
              f"model: {cfg.fit_config} weights {cfg.checkpoint}",
              f"pHDBSCAN: min_cluster_size={clusterer.min_cluster_size}, min_samples={clusterer.resolved_min_samples}, "

@@ -89,7 +89,8 @@ class SequenceAutoencoder(StagedModule):
     def check(self, steps: Tensor, mask: Tensor) -> None:
         f, t_max = self.hparams.n_features, self.hparams.max_len
         if steps.dim() != 3 or steps.shape[-1] != f:
-            raise ValueError(f"SequenceAutoencoder: steps must be [batch, time, n_features={f}], got {tuple(steps.shape)}")
+            raise ValueError(f"SequenceAutoencoder: steps must be [batch, time, n_features={f}], "
+                             f"got {tuple(steps.shape)}")
         if steps.shape[1] > t_max:
             raise ValueError(f"SequenceAutoencoder: window of {steps.shape[1]} steps exceeds max_len={t_max}")
         if mask.shape != steps.shape[:2] or mask.dtype != torch.bool:

@@ -50,7 +50,8 @@ def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
 def read_texts(text: list[str] | None, file: str | None) -> list[str]:
     """``--text`` values or the non-empty lines of ``--file``; empty input is an error."""
     if bool(text) == bool(file):
-        raise SystemExit("seqmix text predict: give --text \"...\" (repeatable) or --file <one text per line>, not both")
+        raise SystemExit("seqmix text predict: give --text \"...\" (repeatable) or --file <one text per line>, "
+                         "not both")
     if file:
         p = Path(file)
         if not p.is_file():

@@ -180,7 +180,8 @@ def read_vote_csv(path: str | Path, *, text_column: str, emotion_columns: Sequen
     try:
         scores = frame[list(emotion_columns)].to_numpy(dtype=np.float64)
     except ValueError as err:
-        raise ValueError(f"{path}: emotion columns {list(emotion_columns)} must be numeric vote counts ({err})") from err
+        raise ValueError(f"{path}: emotion columns {list(emotion_columns)} must be numeric vote counts "
+                         f"({err})") from err
     ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in range(len(frame))]
     kept, targets, dropped, keep = normalise_rows(ids, scores, zero_rows, str(path))
     return EmotionData(kept, [str(texts.iloc[i]) for i in keep], targets, tuple(emotion_columns), dropped)

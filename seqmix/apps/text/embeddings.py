@@ -66,7 +66,8 @@ def load_glove() -> tuple[dict[str, int], np.ndarray]:
 
     words = pd.read_parquet(_need_file(root / "glove_6B_index.parquet", "GloVe index", fix))["index"]
     if len(words) != vectors.shape[0] or vectors.shape[1] != GLOVE_DIM:
-        raise ValueError(f"GloVe index has {len(words)} words but the vectors are {vectors.shape}; reinstall the package")
+        raise ValueError(f"GloVe index has {len(words)} words but the vectors are {vectors.shape}; "
+                         "reinstall the package")
     return {w: i for i, w in enumerate(words.tolist())}, vectors
 
 
@@ -142,7 +143,8 @@ class AffectLexicon:
         self.dim = feature_dim(kind)
         self.glove_index, self.glove = load_glove()
         if kind == "affect":
-            path = Path(intensity_path) if intensity_path else default_data_dir() / "lexicons" / "NRC-AffectIntensity-Lexicon.txt"
+            default = default_data_dir() / "lexicons" / "NRC-AffectIntensity-Lexicon.txt"
+            path = Path(intensity_path) if intensity_path else default
             self.emolex, self.intensity = load_emolex(), load_intensity(str(path))
 
     def vector(self, word: str) -> np.ndarray:

@@ -153,7 +153,8 @@ class EmotionRegressor(StagedModule):
             raise ValueError(f"EmotionRegressor: need lr_schedule in ('constant', 'linear') and 0 <= warmup_ratio < 1; "
                              f"got {lr_schedule!r}, {warmup_ratio}")
         if lr_schedule == "constant" and warmup_ratio > 0:
-            raise ValueError("EmotionRegressor: warmup_ratio > 0 needs lr_schedule: linear (warm-up, then linear decay)")
+            raise ValueError("EmotionRegressor: warmup_ratio > 0 needs lr_schedule: linear "
+                             "(warm-up, then linear decay)")
         if not 0 < context_lr_decay <= 1:
             raise ValueError(f"EmotionRegressor: context_lr_decay must be in (0, 1] (1 = one rate for every encoder "
                              f"layer), got {context_lr_decay}")

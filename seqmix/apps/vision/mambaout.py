@@ -14,7 +14,6 @@ the scaled variant for 28 x 28 grey images (stem stride 2: grids 14, 7, 4, 2).
 
 from __future__ import annotations
 
-import torch
 from timm.layers import DropPath, LayerNorm2d
 from torch import Tensor, nn
 

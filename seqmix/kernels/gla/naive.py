@@ -24,7 +24,8 @@ def check_gla_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor,
     check_qkv(op, q, k, v)
     if not isinstance(g, Tensor) or g.shape != q.shape or not g.is_floating_point():
         got = f"{g.dtype} {tuple(g.shape)}" if isinstance(g, Tensor) else type(g).__name__
-        raise ValueError(f"{op}: g must be a float tensor of log forget gates shaped like q {tuple(q.shape)}, got {got}")
+        raise ValueError(f"{op}: g must be a float tensor of log forget gates shaped like q {tuple(q.shape)}, "
+                         f"got {got}")
     check_state_and_offsets(op, q, v, initial_state, cu_seqlens)
 
 
