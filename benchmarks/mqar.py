@@ -34,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, cpu_model, git_commit, header, markdown_table, save_figure, utc_now, write_result  # noqa: E402
+from common import (REPO_ROOT, cpu_model, git_commit, header, markdown_table, save_figure,  # noqa: E402
+                    utc_now, write_result)
 
 CONFIG_DIR = REPO_ROOT / "configs" / "recall"
 DEMO_MIXERS = ("softmax", "gla")
