@@ -95,12 +95,9 @@ def header(title: str, *, seeds: Iterable[int] | None = None, notes: Sequence[st
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    from seqmix.apps.files import atomic_write
+
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 @contextlib.contextmanager
@@ -120,12 +117,9 @@ def write_result(name: str, text: str) -> Path:
 
 def save_figure(fig, name: str, *, dpi: int = 130) -> Path:
     """``benchmarks/results/<name>.png`` (matplotlib figure), written atomically."""
-    path = RESULTS_DIR / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    from seqmix.apps.files import atomic_write
+
+    return atomic_write(RESULTS_DIR / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

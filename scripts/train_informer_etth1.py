@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from seqmix.apps.files import save_checkpoint
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "checkpoints" / "forecasting" / "informer_etth1.ckpt"
 KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_parameters",
@@ -48,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
         full = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
     small = {k: v for k, v in full.items() if k in KEEP}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = OUT.with_name(f".{OUT.name}.{os.getpid()}.tmp")
-    torch.save(small, tmp_out)
-    os.replace(tmp_out, OUT)
+    save_checkpoint(small, OUT)
     print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB, epoch {small['epoch']}); "
           f"test MSE {result['test/mse']:.4f} MAE {result['test/mae']:.4f}")
     return 0

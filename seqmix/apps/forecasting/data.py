@@ -34,6 +34,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seqmix.apps.files import atomic_write
+
 # name -> (path under data_dir, canonical download URL)
 KNOWN_DATASETS: dict[str, tuple[str, str]] = {
     "ETTh1": ("ett/ETTh1.csv", "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh1.csv"),
@@ -84,11 +86,8 @@ def resolve_csv(dataset: str, data_dir: str | Path | None, allow_download: bool 
         if path.is_file():
             return path
         if allow_download and url.startswith("https://raw."):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            urllib.request.urlretrieve(url, tmp)  # the canonical source; only when allow_download=True
-            os.replace(tmp, path)
-            return path
+            # the canonical source; only when allow_download=True
+            return atomic_write(path, lambda tmp: urllib.request.urlretrieve(url, tmp))
         raise FileNotFoundError(
             f"dataset {dataset!r}: {path} does not exist (looked under data_dir={str(root)!r}; "
             f"data_dir defaults to $SEQMIX_DATA, else ./data). Download it from {url} and save it as "

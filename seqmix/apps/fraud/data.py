@@ -38,6 +38,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seqmix.apps.files import atomic_write
+
 EVENT_COLUMNS = ("entity", "time", "amount", "kind", "device", "address", "card", "email", "label")
 KINDS = ("login", "browse", "cart", "purchase", "promo", "password")
 FRAUD_TYPES = ("normal", "bot", "account_takeover", "card_testing", "promotion_abuse")
@@ -221,10 +223,7 @@ def ieee_cis_events(data_dir: str | Path | None = None, *, download: bool = True
         "label": raw["isFraud"].astype(np.int64),
     })
     events = events.sort_values(["entity", "time"], kind="stable").reset_index(drop=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    events.to_parquet(tmp)
-    os.replace(tmp, cache)
+    atomic_write(cache, events.to_parquet)
     return events
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
 import tarfile
 import tempfile
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from seqmix.apps.files import atomic_write, save_checkpoint
 from seqmix.apps.text.embeddings import AffectLexicon, ContextEncoder, default_data_dir, feature_dim, word_tokens
 
 SEMEVAL_EMOTIONS = ("anger", "fear", "joy", "sadness", "surprise")
@@ -209,9 +209,7 @@ def download_semeval2007(data_dir: Path) -> None:
                     name = Path(member.name).name
                     if name in SEMEVAL_FILES and member.isfile():
                         data = tar.extractfile(member).read()
-                        part = folder / f".{name}.tmp"
-                        part.write_bytes(data)
-                        os.replace(part, folder / name)
+                        atomic_write(folder / name, lambda tmp: tmp.write_bytes(data))
     except OSError as err:
         raise FileNotFoundError(f"could not download SemEval-2007 from {SEMEVAL_URL} ({err}); copy the files "
                                 f"{list(SEMEVAL_FILES)} into {folder} by hand") from err
@@ -408,10 +406,7 @@ class EmotionDataModule(pl.LightningDataModule):
             cached = torch.load(path, weights_only=True)
             return self.featurizer(texts, context=(cached["states"], cached["mask"]))
         states, mask = self.featurizer.context_part(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"states": states, "mask": mask}, tmp)
-        os.replace(tmp, path)
+        save_checkpoint({"states": states, "mask": mask}, path)
         return self.featurizer(texts, context=(states, mask))
 
     def split_rows(self, split: str) -> np.ndarray:

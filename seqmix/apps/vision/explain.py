@@ -11,13 +11,13 @@ image of another size needs ``--resize`` (both say so when missing).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from seqmix.apps.files import atomic_write
 from seqmix.apps.module import load_trained
 
 
@@ -77,11 +77,10 @@ def draw_routing(image: np.ndarray, index: Tensor, grid: tuple[int, int], n_win:
                                linewidth=0.3))
     ax.set_title(title, fontsize=8)
     ax.axis("off")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def predict_command(argv: list[str]) -> int:
