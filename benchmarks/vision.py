@@ -77,6 +77,14 @@ MODELS = {
 }
 CHECKPOINTS = {"BiFormer-T (scaled)": "biformer_tiny_28", "MambaOut-Femto (scaled)": "mambaout_femto_28"}
 DEFAULT_LR = 2e-3  # the peak learning rate of models without a config of their own
+# what a results file other than vision.md holds: its first note line (--out NAME writes NAME.md)
+FILE_PURPOSE = {
+    "vision_rejected": "this file: runs of `benchmarks/vision.py` whose rows were NOT kept in `vision.json` (a lower "
+                       "validation accuracy than the shipped row), rendered from each run's own record "
+                       "(`vision_rejected.json`); each run's command and commit are on its line below",
+    "vision_rerun_xeon": "this file: the MambaOut row's command of `vision.md` rerun unchanged on another CPU "
+                         "(its line below names it), to show how many epochs the 30-minute budget buys there",
+}
 
 
 def json_object(text: str) -> dict:
@@ -282,7 +290,9 @@ def render(records: dict[str, dict]) -> str:
              f"rows come from separate runs (merged through benchmarks/results/{STORE.name}), each on the CPU its "
              "line names (the machine line above is where this file was written; throughput compares only within "
              "one CPU); each run's command:"]
-    return header("Fashion-MNIST: BiFormer, MambaOut, ViT", notes=notes)[:-1] + "\n".join(runs) + "\n\n" + table
+    purpose = FILE_PURPOSE.get(STORE.stem)
+    head = header("Fashion-MNIST: BiFormer, MambaOut, ViT", notes=([purpose] if purpose else []) + notes)
+    return head[:-1] + "\n".join(runs) + "\n\n" + table
 
 
 def main() -> None:
