@@ -72,6 +72,7 @@ MODELS = {
     "MambaOut-Femto (scaled)": partial(MambaOut, **without_sizes(FEMTO_28)),
     "ViT(softmax)": partial(ViT, mixer=mixer_factory("softmax", n_heads=4, causal=False)),
     "ViT(GLA)": partial(ViT, mixer=mixer_factory("gla", n_heads=4, causal=False)),
+    "ViT(linear)": partial(ViT, mixer=mixer_factory("linear_attention", n_heads=4, causal=False)),
     "MambaOut-Femto (ours, paper config)": partial(MambaOut, **FEMTO),
     "timm mambaout_femto (paper config)": timm_mambaout_femto,
 }
