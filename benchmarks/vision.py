@@ -1,16 +1,18 @@
 """Vision benchmark -> ``benchmarks/results/vision.md``: Fashion-MNIST test accuracy, parameters,
 GFLOPs (multiply-adds, fvcore's convention, counted with ``torch.utils.flop_counter``) and CPU
 images/s (inference and training) of BiFormer-T (scaled), MambaOut-Femto (scaled), ViT(softmax),
-ViT(GLA), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same configuration.
+ViT(GLA), ViT(linear), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same configuration.
 
     # the targets: 30 minutes of training each, one after the other with the 2 cores each (BiFormer as
     # 2 data-parallel processes of 1 thread), each run also writing checkpoints/vision/<model>.ckpt
     python benchmarks/vision.py --models 'BiFormer-T (scaled)' --ranks 2 --threads 1 --lr 1.5e-3 \
         --max-minutes 29.5 --save-checkpoints
     python benchmarks/vision.py --models 'MambaOut-Femto (scaled)' --threads 2 --max-minutes 30 --save-checkpoints
-    # the other rows (short budget, labelled as such)
-    python benchmarks/vision.py --models 'ViT(softmax)' 'ViT(GLA)' 'MambaOut-Femto (ours, paper config)' \
-        'timm mambaout_femto (paper config)' --train-models 'ViT(softmax)' 'ViT(GLA)' --max-minutes 3 --threads 1
+    # the ViT rows, the cross-mixer comparison: 20 minutes each at 1 thread, one core each (taskset), two at a time
+    python benchmarks/vision.py --models 'ViT(softmax)' --max-minutes 20 --threads 1   # also 'ViT(GLA)', 'ViT(linear)'
+    # timm's mambaout_femto beside ours at the paper's configuration (sizes and throughput)
+    python benchmarks/vision.py --models 'MambaOut-Femto (ours, paper config)' 'timm mambaout_femto (paper config)' \
+        --no-train --threads 1
     # a candidate architecture: its own row ('BiFormer-T (scaled) + pos_kernel=7') in a file of its own
     python benchmarks/vision.py --models 'BiFormer-T (scaled)' --model-args '{"pos_kernel": 7}' --out vision_rejected ...
 
