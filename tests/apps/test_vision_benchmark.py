@@ -52,3 +52,20 @@ def test_render_rewrites_the_table_from_the_stored_rows_only(bench, tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", "missing"])
     with pytest.raises(SystemExit):
         bench.main()
+
+
+def test_a_results_file_of_rejected_runs_says_what_it_holds(bench, tmp_path, monkeypatch):
+    """``--out vision_rejected`` writes a file whose first note says its rows were not kept; vision.md has none."""
+    row = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
+           "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
+           "date": "2026-11-30 08:00 UTC", "data": "throughput only", "cpu": "Intel Xeon"}
+    for name in ("vision_rejected", "vision"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"ViT(softmax)": row}))
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "write_result", lambda name, text: (tmp_path / f"{name}.md").write_text(text))
+    for name in ("vision_rejected", "vision"):
+        monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", name])
+        bench.main()
+    rejected = (tmp_path / "vision_rejected.md").read_text()
+    assert "\n- this file: runs of `benchmarks/vision.py` whose rows were NOT kept in `vision.json`" in rejected
+    assert "this file:" not in (tmp_path / "vision.md").read_text()
