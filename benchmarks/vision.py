@@ -80,7 +80,7 @@ MODELS = {
 }
 CHECKPOINTS = {"BiFormer-T (scaled)": "biformer_tiny_28", "MambaOut-Femto (scaled)": "mambaout_femto_28"}
 DEFAULT_LR = 2e-3  # the peak learning rate of models without a config of their own
-# what a results file other than vision.md holds: its first note line (--out NAME writes NAME.md)
+# what a results file other than vision.md holds: a note line of its own (--out NAME writes NAME.md)
 FILE_PURPOSE = {
     "vision_rejected": "this file: runs of `benchmarks/vision.py` whose rows were NOT kept in `vision.json` (a lower "
                        "validation accuracy than the shipped row), rendered from each run's own record "

@@ -55,7 +55,8 @@ def test_render_rewrites_the_table_from_the_stored_rows_only(bench, tmp_path, mo
 
 
 def test_a_results_file_of_rejected_runs_says_what_it_holds(bench, tmp_path, monkeypatch):
-    """``--out vision_rejected`` writes a file whose first note says its rows were not kept; vision.md has none."""
+    """``--out vision_rejected`` writes a file with a note saying its rows were not kept; vision.md has none."""
+    monkeypatch.setattr(bench, "STORE", bench.STORE)  # main() rebinds it: restored after the test
     row = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
            "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
            "date": "2026-11-30 08:00 UTC", "data": "throughput only", "cpu": "Intel Xeon"}
