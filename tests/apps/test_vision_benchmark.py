@@ -7,9 +7,31 @@ import sys
 import pytest
 
 
+# one stored row of vision.json, as a throughput-only run writes it
+ROW = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
+       "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
+       "date": "2026-11-30 08:00 UTC", "data": "throughput only"}
+
+
 @pytest.fixture(scope="module")
 def bench(load_benchmark):
     return load_benchmark("vision")
+
+
+@pytest.fixture
+def render_stored(bench, tmp_path, monkeypatch):
+    """``render_stored(name)``: ``vision.py --render --out <name>`` over ``tmp_path/<name>.json``; the
+    markdown it wrote. The module's results folder, writer and store are restored afterwards."""
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "write_result", lambda name, text: (tmp_path / f"{name}.md").write_text(text))
+    monkeypatch.setattr(bench, "STORE", bench.STORE)  # main() rebinds it
+
+    def render(name: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", name])
+        bench.main()
+        return (tmp_path / f"{name}.md").read_text()
+
+    return render
 
 
 def test_model_args_make_a_row_of_their_own(bench):
@@ -30,43 +52,23 @@ def test_model_args_that_do_not_fit_are_refused(bench):
 
 def test_each_row_names_the_cpu_it_ran_on(bench):
     """Rows merge across runs, maybe across machines: each run's line names its CPU."""
-    base = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
-            "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
-            "date": "2026-11-30 08:00 UTC", "data": "throughput only"}
-    text = bench.render({"MambaOut-Femto (scaled)": {**base, "cpu": "Intel Xeon"}, "ViT(softmax)": base})
+    text = bench.render({"MambaOut-Femto (scaled)": {**ROW, "cpu": "Intel Xeon"}, "ViT(softmax)": ROW})
     assert "- MambaOut-Femto (scaled): `python benchmarks/vision.py` (commit `abc`, 2026-11-30 08:00 UTC, Intel Xeon;" in text
     assert "- ViT(softmax): `python benchmarks/vision.py` (commit `abc`, 2026-11-30 08:00 UTC, CPU not recorded;" in text
 
 
-def test_render_rewrites_the_table_from_the_stored_rows_only(bench, tmp_path, monkeypatch):
-    row = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
-           "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
-           "date": "2026-11-30 08:00 UTC", "data": "throughput only", "cpu": "Intel Xeon", "cpu_affinity": [0, 1]}
-    (tmp_path / "t.json").write_text(json.dumps({"ViT(softmax)": row}))
-    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(bench, "write_result", lambda name, text: (tmp_path / f"{name}.md").write_text(text))
-    monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", "t"])
-    bench.main()
-    text = (tmp_path / "t.md").read_text()
+def test_render_rewrites_the_table_from_the_stored_rows_only(bench, tmp_path, render_stored):
+    (tmp_path / "t.json").write_text(json.dumps({"ViT(softmax)": {**ROW, "cpu": "Intel Xeon", "cpu_affinity": [0, 1]}}))
+    text = render_stored("t")
     assert "| ViT(softmax) | - | - | 1.10 |" in text and "ran on CPUs [0, 1] (affinity)" in text
-    monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", "missing"])
     with pytest.raises(SystemExit):
-        bench.main()
+        render_stored("missing")
 
 
-def test_a_results_file_of_rejected_runs_says_what_it_holds(bench, tmp_path, monkeypatch):
+def test_a_results_file_of_rejected_runs_says_what_it_holds(tmp_path, render_stored):
     """``--out vision_rejected`` writes a file with a note saying its rows were not kept; vision.md has none."""
-    monkeypatch.setattr(bench, "STORE", bench.STORE)  # main() rebinds it: restored after the test
-    row = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "threads": 1, "seed": 0,
-           "load_now": 0.5, "budget_minutes": 30, "command": "python benchmarks/vision.py", "commit": "abc",
-           "date": "2026-11-30 08:00 UTC", "data": "throughput only", "cpu": "Intel Xeon"}
     for name in ("vision_rejected", "vision"):
-        (tmp_path / f"{name}.json").write_text(json.dumps({"ViT(softmax)": row}))
-    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(bench, "write_result", lambda name, text: (tmp_path / f"{name}.md").write_text(text))
-    for name in ("vision_rejected", "vision"):
-        monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", name])
-        bench.main()
-    rejected = (tmp_path / "vision_rejected.md").read_text()
+        (tmp_path / f"{name}.json").write_text(json.dumps({"ViT(softmax)": {**ROW, "cpu": "Intel Xeon"}}))
+    rejected = render_stored("vision_rejected")
     assert "\n- this file: runs of `benchmarks/vision.py` whose rows were NOT kept in `vision.json`" in rejected
-    assert "this file:" not in (tmp_path / "vision.md").read_text()
+    assert "this file:" not in render_stored("vision")
