@@ -24,6 +24,7 @@ from seqmix.apps.forecasting.model import (
     ForecastShape,
     Informer,
     LastValue,
+    PatchTST,
     TrainingMean,
     RevIN,
     Transformer,
@@ -213,6 +214,55 @@ def test_encoder_decoder_shapes_with_swapped_mixers(cls, encoder):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("mixer", [m for m in ("softmax", "gla", "linear_attention", "bra") if m in list_mixers()])
+def test_patchtst_shapes_and_gradients_with_swapped_mixers(mixer):
+    torch.manual_seed(0)
+    kwargs = {"n_win": 5, "topk": 2, "pad": True} if mixer == "bra" else {}
+    net = PatchTST(SHAPE, patch_len=8, stride=4, d_model=16, n_layers=2,
+                   mixer=mixer_factory(mixer, n_heads=2, causal=False, **kwargs))
+    assert net.n_patches == (32 - 8) // 4 + 2
+    y = net(*batch(SHAPE, b=3))
+    assert y.shape == (3, SHAPE.pred_len, SHAPE.n_out) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_patchtst_patches_pad_the_end_with_the_last_value():
+    net = PatchTST(ForecastShape(2, 2, 4, 12, 6, 4), patch_len=4, stride=2, d_model=8, n_layers=1)
+    x = torch.arange(24.0).reshape(1, 12, 2)  # [B, L, C]: variable c at step t is 2t + c
+    patches = net.patches(x)  # [1, 2, N, 4]
+    assert patches.shape == (1, 2, (12 - 4) // 2 + 2, 4) == (1, 2, net.n_patches, 4)
+    for k in range(net.n_patches - 1):
+        torch.testing.assert_close(patches[0, 1, k], x[0, 2 * k: 2 * k + 4, 1])
+    # the last patch: the last two steps, then two copies of the last value
+    torch.testing.assert_close(patches[0, 0, -1], torch.tensor([20.0, 22.0, 22.0, 22.0]))
+
+
+def test_patchtst_forecasts_each_variable_on_its_own():
+    """Channel independence: in eval mode (BatchNorm on its running statistics) changing one
+    variable's history changes that variable's forecast only."""
+    torch.manual_seed(0)
+    net = PatchTST(SHAPE, patch_len=8, stride=4, d_model=16, n_layers=2).eval()
+    x, xm, ym = batch(SHAPE)
+    y = net(x, xm, ym)
+    x2 = x.clone()
+    x2[..., 1] += torch.randn_like(x2[..., 1])
+    y2 = net(x2, xm, ym)
+    changed = (y2 - y).abs().amax(dim=(0, 1)) > 1e-6  # [C]
+    assert changed.tolist() == [False, True, False, False, False]
+    ms = ForecastShape(5, 1, 4, 32, 16, 8)
+    assert PatchTST(ms, patch_len=8, stride=4, d_model=16, n_layers=1).eval()(x, xm, ym).shape == (2, 8, 1)
+
+
+def test_patchtst_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="patch_len <= seq_len"):
+        PatchTST(SHAPE, patch_len=64)
+    with pytest.raises(ValueError, match="stride <= patch_len"):
+        PatchTST(SHAPE, patch_len=8, stride=9)
+    with pytest.raises(ValueError, match="mixer must be causal=False"):
+        PatchTST(SHAPE, patch_len=8, mixer=mixer_factory("softmax", n_heads=2, causal=True))
+
+
 def test_ms_and_baseline_shapes():
     ms = ForecastShape(5, 1, 4, 32, 16, 8)
     x, xm, ym = batch(ms)
@@ -291,6 +341,12 @@ def test_cli_fit_and_test_in_process(tiny_run, tmp_path):
     assert Path(ckpt).is_file()
     # the console entry point in-process: `seqmix forecasting test --ckpt_path ...`
     assert main(["forecasting", "test", *tiny_argv(tmp_path), "--ckpt_path", ckpt]) == 0
+
+
+@needs_ett
+def test_patchtst_config_fits_and_tests_through_the_cli(tmp_path):
+    result, ckpt = fit_and_test(tmp_path, seed=0, config="patchtst.yaml")
+    assert 0 < result["test/mse"] < 10 and Path(ckpt).is_file()
 
 
 def test_same_seed_same_test_mse_and_forecast_with_the_default_informer(tmp_path):

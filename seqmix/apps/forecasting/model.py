@@ -14,6 +14,9 @@ Blocks -> models, top to bottom:
   placeholders, every horizon step in one forward pass). The encoder and decoder
   self-attention are any registered mixers (``Callable[[int], Mixer]``); cross attention is softmax.
 - :class:`Transformer` — the vanilla encoder-decoder Transformer (no distilling).
+- :class:`PatchTST` — each variable on its own (channel independence), its lookback cut into
+  overlapping patches that are the tokens of post-norm layers with any non-causal registered
+  mixer (BatchNorm, as the paper), then one linear map from all patch states to the horizon.
 - :class:`DLinear` — moving-average decomposition + one linear map per component over time.
 - :class:`LastValue` — repeats the last observed value (no parameters).
 - :class:`TrainingMean` — the training mean of each variable, zero on the scaled data (no parameters).
@@ -28,7 +31,7 @@ to ``[B, pred_len, n_out]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -84,15 +87,28 @@ def check_mixer(role: str, mixer: Mixer, d_model: int, causal: bool) -> Mixer:
     return mixer
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the ``D`` features of every token of ``[B, T, D]`` (PatchTST's norm)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)  # [B, T, D] -> [B, D, T] -> [B, T, D]
+
+
 class PostNormLayer(nn.Module):
-    """Informer's post-norm layer: self mixer, [cross attention to ``memory``], feed-forward."""
+    """Informer's post-norm layer: self mixer, [cross attention to ``memory``], feed-forward.
+
+    ``norm``: ``"layer"`` (Informer, Transformer) or ``"batch"`` (:class:`TokenBatchNorm`, PatchTST).
+    """
 
     def __init__(self, d_model: int, mixer: Mixer, *, cross: Mixer | None = None, ffn_ratio: float = 4.0,
-                 dropout: float = 0.05):
+                 dropout: float = 0.05, norm: Literal["layer", "batch"] = "layer"):
         super().__init__()
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"norm={norm!r} is unknown; choose 'layer' or 'batch'")
         self.mixer, self.cross = mixer, cross
         self.ffn = ChannelMixer(d_model, hidden_ratio=ffn_ratio, kind="mlp", dropout=dropout)
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3 if cross is not None else 2))
+        norm_cls = nn.LayerNorm if norm == "layer" else TokenBatchNorm
+        self.norms = nn.ModuleList(norm_cls(d_model) for _ in range(3 if cross is not None else 2))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor | None = None) -> Tensor:
@@ -193,6 +209,58 @@ class Transformer(Informer):
         super().__init__(shape, d_model=d_model, e_layers=e_layers, d_layers=d_layers, ffn_ratio=ffn_ratio,
                          dropout=dropout, distil=False, stack=None, encoder_mixer=encoder_mixer,
                          decoder_mixer=decoder_mixer, cross_heads=cross_heads)
+
+
+class PatchTST(nn.Module):
+    """PatchTST (Nie et al., ICLR 2023, "A Time Series is Worth 64 Words") with a swappable mixer.
+
+    Channel independence: every variable's lookback is forecast on its own by the same weights.
+    The lookback, padded at the end by ``stride`` copies of its last value, is cut into patches of
+    ``patch_len`` steps every ``stride`` steps (``N = (seq_len - patch_len) // stride + 2`` tokens);
+    a linear map and learned positions embed them; ``n_layers`` post-norm layers (``mixer``, any
+    non-causal registered mixer, softmax attention by default; BatchNorm) mix the patches; a
+    linear head maps the flattened ``N * d_model`` states to the ``pred_len`` steps. Meant to run
+    with the Forecaster's ``revin: true`` (the paper's instance normalisation). Left out: the
+    paper's residual attention scores (each layer adding the previous layer's pre-softmax scores),
+    which only softmax attention has. Time features are not used (as the paper).
+    """
+
+    def __init__(self, shape: ForecastShape, *, patch_len: int = 16, stride: int = 8, d_model: int = 16,
+                 n_layers: int = 3, ffn_ratio: float = 8.0, dropout: float = 0.3, head_dropout: float = 0.0,
+                 mixer: MixerFactory | None = None):
+        super().__init__()
+        if not 1 <= patch_len <= shape.seq_len or not 1 <= stride <= patch_len:
+            raise ValueError(f"PatchTST needs 1 <= patch_len <= seq_len ({shape.seq_len}) and "
+                             f"1 <= stride <= patch_len, got patch_len={patch_len}, stride={stride}")
+        if n_layers < 1:
+            raise ValueError(f"PatchTST needs n_layers >= 1, got {n_layers}")
+        self.shape, self.patch_len, self.stride = shape, patch_len, stride
+        self.n_patches = (shape.seq_len - patch_len) // stride + 2  # + 1: the end padding's patch
+        mixer = mixer or (lambda d: SoftmaxAttention(d, n_heads=4, causal=False))
+        self.embed = nn.Linear(patch_len, d_model)
+        self.position = nn.Parameter(torch.empty(self.n_patches, d_model).uniform_(-0.02, 0.02))
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            PostNormLayer(d_model, check_mixer("mixer", mixer(d_model), d_model, causal=False), ffn_ratio=ffn_ratio,
+                          dropout=dropout, norm="batch") for _ in range(n_layers))
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(self.n_patches * d_model, shape.pred_len)
+
+    def patches(self, x: Tensor) -> Tensor:
+        """``[B, L, C]`` -> ``[B, C, N, patch_len]``."""
+        z = x.transpose(1, 2)  # [B, L, C] -> [B, C, L]
+        z = torch.cat([z, z[..., -1:].expand(-1, -1, self.stride)], dim=-1)  # [B, C, L + stride]
+        return z.unfold(-1, self.patch_len, self.stride)  # [B, C, N, patch_len]
+
+    def forward(self, x: Tensor, x_mark: Tensor, y_mark: Tensor) -> Tensor:
+        b, _, c = x.shape
+        h = self.dropout(self.embed(self.patches(x)) + self.position)  # [B, C, N, D]
+        h = h.reshape(b * c, self.n_patches, -1)  # [B*C, N, D]: every variable on its own
+        for layer in self.layers:
+            h = layer(h)
+        h = h.reshape(b, c, -1)  # [B*C, N, D] -> [B, C, N*D]
+        y = self.head(self.head_dropout(h))  # [B, C, pred_len]
+        return y.transpose(1, 2)[..., -self.shape.n_out:]  # [B, pred_len, n_out]
 
 
 class DLinear(nn.Module):
