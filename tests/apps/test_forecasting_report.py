@@ -62,3 +62,20 @@ def test_cpu_sets_say_which_cpu_ran_which_runs(bench):
         "AMD EPYC: 6 runs; Intel Xeon: 4 runs (DLinear: ETTh1 H=336 seeds [1, 2]; Informer (ProbSparse): ETTh1 "
         "H=336 seeds [1, 2]); not recorded: 1 run (DLinear: ETTh2 H=24 seeds [0])")
     assert bench.cpu_sets(amd) == "AMD EPYC: 6 runs"
+
+
+def test_the_lookback_96_target_counts_only_models_built_on_a_mixer(bench):
+    """DLinear + RevIN has no token mixer: a lower mean of its own does not meet the seqmix-model target."""
+    def modern(model: str, mse: float, seeds=(0, 1)) -> dict:
+        return {f"modern|ETTh1|{model}|{h}|seed{s}": {**run(model, "ETTh1", h, s), "test_mse": mse}
+                for h in (96, 192, 336, 720) for s in seeds}
+
+    line = next(x for x in bench.targets({**modern("dlinear_revin", 0.40), **modern("transformer_revin", 0.60)})
+                .splitlines() if "lookback 96" in x)
+    assert ": Transformer + RevIN 0.600 (mean of 2 seeds per horizon; MISSED)" in line
+    assert "with or without a mixer: DLinear + RevIN (no mixer) 0.400, Transformer + RevIN 0.600" in line
+    line = next(x for x in bench.targets({**modern("dlinear_revin", 0.40), **modern("patchtst", 0.44, seeds=(0,))})
+                .splitlines() if "lookback 96" in x)
+    assert ": PatchTST (softmax) + RevIN 0.440 (mean of 1 seed per horizon; met)" in line
+    line = next(x for x in bench.targets(modern("dlinear_revin", 0.40)).splitlines() if "lookback 96" in x)
+    assert line.endswith("no model with a mixer has all four horizons")
