@@ -87,6 +87,9 @@ FILE_PURPOSE = {
                        "(`vision_rejected.json`); each run's command and commit are on its line below",
     "vision_rerun_xeon": "this file: the MambaOut row's command of `vision.md` rerun unchanged on another CPU "
                          "(its line below names it), to show how many epochs the 30-minute budget buys there",
+    "vision_probes": "this file: candidate training recipes (each row's `--label`) compared on the VALIDATION split "
+                     "at one thread per run (two runs at once, one core each), to choose the recipe of the shipped "
+                     "rows; their test accuracy is shown but chose nothing",
 }
 
 
@@ -203,7 +206,7 @@ def train_and_test(name: str, factory, args) -> dict:
     lr = args.lr if args.lr is not None else recipe_lr(name)
     pl.seed_everything(args.seed, verbose=False)
     data = ImageDataModule(dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-                           train_limit=args.train_limit, seed=args.seed,
+                           train_limit=args.train_limit, seed=args.seed, erase_prob=args.erase_prob,
                            val_size=5000 if args.dataset == "fashion_mnist" else 200)
     model = ImageClassifier(factory, in_chans=1, n_classes=10, img_size=28, lr=lr, warmup_steps=args.warmup,
                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
@@ -233,7 +236,8 @@ def train_and_test(name: str, factory, args) -> dict:
            "load_mean": sum(load.samples) / max(1, len(load.samples)), "load_max": max(load.samples, default=0.0),
            "data": f"{args.dataset}: {len(data.train_set)} training, {len(data.val_set)} validation, {n_test} test "
                    f"images; batch {per_step}, AdamW lr {lr} wd {args.weight_decay}, {args.warmup} "
-                   f"warm-up steps, label smoothing {args.label_smoothing}"}
+                   f"warm-up steps, label smoothing {args.label_smoothing}"
+                   + (f", random erasing {args.erase_prob}" if args.erase_prob else "")}
     if args.save_checkpoints:
         if name not in CHECKPOINTS:
             raise SystemExit(f"--save-checkpoints: {name!r} has no shipped checkpoint; only {list(CHECKPOINTS)}")
@@ -310,6 +314,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    parser.add_argument("--erase-prob", type=float, default=0.0,
+                        help="random erasing probability per training image (timm's, per-pixel noise; 0 = off)")
     parser.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "digits"])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -332,6 +338,8 @@ def main() -> None:
     parser.add_argument("--model-args", type=json_object, default=None, metavar="JSON",
                         help="keyword arguments for every selected model, e.g. '{\"pos_kernel\": 7}': a candidate "
                              "architecture, in a row of its own (with --out, a file of its own)")
+    parser.add_argument("--label", default=None,
+                        help="appended to the row name (a recipe variant gets a row of its own, e.g. 'erasing 0.25')")
     args = parser.parse_args()
     if args.model_args and args.save_checkpoints:
         parser.error("--save-checkpoints writes the shipped checkpoints of the shipped configs; drop --model-args")
@@ -346,6 +354,7 @@ def main() -> None:
 
     for name in args.models:
         row, factory = variant(name, args.model_args)
+        row = f"{row}, {args.label}" if args.label else row
         torch.manual_seed(args.seed)
         model = factory(1, 10, 28)
         params = sum(p.numel() for p in model.parameters())

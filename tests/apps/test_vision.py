@@ -152,6 +152,25 @@ def test_fashion_mnist_from_the_debian_files():
     assert len(dm.train_set) == 2000 and abs(float(images.mean())) < 0.2  # normalised by the training statistics
 
 
+def test_random_erasing_noises_a_rectangle_of_training_images_only():
+    import random
+
+    dm = ImageDataModule(dataset="digits", val_size=64, erase_prob=1.0, crop_padding=0, flip=False)
+    dm.setup()
+    plain = ImageDataModule(dataset="digits", val_size=64, crop_padding=0, flip=False)
+    plain.setup()
+    random.seed(0)
+    erased = torch.stack([dm.train_set[i][0] for i in range(32)])  # [N, 1, S, S]
+    clean = torch.stack([plain.train_set[i][0] for i in range(32)])
+    changed = (erased != clean).flatten(1).float().mean(1)  # fraction of pixels erased per image
+    area = erased.shape[-1] ** 2
+    assert bool((changed > 0).all()), "erase_prob=1 erases a rectangle of every training image"
+    assert float(changed.max()) <= 1 / 3 + 2 * erased.shape[-1] / area  # timm's default: at most a third of the area
+    assert torch.equal(dm.val_set[0][0], plain.val_set[0][0]), "validation images are never erased"
+    with pytest.raises(ValueError, match="erase_prob is a probability"):
+        ImageDataModule(dataset="digits", erase_prob=1.5)
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         find_fashion_mnist(tmp_path)

@@ -5,7 +5,9 @@ in ``data_dir``, or (when ``data_dir`` is None) the first folder that has them a
 ``$SEQMIX_DATA/fashion-mnist``, ``./data/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist``
 (the Debian package ``dataset-fashion-mnist``).
 
-Training images get a random crop after zero padding and a horizontal flip; every split is
+Training images get a random crop after zero padding and a horizontal flip, and optionally
+(``erase_prob``) timm's random erasing of a rectangle with per-pixel noise after normalisation
+(the BiFormer / MambaOut papers' ImageNet recipe: probability 0.25); every split is
 normalised by the mean and standard deviation of the training images (saved in checkpoints,
 so ``predict`` normalises the same way). The validation split is held out of the 60k
 training images (``val_size``, fixed by ``seed``); the test split is the official 10k.
@@ -101,10 +103,14 @@ class ImageDataset(Dataset):
     """uint8 images ``[N, S, S]`` -> normalised float ``[1, S, S]``, with optional augmentation."""
 
     def __init__(self, images: Tensor, labels: Tensor, mean: float, std: float, *, augment: bool,
-                 crop_padding: int, flip: bool):
+                 crop_padding: int, flip: bool, erase_prob: float = 0.0):
+        from timm.data.random_erasing import RandomErasing
+
         self.images, self.labels = images, labels
         self.mean, self.std = mean, std
         self.augment, self.pad, self.flip = augment, crop_padding, flip
+        # timm's random erasing (python's `random`, seeded by seed_everything); on the normalised image
+        self.erase = RandomErasing(erase_prob, mode="pixel", device="cpu") if augment and erase_prob > 0 else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -119,7 +125,10 @@ class ImageDataset(Dataset):
                 x = padded[:, top: top + s, left: left + s]
             if self.flip and torch.rand(()) < 0.5:
                 x = x.flip(-1)
-        return (x - self.mean) / self.std, self.labels[i]
+        x = (x - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
+        return x, self.labels[i]
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -131,12 +140,13 @@ class ImageDataModule(pl.LightningDataModule):
         img_size: side of the images given to the model (Fashion-MNIST: must be 28; digits: upscaled).
         val_size: training images held out for validation.
         train_limit: use only the first ``train_limit`` training images (short runs); None = all.
+        erase_prob: probability of random erasing per training image (0 = off; DeiT's recipe: 0.25).
     """
 
     def __init__(self, dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist", data_dir: str | None = None,
                  img_size: int = 28, batch_size: int = 128, val_size: int = 5000, train_limit: int | None = None,
-                 augment: bool = True, crop_padding: int = 2, flip: bool = True, num_workers: int = 0,
-                 seed: int = 0):
+                 augment: bool = True, crop_padding: int = 2, flip: bool = True, erase_prob: float = 0.0,
+                 num_workers: int = 0, seed: int = 0):
         super().__init__()
         if dataset not in ("fashion_mnist", "digits"):
             raise ValueError(f"ImageDataModule: dataset={dataset!r} is unknown; choose 'fashion_mnist' or 'digits'")
@@ -145,9 +155,12 @@ class ImageDataModule(pl.LightningDataModule):
         if batch_size < 1 or val_size < 0 or crop_padding < 0 or (train_limit is not None and train_limit < 1):
             raise ValueError("ImageDataModule: need batch_size >= 1, val_size >= 0, crop_padding >= 0, "
                              f"train_limit >= 1 or None; got {batch_size}, {val_size}, {crop_padding}, {train_limit}")
+        if not 0.0 <= erase_prob <= 1.0:
+            raise ValueError(f"ImageDataModule: erase_prob is a probability in [0, 1] (0 = off, DeiT: 0.25), "
+                             f"got {erase_prob}")
         self.dataset, self.data_dir, self.img_size = dataset, data_dir, img_size
         self.batch_size, self.val_size, self.train_limit = batch_size, val_size, train_limit
-        self.augment, self.crop_padding, self.flip = augment, crop_padding, flip
+        self.augment, self.crop_padding, self.flip, self.erase_prob = augment, crop_padding, flip, erase_prob
         self.num_workers, self.seed = num_workers, seed
         self.in_chans, self.n_classes = 1, 10
         self.class_names = FASHION_CLASSES if dataset == "fashion_mnist" else tuple(str(i) for i in range(10))
@@ -168,7 +181,8 @@ class ImageDataModule(pl.LightningDataModule):
         pixels = x[train].float() / 255.0
         self.mean, self.std = float(pixels.mean()), float(pixels.std())
         common = {"crop_padding": self.crop_padding, "flip": self.flip}
-        self.train_set = ImageDataset(x[train], y[train], self.mean, self.std, augment=self.augment, **common)
+        self.train_set = ImageDataset(x[train], y[train], self.mean, self.std, augment=self.augment,
+                                      erase_prob=self.erase_prob, **common)
         self.val_set = ImageDataset(x[val], y[val], self.mean, self.std, augment=False, **common)
         self.test_set = ImageDataset(*raw["test"], self.mean, self.std, augment=False, **common)
 
