@@ -129,13 +129,32 @@ def recipe_lr(name: str) -> float:
 
 
 def gmacs(model: nn.Module, x: torch.Tensor) -> float:
-    """Multiply-adds of one forward (GFLOPs in fvcore's / the papers' convention: FLOP counter / 2)."""
+    """Multiply-adds of one forward (GFLOPs in fvcore's / the papers' convention: FLOP counter / 2).
+
+    Attention runs through ``scaled_dot_product_attention``'s math backend here: torch's flop counter
+    has no formula for the fused CPU kernel and would count its two matmuls as zero.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(x)
     return counter.get_total_flops() / 2 / 1e9 / len(x)
+
+
+def recount_gmacs(records: dict[str, dict]) -> dict[str, dict]:
+    """``--recount-gmacs``: each stored row's GMACs counted again from its model (``model`` and
+    ``model_args`` of the record; rows of the shipped models by name) -- a function of the
+    architecture only, so no run is repeated. A row whose model cannot be rebuilt is an error."""
+    for name, r in records.items():
+        base = r.get("model", name)
+        if base not in MODELS:
+            raise SystemExit(f"--recount-gmacs: row {name!r} names no model of {list(MODELS)} (record key 'model')")
+        _, factory = variant(base, r.get("model_args"))
+        torch.manual_seed(r["seed"])
+        r["gmacs"] = gmacs(factory(1, 10, 28).eval(), torch.randn(1, 1, 28, 28))
+    return records
 
 
 def images_per_second(model: nn.Module, batch: int, train: bool, repeats: int, min_seconds: float = 1.0) -> float:
@@ -293,7 +312,7 @@ def render(records: dict[str, dict]) -> str:
              "best of `--repeats` timed runs of >= 1 s (3 unless the row's command says otherwise), measured at the "
              "start of the row's run; training = forward + backward + AdamW step",
              "GMACs: multiply-adds of one 28x28 image (torch.utils.flop_counter FLOPs / 2; matmuls and convolutions "
-             "only, as fvcore)",
+             "only, as fvcore; attention counted through scaled_dot_product_attention's math backend)",
              f"rows come from separate runs (merged through benchmarks/results/{STORE.name}), each on the CPU its "
              "line names (the machine line above is where this file was written; throughput compares only within "
              "one CPU); each run's command:"]
@@ -335,12 +354,16 @@ def main() -> None:
     parser.add_argument("--out", default="vision", help="results name: benchmarks/results/<out>.md and .json")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite benchmarks/results/<out>.md from the rows stored in <out>.json")
+    parser.add_argument("--recount-gmacs", action="store_true",
+                        help="with --render: count every stored row's GMACs again from its model (no training)")
     parser.add_argument("--model-args", type=json_object, default=None, metavar="JSON",
                         help="keyword arguments for every selected model, e.g. '{\"pos_kernel\": 7}': a candidate "
                              "architecture, in a row of its own (with --out, a file of its own)")
     parser.add_argument("--label", default=None,
                         help="appended to the row name (a recipe variant gets a row of its own, e.g. 'erasing 0.25')")
     args = parser.parse_args()
+    if args.recount_gmacs and not args.render:
+        parser.error("--recount-gmacs rewrites stored rows: use it with --render")
     if args.model_args and args.save_checkpoints:
         parser.error("--save-checkpoints writes the shipped checkpoints of the shipped configs; drop --model-args")
     torch.set_num_threads(args.threads)
@@ -349,7 +372,12 @@ def main() -> None:
     if args.render:
         if not STORE.is_file():
             parser.error(f"--render: no stored rows in {STORE}; run the benchmark first")
-        print(f"wrote {write_result(args.out, render(json.loads(STORE.read_text())))}")  # reads only: the store stays as it is
+        records = json.loads(STORE.read_text())
+        if args.recount_gmacs:  # the one stored column that is a function of the architecture alone
+            with results_lock("vision.json"):
+                records = recount_gmacs(json.loads(STORE.read_text()))
+                atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
+        print(f"wrote {write_result(args.out, render(records))}")  # otherwise reads only: the store stays as it is
         return
 
     for name in args.models:
@@ -363,7 +391,8 @@ def main() -> None:
         train = images_per_second(model, args.throughput_batch, True, args.repeats)
         print(f"{row}: {params / 1e6:.2f}M params, {macs:.4f} GMACs, {infer:.0f} / {train:.0f} img/s "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
-        record = {"params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
+        record = {"model": name, "model_args": args.model_args,  # what --recount-gmacs rebuilds
+                  "params": params, "gmacs": macs, "infer": infer, "train": train, "threads": args.threads,
                   "seed": args.seed, "load_now": os.getloadavg()[0], "budget_minutes": args.max_minutes,
                   "cpu_affinity": sorted(os.sched_getaffinity(0)),  # pinned (taskset) runs have cores of their own
                   "cpu": cpu_model(),  # rows merge across runs, maybe across machines: throughput is per CPU

@@ -26,8 +26,8 @@ def render_stored(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "write_result", lambda name, text: (tmp_path / f"{name}.md").write_text(text))
     monkeypatch.setattr(bench, "STORE", bench.STORE)  # main() rebinds it
 
-    def render(name: str) -> str:
-        monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", name])
+    def render(name: str, *extra: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["vision.py", "--render", "--out", name, *extra])
         bench.main()
         return (tmp_path / f"{name}.md").read_text()
 
@@ -72,3 +72,33 @@ def test_a_results_file_of_rejected_runs_says_what_it_holds(tmp_path, render_sto
     rejected = render_stored("vision_rejected")
     assert "\n- this file: runs of `benchmarks/vision.py` whose rows were NOT kept in `vision.json`" in rejected
     assert "this file:" not in render_stored("vision")
+
+
+def test_gmacs_count_the_matmuls_of_fused_attention(bench):
+    """torch's flop counter has no formula for the fused CPU attention kernel: the count goes through
+    the math backend, so an attention layer's two matmuls count (2 x H x L x L x D multiply-adds)."""
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def forward(self, x):  # [B, 1, 28, 28] as [B, H=4, L=49, D=16]
+            q = x.reshape(x.shape[0], 4, 49, 4).repeat(1, 1, 1, 4)  # [B, 4, 49, 16]
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    assert bench.gmacs(Attention(), torch.randn(2, 1, 28, 28)) == pytest.approx(2 * 4 * 49 * 49 * 16 / 1e9)
+
+
+def test_recount_gmacs_rebuilds_each_row_from_its_model(bench, tmp_path, render_stored):
+    import torch
+
+    rows = {"BiFormer-T (scaled)": {**ROW, "gmacs": 0.0},  # a shipped row: rebuilt by its name
+            "probe": {**ROW, "gmacs": 0.0, "model": "BiFormer-T (scaled)", "model_args": {"topks": [16, -1, -1, -1]}}}
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    render_stored("t", "--recount-gmacs")
+    stored = json.loads((tmp_path / "t.json").read_text())
+    plain = bench.gmacs(bench.MODELS["BiFormer-T (scaled)"](1, 10, 28).eval(), torch.randn(1, 1, 28, 28))
+    assert stored["BiFormer-T (scaled)"]["gmacs"] == pytest.approx(plain)
+    assert stored["probe"]["gmacs"] > plain  # 16 routed regions of 4 tokens attend to more keys than 4
+    (tmp_path / "u.json").write_text(json.dumps({"a renamed row": ROW}))
+    with pytest.raises(SystemExit, match="names no model"):
+        render_stored("u", "--recount-gmacs")
