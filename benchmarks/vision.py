@@ -372,12 +372,13 @@ def main() -> None:
     if args.render:
         if not STORE.is_file():
             parser.error(f"--render: no stored rows in {STORE}; run the benchmark first")
-        records = json.loads(STORE.read_text())
         if args.recount_gmacs:  # the one stored column that is a function of the architecture alone
             with results_lock("vision.json"):
                 records = recount_gmacs(json.loads(STORE.read_text()))
                 atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
-        print(f"wrote {write_result(args.out, render(records))}")  # otherwise reads only: the store stays as it is
+        else:  # reads only: the store stays as it is
+            records = json.loads(STORE.read_text())
+        print(f"wrote {write_result(args.out, render(records))}")
         return
 
     for name in args.models:
