@@ -152,7 +152,6 @@ def recount_gmacs(records: dict[str, dict]) -> dict[str, dict]:
         if base not in MODELS:
             raise SystemExit(f"--recount-gmacs: row {name!r} names no model of {list(MODELS)} (record key 'model')")
         _, factory = variant(base, r.get("model_args"))
-        torch.manual_seed(r["seed"])
         r["gmacs"] = gmacs(factory(1, 10, 28).eval(), torch.randn(1, 1, 28, 28))
     return records
 
@@ -266,13 +265,18 @@ def train_and_test(name: str, factory, args) -> dict:
     return out
 
 
-def merge_records(new: dict[str, dict]) -> dict[str, dict]:
-    """Store ``new`` rows in ``vision.json`` (replacing same-named rows), keeping the others; returns all rows."""
-    with results_lock("vision.json"):  # concurrent runs (one per model) each add their row
-        records = json.loads(STORE.read_text()) if STORE.exists() else {}
-        records.update(new)
+def update_store(change: Callable[[dict[str, dict]], dict[str, dict]]) -> dict[str, dict]:
+    """Apply ``change`` to the stored rows under the file lock (concurrent runs, one per model, each
+    add their row) and write them back atomically; returns all rows."""
+    with results_lock("vision.json"):
+        records = change(json.loads(STORE.read_text()) if STORE.exists() else {})
         atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
         return records
+
+
+def merge_records(new: dict[str, dict]) -> dict[str, dict]:
+    """Store ``new`` rows (replacing same-named rows), keeping the others; returns all rows."""
+    return update_store(lambda records: {**records, **new})
 
 
 def threads(row: dict) -> str:
@@ -373,9 +377,7 @@ def main() -> None:
         if not STORE.is_file():
             parser.error(f"--render: no stored rows in {STORE}; run the benchmark first")
         if args.recount_gmacs:  # the one stored column that is a function of the architecture alone
-            with results_lock("vision.json"):
-                records = recount_gmacs(json.loads(STORE.read_text()))
-                atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
+            records = update_store(recount_gmacs)
         else:  # reads only: the store stays as it is
             records = json.loads(STORE.read_text())
         print(f"wrote {write_result(args.out, render(records))}")
