@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import pkgutil
 import sys
 from typing import Sequence
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# what seqmix raises for a problem in the user's input (a missing or malformed file, a bad value):
+# its message names the problem and the fix, so the command line prints that line, not a traceback.
+# Anything else (a RuntimeError from torch, ...) keeps its traceback.
+USER_ERRORS = (FileNotFoundError, ValueError)
+TRACEBACK_ENV = "SEQMIX_TRACEBACK"
 
 
 def list_apps() -> list[str]:
@@ -115,12 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_mixers()
         return 0
     app = load_app(command)
-    if rest and rest[0] in app.commands:
-        return app.commands[rest[0]](rest[1:])
-    if rest and not rest[0].startswith("-") and rest[0] not in LIGHTNING_COMMANDS:
+    if rest and not rest[0].startswith("-") and rest[0] not in (*LIGHTNING_COMMANDS, *app.commands):
         choices = sorted(set(LIGHTNING_COMMANDS) | set(app.commands))
         raise SystemExit(f"seqmix {app.name}: unknown command {rest[0]!r}; choose one of {choices}")
-    return run_lightning(app, rest)
+    try:
+        if rest and rest[0] in app.commands:
+            return app.commands[rest[0]](rest[1:])
+        return run_lightning(app, rest)
+    except USER_ERRORS as error:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        where = " ".join(["seqmix", app.name, *(rest[:1] if rest and not rest[0].startswith("-") else [])])
+        raise SystemExit(f"{where}: error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)") from error
 
 
 if __name__ == "__main__":

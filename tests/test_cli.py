@@ -10,6 +10,7 @@ from seqmix.cli import list_apps, main
 from seqmix.core import list_mixers
 
 SOFTMAX = Path(__file__).resolve().parents[1] / "configs" / "recall" / "softmax.yaml"
+INFORMER = Path(__file__).resolve().parents[1] / "configs" / "forecasting" / "informer_etth1.yaml"
 
 
 def test_mixers_prints_every_registered_mixer(capsys):
@@ -110,3 +111,38 @@ def test_ddp_relaunches_the_seqmix_command(tmp_path):
     assert done.returncode == 0, log[-3000:]
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
     assert "`max_steps=2` reached" in log
+
+
+def test_a_user_error_prints_its_message_and_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQMIX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as err:
+        main(["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--csv", str(tmp_path / "x.csv")])
+    message = str(err.value.code)
+    assert message.startswith("seqmix forecasting predict: error: checkpoint "), message
+    assert "none.ckpt does not exist" in message and "SEQMIX_TRACEBACK=1" in message
+    assert isinstance(err.value.__cause__, FileNotFoundError)
+
+    monkeypatch.setenv("SEQMIX_TRACEBACK", "1")  # the traceback on request: the error itself propagates
+    with pytest.raises(FileNotFoundError, match="none.ckpt does not exist"):
+        main(["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--csv", str(tmp_path / "x.csv")])
+
+
+def test_a_user_error_inside_a_lightning_run_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQMIX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as err:
+        main(["forecasting", "fit", "--config", str(INFORMER), "--data.dataset", "no_such_data",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    message = str(err.value.code)
+    assert message.startswith("seqmix forecasting fit: error: dataset 'no_such_data' is neither a known name"), message
+
+
+def test_an_internal_error_keeps_its_traceback(monkeypatch):
+    """Only the user-input errors become one line: anything else (here a RuntimeError) propagates."""
+    from seqmix.apps.forecasting.app import APP
+
+    def broken(argv):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(APP.commands, "predict", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["forecasting", "predict"])

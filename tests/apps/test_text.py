@@ -275,7 +275,7 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
         (tmp_path / "blank.txt").write_text("\n \n")
         with pytest.raises(SystemExit, match=message):
             main(["text", "predict", "--ckpt", str(ckpts[0]), *argv])
-    with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
+    with pytest.raises(SystemExit, match="seqmix text predict: error: checkpoint .* not found"):
         main(["text", "predict", "--ckpt", str(tmp_path / "missing.ckpt"), "--text", "x"])
 
 
