@@ -390,3 +390,10 @@ def test_predict_writes_csv_and_png(tiny_run, tmp_path):
     # beyond the end of the file: no truth columns
     main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--out", str(out)])
     assert "true_OT" not in pd.read_csv(out)
+    # too short a file, an origin without its lookback before it: one line each, naming the sizes
+    short = tmp_path / "short.csv"
+    pd.read_csv(csv).iloc[:20].to_csv(short, index=False)
+    with pytest.raises(SystemExit, match=r"error: the CSV has 20 rows; the model forecasts from its last \d+"):
+        main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(short), "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"error: origin row 3 is out of range: .* choose \d+ <= origin <= 200"):
+        main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--origin", "3", "--out", str(out)])

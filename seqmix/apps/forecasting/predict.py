@@ -46,9 +46,13 @@ def forecast_frame(model, info: dict, frame: pd.DataFrame, origin: int | None = 
     if missing:
         raise ValueError(f"the CSV lacks the columns {missing} that the model was trained on ({columns})")
     origin = len(frame) if origin is None else (origin + len(frame) if origin < 0 else origin)
+    if len(frame) < s.seq_len:
+        raise ValueError(f"the CSV has {len(frame)} rows; the model forecasts from its last {s.seq_len} "
+                         f"(its lookback), so give it at least {s.seq_len} rows")
     if not s.seq_len <= origin <= len(frame):
-        raise ValueError(f"origin row {origin} needs {s.seq_len} history rows before it and must be <= "
-                         f"{len(frame)} (the file's rows)")
+        raise ValueError(f"origin row {origin} is out of range: the forecast needs the {s.seq_len} rows before its "
+                         f"origin, so choose {s.seq_len} <= origin <= {len(frame)} (the file's rows; a negative "
+                         f"--origin counts back from the end)")
     freq = pd.Timedelta(seconds=info["freq_seconds"])
     if infer_freq(frame["date"]) != freq:
         raise ValueError(f"the CSV steps every {infer_freq(frame['date'])}, the model was trained on {freq} data")
