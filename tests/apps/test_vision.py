@@ -204,11 +204,11 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
     probs = [float(line.split()[-1]) for line in lines[1:6]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     assert png.stat().st_size > 1000 and Image.open(png).format == "PNG"
-    with pytest.raises(ValueError, match="notes.png: is not an image"):
+    with pytest.raises(SystemExit, match="seqmix vision predict: error: .*notes.png: is not an image"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(text)])
-    with pytest.raises(ValueError, match="has 3 channel.*model takes 1; pass --convert"):
+    with pytest.raises(SystemExit, match="seqmix vision predict: error: .*has 3 channel.*model takes 1; pass --convert"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(rgb)])
-    with pytest.raises(ValueError, match="--query-region 49 must be in 0..48"):
+    with pytest.raises(SystemExit, match="seqmix vision predict: error: .*--query-region 49 must be in 0..48"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "49"])
 
 
