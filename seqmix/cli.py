@@ -2,6 +2,10 @@
 
 Callable in-process as ``seqmix.cli.main([...])`` (tests do, to avoid a new interpreter
 and Lightning's import cost per run).
+
+An error in the user's input (:data:`USER_ERRORS`) ends a command with its one-line message as
+``SystemExit`` ("seqmix <app> <command>: error: ..."); ``SEQMIX_TRACEBACK=1`` lets it propagate
+with its traceback instead.
 """
 
 from __future__ import annotations
