@@ -268,7 +268,7 @@ def train_and_test(name: str, factory, args) -> dict:
 def update_store(change: Callable[[dict[str, dict]], dict[str, dict]]) -> dict[str, dict]:
     """Apply ``change`` to the stored rows under the file lock (concurrent runs, one per model, each
     add their row) and write them back atomically; returns all rows."""
-    with results_lock("vision.json"):
+    with results_lock(STORE.name):  # the file --out names, which this lock guards
         records = change(json.loads(STORE.read_text()) if STORE.exists() else {})
         atomic_write_text(STORE, json.dumps(records, indent=1) + "\n")
         return records

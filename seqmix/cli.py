@@ -125,17 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_mixers()
         return 0
     app = load_app(command)
-    if rest and not rest[0].startswith("-") and rest[0] not in (*LIGHTNING_COMMANDS, *app.commands):
-        choices = sorted(set(LIGHTNING_COMMANDS) | set(app.commands))
-        raise SystemExit(f"seqmix {app.name}: unknown command {rest[0]!r}; choose one of {choices}")
+    subcommand = rest[0] if rest and not rest[0].startswith("-") else None
+    choices = sorted(set(LIGHTNING_COMMANDS) | set(app.commands))
+    if subcommand is not None and subcommand not in choices:
+        raise SystemExit(f"seqmix {app.name}: unknown command {subcommand!r}; choose one of {choices}")
     try:
-        if rest and rest[0] in app.commands:
-            return app.commands[rest[0]](rest[1:])
+        if subcommand in app.commands:
+            return app.commands[subcommand](rest[1:])
         return run_lightning(app, rest)
     except USER_ERRORS as error:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
-        where = " ".join(["seqmix", app.name, *(rest[:1] if rest and not rest[0].startswith("-") else [])])
+        where = " ".join(["seqmix", app.name, *([subcommand] if subcommand else [])])
         raise SystemExit(f"{where}: error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)") from error
 
 

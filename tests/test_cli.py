@@ -115,8 +115,9 @@ def test_ddp_relaunches_the_seqmix_command(tmp_path):
 
 def test_a_user_error_prints_its_message_and_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.delenv("SEQMIX_TRACEBACK", raising=False)
+    argv = ["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--csv", str(tmp_path / "x.csv")]
     with pytest.raises(SystemExit) as err:
-        main(["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--csv", str(tmp_path / "x.csv")])
+        main(argv)
     message = str(err.value.code)
     assert message.startswith("seqmix forecasting predict: error: checkpoint "), message
     assert "none.ckpt does not exist" in message and "SEQMIX_TRACEBACK=1" in message
@@ -124,7 +125,7 @@ def test_a_user_error_prints_its_message_and_not_a_traceback(tmp_path, monkeypat
 
     monkeypatch.setenv("SEQMIX_TRACEBACK", "1")  # the traceback on request: the error itself propagates
     with pytest.raises(FileNotFoundError, match="none.ckpt does not exist"):
-        main(["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--csv", str(tmp_path / "x.csv")])
+        main(argv)
 
 
 def test_a_user_error_inside_a_lightning_run_is_one_line(tmp_path, monkeypatch):
