@@ -371,7 +371,7 @@ def test_same_seed_same_test_mse_and_forecast_with_the_default_informer(tmp_path
     pd.testing.assert_frame_equal(forecasts[0], forecasts[1])
 
 
-def test_predict_writes_csv_and_png(tiny_run, tmp_path):
+def test_predict_writes_csv_and_png(tiny_run, tmp_path, monkeypatch):
     from seqmix.cli import main
 
     _, ckpt = tiny_run
@@ -390,6 +390,13 @@ def test_predict_writes_csv_and_png(tiny_run, tmp_path):
     # beyond the end of the file: no truth columns
     main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--out", str(out)])
     assert "true_OT" not in pd.read_csv(out)
+    # without --out: the working folder, never beside the (perhaps shared, read-only) data file
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    assert main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv)]) == 0
+    assert sorted(p.name for p in workdir.iterdir()) == ["recent_forecast.csv", "recent_forecast.png"]
+    assert not (tmp_path / "recent_forecast.csv").exists()
     # too short a file, an origin without its lookback before it: one line each, naming the sizes
     short = tmp_path / "short.csv"
     pd.read_csv(csv).iloc[:20].to_csv(short, index=False)

@@ -4,7 +4,7 @@ Reads the checkpoint of a ``seqmix forecasting fit`` run (the model, its trainin
 the training data's columns), takes the ``seq_len`` rows before ``--origin`` (default: the
 end of the file) as history, and writes
 
-- ``--out`` (default ``<csv stem>_forecast.csv``): ``date`` and the forecast of each output
+- ``--out`` (default ``<csv stem>_forecast.csv`` in the working folder, not beside the data): ``date`` and the forecast of each output
   variable in original units, plus ``true_<name>`` columns where the file has the truth;
 - ``--png`` (default the same name with ``.png``): history, forecast and (when known) truth
   of the target variable.
@@ -101,7 +101,8 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--csv", required=True, help="CSV in the training layout (date + the same variables)")
     parser.add_argument("--origin", type=int, default=None,
                         help="forecast from this row (negative counts from the end); default: after the last row")
-    parser.add_argument("--out", default=None, help="forecast CSV (default <csv stem>_forecast.csv)")
+    parser.add_argument("--out", default=None,
+                        help="forecast CSV (default ./<csv stem>_forecast.csv, in the working folder, not beside the data)")
     parser.add_argument("--png", default=None, help="plot (default: --out with .png)")
     parser.add_argument("--missing", choices=("error", "interpolate"), default="error",
                         help="what to do with missing dates / NaNs in the CSV")
@@ -114,7 +115,7 @@ def predict_command(argv: list[str]) -> int:
         raise FileNotFoundError(f"--csv {csv} does not exist")
     frame = clean_frame(read_csv(csv), source=str(csv), missing=args.missing, duplicates=args.duplicates)
     history, forecast = forecast_frame(model, info, frame, args.origin)
-    out = Path(args.out) if args.out else csv.with_name(f"{csv.stem}_forecast.csv")
+    out = Path(args.out) if args.out else Path(f"{csv.stem}_forecast.csv")  # the working folder, not the data's
     png = Path(args.png) if args.png else out.with_suffix(".png")
     atomic_write(out, lambda p: forecast.to_csv(p, index=False))
     plot(history, forecast, info["columns"][-1], png)
