@@ -2,7 +2,8 @@
 
 ``seqmix text fit --config configs/text/redaffectivelm.yaml`` trains; ``seqmix text predict
 --ckpt <ckpt> --text "..."`` (or ``--file headlines.txt``, one per line) prints the emotion
-distribution of each text; ``--explain out.html`` also writes the word attention weights.
+distribution of each text; ``--explain out.html`` (or ``.png``, ``.svg``, ``.pdf``) also writes the
+word attention weights.
 """
 
 from __future__ import annotations
@@ -86,15 +87,86 @@ def explain_html(texts: list[str], tokens: list[list[str]], weights, preds, emot
             "and numbers are not read by the word branch.</p>" + "".join(rows))
 
 
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")  # matplotlib's; ".html" / ".htm" get the page above
+
+
+def explain_figure(texts: list[str], tokens: list[list[str]], weights, preds, emotions: tuple[str, ...]):
+    """The same view as a matplotlib figure: per text, its words shaded by attention weight (relative to
+    the text's largest; the weight under each word) and a bar chart of the predicted distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import offset_copy
+
+    fig, axes = plt.subplots(len(texts), 2, figsize=(11, 1.3 * len(texts) + 0.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [4, 1]})
+    renderer = fig.canvas.get_renderer()  # to measure each drawn word
+    for (ax_words, ax_dist), text, words, w, p in zip(axes, texts, tokens, weights, preds):
+        ax_words.set_axis_off()
+        ax_words.set_title(text if len(text) <= 90 else text[:87] + "...", fontsize=9, loc="left", color="0.4")
+        peak = max((float(x) for x in w[: len(words)]), default=0.0) or 1.0
+        x = 0.0  # points from the axis' left edge: each word starts where the previous one ends
+        for word, a in zip(words, w):
+            at = offset_copy(ax_words.transAxes, fig=fig, x=x, units="points")
+            label = ax_words.text(0, 0.5, word, fontsize=11, va="center", transform=at,
+                                  bbox={"facecolor": (0.86, 0.2, 0.13, float(a) / peak), "edgecolor": "none",
+                                        "pad": 2})
+            ax_words.text(0, 0.05, f"{float(a):.2f}", fontsize=7, color="0.3", transform=at)
+            x += label.get_window_extent(renderer).width * 72 / fig.dpi + 10
+        if not words:
+            ax_words.text(0, 0.5, "(no known word: the word branch saw nothing)", style="italic",
+                          fontsize=10, va="center", transform=ax_words.transAxes)
+        ax_dist.barh(range(len(emotions)), [float(v) for v in p], color="0.35")
+        ax_dist.set_yticks(range(len(emotions)), emotions, fontsize=8)
+        ax_dist.invert_yaxis()
+        ax_dist.set_xlim(0, 1)
+        ax_dist.tick_params(axis="x", labelsize=7)
+    fig.suptitle("Word attention (REDAffectiveLM affect branch) and the predicted distribution", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def explanation_kind(out: Path) -> str:
+    """``"html"`` for ``.html``/``.htm``, ``"figure"`` for ``.png``/``.svg``/``.pdf``; anything else is an error
+    (checked before the model loads)."""
+    suffix = out.suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    if suffix in FIGURE_SUFFIXES:
+        return "figure"
+    raise ValueError(f"--explain {out}: unknown file type {out.suffix or '(none)'}; name an .html page or a "
+                     f"{', '.join(FIGURE_SUFFIXES)} figure")
+
+
+def write_explanation(out: Path, texts: list[str], tokens: list[list[str]], weights, preds,
+                      emotions: tuple[str, ...]) -> None:
+    """``--explain``: an HTML page or a figure, by ``out``'s suffix, written atomically."""
+    if explanation_kind(out) == "html":
+        page = explain_html(texts, tokens, weights, preds, emotions)
+        atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        return
+    import matplotlib.pyplot as plt
+
+    fig = explain_figure(texts, tokens, weights, preds, emotions)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
 def predict_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seqmix text predict",
                                      description="Emotion distribution of each headline from a trained checkpoint")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `seqmix text fit`")
     parser.add_argument("--text", action="append", help="a headline (repeatable)")
     parser.add_argument("--file", help="a text file, one headline per line (empty lines skipped)")
-    parser.add_argument("--explain", help="write an HTML view of the word attention weights here")
+    parser.add_argument("--explain", help="write the word attention weights here: an HTML page (.html) or a "
+                                          "figure (.png, .svg, .pdf)")
     args = parser.parse_args(argv)
     texts = read_texts(args.text, args.file)
+    if args.explain:
+        explanation_kind(Path(args.explain))
     import torch
 
     model, ckpt = load_checkpoint(args.ckpt)
@@ -117,8 +189,7 @@ def predict_command(argv: list[str]) -> int:
             raise SystemExit("seqmix text predict: --explain needs a model with the word branch (this one is the "
                              "transformer branch alone, which has no word attention)")
         out = Path(args.explain)
-        page = explain_html(texts, feats.tokens, weights.tolist(), preds.tolist(), emotions)
-        atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        write_explanation(out, texts, feats.tokens, weights.tolist(), preds.tolist(), emotions)
         print(f"word attention written to {out}")
     return 0
 
