@@ -15,9 +15,11 @@ import importlib
 import os
 import pkgutil
 import sys
+from pathlib import Path
 from typing import Sequence
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+REPO = Path(__file__).resolve().parents[1]  # a checkout: configs/<app>/*.yaml beside the package
 # what seqmix raises for a problem in the user's input (a missing or malformed file, a bad value):
 # its message names the problem and the fix, so the command line prints that line, not a traceback.
 # Anything else (a RuntimeError from torch, ...) keeps its traceback.
@@ -110,6 +112,21 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
     )
 
 
+def config_hint(app_name: str, subcommand: str | None, argv: Sequence[str]) -> str:
+    """For a LightningCLI usage error in a run without ``--config``: the line naming the app's
+    configs (``configs/<app>/*.yaml`` of this checkout), which hold every experiment's model choice."""
+    if subcommand not in LIGHTNING_COMMANDS or any(a in ("-c", "--config") or a.startswith("--config=")
+                                                   for a in argv):
+        return ""
+    folder = REPO / "configs" / app_name
+    configs = sorted(p.stem for p in folder.glob("*.yaml"))
+    if not configs:
+        return ""
+    shown = os.path.relpath(folder) if folder.is_relative_to(Path.cwd()) else str(folder)
+    return (f"seqmix {app_name} {subcommand}: every experiment is a config: seqmix {app_name} {subcommand} "
+            f"--config {shown}/<name>.yaml, <name> one of {', '.join(configs)}")
+
+
 def run_lightning(app, argv: Sequence[str]) -> int:
     app_cli(app, argv)  # a data-parallel run's process group ends at exit (StagedModule.setup registers it)
     return 0
@@ -133,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if subcommand in app.commands:
             return app.commands[subcommand](rest[1:])
         return run_lightning(app, rest)
+    except SystemExit as usage_error:  # jsonargparse's: the usage and the error are printed already
+        hint = config_hint(app.name, subcommand, rest)
+        if usage_error.code == 2 and hint:
+            print(hint, file=sys.stderr)
+        raise
     except USER_ERRORS as error:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise

@@ -35,6 +35,21 @@ def test_unknown_app_names_the_apps():
     assert "unknown app 'recal'" in message and "Did you mean 'recall'" in message and "recall" in message
 
 
+def test_a_run_without_a_config_names_the_apps_configs(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(SystemExit) as err:
+        main(["forecasting", "fit", "--trainer.fast_dev_run", "true"])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "required: fit.model.network" in lines[-2]  # jsonargparse's own error, then seqmix's hint
+    assert lines[-1].startswith("seqmix forecasting fit: every experiment is a config: seqmix forecasting fit "
+                                "--config configs/forecasting/<name>.yaml, <name> one of ")
+    assert "informer_etth1" in lines[-1] and "vic_elec" in lines[-1]
+    with pytest.raises(SystemExit):  # with a config, the usage error stands alone
+        main(["forecasting", "fit", "--config", str(INFORMER), "--model.no_such_key", "1"])
+    assert "every experiment is a config" not in capsys.readouterr().err
+
+
 def test_unknown_subcommand_names_the_choices():
     with pytest.raises(SystemExit) as err:
         main(["recall", "fitt"])
