@@ -128,8 +128,24 @@ def config_hint(app_name: str, subcommand: str | None, argv: Sequence[str]) -> s
 
 
 def run_lightning(app, argv: Sequence[str]) -> int:
-    app_cli(app, argv)  # a data-parallel run's process group ends at exit (StagedModule.setup registers it)
+    cli = app_cli(app, argv)  # a data-parallel run's process group ends at exit (StagedModule.setup registers it)
+    if cli.subcommand == "fit" and cli.trainer.is_global_zero:
+        for line in checkpoint_lines(app.name, cli.trainer):
+            print(line)
     return 0
+
+
+def checkpoint_lines(app_name: str, trainer) -> list[str]:
+    """After ``fit``: where each checkpoint callback put its best (and last) checkpoint, the file
+    ``predict --ckpt`` / ``test --ckpt_path`` take."""
+    lines = []
+    for callback in trainer.checkpoint_callbacks:
+        if callback.best_model_path:
+            chosen = f"best by {callback.monitor}" if callback.monitor else "latest"
+            lines.append(f"seqmix {app_name} fit: checkpoint ({chosen}) {callback.best_model_path}")
+        if callback.last_model_path and callback.last_model_path != callback.best_model_path:
+            lines.append(f"seqmix {app_name} fit: checkpoint (last) {callback.last_model_path}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -250,6 +250,9 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
     main(["text", "fit", *settings])
     ckpts = list(tmp_path.glob("runs/text/**/*.ckpt"))
     assert len(ckpts) == 1
+    # fit ends by naming the checkpoint that predict takes
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"seqmix text fit: checkpoint (best by val/loss) {ckpts[0].relative_to(tmp_path)}"
     stored = torch.load(ckpts[0], weights_only=True)  # mixers by class path and init args, no pickled code
     assert stored["hyper_parameters"]["rnn"]["class_path"] == "seqmix.core.mixers.rnn.LSTM"
     main(["text", "test", *settings, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])  # Lightning's loader
