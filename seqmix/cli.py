@@ -165,12 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if subcommand in app.commands:
             return app.commands[subcommand](rest[1:])
-        return run_lightning(app, rest)
-    except SystemExit as usage_error:  # jsonargparse's: the usage and the error are printed already
-        hint = config_hint(app.name, subcommand, rest)
-        if usage_error.code == 2 and hint:
-            print(hint, file=sys.stderr)
-        raise
+        try:
+            return run_lightning(app, rest)
+        except SystemExit as usage_error:  # jsonargparse's: the usage and the error are printed already
+            hint = config_hint(app.name, subcommand, rest)
+            if usage_error.code == 2 and hint:
+                print(hint, file=sys.stderr)
+            raise
     except USER_ERRORS as error:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise

@@ -397,6 +397,13 @@ def test_predict_writes_csv_and_png(tiny_run, tmp_path, monkeypatch):
     assert main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv)]) == 0
     assert sorted(p.name for p in workdir.iterdir()) == ["recent_forecast.csv", "recent_forecast.png"]
     assert not (tmp_path / "recent_forecast.csv").exists()
+    # --dataset: the series read as fit reads it (here ETTh1 from SEQMIX_DATA), the outputs named after it
+    assert main(["forecasting", "predict", "--ckpt", ckpt, "--dataset", "ETTh1", "--origin", "-12"]) == 0
+    by_name = pd.read_csv(workdir / "ETTh1_forecast.csv")
+    np.testing.assert_allclose(by_name["true_OT"], pd.read_csv(DATA_DIR / "ett" / "ETTh1.csv")["OT"].iloc[-12:],
+                               rtol=1e-6)
+    with pytest.raises(SystemExit):  # argparse: one of --csv / --dataset, not both
+        main(["forecasting", "predict", "--ckpt", ckpt, "--dataset", "ETTh1", "--csv", str(csv)])
     # too short a file, an origin without its lookback before it: one line each, naming the sizes
     short = tmp_path / "short.csv"
     pd.read_csv(csv).iloc[:20].to_csv(short, index=False)

