@@ -194,6 +194,14 @@ def test_missing_data_is_a_clear_error(tmp_path):
         find_fashion_mnist(tmp_path)
     with pytest.raises(ValueError, match="Fashion-MNIST images are 28x28"):
         ImageDataModule(img_size=32)
+    with pytest.raises(ValueError, match=r"val_size=5000 leaves no training images of the 1437 that digits has; "
+                                         r"hold out fewer, e.g. --data.val_size 143"):
+        ImageDataModule(dataset="digits").setup()
+
+
+def test_flips_by_default_for_clothes_and_not_for_digits():
+    assert ImageDataModule().flip and not ImageDataModule(dataset="digits").flip
+    assert ImageDataModule(dataset="digits", flip=True).flip and not ImageDataModule(flip=False).flip
 
 
 def test_fit_predict_explain_in_process(tmp_path, capsys):

@@ -5,7 +5,8 @@ in ``data_dir``, or (when ``data_dir`` is None) the first folder that has them a
 ``$SEQMIX_DATA/fashion-mnist``, ``./data/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist``
 (the Debian package ``dataset-fashion-mnist``).
 
-Training images get a random crop after zero padding and a horizontal flip, and optionally
+Training images get a random crop after zero padding and a horizontal flip (Fashion-MNIST; not
+digits, unless ``flip`` says so), and optionally
 (``erase_prob``) timm's random erasing of a rectangle with per-pixel noise after normalisation
 (the BiFormer / MambaOut papers' ImageNet recipe: probability 0.25); every split is
 normalised by the mean and standard deviation of the training images (saved in checkpoints,
@@ -141,11 +142,13 @@ class ImageDataModule(pl.LightningDataModule):
         val_size: training images held out for validation.
         train_limit: use only the first ``train_limit`` training images (short runs); None = all.
         erase_prob: probability of random erasing per training image (0 = off; DeiT's recipe: 0.25).
+        flip: random horizontal flips of training images; None = on for Fashion-MNIST, off for digits
+            (a mirrored digit is another glyph, or none).
     """
 
     def __init__(self, dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist", data_dir: str | None = None,
                  img_size: int = 28, batch_size: int = 128, val_size: int = 5000, train_limit: int | None = None,
-                 augment: bool = True, crop_padding: int = 2, flip: bool = True, erase_prob: float = 0.0,
+                 augment: bool = True, crop_padding: int = 2, flip: bool | None = None, erase_prob: float = 0.0,
                  num_workers: int = 0, seed: int = 0):
         super().__init__()
         if dataset not in ("fashion_mnist", "digits"):
@@ -160,6 +163,7 @@ class ImageDataModule(pl.LightningDataModule):
                              f"got {erase_prob}")
         self.dataset, self.data_dir, self.img_size = dataset, data_dir, img_size
         self.batch_size, self.val_size, self.train_limit = batch_size, val_size, train_limit
+        flip = dataset == "fashion_mnist" if flip is None else flip
         self.augment, self.crop_padding, self.flip, self.erase_prob = augment, crop_padding, flip, erase_prob
         self.num_workers, self.seed = num_workers, seed
         self.in_chans, self.n_classes = 1, 10
@@ -173,7 +177,8 @@ class ImageDataModule(pl.LightningDataModule):
                                                                                                       self.seed)
         x, y = raw["train"]
         if self.val_size >= len(x):
-            raise ValueError(f"ImageDataModule: val_size={self.val_size} leaves no training images of {len(x)}")
+            raise ValueError(f"ImageDataModule: val_size={self.val_size} leaves no training images of the {len(x)} "
+                             f"that {self.dataset} has; hold out fewer, e.g. --data.val_size {len(x) // 10}")
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
         val, train = order[: self.val_size], order[self.val_size:]
         if self.train_limit is not None:
