@@ -287,6 +287,10 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
             main(["text", "predict", "--ckpt", str(ckpts[0]), *argv])
     with pytest.raises(SystemExit, match="seqmix text predict: error: checkpoint .* not found"):
         main(["text", "predict", "--ckpt", str(tmp_path / "missing.ckpt"), "--text", "x"])
+    other_app = REPO / "checkpoints" / "forecasting" / "informer_etth1.ckpt"  # has hyper-parameters of its own
+    with pytest.raises(SystemExit, match=r"informer_etth1.ckpt was not written by `seqmix text fit`: its data "
+                                         r"settings lack \['context', "):
+        main(["text", "predict", "--ckpt", str(other_app), "--text", "x"])
 
 
 # ---------------------------------------------------- the shipped checkpoint

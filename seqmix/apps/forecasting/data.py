@@ -131,13 +131,14 @@ def infer_freq(dates: pd.Series) -> pd.Timedelta:
 
 
 def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "interpolate"],
-                duplicates: Literal["error", "first"] = "error") -> pd.DataFrame:
+                duplicates: Literal["error", "first"] = "error", options: str = "--data.") -> pd.DataFrame:
     """Check a raw frame: a parseable, increasing ``date`` column, numeric variables, gaps and NaNs.
 
     ``missing="error"`` (default) raises on missing dates or NaN values; ``"interpolate"``
     re-indexes to the regular frequency, fills linearly in time and warns how many values it filled.
     ``duplicates="error"`` (default) raises on a repeated date; ``"first"`` keeps the first row of
-    each date and warns (the TSLib ``weather.csv`` repeats 2020-05-12 06:00).
+    each date and warns (the TSLib ``weather.csv`` repeats 2020-05-12 06:00). ``options``: how the
+    caller's command line spells those two settings (``fit``: ``--data.missing``; ``predict``: ``--missing``).
     """
     if "date" not in df.columns:
         raise ValueError(f"{source}: no 'date' column; the columns are {list(df.columns)} "
@@ -158,7 +159,7 @@ def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "int
     if repeated.any():
         what = f"{int(repeated.sum())} repeated dates (first {dates[repeated].iloc[0]})"
         if duplicates == "error":
-            raise ValueError(f"{source}: {what}; fix the file or pass --data.duplicates first to keep the "
+            raise ValueError(f"{source}: {what}; fix the file or pass {options}duplicates first to keep the "
                              "first row of each date")
         values, dates = values[~repeated.to_numpy()], dates[~repeated]
         warnings.warn(f"{source}: dropped {what}, keeping the first row of each", stacklevel=2)
@@ -173,7 +174,7 @@ def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "int
         what = f"{gaps} missing dates (step {freq})" * (gaps > 0) + " and " * (gaps > 0 and nans > 0) \
             + f"{nans} NaN values" * (nans > 0)
         if missing == "error":
-            raise ValueError(f"{source}: {what}; fix the file or pass --data.missing interpolate "
+            raise ValueError(f"{source}: {what}; fix the file or pass {options}missing interpolate "
                              "to fill them linearly in time")
         if not frame.index.isin(full).all():
             raise ValueError(f"{source}: dates are not on a regular {freq} grid, cannot interpolate")

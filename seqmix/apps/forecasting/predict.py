@@ -124,7 +124,7 @@ def predict_command(argv: list[str]) -> int:
         raw, source, stem = read_csv(csv), str(csv), csv.stem
     else:
         (raw, source), stem = read_dataset(args.dataset, None), Path(args.dataset).stem
-    frame = clean_frame(raw, source=source, missing=args.missing, duplicates=args.duplicates)
+    frame = clean_frame(raw, source=source, missing=args.missing, duplicates=args.duplicates, options="--")
     history, forecast = forecast_frame(model, info, frame, args.origin)
     out = Path(args.out) if args.out else Path(f"{stem}_forecast.csv")  # the working folder, not the data's
     png = Path(args.png) if args.png else out.with_suffix(".png")

@@ -20,6 +20,9 @@ from seqmix.apps.text.model import EmotionRegressor
 
 # what a checkpoint of ``seqmix text fit`` must hold for ``predict`` (the model and its data settings)
 CHECKPOINT_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+# the EmotionDataModule settings that predict rebuilds the featurizer from
+FEATURIZER_SETTINGS = ("word_features", "max_words", "context", "context_max_len", "keep_stopwords",
+                       "context_trainable_layers", "source", "emotion_columns")
 
 
 def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
@@ -44,6 +47,10 @@ def load_checkpoint(path: str | Path) -> tuple[EmotionRegressor, dict]:
         if key not in ckpt:
             raise ValueError(f"{path} has no {key!r}: it was not written by `seqmix text fit` (EmotionRegressor "
                              "trained with EmotionDataModule)")
+    lacking = sorted(set(FEATURIZER_SETTINGS) - set(ckpt["datamodule_hyper_parameters"]))
+    if lacking:  # another app's checkpoint (it has hyper-parameters too, of another model and data)
+        raise ValueError(f"{path} was not written by `seqmix text fit`: its data settings lack {lacking}; train one "
+                         "with `seqmix text fit --config configs/text/redaffectivelm.yaml`")
     model = EmotionRegressor.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return model.eval(), ckpt
 
