@@ -18,7 +18,7 @@ class ForecastMetrics(nn.Module):
         if pred.shape != target.shape or pred_orig.shape != target_orig.shape:
             raise ValueError(f"forecast {tuple(pred.shape)} and target {tuple(target.shape)} shapes differ")
         pred, target = pred.reshape(-1), target.reshape(-1)  # [B * pred_len * n_out]
-        pred_orig, target_orig = pred_orig.reshape(-1), target_orig.reshape(-1)
+        pred_orig, target_orig = pred_orig.reshape(-1), target_orig.reshape(-1)  # [B * pred_len * n_out]
         self.mse.update(pred, target)
         self.mae.update(pred, target)
         self.mse_orig.update(pred_orig, target_orig)

@@ -71,7 +71,7 @@ def read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes) but holds {body.size}")
-    return body.reshape(dims)
+    return body.reshape(dims)  # [N] (labels) or [N, 28, 28] (images)
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> dict[str, tuple[Tensor, Tensor]]:

@@ -68,7 +68,7 @@ def draw_routing(image: np.ndarray, index: Tensor, grid: tuple[int, int], n_win:
     side = image.shape[-1]
     cell_h, cell_w = side / n_win, side / n_win  # a region's size in image pixels (grid divided by n_win)
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray")
+    ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray")  # [C, H, W] -> [H, W(, C)]
     for r in range(n_win * n_win):
         row, col = divmod(r, n_win)
         colour = "red" if r == query else ("lime" if r in index.tolist() else None)

@@ -182,7 +182,8 @@ class BiLevelRoutingAttention(Mixer):
         if self.spatial_shape is None:
             return depthwise_conv(v, self.lce_weight, self.lce_bias, causal=False, impl=impl)
         image = v.reshape(b, *self.spatial_shape, d)  # [B, T, D] -> [B, H, W, D]
-        return depthwise_conv(image, self.lce_weight, self.lce_bias, causal=False, impl=impl).reshape(b, t, d)
+        lce = depthwise_conv(image, self.lce_weight, self.lce_bias, causal=False, impl=impl)  # [B, H, W, D]
+        return lce.reshape(b, t, d)  # [B, H, W, D] -> [B, T, D]
 
     def attend_naive(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None, index: Tensor) -> Tensor:
         """Dense reference: every query over all tokens, masked to its region's routed regions."""

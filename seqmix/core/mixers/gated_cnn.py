@@ -131,7 +131,8 @@ class GatedCNN(Mixer):
                 raise ValueError(f"GatedCNN: spatial_shape={self.spatial_shape} needs {height * width} tokens, "
                                  f"got T={t}")
             image = c.reshape(b, height, width, self.conv_channels)  # [B, H*W, C] -> [B, H, W, C]
-            c = depthwise_conv(image, self.conv_weight, self.conv_bias, causal=False, impl=impl).reshape(b, t, -1)
+            c = depthwise_conv(image, self.conv_weight, self.conv_bias, causal=False, impl=impl)  # [B, H, W, C]
+            c = c.reshape(b, t, -1)  # [B, H, W, C] -> [B, H*W, C]
         else:
             conv_in = c
             c = depthwise_conv(c, self.conv_weight, self.conv_bias, causal=self.causal, impl=impl, cache=state)
