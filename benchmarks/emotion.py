@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, header, markdown_table, write_result  # noqa: E402
+from common import REPO_ROOT, header, markdown_table, save_figure, write_result  # noqa: E402
 
 from seqmix.apps.text.app import APP, load_checkpoint  # noqa: E402
 from seqmix.apps.text.data import EmotionDataModule, paper_split, read_semeval2007  # noqa: E402
@@ -77,6 +77,37 @@ def mcnemar_exact(hits_a: np.ndarray, hits_b: np.ndarray) -> tuple[int, int, flo
 def fmt(values: list[float], digits: int = 3) -> str:
     v = np.asarray(values)
     return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def plot_test_metrics(results: dict[str, dict[str, list[dict[str, float]]]], floor: str, out: str) -> str:
+    """``results/<out>.png``: test Acc@1 and RMSE of every model, one dot per seed and a bar at the mean,
+    with the floor and the issue's targets as lines; returns the file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results if n != floor]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, (metric, target, better) in zip(axes, (("acc@1", 0.65, "higher"), ("rmse", 0.10, "lower"))):
+        for i, name in enumerate(names):
+            values = np.array([r[metric] for r in results[name]["test"]])
+            color = "tab:red" if name == "REDAffectiveLM" else "0.3"
+            ax.scatter(i + np.linspace(-0.12, 0.12, len(values)) * (len(values) > 1), values, color=color, s=14,
+                       alpha=0.8, zorder=3)
+            ax.hlines(values.mean(), i - 0.25, i + 0.25, color=color, linewidth=2.5, zorder=4)
+        floor_value = results[floor]["test"][0][metric]
+        ax.axhline(floor_value, color="tab:blue", linestyle="--", linewidth=1, label="mean training distribution (floor)")
+        ax.axhline(target, color="tab:green", linestyle=":", linewidth=1.5, label=f"issue target ({target:g})")
+        ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_title(f"test {metric} ({better} is better): each seed (dots), the mean (bar)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_figure(fig, out)
+    plt.close(fig)
+    return f"{out}.png"
 
 
 def main() -> None:
@@ -220,6 +251,8 @@ def main() -> None:
              "floor figure 0.143 is this form).\n\n" + orig_table)
     text += "\n## Train split (fit check)\n\n" + train_table
     text += "\n## Time\n\n" + markdown_table(["model", "fit seconds (per seed)", "best epoch (0-based)"], time_rows)
+    figure = plot_test_metrics(results, "Mean training distribution (floor)", args.out)
+    text += f"\n![test Acc@1 and RMSE per model and seed]({figure})\n"
     path = write_result(args.out, text)
     print(f"wrote {path}")
 
