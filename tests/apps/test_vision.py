@@ -199,6 +199,44 @@ def test_missing_data_is_a_clear_error(tmp_path):
         ImageDataModule(dataset="digits").setup()
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """A gzip IDX file of uint8 ``array`` (the Fashion-MNIST format)."""
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_download_fetches_the_files_a_folder_lacks_only_when_asked(tmp_path, monkeypatch):
+    import seqmix.apps.vision.data as vision_data
+
+    mirror = tmp_path / "mirror"  # stands in for the dataset's repository (a file:// URL, no network)
+    mirror.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 10)):
+        images, labels = vision_data.FASHION_FILES[split]
+        write_idx(mirror / images, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(mirror / labels, np.arange(n) % 10)
+    monkeypatch.setattr(vision_data, "FASHION_URL", mirror.as_uri() + "/")
+    target = tmp_path / "fashion-mnist"
+    off = ImageDataModule(data_dir=str(target), val_size=5)
+    off.prepare_data()  # download is off by default: nothing fetched, and setup says how to get the files
+    with pytest.raises(FileNotFoundError, match="--data.download true"):
+        off.setup()
+    dm = ImageDataModule(data_dir=str(target), val_size=5, batch_size=4, download=True)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) == 15 and sorted(p.name for p in target.iterdir()) == sorted(
+        name for pair in vision_data.FASHION_FILES.values() for name in pair)
+    monkeypatch.setattr(vision_data, "FASHION_URL", (tmp_path / "nowhere").as_uri() + "/")
+    with pytest.raises(FileNotFoundError, match=r"could not download Fashion-MNIST's train-images-idx3-ubyte.gz "
+                                                r"from file:.*nowhere/train-images-idx3-ubyte.gz"):
+        ImageDataModule(data_dir=str(tmp_path / "other"), download=True).prepare_data()
+    assert not list((tmp_path / "other").iterdir())  # nothing half-written
+
+
 def test_flips_by_default_for_clothes_and_not_for_digits():
     assert ImageDataModule().flip and not ImageDataModule(dataset="digits").flip
     assert ImageDataModule(dataset="digits", flip=True).flip and not ImageDataModule(flip=False).flip

@@ -3,7 +3,8 @@
 Fashion-MNIST is read from the four IDX files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``
 in ``data_dir``, or (when ``data_dir`` is None) the first folder that has them among
 ``$SEQMIX_DATA/fashion-mnist``, ``./data/fashion-mnist`` and ``/usr/share/datasets/fashion-mnist``
-(the Debian package ``dataset-fashion-mnist``).
+(the Debian package ``dataset-fashion-mnist``); with ``download=True`` the files a folder lacks are
+fetched from the dataset's repository (``prepare_data``).
 
 Training images get a random crop after zero padding and a horizontal flip (Fashion-MNIST; not
 digits, unless ``flip`` says so), and optionally
@@ -34,6 +35,8 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# the canonical files: the dataset's own repository (github.com/zalandoresearch/fashion-mnist, data/fashion)
+FASHION_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
 
 
 def fashion_mnist_dirs() -> list[Path]:
@@ -54,7 +57,31 @@ def find_fashion_mnist(data_dir: str | Path | None) -> Path:
         f"Fashion-MNIST not found: need {needed} in one folder; looked in {looked}. Get it with "
         "`apt-get install dataset-fashion-mnist` (Debian; files in /usr/share/datasets/fashion-mnist) or download "
         "them from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a folder given as "
-        "data.data_dir; or use data.dataset=digits (scikit-learn's, no download)")
+        "data.data_dir, or let fit fetch them with --data.download true; or use data.dataset=digits (scikit-learn's, "
+        "no download)")
+
+
+def download_fashion_mnist(folder: Path) -> Path:
+    """Fetch the four files from :data:`FASHION_URL` into ``folder`` (those it lacks; each written whole or
+    not at all), check that they read as IDX files, and return ``folder``."""
+    import urllib.error
+    import urllib.request
+
+    from seqmix.apps.files import atomic_write
+
+    names = [name for pair in FASHION_FILES.values() for name in pair]
+    for name in names:
+        if (folder / name).is_file():
+            continue
+        url = FASHION_URL + name
+        try:
+            atomic_write(folder / name, lambda tmp: urllib.request.urlretrieve(url, tmp))
+        except (OSError, urllib.error.URLError) as err:
+            raise FileNotFoundError(f"could not download Fashion-MNIST's {name} from {url} ({err}); copy the four "
+                                    f"files {names} into {folder} by hand, or apt-get install dataset-fashion-mnist")
+    for name in names:
+        read_idx(folder / name)  # a clear error for a truncated or foreign file
+    return folder
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -144,12 +171,15 @@ class ImageDataModule(pl.LightningDataModule):
         erase_prob: probability of random erasing per training image (0 = off; DeiT's recipe: 0.25).
         flip: random horizontal flips of training images; None = on for Fashion-MNIST, off for digits
             (a mirrored digit is another glyph, or none).
+        download: when Fashion-MNIST is not found, fetch it from its canonical source (:data:`FASHION_URL`)
+            into ``data_dir`` (None: ``$SEQMIX_DATA/fashion-mnist``, else ``./data/fashion-mnist``) in
+            ``prepare_data``; off by default, so that a missing file is an error and nothing reaches the network.
     """
 
     def __init__(self, dataset: Literal["fashion_mnist", "digits"] = "fashion_mnist", data_dir: str | None = None,
                  img_size: int = 28, batch_size: int = 128, val_size: int = 5000, train_limit: int | None = None,
                  augment: bool = True, crop_padding: int = 2, flip: bool | None = None, erase_prob: float = 0.0,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, download: bool = False):
         super().__init__()
         if dataset not in ("fashion_mnist", "digits"):
             raise ValueError(f"ImageDataModule: dataset={dataset!r} is unknown; choose 'fashion_mnist' or 'digits'")
@@ -165,10 +195,19 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size, self.val_size, self.train_limit = batch_size, val_size, train_limit
         flip = dataset == "fashion_mnist" if flip is None else flip
         self.augment, self.crop_padding, self.flip, self.erase_prob = augment, crop_padding, flip, erase_prob
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.download = num_workers, seed, download
         self.in_chans, self.n_classes = 1, 10
         self.class_names = FASHION_CLASSES if dataset == "fashion_mnist" else tuple(str(i) for i in range(10))
         self.mean = self.std = None
+
+    def prepare_data(self) -> None:
+        """Fetch Fashion-MNIST when ``download`` is on and it is not found (Lightning calls this once per node)."""
+        if self.dataset != "fashion_mnist" or not self.download:
+            return
+        try:
+            find_fashion_mnist(self.data_dir)
+        except FileNotFoundError:
+            download_fashion_mnist(Path(self.data_dir) if self.data_dir is not None else fashion_mnist_dirs()[0])
 
     def setup(self, stage: str | None = None) -> None:
         if self.mean is not None and hasattr(self, "train_set"):
