@@ -274,6 +274,15 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
         main(["vision", "predict", "--ckpt", str(ckpt), str(rgb)])
     with pytest.raises(SystemExit, match="seqmix vision predict: error: .*--query-region 49 must be in 0..48"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "49"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"error: --stage 0 --block 1 is not a block of this BiFormer \(stages: "
+                                         r"\[1, 1, 1, 1\] blocks\)"):
+        main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--block", "1"])
+    mambaout = Path(__file__).resolve().parents[2] / "checkpoints" / "vision" / "mambaout_femto_28.ckpt"
+    with pytest.raises(SystemExit, match="error: --explain pictures BiFormer's routing; this checkpoint's backbone "
+                                         "is MambaOut"):
+        main(["vision", "predict", "--ckpt", str(mambaout), str(grey), "--explain", str(png)])
+    assert capsys.readouterr().out == ""  # refused before any prediction is printed
 
 
 def test_cosine_ends_with_the_time_budget():

@@ -97,6 +97,15 @@ def predict_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     model, info = load_classifier(args.ckpt)
     backbone = model.backbone
+    if args.explain:  # refused before any prediction is printed
+        from seqmix.apps.vision.biformer import BiFormer
+
+        if not isinstance(backbone, BiFormer):
+            raise ValueError(f"--explain pictures BiFormer's routing; this checkpoint's backbone is "
+                             f"{type(backbone).__name__}")
+        if not 0 <= args.stage < len(backbone.stages) or not 0 <= args.block < len(backbone.stages[args.stage]):
+            raise ValueError(f"--stage {args.stage} --block {args.block} is not a block of this BiFormer (stages: "
+                             f"{[len(s) for s in backbone.stages]} blocks)")
     in_chans, img_size = backbone.in_chans, backbone.img_size
     raw = np.stack([read_image(p, in_chans=in_chans, img_size=img_size, convert=args.convert, resize=args.resize)
                     for p in args.images])  # [N, C, S, S]
@@ -110,14 +119,6 @@ def predict_command(argv: list[str]) -> int:
         for prob, k in zip(top.values.tolist(), top.indices.tolist()):
             print(f"  {names[k]:<12} {prob:.3f}")
     if args.explain:
-        from seqmix.apps.vision.biformer import BiFormer
-
-        if not isinstance(backbone, BiFormer):
-            raise ValueError(f"--explain pictures BiFormer's routing; this checkpoint's backbone is "
-                             f"{type(backbone).__name__}")
-        if not 0 <= args.stage < len(backbone.stages) or not 0 <= args.block < len(backbone.stages[args.stage]):
-            raise ValueError(f"--stage {args.stage} --block {args.block} is not a block of this BiFormer (stages: "
-                             f"{[len(s) for s in backbone.stages]} blocks)")
         with torch.no_grad():
             index, attn = backbone.routing(x[:1], args.stage, args.block)  # [1, R, topk]
         if attn.regions == 1:
