@@ -30,7 +30,7 @@ from seqmix.apps.text.metrics import (
     top_k_hits,
     wasserstein,
 )
-from seqmix.apps.text.model import EmotionRegressor, fit_tfidf_ridge, masked_mean, to_distribution
+from seqmix.apps.text.model import EmotionRegressor, fit_tfidf_ridge, to_distribution
 from seqmix.core.mixers.rnn import LSTM
 from seqmix.core.mixers.softmax import SoftmaxAttention
 
@@ -193,19 +193,6 @@ def test_tiny_model_forward_backward(loss):
     assert model.affect.rnn.bidirectional
 
 
-def test_residual_fusion_starts_from_the_context_branch_and_learns_the_affect_correction():
-    torch.manual_seed(0)
-    model = _tiny_model(fusion="residual").eval()
-    batch = _batch()
-    pred, weights = model(batch)
-    context_only = torch.softmax(model.head(masked_mean(batch["context"], batch["context_mask"])), dim=-1)
-    torch.testing.assert_close(pred, context_only)  # the affect correction is zero at initialisation
-    assert weights.shape == (3, 5)
-    model.train()
-    model.loss_fn(model(batch)[0], batch["target"]).backward()
-    assert model.affect_head[1].weight.grad.abs().sum() > 0  # ... and is trained
-
-
 def test_model_argument_errors():
     with pytest.raises(ValueError, match="must be non-causal"):
         EmotionRegressor(rnn=partial(LSTM, n_heads=1, causal=True, bidirectional=False), word_dim=4, context_dim=0)
@@ -215,10 +202,6 @@ def test_model_argument_errors():
         EmotionRegressor(word_dim=0, context_dim=0)
     with pytest.raises(ValueError, match="loss='l1' is unknown"):
         _tiny_model(loss="l1")
-    with pytest.raises(ValueError, match="fusion='sum' is unknown"):
-        _tiny_model(fusion="sum")
-    with pytest.raises(ValueError, match="fusion='residual' adds the affect branch .* needs both branches"):
-        _tiny_model(fusion="residual", context_dim=0)
     model = _tiny_model()
     with pytest.raises(ValueError, match="expects width 8"):
         model({**_batch(), "context": torch.randn(3, 4, 7)})
