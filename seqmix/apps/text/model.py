@@ -9,9 +9,6 @@ Two branches, fused::
                -> Linear -> rnn mixer (Bi-LSTM) -> attention mixer (self, non-causal, masked)
                -> attention pooling (the paper's word attention; its weights feed --explain) -> [B, D]
     fusion   : concat -> dropout -> Linear -> ReLU -> dropout -> Linear -> softmax over K emotions
-               (``fusion: residual``: the context branch alone through that head, plus dropout -> Linear of
-               the affect branch, zero-initialised, added to its logits: training starts from the
-               transformer-alone model and learns the affect branch's correction)
 
 The recurrence and the attention are registered mixers injected as factories
 ``Callable[[int], Mixer]`` (LightningCLI ``class_path``), so either can be swapped from the
@@ -145,13 +142,8 @@ class EmotionRegressor(StagedModule):
                  loss: Literal["mse", "kl"] = "mse", lr: float = 1e-3, context_lr: float = 5e-5,
                  context_lr_decay: float = 1.0, context_lora_rank: int = 0, weight_decay: float = 1e-4,
                  lr_schedule: Literal["constant", "linear"] = "constant",
-                 warmup_ratio: float = 0.0, fusion: Literal["concat", "residual"] = "concat"):
+                 warmup_ratio: float = 0.0):
         super().__init__()
-        if fusion not in ("concat", "residual"):
-            raise ValueError(f"EmotionRegressor: fusion={fusion!r} is unknown; choose 'concat' or 'residual'")
-        if fusion == "residual" and (word_dim <= 0 or context_dim <= 0):
-            raise ValueError("EmotionRegressor: fusion='residual' adds the affect branch to the context branch's "
-                             "logits, so it needs both branches (word_dim > 0 and context_dim > 0)")
         if loss not in ("mse", "kl"):
             raise ValueError(f"EmotionRegressor: loss={loss!r} is unknown; choose 'mse' or 'kl'")
         if context_pool not in ("mean", "cls", "attention"):
@@ -182,14 +174,7 @@ class EmotionRegressor(StagedModule):
                             if context_dim > 0 and context_trainable_layers > 0 else None)
         self.context_dropout = nn.Dropout(context_dropout)
         self.context_attn = AttentionPool(context_dim) if context_dim > 0 and context_pool == "attention" else None
-        if fusion == "concat":
-            fused = (d_model if word_dim > 0 else 0) + max(context_dim, 0)
-            self.affect_head = None
-        else:  # the context branch's own head, plus the affect branch's correction, zero at the start
-            fused = context_dim
-            self.affect_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_emotions))
-            nn.init.zeros_(self.affect_head[1].weight)
-            nn.init.zeros_(self.affect_head[1].bias)
+        fused = (d_model if word_dim > 0 else 0) + max(context_dim, 0)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused, fusion_hidden), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(fusion_hidden, n_emotions))
         self.outputs: dict[str, list[tuple[Tensor, Tensor]]] = {}
@@ -211,8 +196,6 @@ class EmotionRegressor(StagedModule):
                 raise ValueError(f"word features are {tuple(words.shape)} but the model expects width "
                                  f"{self.hparams.word_dim}; the checkpoint and the features disagree")
             pooled, weights = self.affect(words, batch["word_mask"])
-            if self.affect_head is not None:  # residual: logits = head(context) + affect_head(affect)
-                return torch.softmax(self.head(parts[0]) + self.affect_head(pooled), dim=-1), weights
             parts.append(pooled)
         return torch.softmax(self.head(torch.cat(parts, dim=-1)), dim=-1), weights
 
