@@ -97,7 +97,8 @@ def plot_test_metrics(results: dict[str, dict[str, list[dict[str, float]]]], flo
                        alpha=0.8, zorder=3)
             ax.hlines(values.mean(), i - 0.25, i + 0.25, color=color, linewidth=2.5, zorder=4)
         floor_value = results[floor]["test"][0][metric]
-        ax.axhline(floor_value, color="tab:blue", linestyle="--", linewidth=1, label="mean training distribution (floor)")
+        ax.axhline(floor_value, color="tab:blue", linestyle="--", linewidth=1,
+                   label="mean training distribution (floor)")
         ax.axhline(target, color="tab:green", linestyle=":", linewidth=1.5, label=f"issue target ({target:g})")
         ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
         ax.set_xlim(-0.6, len(names) - 0.4)

@@ -268,10 +268,12 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
     assert "bombers" in page and "baghdad" in page and "no known word" in page  # 2nd text: stop words only
     assert not list(tmp_path.glob(".explain.html*"))  # atomic: no temp file left
     png = tmp_path / "explain.png"  # the same view as a figure, chosen by the suffix
-    main(["text", "predict", "--ckpt", str(ckpts[0]), "--text", "Bombers kill shoppers in Baghdad", "--explain", str(png)])
+    main(["text", "predict", "--ckpt", str(ckpts[0]), "--text", "Bombers kill shoppers in Baghdad",
+          "--explain", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert f"word attention written to {png}" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"--explain .*x\.txt: unknown file type \.txt; name an \.html page or a \.png"):
+    with pytest.raises(SystemExit, match=r"--explain .*x\.txt: unknown file type \.txt; name an \.html page or "
+                                         r"a \.png"):
         main(["text", "predict", "--ckpt", str(ckpts[0]), "--text", "Bombers", "--explain", str(tmp_path / "x.txt")])
     assert not (tmp_path / "x.txt").exists() and capsys.readouterr().out == ""  # refused before predicting
 

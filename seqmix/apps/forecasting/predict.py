@@ -108,8 +108,8 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--origin", type=int, default=None,
                         help="forecast from this row (negative counts from the end); default: after the last row")
     parser.add_argument("--out", default=None,
-                        help="forecast CSV (default ./<csv stem or dataset>_forecast.csv, in the working folder, not beside the "
-                             "data)")
+                        help="forecast CSV (default ./<csv stem or dataset>_forecast.csv: the working folder, "
+                             "not beside the data)")
     parser.add_argument("--png", default=None, help="plot (default: --out with .png)")
     parser.add_argument("--missing", choices=("error", "interpolate"), default="error",
                         help="what to do with missing dates / NaNs in the CSV")
