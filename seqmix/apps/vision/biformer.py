@@ -56,10 +56,8 @@ class BiFormer(nn.Module):
                  depths: tuple[int, ...] = (2, 2, 8, 2), dims: tuple[int, ...] = (64, 128, 256, 512),
                  head_dim: int = 32, n_win: tuple[int, ...] = (7, 7, 7, 7), topks: tuple[int, ...] = (1, 4, 16, -1),
                  mlp_ratio: float = 3.0, lce_kernel: int = 5, pos_kernel: int = 3, stem_stride: int = 4,
-                 drop_path_rate: float = 0.0, drop_rate: float = 0.0, head_hidden: int = 0):
+                 drop_path_rate: float = 0.0, drop_rate: float = 0.0):
         super().__init__()
-        if head_hidden < 0:
-            raise ValueError(f"BiFormer: head_hidden must be >= 0 (0: the paper's linear head), got {head_hidden}")
         stages = len(depths)
         if not (len(dims) == len(n_win) == len(topks) == stages) or stages == 0:
             raise ValueError(f"BiFormer: depths, dims, n_win and topks need one entry per stage, got "
@@ -100,8 +98,7 @@ class BiFormer(nn.Module):
                 for j in range(depths[i]))))
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = (nn.Linear(dims[-1], num_classes) if head_hidden == 0 else  # the paper's
-                     Mlp(dims[-1], head_hidden, num_classes, norm_layer=nn.LayerNorm))  # MambaOut's MLP head
+        self.head = nn.Linear(dims[-1], num_classes)
         self.apply(init_weights)
         # the convolutions (stem, position, downsampling) run channels-last: PyTorch's CPU backward of
         # depthwise convolutions is much faster in that layout, and the blocks' [B, C, H, W] <->
