@@ -246,14 +246,16 @@ def plot(runs: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, protocol, ds in ((axes[0], "informer", "ETTh1"), (axes[1], "modern", "ETTh1")):
         horizons = list(PROTOCOLS[protocol])
         for model, name in MODEL_NAMES.items():
-            pts = [(h, np.mean([r["test_mse"] for r in collect(runs, protocol, ds, model, h)]))
-                   for h in horizons if collect(runs, protocol, ds, model, h)]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{name} (ours)")
+            cells = [(h, [r["test_mse"] for r in collect(runs, protocol, ds, model, h)]) for h in horizons]
+            cells = [(h, mses) for h, mses in cells if mses]
+            if cells:  # the mean over seeds, and their standard deviation as a bar (none for one seed)
+                ax.errorbar([h for h, _ in cells], [np.mean(m) for _, m in cells],
+                            yerr=[np.std(m, ddof=1) if len(m) > 1 else 0.0 for _, m in cells],
+                            marker="o", markersize=4, capsize=3, label=f"{name} (ours)")
         for (p, d, name), vals in PAPER.items():
             if p == protocol and d == ds:
                 ax.plot(list(vals), list(vals.values()), linestyle="--", marker="x", label=f"{name} (paper)")
@@ -262,8 +264,9 @@ def plot(runs: dict) -> None:
         ax.minorticks_off()
         ax.set_xlabel("horizon")
         ax.set_ylabel("test MSE (scaled)")
-        ax.set_title(f"{ds}, {'Informer protocol' if protocol == 'informer' else 'lookback 96'}")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{ds}, {'Informer protocol' if protocol == 'informer' else 'lookback 96'}: "
+                     "mean over seeds ± their std", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     save_figure(fig, "forecasting")
     plt.close(fig)
 
