@@ -46,7 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS_DIR, atomic_write_text, command_line, cpu_model, git_commit, header,  # noqa: E402
-                    markdown_table, results_lock, utc_now, write_result)
+                    markdown_table, results_lock, save_figure, utc_now, write_result)
 
 import seqmix.apps.vision  # noqa: E402,F401  (registers the timm models)
 from seqmix.apps.vision.biformer import TINY_28, BiFormer  # noqa: E402
@@ -325,6 +325,41 @@ def render(records: dict[str, dict]) -> str:
     return head[:-1] + "\n".join(runs) + "\n\n" + table
 
 
+def plot_accuracy(records: dict[str, dict], out: str) -> str | None:
+    """``results/<out>.png``: each trained row's test accuracy against the epochs its budget bought, with
+    the issue's 93% line; returns the file name (None when no row is trained)."""
+    trained = {name: r for name, r in records.items() if r.get("test_acc") is not None}
+    if not trained:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for name, r in trained.items():
+        ax.scatter(r["epochs"], 100 * r["test_acc"], s=30, zorder=3)
+        ax.annotate(f"{name} ({r['budget_minutes']:g} min, {threads(r)} thr.)", (r["epochs"], 100 * r["test_acc"]),
+                    xytext=(5, 3), textcoords="offset points", fontsize=7)
+    ax.axhline(93, color="tab:green", linestyle=":", label="issue target (93%, within 30 minutes on 2 cores)")
+    ax.set_xlabel("epochs reached in the row's time budget (images seen / 55k)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST: accuracy against the epochs a time budget buys", fontsize=10)
+    ax.set_xlim(0, max(r["epochs"] for r in trained.values()) * 1.45)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, out)
+    plt.close(fig)
+    return f"{out}.png"
+
+
+def write_report(out: str, records: dict[str, dict]) -> Path:
+    """``results/<out>.md`` (the table and each row's provenance) and its figure."""
+    figure = plot_accuracy(records, out)
+    text = render(records) + (f"\n![test accuracy against epochs]({figure})\n" if figure else "")
+    return write_result(out, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="NAME")
@@ -380,7 +415,7 @@ def main() -> None:
             records = update_store(recount_gmacs)
         else:  # reads only: the store stays as it is
             records = json.loads(STORE.read_text())
-        print(f"wrote {write_result(args.out, render(records))}")
+        print(f"wrote {write_report(args.out, records)}")
         return
 
     for name in args.models:
@@ -404,7 +439,7 @@ def main() -> None:
             record.update(train_and_test(name, factory, args))
             print(f"{row}: test acc {record['test_acc']:.4f} (val {record['val_acc']:.4f}) after "
                   f"{record['minutes']:.1f} min, {record['epochs']:.1f} epochs", flush=True)
-        path = write_result(args.out, render(merge_records({row: record})))  # each row as soon as it is done
+        path = write_report(args.out, merge_records({row: record}))  # each row as soon as it is done
         print(f"wrote {path}", flush=True)
 
 
