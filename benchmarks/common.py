@@ -116,10 +116,10 @@ def write_result(name: str, text: str) -> Path:
 
 
 def save_figure(fig, name: str, *, dpi: int = 130) -> Path:
-    """``benchmarks/results/<name>.png`` (matplotlib figure), written atomically."""
-    from seqmix.apps.files import atomic_write
+    """``benchmarks/results/<name>.png`` (matplotlib figure), written atomically; the figure is closed."""
+    from seqmix.apps.files import save_figure as save
 
-    return atomic_write(RESULTS_DIR / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+    return save(fig, RESULTS_DIR / f"{name}.png", dpi=dpi)
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -82,10 +82,9 @@ def fmt(values: list[float], digits: int = 3) -> str:
 def plot_test_metrics(results: dict[str, dict[str, list[dict[str, float]]]], floor: str, out: str) -> str:
     """``results/<out>.png``: test Acc@1 and RMSE of every model, one dot per seed and a bar at the mean,
     with the floor and the issue's targets as lines; returns the file name."""
-    import matplotlib
+    from seqmix.apps.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n in results if n != floor]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -107,7 +106,6 @@ def plot_test_metrics(results: dict[str, dict[str, list[dict[str, float]]]], flo
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     save_figure(fig, out)
-    plt.close(fig)
     return f"{out}.png"
 
 

@@ -241,10 +241,9 @@ def seeds_and_epochs(runs: dict, protocol: str) -> str:
 
 
 def plot(runs: dict) -> None:
-    import matplotlib
+    from seqmix.apps.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, protocol, ds in ((axes[0], "informer", "ETTh1"), (axes[1], "modern", "ETTh1")):
@@ -268,7 +267,6 @@ def plot(runs: dict) -> None:
                      "mean over seeds ± their std", fontsize=10)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     save_figure(fig, "forecasting")
-    plt.close(fig)
 
 
 def targets(runs: dict) -> str:

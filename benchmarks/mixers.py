@@ -139,10 +139,9 @@ def targets(points: dict[tuple[str, int], dict]) -> list[list[str]]:
 
 
 def plot(points: dict[tuple[str, int], dict], mixers: list[str]):
-    import matplotlib
+    from seqmix.apps.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors, markers = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors], "osD^v<>pPX*hH8d"

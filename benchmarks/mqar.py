@@ -178,10 +178,9 @@ def provenance(rows: list[dict[str, object]]) -> str:
 
 
 def plot(rows: list[dict[str, object]], title: str):
-    import matplotlib
+    from seqmix.apps.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = "osD^v<>pPX*hH8d"

@@ -331,10 +331,9 @@ def plot_accuracy(records: dict[str, dict], out: str) -> str | None:
     trained = {name: r for name, r in records.items() if r.get("test_acc") is not None}
     if not trained:
         return None
-    import matplotlib
+    from seqmix.apps.files import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.6 + 0.16 * len(trained)))
     markers = "osD^vP*Xhp"
@@ -349,7 +348,6 @@ def plot_accuracy(records: dict[str, dict], out: str) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
     save_figure(fig, out)
-    plt.close(fig)
     return f"{out}.png"
 
 

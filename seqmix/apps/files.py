@@ -35,3 +35,22 @@ def save_checkpoint(checkpoint: dict, path: str | Path, *, max_bytes: int | None
                              f"{max_bytes / 1e6:g} MB; {too_big}")
 
     return atomic_write(path, write).stat().st_size
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:
+    """A matplotlib figure to ``path`` (the format from its suffix), atomically; the figure is closed
+    afterwards, also when writing fails. Returns ``path``."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
+    finally:
+        pyplot().close(fig)

@@ -228,8 +228,8 @@ def test_download_fetches_the_files_a_folder_lacks_only_when_asked(tmp_path, mon
     dm = ImageDataModule(data_dir=str(target), val_size=5, batch_size=4, download=True)
     dm.prepare_data()
     dm.setup()
-    assert len(dm.train_set) == 15 and sorted(p.name for p in target.iterdir()) == sorted(
-        name for pair in vision_data.FASHION_FILES.values() for name in pair)
+    assert len(dm.train_set) == 15
+    assert sorted(p.name for p in target.iterdir()) == sorted(vision_data.FASHION_FILE_NAMES)
     monkeypatch.setattr(vision_data, "FASHION_URL", (tmp_path / "nowhere").as_uri() + "/")
     with pytest.raises(FileNotFoundError, match=r"could not download Fashion-MNIST's train-images-idx3-ubyte.gz "
                                                 r"from file:.*nowhere/train-images-idx3-ubyte.gz"):
@@ -270,7 +270,8 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
     assert png.stat().st_size > 1000 and Image.open(png).format == "PNG"
     with pytest.raises(SystemExit, match="seqmix vision predict: error: .*notes.png: is not an image"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(text)])
-    with pytest.raises(SystemExit, match="seqmix vision predict: error: .*has 3 channel.*model takes 1; pass --convert"):
+    with pytest.raises(SystemExit,
+                       match="seqmix vision predict: error: .*has 3 channel.*model takes 1; pass --convert"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(rgb)])
     with pytest.raises(SystemExit, match="seqmix vision predict: error: .*--query-region 49 must be in 0..48"):
         main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(png), "--query-region", "49"])

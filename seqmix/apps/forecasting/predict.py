@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from seqmix.apps.forecasting.data import EMBEDDED, clean_frame, infer_freq, read_csv, read_dataset, time_features
-from seqmix.apps.files import atomic_write
+from seqmix.apps.files import atomic_write, pyplot, save_figure
 from seqmix.apps.module import load_trained
 
 
@@ -80,10 +80,7 @@ def forecast_frame(model, info: dict, frame: pd.DataFrame, origin: int | None = 
 
 
 def plot(history: pd.DataFrame, forecast: pd.DataFrame, target: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(10, 3.5))
     ax.plot(history["date"], history[target], color="0.3", label="history")
@@ -94,8 +91,7 @@ def plot(history: pd.DataFrame, forecast: pd.DataFrame, target: str, path: Path)
     ax.set_title(f"{target}: {len(history)} steps of history, {len(forecast)}-step forecast")
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def predict_command(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqmix.apps.files import atomic_write
+from seqmix.apps.files import pyplot, save_figure
 from seqmix.apps.fraud.rules import Rule, cluster_rule
 
 
@@ -92,10 +92,7 @@ def provenance() -> list[str]:
 def projection_plot(points: np.ndarray, labels: np.ndarray, highlight: list[int], path: Path, *,
                     title: str, max_points: int = 30000, seed: int = 0) -> None:
     """A PCA projection of ``points`` (a sample), grey noise, pale other clusters, the risky ones named."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.decomposition import PCA
 
     rng = np.random.default_rng(seed)
@@ -112,8 +109,7 @@ def projection_plot(points: np.ndarray, labels: np.ndarray, highlight: list[int]
         ax.scatter(*xy[sel].T, s=8, label=f"#{rank}: cluster {c}")
     ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
     ax.legend(markerscale=3, fontsize=8, loc="best")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def render_report(*, title: str, summaries: list[ClusterSummary], labels: np.ndarray, fraud: np.ndarray | None,

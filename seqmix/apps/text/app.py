@@ -12,7 +12,7 @@ import argparse
 import html
 from pathlib import Path
 
-from seqmix.apps.files import atomic_write
+from seqmix.apps.files import atomic_write, pyplot, save_figure
 from seqmix.apps.spec import AppSpec
 from seqmix.apps.text.data import SEMEVAL_EMOTIONS, EmotionDataModule, TextFeaturizer
 from seqmix.apps.text.model import EmotionRegressor
@@ -100,11 +100,9 @@ FIGURE_SUFFIXES = (".png", ".svg", ".pdf")  # matplotlib's; ".html" / ".htm" get
 def explain_figure(texts: list[str], tokens: list[list[str]], weights, preds, emotions: tuple[str, ...]):
     """The same view as a matplotlib figure: per text, its words shaded by attention weight (relative to
     the text's largest; the weight under each word) and a bar chart of the predicted distribution."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.transforms import offset_copy
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(texts), 2, figsize=(11, 1.3 * len(texts) + 0.4), squeeze=False,
                              gridspec_kw={"width_ratios": [4, 1]})
@@ -153,13 +151,7 @@ def write_explanation(out: Path, texts: list[str], tokens: list[list[str]], weig
         page = explain_html(texts, tokens, weights, preds, emotions)
         atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         return
-    import matplotlib.pyplot as plt
-
-    fig = explain_figure(texts, tokens, weights, preds, emotions)
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    save_figure(explain_figure(texts, tokens, weights, preds, emotions), out)
 
 
 def predict_command(argv: list[str]) -> int:
@@ -177,6 +169,9 @@ def predict_command(argv: list[str]) -> int:
     import torch
 
     model, ckpt = load_checkpoint(args.ckpt)
+    if args.explain and model.affect is None:  # refused before any prediction is printed
+        raise SystemExit("seqmix text predict: --explain needs a model with the word branch (this one is the "
+                         "transformer branch alone, which has no word attention)")
     dm = ckpt["datamodule_hyper_parameters"]
     data_dir = Path(dm["data_dir"]) if dm.get("data_dir") else None
     featurizer = TextFeaturizer(dm["word_features"], dm["max_words"], dm["context"], dm["context_max_len"],
@@ -192,9 +187,6 @@ def predict_command(argv: list[str]) -> int:
     for text, p in zip(texts, preds.tolist()):
         print("\t".join([text, *(f"{x:.3f}" for x in p)]))
     if args.explain:
-        if weights is None:
-            raise SystemExit("seqmix text predict: --explain needs a model with the word branch (this one is the "
-                             "transformer branch alone, which has no word attention)")
         out = Path(args.explain)
         write_explanation(out, texts, feats.tokens, weights.tolist(), preds.tolist(), emotions)
         print(f"word attention written to {out}")

@@ -34,6 +34,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot")
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_FILE_NAMES = [name for pair in FASHION_FILES.values() for name in pair]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # the canonical files: the dataset's own repository (github.com/zalandoresearch/fashion-mnist, data/fashion)
 FASHION_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
@@ -48,13 +49,12 @@ def fashion_mnist_dirs() -> list[Path]:
 def find_fashion_mnist(data_dir: str | Path | None) -> Path:
     """The folder with the four Fashion-MNIST files, or a clear error saying how to get them."""
     candidates = [Path(data_dir)] if data_dir is not None else fashion_mnist_dirs()
-    needed = [name for pair in FASHION_FILES.values() for name in pair]
     for folder in candidates:
-        if all((folder / name).is_file() for name in needed):
+        if all((folder / name).is_file() for name in FASHION_FILE_NAMES):
             return folder
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise FileNotFoundError(
-        f"Fashion-MNIST not found: need {needed} in one folder; looked in {looked}. Get it with "
+        f"Fashion-MNIST not found: need {FASHION_FILE_NAMES} in one folder; looked in {looked}. Get it with "
         "`apt-get install dataset-fashion-mnist` (Debian; files in /usr/share/datasets/fashion-mnist) or download "
         "them from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a folder given as "
         "data.data_dir, or let fit fetch them with --data.download true; or use data.dataset=digits (scikit-learn's, "
@@ -63,24 +63,21 @@ def find_fashion_mnist(data_dir: str | Path | None) -> Path:
 
 def download_fashion_mnist(folder: Path) -> Path:
     """Fetch the four files from :data:`FASHION_URL` into ``folder`` (those it lacks; each written whole or
-    not at all), check that they read as IDX files, and return ``folder``."""
-    import urllib.error
+    not at all) and return ``folder``; :func:`read_idx` checks them when ``setup`` reads them."""
     import urllib.request
 
     from seqmix.apps.files import atomic_write
 
-    names = [name for pair in FASHION_FILES.values() for name in pair]
-    for name in names:
+    for name in FASHION_FILE_NAMES:
         if (folder / name).is_file():
             continue
         url = FASHION_URL + name
         try:
             atomic_write(folder / name, lambda tmp: urllib.request.urlretrieve(url, tmp))
-        except (OSError, urllib.error.URLError) as err:
+        except OSError as err:  # urllib's URLError included
             raise FileNotFoundError(f"could not download Fashion-MNIST's {name} from {url} ({err}); copy the four "
-                                    f"files {names} into {folder} by hand, or apt-get install dataset-fashion-mnist")
-    for name in names:
-        read_idx(folder / name)  # a clear error for a truncated or foreign file
+                                    f"files {FASHION_FILE_NAMES} into {folder} by hand, or apt-get install "
+                                    "dataset-fashion-mnist")
     return folder
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqmix.apps.files import atomic_write
+from seqmix.apps.files import pyplot, save_figure
 from seqmix.apps.module import load_trained
 
 
@@ -59,10 +59,7 @@ def read_image(path: str | Path, *, in_chans: int, img_size: int, convert: bool,
 def draw_routing(image: np.ndarray, index: Tensor, grid: tuple[int, int], n_win: int, query: int, out: Path,
                  title: str) -> None:
     """Save ``image [C, S, S]`` with the region grid, the query region and its routed regions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     side = image.shape[-1]
@@ -77,10 +74,7 @@ def draw_routing(image: np.ndarray, index: Tensor, grid: tuple[int, int], n_win:
                                linewidth=0.3))
     ax.set_title(title, fontsize=8)
     ax.axis("off")
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, out)
 
 
 def predict_command(argv: list[str]) -> int:
