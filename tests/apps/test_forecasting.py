@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from seqmix.apps.forecasting.data import (
     ForecastDataModule,
@@ -31,6 +32,7 @@ from seqmix.apps.forecasting.model import (
 )
 from seqmix.core import list_mixers
 from seqmix.core.blocks import mixer_factory
+from seqmix.core.mixers.probsparse import ProbSparseAttention
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ["SEQMIX_DATA"]) if os.environ.get("SEQMIX_DATA") else REPO / "data"
@@ -369,6 +371,27 @@ def test_same_seed_same_test_mse_and_forecast_with_the_default_informer(tmp_path
         assert main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--out", str(out)]) == 0
         forecasts.append(pd.read_csv(out))
     pd.testing.assert_frame_equal(forecasts[0], forecasts[1])
+
+
+def test_the_paper_size_config_is_the_default_informer_at_the_papers_width(tmp_path):
+    """configs/forecasting/informer_etth1_paper.yaml: the default config's Informer at d_model 512 with
+    8 heads and lr 1e-4 (the paper's), and it trains (one step on short windows)."""
+    from seqmix.apps.forecasting.app import APP
+    from seqmix.cli import app_cli
+
+    if not HAVE_ETT:
+        pytest.skip(f"ETTh1.csv not under {DATA_DIR} (set SEQMIX_DATA; CI does)")
+    argv = tiny_argv(tmp_path, config="informer_etth1_paper.yaml")
+    i = argv.index("--model.network.init_args.d_model")
+    del argv[i:i + 2]  # keep the config's width
+    cli = app_cli(APP, [*argv, "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    network = cli.model.network
+    assert network.projection.in_features == 512 and cli.model.lr == 1e-4
+    assert {m.n_heads for m in network.modules() if isinstance(m, ProbSparseAttention)} == {8}
+    default = yaml.safe_load((REPO / "configs/forecasting/informer_etth1.yaml").read_text())
+    paper = yaml.safe_load((REPO / "configs/forecasting/informer_etth1_paper.yaml").read_text())
+    assert paper["data"] == default["data"] and paper["trainer"] == default["trainer"]
 
 
 def test_predict_writes_csv_and_png(tiny_run, tmp_path, monkeypatch):
