@@ -85,10 +85,11 @@ FILE_PURPOSE = {
     "vision_rejected": "this file: runs of `benchmarks/vision.py` whose rows were NOT kept in `vision.json` (a lower "
                        "validation accuracy than the shipped row), rendered from each run's own record "
                        "(`vision_rejected.json`); each run's command and commit are on its line below",
-    "vision_rerun_xeon": "this file: the MambaOut row's command of `vision.md` rerun unchanged on another CPU "
-                         "(its line below names it), to show how many epochs the 30-minute budget buys there",
-    "vision_probes": "this file: candidate training recipes (each row's `--label`) compared on the VALIDATION split "
-                     "at one thread per run (two runs at once, one core each), to choose the recipe of the shipped "
+    "vision_rerun_xeon": "this file: the MambaOut row of `vision.md` rerun on another CPU (its line below names it): "
+                         "its command unchanged, and with the batch that trains fastest there (the row's label), to "
+                         "show how many epochs the 30-minute budget buys on that CPU",
+    "vision_probes": "this file: candidate training recipes and budgets (each row's `--label`; its threads and "
+                     "budget in its columns) compared on the VALIDATION split, to choose the recipe of the shipped "
                      "rows; their test accuracy is shown but chose nothing",
 }
 
