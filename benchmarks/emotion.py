@@ -41,6 +41,7 @@ MODELS = {  # name -> config
 SPLITS = ("train", "val", "test")
 SHOWN = ("acc@1", "acc@2", "acc@3", "rmse", "wasserstein", "ap_document", "ap_emotion")
 ORIGINAL = ("ap_document_x1.25", "ap_emotion_orig", "wasserstein_orig")
+TARGET_ACC1, TARGET_RMSE = 0.65, 0.10  # issue 6: REDAffectiveLM's mean test Acc@1 at least, RMSE at most
 
 
 def build(config: str, seed: int, root: str, cache_dir: str, extra: list[str]):
@@ -88,7 +89,7 @@ def plot_test_metrics(results: dict[str, dict[str, list[dict[str, float]]]], flo
 
     names = [n for n in results if n != floor]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, (metric, target, better) in zip(axes, (("acc@1", 0.65, "higher"), ("rmse", 0.10, "lower"))):
+    for ax, (metric, target, better) in zip(axes, (("acc@1", TARGET_ACC1, "higher"), ("rmse", TARGET_RMSE, "lower"))):
         for i, name in enumerate(names):
             values = np.array([r[metric] for r in results[name]["test"]])
             color = "tab:red" if name == "REDAffectiveLM" else "0.3"
@@ -215,8 +216,10 @@ def main() -> None:
         ["beats every baseline on mean test Acc@1 and RMSE", "yes" if beats else "no",
          f"RED {mean_acc[red]:.3f} / {mean_rmse[red]:.4f}; best other Acc@1 "
          f"{max(mean_acc[n] for n in baselines):.3f}, best other RMSE {min(mean_rmse[n] for n in baselines):.4f}"],
-        ["test Acc@1 >= 0.65", "yes" if mean_acc[red] >= 0.65 else "no", f"{mean_acc[red]:.3f}"],
-        ["test RMSE <= 0.10", "yes" if mean_rmse[red] <= 0.10 else "no", f"{mean_rmse[red]:.4f}"],
+        [f"test Acc@1 >= {TARGET_ACC1:.2f}", "yes" if mean_acc[red] >= TARGET_ACC1 else "no",
+         f"{mean_acc[red]:.3f}"],
+        [f"test RMSE <= {TARGET_RMSE:.2f}", "yes" if mean_rmse[red] <= TARGET_RMSE else "no",
+         f"{mean_rmse[red]:.4f}"],
         ["full training run < 10 min", "yes" if feature_seconds[red] + max(fit_seconds[red]) < 600 else "no",
          f"feature extraction {feature_seconds[red]:.0f} s (once, then cached) + fit "
          f"{min(fit_seconds[red]):.0f}-{max(fit_seconds[red]):.0f} s"],

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
 
     config = args.config.resolve().relative_to(REPO_ROOT) if args.config.resolve().is_relative_to(REPO_ROOT) else args.config
-    title = "the default config" if args.config.resolve() == DEFAULT_CONFIG.resolve() else f"`{config.name}`"
+    is_default = args.config.resolve() == DEFAULT_CONFIG.resolve()
     rows = [[i + 1, batches, f"{wall:.1f}", f"{cpu:.1f}", "yes" if wall < TARGET_S else "no"]
             for i, (wall, cpu) in enumerate(zip(timer.wall, timer.cpu))]
     notes = [f"config: `{config}` (full epochs, the config's own batch size and model: {params / 1e6:.2f}M parameters)",
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
              "epoch time: wall and process CPU seconds from the start to the end of the training epoch "
              "(validation off: limit_val_batches 0)",
              f"target: one epoch of the default config under {TARGET_S:.0f} s wall on 2 cores"
-             + ("" if title == "the default config" else " (another config here: the column is for scale only)")]
+             + ("" if is_default else " (another config here: the column is for scale only)")]
+    title = "the default config" if is_default else f"`{config.name}`"
     text = header(f"Forecasting: one training epoch of {title}", seeds=[args.seed], notes=notes)
     text += markdown_table(["epoch", "batches", "wall s", "CPU s", f"< {TARGET_S:.0f} s"], rows)
     path = write_result(args.out, text)
