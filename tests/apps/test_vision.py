@@ -3,8 +3,6 @@ Fashion-MNIST from the Debian files, fit -> predict -> --explain in-process, and
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -122,22 +120,6 @@ def test_timm_registry_round_trip():
         timm.create_model("biformer_tiny_28", pretrained=True)
     with pytest.raises(TypeError, match="n_wins"):
         timm.create_model("biformer_tiny_28", n_wins=(7, 7, 1, 1))
-
-
-
-SEQMIX_ALONE = "import sys; import seqmix; assert not {'timm', 'pytorch_lightning'} & set(sys.modules); "
-
-
-@pytest.mark.parametrize("imports", [SEQMIX_ALONE + "import timm", "import timm; import seqmix",
-                                     SEQMIX_ALONE + "from timm.layers import Mlp; import timm"])
-def test_import_seqmix_registers_the_backbones_in_timm_in_either_order(imports):
-    """The issue's `timm.create_model("biformer_tiny")` after `import seqmix`, in a fresh interpreter;
-    `import seqmix` alone imports neither timm nor Lightning, and timm keeps its own loader."""
-    code = (f"{imports}; print(type(timm.create_model('biformer_tiny_28')).__name__, "
-            "timm.is_model('seqmix_mambaout_femto'), type(timm.__spec__.loader).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["BiFormer", "True", "SourceFileLoader"]
 
 
 def test_wrong_channels_and_sizes_are_clear_errors():
