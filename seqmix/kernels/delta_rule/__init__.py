@@ -16,7 +16,7 @@ from torch import Tensor
 
 from seqmix.kernels.delta_rule.chunk import delta_rule_chunk
 from seqmix.kernels.delta_rule.naive import delta_rule_naive
-from seqmix.kernels.linear_attn.common import load_triton, resolve_impl
+from seqmix.kernels.common import load_triton, resolve_impl
 
 
 def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,

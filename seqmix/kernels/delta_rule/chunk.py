@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs, run_delta_rule
-from seqmix.kernels.linear_attn.common import bmm, check_chunk_size, from_chunks, to_chunks
+from seqmix.kernels.common import bmm, check_chunk_size, from_chunks, to_chunks
 from seqmix.kernels.threads import single_threaded
 
 

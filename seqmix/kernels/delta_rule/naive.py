@@ -13,7 +13,7 @@ has the input dtype, the final state the compute dtype.
 
 This module also holds the input checks the chunked form and the Triton kernel share;
 the packed-sequence (``cu_seqlens``) loop is the linear-recurrence one of
-``seqmix.kernels.linear_attn.common``.
+``seqmix.kernels.common``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import check_qkv, check_state_and_offsets, compute_dtype, per_sequence
+from seqmix.kernels.common import check_qkv, check_state_and_offsets, compute_dtype, per_sequence
 
 
 def check_delta_rule_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None,

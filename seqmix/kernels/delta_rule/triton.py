@@ -29,7 +29,7 @@ import triton.language as tl
 from torch import Tensor
 
 from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs
-from seqmix.kernels.linear_attn.common import check_chunk_size
+from seqmix.kernels.common import check_chunk_size
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
 # few configs: these kernels are large, and every config is compiled when autotuning

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from seqmix.kernels.gla.chunk import gla_chunk
 from seqmix.kernels.gla.naive import gla_naive
-from seqmix.kernels.linear_attn.common import load_triton, resolve_impl
+from seqmix.kernels.common import load_triton, resolve_impl
 
 __all__ = ["chunk_gla", "gla_chunk", "gla_naive"]
 

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from seqmix.kernels.gla.naive import check_gla_inputs
 from seqmix.kernels.linear_attn.chunk import scan_chunks
-from seqmix.kernels.linear_attn.common import check_chunk_size, compute_dtype, from_chunks, per_sequence, to_chunks
+from seqmix.kernels.common import check_chunk_size, compute_dtype, from_chunks, per_sequence, to_chunks
 
 
 def chunk_length(chunk_size: int, t: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import (
+from seqmix.kernels.common import (
     check_qkv,
     check_state_and_offsets,
     compute_dtype,

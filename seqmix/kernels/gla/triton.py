@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from seqmix.kernels.gla.naive import check_gla_inputs
-from seqmix.kernels.linear_attn.common import check_chunk_size
+from seqmix.kernels.common import check_chunk_size
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
 BC = 16  # the secondary (sub-)chunk: rows whose pairwise gates are computed exactly

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from seqmix.kernels.linear_attn.chunk import linear_attn_chunk, linear_attn_global_chunk
-from seqmix.kernels.linear_attn.common import load_triton, resolve_impl
+from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.linear_attn.naive import linear_attn_global_naive, linear_attn_naive
 
 __all__ = [

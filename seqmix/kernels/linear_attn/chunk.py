@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from seqmix.kernels.linear_attn.common import (
+from seqmix.kernels.common import (
     bmm,
     check_chunk_size,
     compute_dtype,

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import check_chunk_size
+from seqmix.kernels.common import check_chunk_size
 from seqmix.kernels.linear_attn.naive import check_linear_attn_inputs
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import load_triton, resolve_impl
+from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.rnn.chunk import gru_chunk, lstm_chunk, slstm_chunk
 from seqmix.kernels.rnn.naive import (
     N_GATES,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import compute_dtype
+from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.threads import single_threaded
 
 RNNState = tuple[Tensor, ...]

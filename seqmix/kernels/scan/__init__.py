@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import load_triton, resolve_impl
+from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.scan.chunk import softmax_scan_chunk
 from seqmix.kernels.scan.naive import ScanState, combine, empty_state, softmax_scan_naive
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqmix.kernels.linear_attn.common import compute_dtype
+from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.threads import single_threaded
 
 ScanState = tuple[Tensor, Tensor, Tensor]

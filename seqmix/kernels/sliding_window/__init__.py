@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from seqmix.kernels.attention import attention_naive
-from seqmix.kernels.linear_attn.common import load_triton, resolve_impl
+from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.sliding_window.chunk import check_sliding_window_inputs, sliding_window_chunk
 
 
