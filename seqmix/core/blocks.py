@@ -7,19 +7,31 @@ or from a registry name with :func:`mixer_factory`.
 
 ``gating="gru"`` replaces the residual sum by GTrXL's GRU-type gate (Parisotto et al.,
 "Stabilizing Transformers for Reinforcement Learning"), initialised close to identity.
+
+Decoding: a block's state is its mixer's state, or for a decoder block (one with a cross
+mixer) a :class:`DecoderBlockState` that also holds the cross mixer's projected context.
+``MixerStack.forward(..., return_state=True)`` prefills a prompt, ``MixerStack.step``
+continues token by token; ``seqmix.core.decoding.generate`` drives both.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from seqmix.core.mixer import Mixer, State, build_mixer
+from seqmix.core.mixer import ContextCache, Mixer, State, build_mixer
 
 MixerFactory = Callable[[int], Mixer]
+
+
+class DecoderBlockState(NamedTuple):
+    """A decoder block's state: its self mixer's state and its cross mixer's projected context."""
+
+    mixer: State
+    cross: ContextCache
 
 
 def mixer_factory(name: str, **arguments: object) -> MixerFactory:
@@ -116,31 +128,73 @@ class MixerBlock(nn.Module):
             self.norm_mlp = make_norm(norm, d_model)
             self.res_mlp = Residual(d_model, gating, dropout)
 
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
+                   context_mask: Tensor | None = None) -> State:
+        """The state before the first token; a decoder block projects ``context: [B, S, D]`` once here."""
+        own = self.mixer.init_state(batch_size, device, dtype)
+        if self.cross_mixer is None:
+            if context is not None:
+                raise ValueError("this block has no cross mixer; pass context=None")
+            return own
+        if context is None:
+            raise ValueError("this block has a cross mixer: pass context=[B, S, D] to init_state")
+        return DecoderBlockState(own, self.cross_mixer.init_state(batch_size, device, dtype, context=context,
+                                                                  context_mask=context_mask))
+
+    def _split_state(self, state: State | None) -> tuple[State | None, ContextCache | None]:
+        """``(self mixer's state, cross mixer's state)`` of a block state."""
+        if self.cross_mixer is None or state is None:
+            return state, None
+        if not isinstance(state, DecoderBlockState):
+            raise ValueError(f"a decoder block's state is a DecoderBlockState (from init_state(context=...) or "
+                             f"forward(..., return_state=True)), got {type(state).__name__}")
+        return state.mixer, state.cross
+
     def forward(self, x: Tensor, *, context: Tensor | None = None, mask: Tensor | None = None,
                 context_mask: Tensor | None = None, state: State | None = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, State]:
+        """``x: [B, T, D]``; a decoder block attends to ``context: [B, S, D]``, or to the context in its state.
+
+        With ``return_state=True`` a decoder block's state holds the context projected once.
+        """
+        own, cross = self._split_state(state)
         if return_state or state is not None:
-            y, state = self.mixer(self.norm_mix(x), mask=mask, state=state, return_state=True)
+            y, own = self.mixer(self.norm_mix(x), mask=mask, state=own, return_state=True)
         else:
             y = self.mixer(self.norm_mix(x), mask=mask)
         x = self.res_mix(x, y)
         if self.cross_mixer is not None:
-            if context is None:
+            if cross is not None and context is not None:
+                raise ValueError("this block's state already holds the context; pass context=None with it")
+            if cross is None and context is None:
                 raise ValueError("this block has a cross mixer: pass context=[B, S, D]")
-            x = self.res_cross(x, self.cross_mixer(self.norm_cross(x), context=context, mask=context_mask))
+            if cross is None and return_state:
+                cross = self.cross_mixer.init_state(x.shape[0], x.device, x.dtype, context=context,
+                                                    context_mask=context_mask)
+            h = self.norm_cross(x)
+            y = (self.cross_mixer(h, state=cross) if cross is not None
+                 else self.cross_mixer(h, context=context, mask=context_mask))
+            x = self.res_cross(x, y)
         if self.mlp is not None:
             x = self.res_mlp(x, self.mlp(self.norm_mlp(x)))
-        return (x, state) if return_state else x
+        if not return_state:
+            return x
+        return x, own if self.cross_mixer is None else DecoderBlockState(own, cross)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token ``[B, D]`` through a self-attention-only block with a recurrent mixer."""
-        if self.cross_mixer is not None:
-            raise ValueError("step is for decoder-only blocks; this block has a cross mixer")
-        y, state = self.mixer.step(self.norm_mix(x_t), state)
+        """One token ``x_t: [B, D]`` through the block (self mixer, cross mixer, MLP)."""
+        own, cross = self._split_state(state)
+        if self.cross_mixer is not None and cross is None:
+            raise ValueError("this block has a cross mixer: step needs the state of init_state(context=...)")
+        y, own = self.mixer.step(self.norm_mix(x_t), own)
         x_t = self.res_mix(x_t, y)
+        if self.cross_mixer is not None:
+            y, cross = self.cross_mixer.step(self.norm_cross(x_t), cross)
+            x_t = self.res_cross(x_t, y)
         if self.mlp is not None:
             x_t = self.res_mlp(x_t, self.mlp(self.norm_mlp(x_t)))
-        return x_t, state
+        return x_t, own if self.cross_mixer is None else DecoderBlockState(own, cross)
 
 
 class MixerStack(nn.Module):
@@ -187,10 +241,14 @@ class MixerStack(nn.Module):
         return (x, new_states) if return_state else x
 
     def init_states(self, batch_size: int, device: torch.device | str | None = None,
-                    dtype: torch.dtype = torch.float32) -> list[State]:
-        return [b.mixer.init_state(batch_size, device, dtype) for b in self.blocks]
+                    dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
+                    context_mask: Tensor | None = None) -> list[State]:
+        """Each block's state before the first token (a decoder's blocks project ``context: [B, S, D]`` here)."""
+        return [b.init_state(batch_size, device, dtype, context=context, context_mask=context_mask)
+                for b in self.blocks]
 
     def step(self, x_t: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
+        """One token ``x_t: [B, D]`` through every block, layer by layer: ``(y_t: [B, D], new states)``."""
         new_states = []
         for block, s in zip(self.blocks, states):
             x_t, s = block.step(x_t, s)

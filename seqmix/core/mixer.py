@@ -5,22 +5,32 @@ A mixer maps ``x: [B, T, D] -> y: [B, T, D]``. Each subclass declares
 - ``patterns``: the CAB patterns it supports (a subset of :data:`PATTERNS`);
 - ``impls``: the implementations it carries, the first being the plain reference
   (``"naive"``); ``impl="auto"`` picks the fast one for the tensor's device;
-- ``recurrent``: whether it offers ``init_state`` / ``step`` and a carried state;
+- ``recurrent``: whether its state has a constant size (the linear family, RNNs, a
+  sliding window); attention mixers step too, with a growing KV cache (:class:`KVCache`);
 - ``test_configs``: tiny constructor arguments for the generic tests
   (``tests/core/test_mixers_generic.py``), so registering a mixer adds its tests;
   ``test_dtypes``: the dtypes it claims to run in (fp32 and bf16 unless it says less);
 - ``supports_mask``: whether ``forward`` takes a key-padding ``mask``.
 
-Subclasses implement ``_forward`` (and ``_step`` / ``init_state`` when recurrent);
-the public ``forward`` / ``step`` check shapes, patterns and masks first so that a
-bad call fails here with a message that names the problem, not deep inside torch.
+Incremental decoding: every mixer with the ``causal_self`` pattern offers ``init_state`` /
+``step`` and a ``forward`` that takes and returns a state (so a prompt is prefilled with one
+``forward(..., return_state=True)`` and continued by ``step``); a cross-attention mixer takes
+its context once, in ``init_state(..., context=...)``, and keeps it as a :class:`ContextCache`.
+Every tensor of dimension >= 1 in a state is batch-first (beam search reorders states by
+indexing dimension 0).
+
+Subclasses implement ``_forward`` and ``init_state`` (and ``_step`` when one token needs
+another path than ``_forward``); the public ``forward`` / ``step`` check shapes, patterns,
+masks and states first so that a bad call fails here with a message that names the
+problem, not deep inside torch. A batch of zero sequences gives an empty output here,
+without reaching any kernel.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +38,45 @@ from torch import Tensor, nn
 PATTERNS: tuple[str, ...] = ("causal_self", "noncausal_self", "causal_cross", "noncausal_cross")
 
 State = Any  # a tensor or a tuple of tensors, whatever the mixer carries between pieces
+
+
+class KVCache(NamedTuple):
+    """Self attention's state: the keys and values of the tokens seen so far (it grows).
+
+    ``init_state`` gives an empty cache; ``forward(..., return_state=True)`` and ``step`` append
+    one key and one value per token (a windowed attention keeps its last ``window``), which is
+    what ``state_size(T)`` counts. Rotary positions continue from ``seen``.
+    """
+
+    keys: Tensor  # [B, H, S, K]
+    values: Tensor  # [B, H, S, V]
+    key_mask: Tensor | None  # [B, S] bool, True = attend; None: every key
+    seen: int  # tokens seen so far (S, unless a window dropped the oldest)
+
+    def append(self, k: Tensor, v: Tensor, mask: Tensor | None) -> KVCache:
+        """The cache with ``k: [B, H, T, K]``, ``v: [B, H, T, V]`` (and their ``mask: [B, T]``) after it."""
+        keys = torch.cat([self.keys.to(k.dtype), k], 2)  # [B, H, S + T, K]
+        values = torch.cat([self.values.to(v.dtype), v], 2)  # [B, H, S + T, V]
+        key_mask = None
+        if self.key_mask is not None or mask is not None:
+            b, s, t = k.shape[0], self.keys.shape[2], k.shape[2]
+            old = self.key_mask if self.key_mask is not None else k.new_ones(b, s, dtype=torch.bool)
+            new = mask if mask is not None else k.new_ones(b, t, dtype=torch.bool)
+            key_mask = torch.cat([old, new], 1)  # [B, S + T]
+        return KVCache(keys, values, key_mask, self.seen + k.shape[2])
+
+    def last(self, n: int) -> KVCache:
+        """The cache of the last ``n`` keys (a sliding window forgets the rest)."""
+        mask = None if self.key_mask is None else self.key_mask[:, -n:]
+        return KVCache(self.keys[:, :, -n:], self.values[:, :, -n:], mask, self.seen)
+
+
+class ContextCache(NamedTuple):
+    """Cross attention's state: the context's projected keys and values, fixed after ``init_state``."""
+
+    keys: Tensor  # [B, H, S, K]
+    values: Tensor  # [B, H, S, V]
+    key_mask: Tensor | None  # [B, S] bool, True = attend (the context's padding); None: every key
 
 
 def _pattern(causal: bool, cross: bool) -> str:
@@ -111,10 +160,17 @@ class Mixer(nn.Module):
 
         ``mask: [B, S]`` bool marks the keys that may be attended (True = keep), where
         ``S`` is the context length (or ``T`` for self attention). ``state`` is an initial
-        state from ``init_state``/a previous piece; with ``return_state=True`` the result
-        is ``(y, final_state)``.
+        state from ``init_state``/a previous piece (causal self pattern), or a cross
+        mixer's :class:`ContextCache` in place of ``context``; with ``return_state=True`` the
+        result is ``(y, final_state)``.
         """
         self.check_input(x, context=context, mask=mask, state=state, return_state=return_state)
+        if x.shape[0] == 0:  # no sequence: nothing to mix, nothing to remember
+            y = x.new_zeros(x.shape)  # [0, T, D]
+            if return_state and state is None:
+                state = (self.init_state(0, x.device, x.dtype) if context is None
+                         else self.init_state(0, x.device, x.dtype, context=context, context_mask=mask))
+            return (y, state) if return_state else y
         return self._forward(x, context=context, mask=mask, state=state, return_state=return_state)
 
     def _forward(
@@ -146,11 +202,18 @@ class Mixer(nn.Module):
             )
         if x.shape[1] == 0:
             raise ValueError(f"{name}: x has zero time steps; give at least one token")
-        pattern = _pattern(self.causal, context is not None)
+        context_state = isinstance(state, ContextCache)
+        pattern = _pattern(self.causal, context is not None or context_state)
         if pattern not in self.patterns:
             raise ValueError(
                 f"{name}: pattern {pattern!r} is not supported; this mixer supports {sorted(self.patterns)}"
             )
+        if context_state and (context is not None or mask is not None):
+            raise ValueError(f"{name}: the state already holds the context and its key mask "
+                             "(init_state(context=..., context_mask=...)); pass context=None and mask=None with it")
+        if (state is not None or return_state) and pattern == "noncausal_self":
+            raise ValueError(f"{name}: a carried state needs causal=True (a non-causal mixer sees the whole "
+                             "sequence at once); pass state=None and return_state=False")
         if context is not None:
             if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.d_model:
                 raise ValueError(
@@ -166,27 +229,43 @@ class Mixer(nn.Module):
                     f"{name}: mask must be a bool tensor [batch={x.shape[0]}, keys={keys}] "
                     f"(True = attend), got {mask.dtype} {tuple(mask.shape)}"
                 )
-        if (state is not None or return_state) and not self.recurrent:
-            raise ValueError(f"{name}: is not recurrent; it takes no state (state=None, return_state=False)")
 
-    # ------------------------------------------------------------- recurrent
+    # ------------------------------------------------------------- decoding
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype = torch.float32) -> State:
-        raise ValueError(f"{type(self).__name__}: is not recurrent; it has no state")
+                   dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
+                   context_mask: Tensor | None = None) -> State:
+        """The state before the first token (self), or with ``context: [B, S, D]`` and its key mask
+        ``context_mask: [B, S]`` the cross-attention state that :meth:`step` attends to."""
+        raise ValueError(f"{type(self).__name__}: has no state: it supports {sorted(self.patterns)}, none of which "
+                         "steps (causal_self or noncausal_cross); use forward over the whole sequence")
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token ``x_t: [B, D]`` -> ``(y_t: [B, D], new_state)``; causal self pattern only."""
+        """One token ``x_t: [B, D]`` -> ``(y_t: [B, D], new_state)``.
+
+        Self attention (``causal=True``): ``state`` from ``init_state`` or a ``forward(...,
+        return_state=True)`` over the prompt. Cross attention (``causal=False``): the
+        :class:`ContextCache` of ``init_state(..., context=...)``.
+        """
         name = type(self).__name__
-        if not self.recurrent:
-            raise ValueError(f"{name}: is not recurrent; use forward over the whole sequence")
-        if not self.causal:
-            raise ValueError(f"{name}: step needs causal=True (a non-causal mixer sees the future)")
         if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
             raise ValueError(f"{name}: x_t must be [batch, d_model={self.d_model}], got {tuple(x_t.shape)}")
+        pattern = _pattern(self.causal, isinstance(state, ContextCache))
+        if pattern == "noncausal_self":
+            raise ValueError(f"{name}: step needs causal=True (a non-causal mixer sees the future), or for cross "
+                             "attention the state of init_state(context=...)")
+        if pattern == "causal_cross":
+            raise ValueError(f"{name}: causal cross attention lines query i up with key i + S - T, which depends on "
+                             "the whole query length T; step cross attention with causal=False")
+        if pattern not in self.patterns:
+            raise ValueError(f"{name}: pattern {pattern!r} is not supported; it supports {sorted(self.patterns)}")
+        if x_t.shape[0] == 0:  # no sequence: nothing to mix
+            return x_t.new_zeros(x_t.shape), state  # [0, D]
         return self._step(x_t, state)
 
     def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        raise NotImplementedError
+        """One token as a piece of length one: ``forward`` with the state carried."""
+        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)  # [B, 1, D]
+        return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
         """Floats per sequence kept at inference after ``seq_len`` tokens (KV cache or state)."""

@@ -66,9 +66,5 @@ class Aaren(Mixer):
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         return empty_state(batch_size, self.n_heads, self.head_dim, device=device, dtype=state_dtype)
 
-    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)
-        return y[:, 0], state
-
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * (self.head_dim + 2)  # m, u [V], w per head

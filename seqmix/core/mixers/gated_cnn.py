@@ -149,10 +149,6 @@ class GatedCNN(Mixer):
             raise ValueError("GatedCNN: only the causal 1-D form has a state; build it with causal=True")
         return torch.zeros(batch_size, self.kernel_size - 1, self.conv_channels, device=device, dtype=dtype)
 
-    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)
-        return y[:, 0], state
-
     def state_size(self, seq_len: int) -> int:
         if self.causal:
             return (self.kernel_size - 1) * self.conv_channels

@@ -99,10 +99,6 @@ class GatedLinearAttention(Mixer):
         return torch.zeros(batch_size, self.n_heads, self.key_dim // self.n_heads, self.value_dim // self.n_heads,
                            device=device, dtype=state_dtype)
 
-    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)
-        return y[:, 0], state
-
     def state_size(self, seq_len: int) -> int:
         return self.key_dim * self.value_dim // self.n_heads  # S: [H, K/H, V/H]
 

@@ -27,6 +27,13 @@ deterministic function of the input when predicting).
 Implementations (same selection, from :func:`probsparse_select`): ``"naive"`` computes the
 full ``[L_Q, L_K]`` attention for every query and keeps the active rows; ``"sparse"``
 gathers the active queries and attends only with them.
+
+Decoding: ``step`` (and ``forward`` continuing a non-empty :class:`~seqmix.core.mixer.KVCache`)
+attends fully with each new query over the cached keys, Informer's decoder behaviour for a
+single token: one query is always active. So its step does **not** equal its forward over the
+whole sequence, where lazy queries get the mean of the values; a prompt's first piece (an
+empty cache) is ProbSparse as in ``forward``. Cross attention steps with a
+:class:`~seqmix.core.mixer.ContextCache` (the context projected once in ``init_state``).
 """
 
 from __future__ import annotations
@@ -34,10 +41,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from seqmix.core.layers import QKVProjection, merge_heads
-from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.layers import merge_heads
+from seqmix.core.mixer import KVCache, register_mixer
+from seqmix.core.mixers.softmax import CachedAttention
 from seqmix.kernels.attention import attention_naive
 
 _RANK_BLOCK_ELEMENTS = 1 << 20  # comparisons per block when ranking the causal measures (cache-sized blocks)
@@ -146,7 +154,7 @@ def probsparse_attention(q: Tensor, k: Tensor, v: Tensor, *, factor: int, causal
 
 
 @register_mixer("probsparse")
-class ProbSparseAttention(Mixer):
+class ProbSparseAttention(CachedAttention):
     """Informer's ProbSparse multi-head attention (self, causal self, or cross).
 
     Args:
@@ -156,6 +164,9 @@ class ProbSparseAttention(Mixer):
             call from torch's global generator.
         resample_keys: a new sample (torch's global generator) at every call in training mode,
             as Informer's code; eval mode keeps the ``seed`` sample.
+
+    ``step`` attends fully with the newest query (Informer's decoder for one token), so unlike
+    the other causal mixers its step does not equal its forward (see the module docstring).
     """
 
     paper = "Zhou et al. 2021, Informer (ProbSparse self-attention)"
@@ -179,19 +190,19 @@ class ProbSparseAttention(Mixer):
             raise ValueError("ProbSparseAttention: resample_keys=True keeps the `seed` sample for eval mode, so it "
                              "needs an int seed; seed=None already draws a new sample at every call")
         self.factor, self.seed, self.resample_keys = factor, seed, resample_keys
-        self.qkv = QKVProjection(d_model, n_heads)
-        self.out = nn.Linear(d_model, d_model, bias=False)
 
     def _forward(self, x, *, context, mask, state, return_state):
-        q, k, v = self.qkv(x, context)  # [B, H, T, K], [B, H, S, K], [B, H, S, V]
-        fresh = self.seed is None or (self.resample_keys and self.training)
-        seed = int(torch.randint(2**62, ()).item()) if fresh else self.seed
-        o = probsparse_attention(q, k, v, factor=self.factor, causal=self.causal, seed=seed,
-                                 impl=self.resolve_impl(x))
-        return self.out(merge_heads(o))
-
-    def state_size(self, seq_len: int) -> int:
-        return 2 * seq_len * self.d_model  # the key and value cache
+        q, k, v, _, new_state = self.queries_and_keys(x, context=context, mask=None, state=state,
+                                                      return_state=return_state)
+        if isinstance(state, KVCache) and state.seen > 0:  # continuing a prompt: every new query is active
+            o = attention_naive(q, k, v, causal=True)  # [B, H, T, V]
+        else:
+            fresh = self.seed is None or (self.resample_keys and self.training)
+            seed = int(torch.randint(2**62, ()).item()) if fresh else self.seed
+            o = probsparse_attention(q, k, v, factor=self.factor, causal=self.causal, seed=seed,
+                                     impl=self.resolve_impl(x))  # [B, H, T, V]
+        y = self.out(merge_heads(o))  # [B, H, T, V] -> [B, T, D]
+        return (y, new_state) if return_state else y
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, factor={self.factor}, seed={self.seed}, resample_keys={self.resample_keys}"

@@ -145,10 +145,6 @@ class HeadwiseRNN(Mixer):
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         return zero_state(self.cell, batch_size, self.n_heads, self.head_dim, device=device, dtype=state_dtype)
 
-    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        y, state = self._forward(x_t[:, None], context=None, mask=None, state=state, return_state=True)
-        return y[:, 0], state
-
     def state_size(self, seq_len: int) -> int:
         per_direction = N_STATES[self.cell] * self.d_model
         if self.bidirectional:  # the backward direction needs the whole input first

@@ -4,25 +4,93 @@ Papers: Vaswani et al. 2017 (softmax); "When Attention Sink Emerges" (Gu et al. 
 "Active-Dormant Attention Heads" for sigmoid and ReLU attention without normalisation
 across keys, which removes the attention sink.
 
-Blocks -> mixers: :class:`AttentionMixer` holds the projections shared by all three;
-the three registered classes differ only in how scores become weights.
+Blocks -> mixers: :class:`CachedAttention` holds the projections and the decoding state of
+every attention mixer (a :class:`~seqmix.core.mixer.KVCache` for self attention, a
+:class:`~seqmix.core.mixer.ContextCache` for cross attention; ProbSparse uses it too);
+:class:`AttentionMixer` adds rotary positions and a window; the three registered classes
+differ only in how scores become weights.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import RotaryEmbedding
-from seqmix.core.layers import QKVProjection, merge_heads
-from seqmix.core.mixer import PATTERNS, Mixer, register_mixer
+from seqmix.core.layers import QKVProjection, merge_heads, split_heads
+from seqmix.core.mixer import PATTERNS, ContextCache, KVCache, Mixer, State, register_mixer
 from seqmix.kernels.attention import attention_naive, visible_keys_mask
 
 
-class AttentionMixer(Mixer):
-    """Multi-head attention over ``x`` (self) or ``context`` (cross); a base, not registered."""
+class CachedAttention(Mixer):
+    """Multi-head q/k/v/o projections and where the keys come from; a base, not registered.
+
+    Keys and values come from ``x`` (self), from ``context`` (cross), from a
+    :class:`ContextCache` (cross attention stepping: the context projected once, in
+    ``init_state``), or from a :class:`KVCache` with ``x``'s own appended (self attention
+    carrying a state: prefill and ``step``). Subclasses say how queries meet those keys.
+    """
+
+    rotary: RotaryEmbedding | None = None  # rotary positions for self attention (AttentionMixer's option)
+    cache_window: int | None = None  # a causal window: the cache keeps only the last this many keys
+
+    def __init__(self, d_model: int, *, n_heads: int, causal: bool, impl: str):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        self.qkv = QKVProjection(d_model, n_heads)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
+                   context_mask: Tensor | None = None) -> KVCache | ContextCache:
+        """An empty :class:`KVCache`, or with ``context: [B, S, D]`` its projected :class:`ContextCache`."""
+        if context is None:
+            if context_mask is not None:
+                raise ValueError(f"{type(self).__name__}: context_mask is the key mask of a context; pass context too")
+            empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)  # [B, H, 0, K]
+            return KVCache(empty, empty, None, 0)
+        self.check_input(context, context=context, mask=context_mask)  # the cross pattern, the mask's shape
+        if context.shape[0] != batch_size:
+            raise ValueError(f"{type(self).__name__}: context has batch {context.shape[0]}, "
+                             f"not batch_size={batch_size}")
+        k = split_heads(self.qkv.k(context), self.n_heads)  # [B, H, S, K]
+        v = split_heads(self.qkv.v(context), self.n_heads)  # [B, H, S, V]
+        return ContextCache(k, v, context_mask)
+
+    def queries_and_keys(self, x: Tensor, *, context: Tensor | None, mask: Tensor | None, state: State | None,
+                         return_state: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None, State | None]:
+        """``(q [B, H, T, K], k [B, H, S, K], v [B, H, S, V], key_mask [B, S] | None, state after x)``."""
+        if isinstance(state, ContextCache):
+            q = split_heads(self.qkv.q(x), self.n_heads)  # [B, H, T, K]
+            return q, state.keys, state.values, state.key_mask, state
+        q, k, v = self.qkv(x, context)  # [B, H, T, K], [B, H, S, K], [B, H, S, V]
+        if context is not None:  # cross attention: no rotary (two sequences' positions are not comparable)
+            return q, k, v, mask, ContextCache(k, v, mask) if return_state else None
+        if state is None and not return_state:
+            if self.rotary is not None:
+                q, k = self.rotary(q), self.rotary(k)
+            return q, k, v, mask, None
+        cache = state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset=cache.seen), self.rotary(k, offset=cache.seen)
+        cache = cache.append(k, v, mask)
+        kept = cache if self.cache_window is None else cache.last(self.cache_window)
+        return q, cache.keys, cache.values, cache.key_mask, kept
+
+    def state_size(self, seq_len: int) -> int:
+        cached = seq_len if self.cache_window is None else min(seq_len, self.cache_window)
+        return 2 * cached * self.d_model  # the key and value cache
+
+
+class AttentionMixer(CachedAttention):
+    """Multi-head attention over ``x`` (self) or ``context`` (cross); a base, not registered.
+
+    ``rotary``: rotary positions on self attention's queries and keys (continuing from the
+    cache when stepping). ``window``: each query sees its last ``window`` keys (causal) or
+    those within ``window // 2`` (non-causal); the causal cache keeps only those.
+    """
 
     patterns = frozenset(PATTERNS)
     supports_mask = True
@@ -33,26 +101,19 @@ class AttentionMixer(Mixer):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         if window is not None and window < 1:
             raise ValueError(f"{type(self).__name__}: window must be >= 1 or None, got {window}")
-        self.qkv = QKVProjection(d_model, n_heads)
-        self.out = nn.Linear(d_model, d_model, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim) if rotary else None
         self.window = window
+        self.cache_window = window if causal else None
 
     def _forward(self, x, *, context, mask, state, return_state):
-        q, k, v = self.qkv(x, context)  # [B, H, T, K], [B, H, S, K], [B, H, S, V]
-        if self.rotary is not None:
-            s, t = k.shape[-2], q.shape[-2]
-            q, k = self.rotary(q, offset=s - t), self.rotary(k)
-        o = self.attend(q, k, v, mask)  # [B, H, T, V]
-        return self.out(merge_heads(o))
+        q, k, v, key_mask, state = self.queries_and_keys(x, context=context, mask=mask, state=state,
+                                                         return_state=return_state)
+        y = self.out(merge_heads(self.attend(q, k, v, key_mask)))  # [B, H, T, V] -> [B, T, D]
+        return (y, state) if return_state else y
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
         return attention_naive(q, k, v, causal=self.causal, normalizer=self.normalizer,
                                window=self.window, key_mask=key_mask)
-
-    def state_size(self, seq_len: int) -> int:
-        cached = seq_len if self.window is None else min(seq_len, self.window)
-        return 2 * cached * self.d_model  # the key and value cache
 
 
 @register_mixer("softmax")
