@@ -1,15 +1,17 @@
-"""Helpers every benchmark script shares: what machine, which commit, when, how; atomic writes.
+"""Helpers every benchmark shares: what machine, which commit, when, how; atomic writes; timing.
 
-Usage in a script ``benchmarks/<name>.py``::
+Usage in a benchmark ``benchmarks/<name>.py``, run as ``python -m benchmarks.<name>`` from the repository root::
 
-    from common import header, write_result   # benchmarks/ is on sys.path when run as a script
+    from benchmarks.common import header, time_call, write_result
 
+    timing = time_call(run, warmup=1, repeats=5)   # timing.median_s, timing.min_s, timing.times_s
     text = header("MQAR sweep", seeds=[0]) + table_markdown
-    write_result("mqar", text)                # -> benchmarks/results/mqar.md (atomic)
+    write_result("mqar", text)                     # -> benchmarks/results/mqar.md (atomic)
 
 ``header`` states the machine (CPU model, cores, torch threads, torch version), the git
 commit, the date (UTC) and the exact command line, so every number in a results file
-says where it came from.
+says where it came from. ``time_call`` / ``time_calls`` time a call (warm-up, repeats,
+optional CUDA synchronisation); ``Stopwatch`` times one block, such as a whole training run.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ import hashlib
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+REPO_ROOT = BENCHMARKS_DIR.parent
 
 
 def cpu_model() -> str:
@@ -74,10 +80,19 @@ def utc_now() -> str:
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that produced the result, as one could retype it."""
+    """The command that produced the result, as one could retype it: ``python -m benchmarks.<name> ...`` for a
+    benchmark module (``sys.argv[0]`` is then the module's file), ``python <script> ...`` for any other script."""
     argv = sys.argv if argv is None else argv
-    script = os.path.relpath(argv[0], REPO_ROOT) if argv and argv[0].endswith(".py") else (argv[0] if argv else "")
-    return " ".join(["python", shlex.quote(script), *map(shlex.quote, argv[1:])])
+    if not argv:
+        return "python"
+    script = Path(argv[0])
+    if script.suffix == ".py" and script.resolve().parent == BENCHMARKS_DIR:
+        program = ["-m", f"benchmarks.{script.stem}"]
+    elif script.suffix == ".py":
+        program = [os.path.relpath(script, REPO_ROOT)]
+    else:
+        program = [argv[0]]
+    return " ".join(["python", *map(shlex.quote, [*program, *argv[1:]])])
 
 
 def header(title: str, *, seeds: Iterable[int] | None = None, notes: Sequence[str] = ()) -> str:
@@ -127,3 +142,98 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ timing
+@dataclass
+class Timing:
+    """Seconds of each timed repeat (``times_s``) and of each warm-up call (``warmup_s``)."""
+
+    times_s: list[float]
+    warmup_s: list[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times_s)
+
+    @property
+    def mean_s(self) -> float:
+        return statistics.fmean(self.times_s)
+
+
+def time_calls(calls: Mapping[str, Callable[[], object]], *, warmup: int = 1, repeats: int = 3,
+               min_repeat_s: float = 0.0, before: Callable[[], object] | None = None,
+               cuda_sync: bool = False) -> dict[str, Timing]:
+    """Time each call of ``calls`` ``repeats`` times, the calls interleaved round-robin (machine load hits
+    them alike), after ``warmup`` untimed-for-the-figure calls each (their times are kept in ``warmup_s``).
+
+    One repeat calls a function once, or again and again until ``min_repeat_s`` seconds have passed, and
+    records the seconds per call. ``before`` runs before each call, off the clock (e.g. clearing gradients);
+    ``cuda_sync`` waits for the GPU before reading the clock, so that queued kernels are counted."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"time_calls: repeats={repeats} and warmup={warmup}; need repeats >= 1 and warmup >= 0")
+    if cuda_sync:
+        import torch
+
+    def once(fn: Callable[[], object]) -> float:
+        calls_made, elapsed = 0, 0.0
+        while calls_made == 0 or elapsed < min_repeat_s:
+            if before is not None:
+                before()
+            if cuda_sync:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if cuda_sync:
+                torch.cuda.synchronize()
+            elapsed += time.perf_counter() - start
+            calls_made += 1
+        return elapsed / calls_made
+
+    timings = {name: Timing(times_s=[], warmup_s=[once(fn) for _ in range(warmup)]) for name, fn in calls.items()}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            timings[name].times_s.append(once(fn))
+    return timings
+
+
+def time_call(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 3, min_repeat_s: float = 0.0,
+              before: Callable[[], object] | None = None, cuda_sync: bool = False) -> Timing:
+    """``time_calls`` for one function."""
+    return time_calls({"call": fn}, warmup=warmup, repeats=repeats, min_repeat_s=min_repeat_s, before=before,
+                      cuda_sync=cuda_sync)["call"]
+
+
+class Stopwatch:
+    """Wall and process-CPU seconds of a block (all threads of this process; not of processes it spawns)::
+
+        with Stopwatch() as watch:
+            trainer.fit(model, data)
+        watch.wall_s, watch.cpu_s
+
+    ``start()`` / ``stop()`` do the same where the block's two ends are two callbacks."""
+
+    def __init__(self) -> None:
+        self.wall_s = self.cpu_s = 0.0
+        self._start: tuple[float, float] | None = None
+
+    def start(self) -> "Stopwatch":
+        self._start = (time.perf_counter(), time.process_time())
+        return self
+
+    def stop(self) -> "Stopwatch":
+        if self._start is None:
+            raise ValueError("Stopwatch.stop() before start(); call start() (or use `with Stopwatch()`) first")
+        self.wall_s = time.perf_counter() - self._start[0]
+        self.cpu_s = time.process_time() - self._start[1]
+        return self
+
+    def __enter__(self) -> "Stopwatch":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

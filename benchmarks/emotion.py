@@ -1,6 +1,6 @@
 """REDAffectiveLM vs baselines on SemEval-2007 (issue 6) -> benchmarks/results/emotion.md.
 
-    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/emotion.py
+    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.emotion
 
 Every neural model is built from its config (``configs/text/*.yaml``, through LightningCLI
 with ``run=False``, so exactly the config's settings run), trained once per seed on the
@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, header, markdown_table, save_figure, write_result  # noqa: E402
+from benchmarks.common import REPO_ROOT, Stopwatch, header, markdown_table, save_figure, write_result
 
-from seqmix.apps.text.app import APP, load_checkpoint  # noqa: E402
-from seqmix.apps.text.data import EmotionDataModule, paper_split, read_semeval2007  # noqa: E402
-from seqmix.apps.text.metrics import emotion_metrics, row_rmse, top_k_hits  # noqa: E402
-from seqmix.apps.text.model import EmotionRegressor, fit_tfidf_ridge  # noqa: E402
+from seqmix.apps.text.app import APP, load_checkpoint
+from seqmix.apps.text.data import EmotionDataModule, paper_split, read_semeval2007
+from seqmix.apps.text.metrics import emotion_metrics, row_rmse, top_k_hits
+from seqmix.apps.text.model import EmotionRegressor, fit_tfidf_ridge
 
 MODELS = {  # name -> config
     "REDAffectiveLM": "configs/text/redaffectivelm.yaml",
@@ -137,13 +134,13 @@ def main() -> None:
                                                      "val": [emotion_metrics(floor[: len(splits["val"])], gold["val"])]}
 
     # TF-IDF + ridge (deterministic)
-    t0 = time.perf_counter()
+    watch = Stopwatch().start()
     texts = np.array(data.texts, dtype=object)
     predict, alpha = fit_tfidf_ridge(texts[splits["train"]], gold["train"], texts[splits["val"]], gold["val"])
     name = f"TF-IDF + ridge (alpha={alpha:g})"
     results[name] = {s: [emotion_metrics(predict(texts[splits[s]]), gold[s])] for s in SPLITS}
     test_preds[name] = [predict(texts[splits["test"]])]
-    fit_seconds[name] = [time.perf_counter() - t0]
+    fit_seconds[name] = [watch.stop().wall_s]
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")  # empty: the first run pays the feature extraction, timed below
@@ -159,14 +156,14 @@ def main() -> None:
                     epochs = yaml.safe_load((REPO_ROOT / config).read_text())["trainer"]["max_epochs"]
                     extra = ["--trainer.max_epochs", str(max(1, round(epochs * args.max_epochs_scale)))]
                 model, dm, trainer = build(config, seed, root, cache, extra)
-                t0 = time.perf_counter()
-                dm.setup()
+                with Stopwatch() as watch:
+                    dm.setup()
                 if seed == args.seeds[0]:
-                    feature_seconds[name] = time.perf_counter() - t0
+                    feature_seconds[name] = watch.wall_s
                 assert [dm.data.texts[i] for i in splits["test"]] == [data.texts[i] for i in splits["test"]]
-                t0 = time.perf_counter()
-                trainer.fit(model, dm)
-                fit_seconds[name].append(time.perf_counter() - t0)
+                with Stopwatch() as watch:
+                    trainer.fit(model, dm)
+                fit_seconds[name].append(watch.wall_s)
                 best, ckpt = load_checkpoint(trainer.checkpoint_callback.best_model_path)
                 epochs_run[name].append(int(ckpt["epoch"]))
                 for s in SPLITS:

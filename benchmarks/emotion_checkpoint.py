@@ -1,6 +1,6 @@
 """The shipped text checkpoint: train it, write it, measure it (issue 6).
 
-    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/emotion_checkpoint.py
+    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.emotion_checkpoint
 
 One seed of ``configs/text/redaffectivelm_lora.yaml`` (REDAffectiveLM whose MiniLM layers are
 fine-tuned through rank-8 LoRA adapters) on the paper's seed-7 split, built exactly as
@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, cpu_model, header, markdown_table, write_result  # noqa: E402
-from emotion import SHOWN, build, predictions  # noqa: E402
+from benchmarks.common import REPO_ROOT, Stopwatch, cpu_model, header, markdown_table, write_result
+from benchmarks.emotion import SHOWN, build, predictions
 
-from seqmix.apps.files import save_checkpoint  # noqa: E402
-from seqmix.apps.text.app import CHECKPOINT_KEYS, load_checkpoint  # noqa: E402
-from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
+from seqmix.apps.files import save_checkpoint
+from seqmix.apps.text.app import CHECKPOINT_KEYS, load_checkpoint
+from seqmix.apps.text.metrics import emotion_metrics
 
 CONFIG = "configs/text/redaffectivelm_lora.yaml"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "text" / "redaffectivelm_lora.ckpt"
@@ -61,9 +58,9 @@ def main() -> None:
         # the default (relative) cache folder: the datamodule settings stored in the checkpoint name no local path
         model, dm, trainer = build(CONFIG, args.seed, tmp, "runs/text/cache", [])
         dm.setup()
-        t0 = time.perf_counter()
-        trainer.fit(model, dm)
-        seconds = time.perf_counter() - t0
+        with Stopwatch() as watch:
+            trainer.fit(model, dm)
+        seconds = watch.wall_s
         best = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
     size = write_small_checkpoint(best, args.out)
     shipped, _ = load_checkpoint(args.out)  # the predict path

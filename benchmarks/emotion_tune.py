@@ -1,6 +1,6 @@
 """Validation-only tuning runs for the text app (issue 6) -> benchmarks/results/emotion_tuning.md.
 
-    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/emotion_tune.py \
+    SEQMIX_DATA=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.emotion_tune \
         --name k6 --config configs/text/redaffectivelm.yaml -- --model.context_lr 5e-5 ...
 
 One seed of one config with CLI overrides; it reports the best-validation-loss checkpoint's
@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, REPO_ROOT, atomic_write_text, cpu_model, git_commit, header,  # noqa: E402
-                    markdown_table, results_lock, write_result)
-from emotion import build, predictions  # noqa: E402
+from benchmarks.common import (RESULTS_DIR, REPO_ROOT, Stopwatch, atomic_write_text, cpu_model, git_commit,
+                               header, markdown_table, results_lock, write_result)
+from benchmarks.emotion import build, predictions
 
-from seqmix.apps.text.metrics import emotion_metrics  # noqa: E402
-from seqmix.apps.text.app import load_checkpoint  # noqa: E402
+from seqmix.apps.text.metrics import emotion_metrics
+from seqmix.apps.text.app import load_checkpoint
 
 
 LOG = RESULTS_DIR / "emotion_tuning.jsonl"
@@ -104,9 +101,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, dm, trainer = build(args.config, args.seed, tmp, str(REPO_ROOT / "runs/text/cache"), args.overrides)
         dm.setup()
-        t0 = time.perf_counter()
-        trainer.fit(model, dm)
-        seconds = time.perf_counter() - t0
+        with Stopwatch() as watch:
+            trainer.fit(model, dm)
+        seconds = watch.wall_s
         best, ckpt = load_checkpoint(trainer.checkpoint_callback.best_model_path)
         gold = dm.targets[dm.split_rows("val")].double().numpy()
         m = emotion_metrics(predictions(best, dm, "val"), gold)

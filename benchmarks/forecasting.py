@@ -7,9 +7,9 @@ in ``benchmarks/results/forecasting_runs.json`` (so a budget can be spread over 
 invocations); the report ``benchmarks/results/forecasting.md`` (+ ``forecasting.png``) is
 rebuilt from every cached run each time, stating what was run and what was not.
 
-    python benchmarks/forecasting.py --protocol informer --datasets ETTh1 --models dlinear transformer
-    python benchmarks/forecasting.py --protocol modern --datasets ETTh1 ETTm1 --models dlinear --max-epochs 10
-    python benchmarks/forecasting.py --report-only
+    python -m benchmarks.forecasting --protocol informer --datasets ETTh1 --models dlinear transformer
+    python -m benchmarks.forecasting --protocol modern --datasets ETTh1 ETTm1 --models dlinear --max-epochs 10
+    python -m benchmarks.forecasting --report-only
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, atomic_write_text, command_line, cpu_model, file_digest, git_commit, header, markdown_table, results_lock, save_figure, utc_now  # noqa: E402
+from benchmarks.common import (RESULTS_DIR, Stopwatch, atomic_write_text, command_line, cpu_model, file_digest,
+                               git_commit, header, markdown_table, results_lock, save_figure, utc_now)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "forecasting"
@@ -96,14 +95,15 @@ class EpochTimer(pl.Callback):
     """Wall and CPU seconds of each training epoch (the validation pass excluded)."""
 
     def __init__(self):
-        self.wall, self.cpu = [], []
+        self.wall, self.cpu, self.watch = [], [], Stopwatch()
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = (time.time(), time.process_time())
+        self.watch.start()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.wall.append(round(time.time() - self._start[0], 1))
-        self.cpu.append(round(time.process_time() - self._start[1], 1))
+        self.watch.stop()
+        self.wall.append(round(self.watch.wall_s, 1))
+        self.cpu.append(round(self.watch.cpu_s, 1))
 
 
 def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: int, seed: int,
@@ -120,7 +120,7 @@ def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: in
                 "--trainer.limit_train_batches", str(limit_train_batches),
                 "--trainer.default_root_dir", tmp, "--trainer.logger", "false",
                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-        cpu0, wall0 = time.process_time(), time.time()
+        watch = Stopwatch().start()
         cli = app_cli(APP, argv, run=False)
         trainable = any(p.requires_grad for p in cli.model.parameters())
         timer = EpochTimer()
@@ -133,7 +133,7 @@ def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: in
             epochs, best_val = 0, None
         result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if trainable else None,
                                   verbose=False)[0]
-        cpu, wall = time.process_time() - cpu0, time.time() - wall0
+        cpu, wall = watch.stop().cpu_s, watch.wall_s
     return {"model": model, "dataset": dataset, "seq_len": seq_len, "label_len": label_len, "pred_len": pred_len,
             "seed": seed, "max_epochs": max_epochs, "epochs_run": epochs, "limit_train_batches": limit_train_batches,
             "val_mse_best": None if best_val is None else float(best_val),

@@ -1,8 +1,8 @@
 """Wall and CPU time of one training epoch of the default forecasting config (issue 4's target: < 60 s on 2 cores).
 
-    python benchmarks/forecasting_epoch.py                  # configs/forecasting/informer_etth1.yaml, 2 threads
-    python benchmarks/forecasting_epoch.py --epochs 2 --threads 1
-    python benchmarks/forecasting_epoch.py --config configs/forecasting/informer_etth1_paper.yaml --epochs 1 \
+    python -m benchmarks.forecasting_epoch                  # configs/forecasting/informer_etth1.yaml, 2 threads
+    python -m benchmarks.forecasting_epoch --epochs 2 --threads 1
+    python -m benchmarks.forecasting_epoch --config configs/forecasting/informer_etth1_paper.yaml --epochs 1 \
         --out forecasting_epoch_paper          # the paper's size, for scale (not a target)
 
 Runs ``seqmix forecasting fit`` in-process on ``--config`` (the default config unless given) for
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, file_digest, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
-from forecasting import EpochTimer  # noqa: E402
+from benchmarks.common import (REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, file_digest, git_commit,
+                               header, markdown_table, utc_now, write_result)
+from benchmarks.forecasting import EpochTimer
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "forecasting" / "informer_etth1.yaml"
 TARGET_S = 60.0

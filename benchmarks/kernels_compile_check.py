@@ -1,7 +1,7 @@
 """Compile every seqmix Triton kernel for an NVIDIA target without a GPU (pre-flight for the GPU benchmark).
 
-    python benchmarks/kernels_compile_check.py                 # sm_90 (H100/H200), bf16, head dim 128
-    python benchmarks/kernels_compile_check.py --dtype fp32 --head-dim 64 --arch 80
+    python -m benchmarks.kernels_compile_check                 # sm_90 (H100/H200), bf16, head dim 128
+    python -m benchmarks.kernels_compile_check --dtype fp32 --head-dim 64 --arch 80
 
 Triton compiles to PTX and runs the ``ptxas`` its wheel ships, so compile errors, type errors
 in loop-carried values and shared-memory overruns show up on a machine with no GPU. It
@@ -13,20 +13,17 @@ It proves nothing about speed or numbers; the interpreter tests and the GPU benc
 import argparse
 import inspect
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-import seqmix.kernels.delta_rule.triton as dr  # noqa: E402
-import seqmix.kernels.gla.triton as gla  # noqa: E402
-import seqmix.kernels.linear_attn.triton as la  # noqa: E402
-import seqmix.kernels.rnn.triton as rnn  # noqa: E402
-import seqmix.kernels.scan.triton as sc  # noqa: E402
+from benchmarks.common import Stopwatch
+import seqmix.kernels.delta_rule.triton as dr
+import seqmix.kernels.gla.triton as gla
+import seqmix.kernels.linear_attn.triton as la
+import seqmix.kernels.rnn.triton as rnn
+import seqmix.kernels.scan.triton as sc
 
 
 def compile_kernel(kernel, target, types: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 2):
@@ -35,10 +32,10 @@ def compile_kernel(kernel, target, types: dict, constexprs: dict, num_warps: int
     while not isinstance(fn, triton.runtime.jit.JITFunction):
         fn = fn.fn
     signature = {p: ("constexpr" if p in constexprs else types[p]) for p in inspect.signature(fn.fn).parameters}
-    started = time.time()
-    compiled = triton.compile(ASTSource(fn, signature, constexprs), target=target,
-                              options={"num_warps": num_warps, "num_stages": num_stages})
-    return time.time() - started, compiled.metadata.shared
+    with Stopwatch() as watch:
+        compiled = triton.compile(ASTSource(fn, signature, constexprs), target=target,
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+    return watch.wall_s, compiled.metadata.shared
 
 
 def main(argv=None) -> int:

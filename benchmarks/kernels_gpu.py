@@ -1,12 +1,12 @@
 """GPU benchmark of seqmix's Triton kernels against PyTorch SDPA (flash) and, where installed,
 flash-linear-attention's chunk kernels. Writes ``benchmarks/results/kernels_gpu.md``.
 
-    python benchmarks/kernels_gpu.py              # on a CUDA machine, about 5-8 minutes
-    python benchmarks/kernels_gpu.py --dry-run    # anywhere: the correctness check under Triton's
+    python -m benchmarks.kernels_gpu              # on a CUDA machine, about 5-8 minutes
+    python -m benchmarks.kernels_gpu --dry-run    # anywhere: the correctness check under Triton's
                                                   # CPU interpreter at a tiny size, and the plan
 
-Needs torch and triton, and the repository checkout (it puts the repo root on ``sys.path``,
-so ``pip install -e .`` is not required). flash-linear-attention (``fla``) is optional:
+Needs torch and triton, and the repository checkout: run from its root, ``python -m`` puts the
+root on ``sys.path``, so ``pip install -e .`` is not required. flash-linear-attention (``fla``) is optional:
 its kernels are timed when ``import fla`` works.
 
 What it does, in this order:
@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TOKENS = 32 * 1024
 SEQ_LENS = (1024, 2048, 4096, 8192, 16384, 32768)
@@ -292,7 +290,7 @@ def rnn_section(torch, args: argparse.Namespace, device, started: float) -> tupl
                 cells.append(f"{ratio:.1f}x")
             rows.append(cells)
             print(" | ".join(cells), flush=True)
-    from common import markdown_table
+    from benchmarks.common import markdown_table
 
     table = (f"## Head-wise RNNs: B={b}, T={t}, {h} heads of {k}, bf16 inputs\n\n"
              "`naive` is the recurrence as a PyTorch loop over time steps (fp32 math, autograd); `chunk` the fused "
@@ -338,13 +336,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         print("kernels_gpu.py: no CUDA device is visible (torch.cuda.is_available() is False); this benchmark "
-              "needs an NVIDIA GPU. Run `python benchmarks/kernels_gpu.py --dry-run` to check the kernels on the "
+              "needs an NVIDIA GPU. Run `python -m benchmarks.kernels_gpu --dry-run` to check the kernels on the "
               "CPU under Triton's interpreter.", file=sys.stderr)
         return 2
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("kernels_gpu.py: TRITON_INTERPRET=1 is set; unset it to time the compiled kernels", file=sys.stderr)
         return 2
-    from common import atomic_write_text, header, markdown_table  # benchmarks/common.py
+    from benchmarks.common import atomic_write_text, header, markdown_table  # benchmarks/common.py
 
     started = time.time()
     found, notes = kernels(torch)

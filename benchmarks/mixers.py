@@ -15,8 +15,8 @@ backward needed, allocator caching included (torch's CPU allocations are invisib
 A mixer's larger lengths are skipped once a length's median exceeds ``--cap`` seconds, or
 when the previous length's memory, grown as T^2, would exceed ``--mem-cap`` GB.
 
-    python benchmarks/mixers.py                              # everything (run on a quiet machine)
-    python benchmarks/mixers.py --mixers softmax gla --lengths 512 1024 --repeats 2
+    python -m benchmarks.mixers                              # everything (run on a quiet machine)
+    python -m benchmarks.mixers --mixers softmax gla --lengths 512 1024 --repeats 2
 
 Writes ``benchmarks/results/mixers_cpu.md`` and ``mixers_cpu.png`` (log-log time against T),
 with issue 2's targets at T=8192 evaluated: linear_attention, gla and deltanet at least
@@ -29,14 +29,10 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, markdown_table, save_figure, write_result  # noqa: E402
+from benchmarks.common import REPO_ROOT, header, markdown_table, save_figure, time_call, write_result
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 TARGET_MIXERS = ("linear_attention", "gla", "deltanet")
@@ -69,28 +65,28 @@ def worker(name: str, seq_len: int, args: argparse.Namespace) -> dict[str, objec
     x = torch.randn(1, seq_len, args.d_model, requires_grad=True)  # [B, T, D]
     grad = torch.randn(1, seq_len, args.d_model)  # [B, T, D]
 
-    def fwd_bwd() -> float:
-        start = time.perf_counter()
-        y = mixer(x)
-        y.backward(grad)
-        elapsed = time.perf_counter() - start
+    def fwd_bwd() -> None:
+        mixer(x).backward(grad)
+
+    def clear_grads() -> None:
         x.grad = None
         mixer.zero_grad(set_to_none=True)
-        return elapsed
 
-    warmup = fwd_bwd()
-    times = [fwd_bwd() for _ in range(args.repeats)] if warmup <= args.cap else []
+    # one warm-up call; the median of --repeats calls when the warm-up took at most --cap seconds
+    warmup = time_call(fwd_bwd, warmup=0, repeats=1, before=clear_grads).min_s
+    timing = time_call(fwd_bwd, warmup=0, repeats=args.repeats, before=clear_grads) if warmup <= args.cap else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"mixer": name, "T": seq_len, "impl": impl, "warmup_s": warmup, "times_s": times,
-            "median_s": statistics.median(times) if times else warmup, "peak_bytes": max(0, peak - base)}
+    return {"mixer": name, "T": seq_len, "impl": impl, "warmup_s": warmup,
+            "times_s": timing.times_s if timing else [],
+            "median_s": timing.median_s if timing else warmup, "peak_bytes": max(0, peak - base)}
 
 
 def run_point(name: str, seq_len: int, args: argparse.Namespace) -> dict[str, object]:
-    cmd = [sys.executable, __file__, "--worker", name, str(seq_len), "--repeats", str(args.repeats),
+    cmd = [sys.executable, "-m", "benchmarks.mixers", "--worker", name, str(seq_len), "--repeats", str(args.repeats),
            "--threads", str(args.threads), "--d-model", str(args.d_model), "--heads", str(args.heads),
            "--cap", str(args.cap)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO_ROOT)
     except subprocess.TimeoutExpired:
         return {"mixer": name, "T": seq_len, "error": f"timeout (> {args.timeout} s)"}
     if done.returncode != 0:

@@ -1,12 +1,12 @@
 """The README's mixers table, made from the registry: name, paper, patterns, recurrent,
 implementations, complexity, and the state kept at inference (``state_size``).
 
-    python benchmarks/mixers_table.py   # -> benchmarks/results/mixers_table.md
+    python -m benchmarks.mixers_table   # -> benchmarks/results/mixers_table.md
 """
 
 from __future__ import annotations
 
-from common import header, markdown_table, write_result
+from benchmarks.common import header, markdown_table, write_result
 
 from seqmix.core import get_mixer_class, list_mixers
 from seqmix.core.mixer import build_reference_mixer

@@ -1,14 +1,14 @@
 """MQAR recall against state size: the recall-memory frontier of Zoology / BASED, for every mixer.
 
-Each point trains the recall app from ``configs/recall/<mixer>.yaml`` with the model width,
+Each point trains the recall app from ``configs/recall/<mixer>.yaml`` (``base.yaml`` + the mixer) with the model width,
 sequence length and number of key-value pairs overridden, then measures test accuracy on
 the queried positions. The state size is ``mixer.state_size(T)`` summed over layers: the
 floats a sequence keeps at inference (the KV cache for attention, the recurrent state for
 the linear family and RNNs).
 
-    python benchmarks/mqar.py                                # every mixer with a config, widths 64 128 256
-    python benchmarks/mqar.py --mixers softmax gla --widths 64 128 --max-steps 300   # a budgeted run
-    python benchmarks/mqar.py --demo                         # `make demo`: softmax vs gla, T=64, 4 pairs
+    python -m benchmarks.mqar                                # every mixer with a config, widths 64 128 256
+    python -m benchmarks.mqar --mixers softmax gla --widths 64 128 --max-steps 300   # a budgeted run
+    python -m benchmarks.mqar --demo                         # `make demo`: softmax vs gla, T=64, 4 pairs
 
 Every finished point is appended to ``benchmarks/results/<name>_points.jsonl`` with its full
 setting; a rerun with the same setting skips the points already there, so a long sweep can be
@@ -26,24 +26,23 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO_ROOT, cpu_model, git_commit, header, markdown_table, save_figure,  # noqa: E402
-                    utc_now, write_result)
+from benchmarks.common import (REPO_ROOT, Stopwatch, cpu_model, git_commit, header, markdown_table, save_figure,
+                               utc_now, write_result)
 
 CONFIG_DIR = REPO_ROOT / "configs" / "recall"
+BASE_CONFIG = "base"  # configs/recall/base.yaml: the settings every mixer's config includes (`config: base.yaml`)
 DEMO_MIXERS = ("softmax", "gla")
 
 
 def configured_mixers() -> list[str]:
-    """Mixers that have a recall config (``configs/recall/<name>.yaml``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Mixers that have a recall config (``configs/recall/<name>.yaml``, each complete: it includes base.yaml)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != BASE_CONFIG)
 
 
 def check_mixers(names: list[str]) -> None:
@@ -106,9 +105,9 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
     steps = trainer.max_steps
     desc = f"{mixer} d={model.hparams.d_model}"
     trainer.callbacks.append(StepBar(steps, desc))
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
-    train_s = time.perf_counter() - start
+    with Stopwatch() as watch:
+        trainer.fit(model, datamodule=data)
+    train_s = watch.wall_s
     result = trainer.test(model, datamodule=data, verbose=False)[0]
     seq_len = data.hparams.seq_len
     return {
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
               f"{len(points)} left to run")
     rows = []
-    start = time.perf_counter()
+    total = Stopwatch().start()
     for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
         if not args.demo and (mixer, width) in {(r["mixer"], r["d_model"]) for r in load_points(points_file, setting, args.lr)}:
             continue  # another process of the same sweep stored it meanwhile
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"mqar.py: no points of this setting in {points_file}; run without --render first")
     table = report(rows, args, name, title, skipped)
     print(table)
-    print(f"total {math.ceil(time.perf_counter() - start)} s; wrote benchmarks/results/{name}.md and {name}.png")
+    print(f"total {math.ceil(total.stop().wall_s)} s; wrote benchmarks/results/{name}.md and {name}.png")
     return 0
 
 

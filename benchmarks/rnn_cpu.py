@@ -3,7 +3,7 @@ LSTM / GRU / sLSTM (``chunk`` = fused loop with a hand-written BPTT vs ``naive``
 through a step loop), Aaren's softmax scan (``chunk`` vs the token loop) and ProbSparse
 attention (``sparse`` vs the dense ``naive``).
 
-    python benchmarks/rnn_cpu.py            # -> benchmarks/results/rnn_cpu.md
+    python -m benchmarks.rnn_cpu            # -> benchmarks/results/rnn_cpu.md
 
 Each time is the best of ``--repeats`` runs, the two implementations interleaved, with
 ``--threads`` torch threads (1 by default: the machine is shared).
@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
-from common import header, markdown_table, write_result
 
+from benchmarks.common import header, markdown_table, time_calls, write_result
 from seqmix.core.mixers.probsparse import probsparse_attention
 from seqmix.kernels.rnn import N_GATES, gru_headwise, lstm_headwise, slstm_headwise
 from seqmix.kernels.scan import softmax_scan
@@ -25,22 +24,10 @@ from seqmix.kernels.scan import softmax_scan
 RNN_OPS = {"lstm": lstm_headwise, "gru": gru_headwise, "slstm": slstm_headwise}
 
 
-def best_time(run, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def compare(make_run, impls: tuple[str, str], repeats: int) -> tuple[float, float]:
-    """Best fwd+bwd seconds of the two impls, interleaved so that machine load hits both alike."""
-    times = {impl: float("inf") for impl in impls}
-    for _ in range(repeats):
-        for impl in impls:
-            times[impl] = min(times[impl], best_time(make_run(impl), 1))
-    return times[impls[0]], times[impls[1]]
+    """Best fwd+bwd seconds of the two impls, interleaved so that machine load hits both alike (no warm-up)."""
+    timings = time_calls({impl: make_run(impl) for impl in impls}, warmup=0, repeats=repeats)
+    return timings[impls[0]].min_s, timings[impls[1]].min_s
 
 
 def rnn_case(cell: str, b: int, t: int, h: int, k: int):

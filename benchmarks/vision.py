@@ -5,16 +5,16 @@ ViT(GLA), ViT(linear), and our MambaOut-Femto beside timm's own ``mambaout_femto
 
     # the targets: 30 minutes of training each, one after the other with the 2 cores each (BiFormer as
     # 2 data-parallel processes of 1 thread), each run also writing checkpoints/vision/<model>.ckpt
-    python benchmarks/vision.py --models 'BiFormer-T (scaled)' --ranks 2 --threads 1 --lr 1.5e-3 \
+    python -m benchmarks.vision --models 'BiFormer-T (scaled)' --ranks 2 --threads 1 --lr 1.5e-3 \
         --max-minutes 29.5 --save-checkpoints
-    python benchmarks/vision.py --models 'MambaOut-Femto (scaled)' --threads 2 --max-minutes 30 --save-checkpoints
+    python -m benchmarks.vision --models 'MambaOut-Femto (scaled)' --threads 2 --max-minutes 30 --save-checkpoints
     # the ViT rows, the cross-mixer comparison: 20 minutes each at 1 thread, one core each (taskset), two at a time
-    python benchmarks/vision.py --models 'ViT(softmax)' --max-minutes 20 --threads 1   # also 'ViT(GLA)', 'ViT(linear)'
+    python -m benchmarks.vision --models 'ViT(softmax)' --max-minutes 20 --threads 1   # also 'ViT(GLA)', 'ViT(linear)'
     # timm's mambaout_femto beside ours at the paper's configuration (sizes and throughput)
-    python benchmarks/vision.py --models 'MambaOut-Femto (ours, paper config)' 'timm mambaout_femto (paper config)' \
+    python -m benchmarks.vision --models 'MambaOut-Femto (ours, paper config)' 'timm mambaout_femto (paper config)' \
         --no-train --threads 1
     # a candidate architecture: its own row ('BiFormer-T (scaled) + pos_kernel=7') in a file of its own
-    python benchmarks/vision.py --models 'BiFormer-T (scaled)' --model-args '{"pos_kernel": 7}' --out vision_rejected ...
+    python -m benchmarks.vision --models 'BiFormer-T (scaled)' --model-args '{"pos_kernel": 7}' --out vision_rejected ...
 
 Training goes through the app's own classes (ImageDataModule, ImageClassifier, Lightning's
 Trainer) on the 55k training images (5k held out for validation), AdamW with a cosine that ends
@@ -33,9 +33,7 @@ import argparse
 import inspect
 import json
 import os
-import sys
 import threading
-import time
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -44,15 +42,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, atomic_write_text, command_line, cpu_model, git_commit, header,  # noqa: E402
-                    markdown_table, results_lock, save_figure, utc_now, write_result)
+from benchmarks.common import (RESULTS_DIR, Stopwatch, atomic_write_text, command_line, cpu_model, git_commit,
+                               header, markdown_table, results_lock, save_figure, time_call, utc_now, write_result)
 
-import seqmix.apps.vision  # noqa: E402,F401  (registers the timm models)
-from seqmix.apps.vision.biformer import TINY_28, BiFormer  # noqa: E402
-from seqmix.apps.vision.mambaout import FEMTO, FEMTO_28, MambaOut  # noqa: E402
-from seqmix.apps.vision.vit import ViT  # noqa: E402
-from seqmix.core.blocks import mixer_factory  # noqa: E402
+import seqmix.apps.vision  # noqa: F401  (registers the timm models)
+from seqmix.apps.vision.biformer import TINY_28, BiFormer
+from seqmix.apps.vision.mambaout import FEMTO, FEMTO_28, MambaOut
+from seqmix.apps.vision.vit import ViT
+from seqmix.core.blocks import mixer_factory
 
 SIZES = ("in_chans", "num_classes", "img_size")
 REPO = Path(__file__).resolve().parent.parent
@@ -172,15 +169,8 @@ def images_per_second(model: nn.Module, batch: int, train: bool, repeats: int, m
             with torch.no_grad():
                 model(x)
 
-    step()  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while n == 0 or time.perf_counter() - start < min_seconds:
-            step()
-            n += 1
-        best = max(best, n * batch / (time.perf_counter() - start))
-    return best
+    # one warm-up step, then the best of `repeats` runs of >= min_seconds each (seconds per step: their mean)
+    return batch / time_call(step, warmup=1, repeats=repeats, min_repeat_s=min_seconds).min_s
 
 
 class LoadMonitor:
@@ -236,10 +226,9 @@ def train_and_test(name: str, factory, args) -> dict:
     trainer = pl.Trainer(accelerator="cpu", devices=args.ranks, strategy="ddp_spawn" if args.ranks > 1 else "auto",
                          max_epochs=-1, max_time={"seconds": args.max_minutes * 60}, enable_checkpointing=False,
                          limit_val_batches=0, num_sanity_val_steps=0, callbacks=[StepCount()], **quiet)
-    start = time.perf_counter()
-    with LoadMonitor() as load:
+    with LoadMonitor() as load, Stopwatch() as watch:
         trainer.fit(model, datamodule=data)
-    minutes = (time.perf_counter() - start) / 60
+    minutes = watch.wall_s / 60
     # validation (the split any choice was made on) and test after the budget, in this process
     test_batches = 1.0 if args.test_limit is None else max(1, args.test_limit // args.batch_size)
     evaluator = pl.Trainer(accelerator="cpu", devices=1, limit_test_batches=test_batches, **quiet)

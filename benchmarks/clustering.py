@@ -1,9 +1,9 @@
 """pHDBSCAN against the hdbscan library, scikit-learn's HDBSCAN and fast_hdbscan.
 
-    python benchmarks/hdbscan.py                                  # blobs, n 10k/100k, d 16/64
-    python benchmarks/hdbscan.py --sizes 1000000 --methods phdbscan   # the 1M rows, added to the table
-    python benchmarks/hdbscan.py --embeddings runs/fraud/embeddings.npy   # fraud embeddings
-    python benchmarks/hdbscan.py --profile --sizes 100000 --dims 16   # pHDBSCAN alone, 1 thread: stages, k-NN recall
+    python -m benchmarks.clustering                                  # blobs, n 10k/100k, d 16/64
+    python -m benchmarks.clustering --sizes 1000000 --methods phdbscan   # the 1M rows, added to the table
+    python -m benchmarks.clustering --embeddings runs/fraud/embeddings.npy   # fraud embeddings
+    python -m benchmarks.clustering --profile --sizes 100000 --dims 16   # pHDBSCAN alone, 1 thread: stages, k-NN recall
 
 Every (method, data, n, d) run is its own subprocess (``--worker``) under a wall-clock cap:
 the parent records wall time of ``fit`` (imports, data generation and a warm-up fit on
@@ -18,6 +18,8 @@ hdbscan library's sense (neighbours, self excluded); scikit-learn counts the poi
 so it gets ``min_samples + 1`` (checked: identical labels on small blobs).
 Rows accumulate in ``benchmarks/results/hdbscan.json`` (one per run, with its commit and
 date) so the slow 1M rows can be added later; the markdown table is rebuilt from it.
+The results keep their names (``hdbscan.md``, ``hdbscan.json``, ``hdbscan_profile*.md``): this module was
+``benchmarks/hdbscan.py`` until its name shadowed the hdbscan library.
 """
 
 from __future__ import annotations
@@ -25,21 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-# This file is named hdbscan.py: take its folder off sys.path after importing `common`, so that
-# `import hdbscan` below finds the library, not this script.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE)] + [p for p in sys.path if Path(p or os.getcwd()).resolve() != _HERE]
-from common import REPO_ROOT, RESULTS_DIR, atomic_write_text, command_line, git_commit, header, markdown_table, utc_now, write_result  # noqa: E402
-
-sys.path.remove(str(_HERE))
+from benchmarks.common import (REPO_ROOT, RESULTS_DIR, Stopwatch, atomic_write_text, command_line, git_commit, header,
+                               markdown_table, utc_now, write_result)
 
 METHODS = ("phdbscan", "phdbscan_parts", "hdbscan", "sklearn", "fast_hdbscan")
 PARTS = 8  # partitions of the partitioned (out-of-core) mode
@@ -92,12 +87,6 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process, all its threads (not of worker processes it spawns)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def worker(args) -> None:
     """One timed fit in this process; prints one JSON line and saves the labels."""
     x, _ = make_data(args.source, args.n, args.d, args.seed)
@@ -105,9 +94,9 @@ def worker(args) -> None:
     make_model(args.method, args.min_cluster_size, args.min_samples, args.threads).fit(warm)
     rss_before = peak_rss_mib()
     model = make_model(args.method, args.min_cluster_size, args.min_samples, args.threads)
-    cpu_start, start = cpu_seconds(), time.perf_counter()
-    model.fit(x)
-    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    with Stopwatch() as watch:
+        model.fit(x)
+    wall, cpu = watch.wall_s, watch.cpu_s
     peak = peak_rss_mib()
     np.save(args.labels_out, np.asarray(model.labels_))
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_mib": peak, "before_fit_mib": rss_before,
@@ -119,13 +108,13 @@ def run_one(method: str, source: str, n: int, d: int, args, labels_path: Path) -
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
                OMP_WAIT_POLICY="PASSIVE")
-    command = [sys.executable, __file__, "--worker", "--method", method, "--source", source, "--n", str(n),
+    command = [sys.executable, "-m", "benchmarks.clustering", "--worker", "--method", method, "--source", source, "--n", str(n),
                "--d", str(d), "--seed", str(args.seed), "--min-cluster-size", str(args.min_cluster_size),
                "--min-samples", str(args.min_samples), "--threads", str(args.threads),
                "--labels-out", str(labels_path)]
     load = os.getloadavg()[0]  # others' jobs on this machine: their load stretches wall time
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.cap, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.cap, env=env, cwd=REPO_ROOT)
     except subprocess.TimeoutExpired:
         return {"status": f"did not finish (> {args.cap:.0f} s cap)", "load": load}
     if done.returncode != 0:
@@ -242,10 +231,10 @@ def profile(args, source: str, dims: list[int], sizes: list[int]) -> None:
                 _, truth = faiss.knn(x[sample], x, k + 1)  # the point itself included
                 variants = [("ivf", 3), ("ivf", 4), ("ivf", 6)] + ([("hnsw", 0)] if n <= 200_000 else [])
                 for kind, nprobe in variants:
-                    start = time.process_time()
-                    _, ids = knn(x, k, kind=kind, device="cpu", nlist=None, nprobe=max(nprobe, 1), hnsw_m=32,
-                                 seed=args.seed)
-                    cpu = time.process_time() - start
+                    with Stopwatch() as watch:
+                        _, ids = knn(x, k, kind=kind, device="cpu", nlist=None, nprobe=max(nprobe, 1), hnsw_m=32,
+                                     seed=args.seed)
+                    cpu = watch.cpu_s
                     found = np.concatenate([sample[:, None], ids[sample]], axis=1)  # [2000, k+1]
                     recall = np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, truth)]) / (k + 1)
                     knn_rows.append([tag, f"{n:,}", d, kind + (f", nprobe {nprobe}" if kind == "ivf" else ", M 32"),

@@ -8,7 +8,7 @@ README.md holds blocks like::
 
 so every number in the README is one a benchmark script wrote. Run after the benchmarks:
 
-    python benchmarks/update_readme.py
+    python -m benchmarks.update_docs
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 
-from common import REPO_ROOT, RESULTS_DIR, atomic_write_text
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, atomic_write_text
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
