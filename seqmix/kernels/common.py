@@ -1,9 +1,10 @@
-"""What every linear-recurrence op (linear attention, GLA, the delta rule) shares: input
-checks, the ``impl`` dispatch, the chunk layout of the chunked forms, and running a packed
-batch (``cu_seqlens``) one sequence at a time.
+"""What every op under ``seqmix/kernels/`` shares: the forms each op has and the sizes each
+form takes (:class:`KernelOp`, :class:`Limits`), the one ``impl`` rule (:func:`resolve_impl`,
+also behind ``Mixer.resolve_impl``), input checks, the chunk layout of the chunked forms,
+and running a packed batch (``cu_seqlens``) one sequence at a time.
 
-The ops all carry a matrix state ``S: [B, H, K, V]`` in fp32 (fp64 when given fp64)
-and read ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``.
+The linear-recurrence ops (linear attention, GLA, the delta rule) carry a matrix state
+``S: [B, H, K, V]`` in fp32 (fp64 when given fp64) and read ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,127 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from typing import Callable, Sequence
+import warnings
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMPLS: tuple[str, ...] = ("auto", "naive", "chunk", "triton")
+NO_SIZES: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The sizes one form of an op takes beyond "a positive int"; None / False: no such limit."""
+
+    chunk_sizes: tuple[int, ...] | None = None  # the only chunk sizes (tiles) it takes
+    chunk_power_of_two: bool = False  # chunk_size must be a power of two
+    max_head_dim: int | None = None  # the widest head (K or V) it holds on chip
+
+    def refusal(self, chunk_size: int | None, head_dims: Mapping[str, int]) -> str | None:
+        """The first size outside these limits with the allowed values, or None when all fit."""
+        if chunk_size is not None and self.chunk_sizes is not None and chunk_size not in self.chunk_sizes:
+            return f"chunk_size={chunk_size} (allowed: {', '.join(map(str, self.chunk_sizes))})"
+        if chunk_size is not None and self.chunk_power_of_two and chunk_size & (chunk_size - 1):
+            return f"chunk_size={chunk_size} (allowed: a power of two: 16, 32, 64, ...)"
+        for name, size in head_dims.items():
+            if self.max_head_dim is not None and size > self.max_head_dim:
+                return f"head dim {name} = {size} (allowed: up to {self.max_head_dim}; use more heads)"
+        return None
+
+
+@dataclass(frozen=True)
+class KernelOp:
+    """One op of ``seqmix/kernels/<package>/`` (declared in its ``limits.py``): the forms it has,
+    reference first, and the :class:`Limits` of each form that has some."""
+
+    package: str
+    impls: tuple[str, ...]
+    limits: Mapping[str, Limits] = field(default_factory=dict)
+
+    def refusal(self, impl: str, *, chunk_size: int | None = None,
+                head_dims: Mapping[str, int] = NO_SIZES) -> str | None:
+        """Why the form ``impl`` cannot take these sizes, or None when it can."""
+        limits = self.limits.get(impl)
+        reason = None if limits is None else limits.refusal(chunk_size, head_dims)
+        return None if reason is None else f"the {impl} form of {self.package} cannot take {reason}"
+
+    def check(self, owner: str, impl: str, *, chunk_size: int | None = None,
+              head_dims: Mapping[str, int] = NO_SIZES) -> str | None:
+        """Checks the sizes against every form ``impl`` may dispatch to (a mixer's ``__init__``, an
+        op's entry point): an explicit form, or ``"auto"``'s CPU form, that cannot take them is a
+        ValueError naming the size and the allowed values. Returns why ``"auto"`` cannot use the
+        Triton form on CUDA (None when it can), for :func:`resolve_impl`'s ``triton_refusal``."""
+        if chunk_size is not None:
+            check_chunk_size(owner, chunk_size)
+        reason = self.refusal(impl if impl != "auto" else fastest_cpu_impl(self.impls), chunk_size=chunk_size,
+                              head_dims=head_dims)
+        if reason is not None:
+            raise refused(owner, impl, reason)
+        return self.refusal("triton", chunk_size=chunk_size, head_dims=head_dims) if "triton" in self.impls else None
+
+    def resolve(self, owner: str, impl: str, x: Tensor, *, chunk_size: int | None = None,
+                head_dims: Mapping[str, int] = NO_SIZES) -> str:
+        """The form an op's entry point runs for ``x``: :meth:`check`, then :func:`resolve_impl`."""
+        refusal = self.check(owner, impl, chunk_size=chunk_size, head_dims=head_dims)
+        return resolve_impl(owner, impl, self.impls, cuda=x.is_cuda, triton_refusal=refusal)
+
+    def triton(self, function: str, x: Tensor) -> Callable[..., tuple[Tensor, object]]:
+        """The Triton form ``seqmix.kernels.<package>.triton.<function>``, imported lazily (importing
+        it imports triton, which reads ``TRITON_INTERPRET`` once)."""
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"impl='triton' needs CUDA tensors (got {x.device}); on the CPU set TRITON_INTERPRET=1 to run the "
+                "Triton interpreter, or use impl='chunk'"
+            )
+        return getattr(importlib.import_module(f"seqmix.kernels.{self.package}.triton"), function)
+
+
+def refused(owner: str, impl: str, reason: str) -> ValueError:
+    """The error for sizes that the form ``impl`` (or ``"auto"``'s CPU form) cannot take."""
+    fix = " or impl='chunk'" if impl == "triton" else ""
+    return ValueError(f"{owner}: impl={impl!r}: {reason}; choose an allowed value{fix}")
+
+
+def fastest_cpu_impl(impls: Sequence[str]) -> str:
+    """``"chunk"`` when present, else the last non-Triton form (the reference comes first)."""
+    cpu_impls = [i for i in impls if i != "triton"]
+    return "chunk" if "chunk" in cpu_impls else cpu_impls[-1]
+
+
+_SAID: set[str] = set()  # the auto-on-CUDA fallbacks already warned about (each is said once)
+
+
+def resolve_impl(owner: str, impl: str, impls: Sequence[str], *, cuda: bool,
+                 triton_refusal: str | None = None) -> str:
+    """The one rule for picking a form, for every op's entry point and ``Mixer.resolve_impl``.
+
+    ``impl`` is ``"auto"`` or one of ``impls`` (else a ValueError naming the choices). An explicit
+    form is itself, except ``"triton"`` when ``triton_refusal`` says the sizes do not fit it (a
+    ValueError). ``"auto"`` is ``"triton"`` on CUDA when ``impls`` has it and nothing refuses it,
+    else :func:`fastest_cpu_impl`; when a limit keeps it off Triton on CUDA it warns, once per
+    owner and limit.
+    """
+    allowed = ("auto", *impls)
+    if impl not in allowed:
+        raise ValueError(f"{owner}: impl={impl!r} is unknown; choose one of {allowed}")
+    if impl == "triton" and triton_refusal is not None:
+        raise refused(owner, impl, triton_refusal)
+    if impl != "auto":
+        return impl
+    if cuda and "triton" in impls:
+        if triton_refusal is None:
+            return "triton"
+        fallback = fastest_cpu_impl(impls)
+        message = f"{owner}: impl='auto' runs the {fallback} form on CUDA: {triton_refusal}"
+        if message not in _SAID:
+            _SAID.add(message)
+            warnings.warn(message, stacklevel=3)
+        return fallback
+    return fastest_cpu_impl(impls)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -106,36 +221,6 @@ def bmm(a: Tensor, b: Tensor, *, add_to: Tensor | None = None, alpha: float = 1.
         return torch.bmm(a3, b3).view(*a.shape[:-1], b.shape[-1])  # [..., M, N]
     add_to.view(-1, *add_to.shape[-2:]).baddbmm_(a3, b3, beta=beta, alpha=alpha)  # [batch, M, N], a view: in place
     return add_to
-
-
-def resolve_impl(op: str, impl: str, x: Tensor) -> str:
-    """``"auto"`` -> ``"triton"`` for CUDA tensors, ``"chunk"`` elsewhere; unknown names fail."""
-    if impl not in IMPLS:
-        raise ValueError(f"{op}: impl={impl!r} is unknown; choose one of {IMPLS}")
-    if impl == "auto":
-        return "triton" if x.is_cuda else "chunk"
-    return impl
-
-
-def load_triton(op_package: str, function: str, x: Tensor) -> Callable[..., tuple[Tensor, Tensor | None]]:
-    """The Triton form ``seqmix.kernels.<op_package>.triton.<function>``, imported lazily."""
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            f"impl='triton' needs CUDA tensors (got {x.device}); on the CPU set TRITON_INTERPRET=1 to run the "
-            "Triton interpreter, or use impl='chunk'"
-        )
-    module_name = f"seqmix.kernels.{op_package}.triton"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        raise ValueError(
-            f"impl='triton': {module_name} does not exist yet (no Triton kernel for this op); use impl='chunk'"
-        ) from None
-    if not hasattr(module, function):
-        raise ValueError(f"impl='triton': {module_name} has no function {function!r}")
-    return getattr(module, function)
 
 
 def per_sequence(

@@ -68,6 +68,7 @@ def test_sliding_window_attention_is_local():
     (lambda q, k, v: sliding_window_attention(q[:, :, :3], k, v, window=4, causal=False), "S == T"),
     (lambda q, k, v: sliding_window_attention(q, k, v, window=4, key_mask=torch.ones(2, 8)), "key_mask must be a bool"),
     (lambda q, k, v: sliding_window_attention(q, k, v, window=4, impl="flash"), "impl='flash' is unknown"),
+    (lambda q, k, v: sliding_window_attention(q, k, v, window=4, impl="triton"), r"impl='triton' is unknown; choose one of \('auto', 'naive', 'chunk'\)"),
 ])
 def test_sliding_window_attention_bad_inputs(call, message):
     q, k, v = (x.detach() for x in make_inputs(8, 8))

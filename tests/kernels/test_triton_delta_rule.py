@@ -55,5 +55,5 @@ def test_delta_rule_triton_packed_sequences(assert_rel_close):
 
 def test_delta_rule_triton_rejects_bad_chunk_size():
     q = torch.randn(1, 8, 1, 16)
-    with pytest.raises(ValueError, match="chunk_size must be 16, 32 or 64"):
+    with pytest.raises(ValueError, match=r"chunk_size=128 \(allowed: 16, 32, 64\)"):
         delta_rule_triton(q, q, q, torch.rand(1, 8, 1), chunk_size=128)

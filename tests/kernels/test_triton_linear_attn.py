@@ -71,7 +71,7 @@ def test_linear_attn_triton_without_final_state(assert_rel_close):
 
 def test_linear_attn_triton_rejects_bad_chunk_and_fp64():
     q = torch.randn(1, 8, 1, 16)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(ValueError, match=r"chunk_size=24 \(allowed: 16, 32, 64, 128\)"):
         linear_attn_triton(q, q, q, chunk_size=24)
     with pytest.raises(ValueError, match="fp64"):
         linear_attn_triton(q.double(), q.double(), q.double())

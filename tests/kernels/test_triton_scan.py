@@ -77,5 +77,5 @@ def test_softmax_scan_triton_empty_state_and_large_scores(assert_rel_close):
 
 def test_softmax_scan_triton_rejects_bad_chunk_size():
     s, v, _ = make_inputs(1, 8, 1, 16, with_state=False)
-    with pytest.raises(ValueError, match="chunk_size must be 16, 32, 64 or 128"):
+    with pytest.raises(ValueError, match=r"chunk_size=48 \(allowed: 16, 32, 64, 128\)"):
         softmax_scan_triton(s, v, chunk_size=48)

@@ -11,15 +11,11 @@ in constant memory, so Aaren trains like attention and runs like an RNN.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from seqmix.core.mixer import Mixer, State, register_mixer
-from seqmix.kernels.scan import empty_state, softmax_scan
-
-HAS_TRITON_SCAN = importlib.util.find_spec("seqmix.kernels.scan.triton") is not None
+from seqmix.kernels.scan import SCAN, empty_state, softmax_scan
 
 
 @register_mixer("aaren")
@@ -28,22 +24,22 @@ class Aaren(Mixer):
 
     Args:
         n_heads: heads (one learned query each); ``d_model`` divisible by it.
-        chunk_size: tokens per chunk of the chunked scan (``impl="chunk"``).
+        chunk_size: tokens per chunk of the chunked scan (Triton: 16 to 128).
     """
 
     paper = "Feng et al. 2024, Attention as an RNN"
     complexity = "O(T D) (parallel prefix scan)"
 
     patterns = frozenset({"causal_self"})
-    impls = ("naive", "chunk", "triton") if HAS_TRITON_SCAN else ("naive", "chunk")
+    impls = SCAN.impls
     recurrent = True
     test_configs = ({"n_heads": 2}, {"n_heads": 4, "chunk_size": 16})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  chunk_size: int = 64):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"Aaren: chunk_size must be a positive int (64 is a good default), got {chunk_size!r}")
+        self.triton_refusal = SCAN.check("Aaren", impl, chunk_size=chunk_size,
+                                         head_dims={"d_model / n_heads": self.head_dim})
         self.chunk_size = chunk_size
         self.query = nn.Parameter(torch.randn(n_heads, self.head_dim) / self.head_dim ** 0.5)  # [H, K]
         self.k = nn.Linear(d_model, d_model, bias=False)

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.core.layers import merge_heads, split_heads
+from seqmix.core.layers import depthwise_conv, merge_heads, split_heads
 from seqmix.core.mixer import Mixer, register_mixer
-from seqmix.core.mixers.gated_cnn import depthwise_conv
 
 
 @register_mixer("bra")

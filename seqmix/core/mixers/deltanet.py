@@ -10,8 +10,8 @@ Per head, with ``k_t`` L2-normalised and ``beta_t = sigmoid(W_beta x_t)`` in (0,
     S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1})        o_t = q_t S_t / sqrt(K)
 
 The kernel is ``seqmix.kernels.delta_rule.chunk_delta_rule``; the mixer's ``impl`` goes
-straight to it (``"naive"`` token by token, ``"chunk"`` the WY/UT form, ``"triton"`` once a
-kernel is registered). Recurrent: the state is ``(S: [B, H, K, V] fp32, conv cache)``.
+straight to it (``"naive"`` token by token, ``"chunk"`` the WY/UT form, ``"triton"`` the GPU
+kernel, whose chunk sizes and head dims are checked in ``__init__``). Recurrent: the state is ``(S: [B, H, K, V] fp32, conv cache)``.
 """
 
 from __future__ import annotations
@@ -19,68 +19,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from seqmix.core.layers import ShortConvolution
 from seqmix.core.mixer import Mixer, register_mixer
-from seqmix.kernels.delta_rule import chunk_delta_rule
+from seqmix.kernels.delta_rule import DELTA_RULE, chunk_delta_rule
 
 # (memory S [B, H, K, V] in fp32, short-conv cache [B, conv_size - 1, 3D] or None)
 DeltaState = tuple[Tensor, Tensor | None]
-
-
-class _ConvSiLU(torch.autograd.Function):
-    """``silu(sum_j padded[:, j : j + T] * weight[j])``: a causal depthwise conv and SiLU, fused.
-
-    Written out (a few multiply-adds over ``[B, T, C]``) because ``F.conv1d``'s depthwise
-    path on the CPU costs several times more, its backward most of all.
-    """
-
-    @staticmethod
-    def forward(ctx, padded: Tensor, weight: Tensor) -> Tensor:  # [B, size - 1 + T, C], [size, C]
-        size = weight.shape[0]
-        t = padded.shape[1] - size + 1
-        pre = padded[:, :t] * weight[0]  # [B, T, C]
-        for j in range(1, size):
-            pre.addcmul_(padded[:, j : j + t], weight[j])
-        ctx.save_for_backward(padded, weight, pre)
-        return F.silu(pre)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
-        padded, weight, pre = ctx.saved_tensors
-        size, t = weight.shape[0], grad.shape[1]
-        grad = torch.ops.aten.silu_backward(grad, pre)  # [B, T, C], gradient of the conv output
-        d_padded = torch.zeros_like(padded)
-        d_weight = torch.empty_like(weight)
-        product = torch.empty_like(grad)  # one buffer for the four products (fresh ones cost page faults)
-        for j in range(size):
-            d_padded[:, j : j + t].addcmul_(grad, weight[j])
-            torch.mul(grad, padded[:, j : j + t], out=product)
-            d_weight[j] = product.view(-1, product.shape[-1]).sum(0)  # a 2-D column sum is the fast one
-        return d_padded, d_weight
-
-
-class ShortConvolution(nn.Module):
-    """A causal depthwise convolution over time followed by SiLU, ``[B, T, C] -> [B, T, C]``.
-
-    The cache holds the last ``size - 1`` inputs, so a sequence run in pieces (or one
-    token at a time) gives the same result as one run over the whole sequence.
-    """
-
-    def __init__(self, channels: int, size: int):
-        super().__init__()
-        if not isinstance(size, int) or size < 2:
-            raise ValueError(f"ShortConvolution: size must be an int >= 2, got {size!r}")
-        self.size = size
-        self.weight = nn.Parameter(torch.empty(size, channels).uniform_(-size ** -0.5, size ** -0.5))  # [size, C]
-
-    def forward(self, x: Tensor, cache: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        b, _, c = x.shape
-        if cache is None:
-            cache = x.new_zeros(b, self.size - 1, c)
-        padded = torch.cat([cache.to(x.dtype), x], 1)  # [B, size - 1 + T, C]
-        return _ConvSiLU.apply(padded, self.weight.to(x.dtype)), padded[:, -(self.size - 1):]  # [B, T, C], cache
 
 
 @register_mixer("deltanet")
@@ -88,7 +33,7 @@ class DeltaNet(Mixer):
     """DeltaNet layer: q/k/v projections (+ short conv), SiLU, L2-norm q/k, sigmoid beta, delta rule."""
 
     patterns = frozenset({"causal_self"})
-    impls = ("naive", "chunk", "triton")
+    impls = DELTA_RULE.impls
     recurrent = True
     paper = ("Schlag et al. 2021 (fast weight programmers); Yang et al. 2024, "
              "Parallelizing Linear Transformers with the Delta Rule over Sequence Length")
@@ -98,8 +43,8 @@ class DeltaNet(Mixer):
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  conv_size: int | None = 4, gate: bool = False, chunk_size: int = 64, norm_eps: float = 1e-5):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"DeltaNet: chunk_size must be a positive int, got {chunk_size!r}")
+        self.triton_refusal = DELTA_RULE.check("DeltaNet", impl, chunk_size=chunk_size,
+                                               head_dims={"d_model / n_heads": self.head_dim})
         if conv_size is not None and (not isinstance(conv_size, int) or conv_size < 2):
             raise ValueError(f"DeltaNet: conv_size must be an int >= 2 or None (no short conv), got {conv_size!r}")
         self.chunk_size = chunk_size

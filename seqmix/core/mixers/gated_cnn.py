@@ -21,38 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqmix.core.layers import depthwise_conv
 from seqmix.core.mixer import Mixer, State, register_mixer
-
-
-def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor, *, causal: bool, impl: str,
-                   cache: Tensor | None = None) -> Tensor:
-    """Depthwise convolution along time (``x: [B, T, C]``, ``weight: [C, k]``) or over an image
-    (``x: [B, H, W, C]``, ``weight: [C, kh, kw]``), cross-correlation as in ``F.conv*``.
-
-    1-D causal: ``y_t = sum_j weight[:, j] x_{t - k + 1 + j}`` with ``cache: [B, k - 1, C]`` (or
-    zeros) before ``x_0``; otherwise zero padding of ``k // 2`` on each side (odd kernels).
-    """
-    if x.dim() == 3:
-        k = weight.shape[-1]
-        if causal:
-            past = cache if cache is not None else x.new_zeros(x.shape[0], k - 1, x.shape[2])
-            padded = torch.cat((past, x), 1)  # [B, k - 1 + T, C]
-        else:
-            padded = F.pad(x, (0, 0, k // 2, k // 2))  # [B, T + k - 1, C]
-        if impl == "naive":
-            windows = padded.unfold(1, k, 1)  # [B, T, C, k]
-            return (windows * weight).sum(-1) + bias
-        y = F.conv1d(padded.transpose(1, 2), weight[:, None], bias, groups=x.shape[2])  # [B, C, T]
-        return y.transpose(1, 2)  # [B, C, T] -> [B, T, C]
-    kh, kw = weight.shape[-2:]
-    if impl == "naive":
-        padded = F.pad(x, (0, 0, kw // 2, kw // 2, kh // 2, kh // 2))  # [B, H + kh - 1, W + kw - 1, C]
-        windows = padded.unfold(1, kh, 1).unfold(2, kw, 1)  # [B, H, W, C, kh, kw]
-        return (windows * weight).sum((-2, -1)) + bias
-    # the convolution pads itself: no padded copy of the image
-    image = x.permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
-    y = F.conv2d(image, weight[:, None], bias, padding=(kh // 2, kw // 2), groups=x.shape[3])  # [B, C, H, W]
-    return y.permute(0, 2, 3, 1)  # [B, C, H, W] -> [B, H, W, C]
 
 
 @register_mixer("gated_cnn")

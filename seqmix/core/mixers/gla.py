@@ -10,7 +10,7 @@ Transformers with Hardware-Efficient Training"), the paper's layer:
 Patterns: ``causal_self`` (the recurrence, chunked by :func:`seqmix.kernels.gla.chunk_gla`)
 and ``noncausal_self``: a forward scan plus a backward scan over the reversed sequence,
 the token itself counted once, with the same gates (a pair ``a < b`` is weighted by the
-gates of ``a+1 .. b`` both ways), see :func:`seqmix.core.mixers.linear.bidirectional`.
+gates of ``a+1 .. b`` both ways), see :func:`seqmix.core.layers.bidirectional`.
 No cross attention: the gates are a function of one sequence's positions.
 """
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from seqmix.core.layers import HeadNormGate, bidirectional
 from seqmix.core.mixer import Mixer, State, register_mixer
-from seqmix.core.mixers.linear import HeadNormGate, bidirectional
-from seqmix.kernels.gla import chunk_gla
+from seqmix.kernels.gla import GLA, chunk_gla
 
 
 @register_mixer("gla")
@@ -33,11 +33,11 @@ class GatedLinearAttention(Mixer):
         expand_k / expand_v: key / value widths over heads as multiples of ``d_model``.
         gate_low_rank_dim: rank of the gate projection ``W_2 W_1``.
         gate_logit_normalizer: divides ``logsigmoid``; larger = slower forgetting.
-        chunk_size: tokens per chunk of the chunked kernel (a power of two).
+        chunk_size: tokens per chunk of the chunked kernel (a power of two; Triton: 16 to 128).
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
-    impls = ("naive", "chunk", "triton")
+    impls = GLA.impls
     recurrent = True
     paper = "Yang et al. 2023, Gated Linear Attention Transformers with Hardware-Efficient Training"
     complexity = "O(T C D + T D K)"
@@ -62,8 +62,8 @@ class GatedLinearAttention(Mixer):
             raise ValueError(f"{name}: gate_low_rank_dim must be a positive int, got {gate_low_rank_dim!r}")
         if not gate_logit_normalizer > 0:
             raise ValueError(f"{name}: gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
-            raise ValueError(f"{name}: chunk_size must be a power of two (16, 32, 64, ...), got {chunk_size!r}")
+        head_dims = {"key_dim / n_heads": self.key_dim // n_heads, "value_dim / n_heads": self.value_dim // n_heads}
+        self.triton_refusal = GLA.check(name, impl, chunk_size=chunk_size, head_dims=head_dims)
         self.gate_logit_normalizer = gate_logit_normalizer
         self.chunk_size = chunk_size
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)

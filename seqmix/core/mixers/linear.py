@@ -6,8 +6,8 @@ no denominator, a norm on the output), RetNet's retention (Sun et al. 2023: fixe
     S_t = gamma * S_{t-1} + phi(k_t)^T v_t ,   o_t = phi(q_t) S_t / sqrt(K)
     y_t = W_o ( RMSNorm_head(o_t) * swish(W_r x_t) )
 
-Blocks -> mixer: :func:`bidirectional` and :class:`HeadNormGate` are shared with the GLA
-mixer (``gla.py``); :class:`LinearAttention` is the registered mixer.
+:class:`LinearAttention` is the registered mixer; its output path (:class:`HeadNormGate`) and
+non-causal form (:func:`bidirectional`) are shared with GLA from :mod:`seqmix.core.layers`.
 
 Patterns: ``causal_self`` (the recurrence, chunked), ``noncausal_self``: without decay
 the global form ``phi(q) (phi(K)^T V)``, with decay the bidirectional form (a forward and
@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqmix.core.layers import HeadNormGate, bidirectional
 from seqmix.core.mixer import Mixer, State, register_mixer
-from seqmix.kernels.linear_attn import linear_attn, linear_attn_global_chunk, linear_attn_global_naive
+from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn, linear_attn_global_chunk, linear_attn_global_naive
 
 FeatureMap = Literal["identity", "elu1", "silu"]
 Decay = Literal["none", "retnet", "learned"]
@@ -41,40 +42,6 @@ def retnet_log_decay(n_heads: int, device: torch.device | None = None) -> Tensor
     """RetNet's per-head decays, as logs: ``log(1 - 2^(-5 - h))`` for ``h = 0 .. H-1``."""
     h = torch.arange(n_heads, dtype=torch.float64, device=device)
     return torch.log1p(-(2.0 ** (-5.0 - h))).float()  # [H]
-
-
-def bidirectional(scan: Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], q: Tensor, k: Tensor,
-                  v: Tensor, g: Tensor | None) -> Tensor:
-    """Non-causal form of a causal scan ``o = scan(q, k, v, g)`` (``[B, T, H, *]``, scale K^-0.5).
-
-    A forward scan plus a scan over the reversed sequence, minus the token itself, which
-    both count. The backward scan takes the gate of the *next* token, so a pair ``a < b``
-    is weighted by the gates of ``a+1 .. b`` in both directions (symmetric).
-    """
-    forward = scan(q, k, v, g)
-    g_next = None if g is None else F.pad(g[:, 1:], (0, 0, 0, 0, 0, 1))  # [B, T, H, K], 0 after the end
-    flip = lambda x: None if x is None else x.flip(1)  # noqa: E731  (reverse time)
-    backward = scan(flip(q), flip(k), flip(v), flip(g_next)).flip(1)
-    itself = (q * k).sum(-1, keepdim=True) * v * q.shape[-1] ** -0.5  # [B, T, H, V]
-    return forward + backward - itself
-
-
-class HeadNormGate(nn.Module):
-    """The output path: per-head RMSNorm of ``o: [B, T, H, V]``, times ``swish(W_r x)`` when
-    gated (RetNet, GLA), then the output projection to ``d_model``."""
-
-    def __init__(self, d_model: int, n_heads: int, value_dim: int, *, gate: bool):
-        super().__init__()
-        self.norm = nn.RMSNorm(value_dim // n_heads)
-        self.gate = nn.Linear(d_model, value_dim, bias=False) if gate else None
-        self.out = nn.Linear(value_dim, d_model, bias=False)
-
-    def forward(self, o: Tensor, x: Tensor) -> Tensor:
-        b, t, h, dv = o.shape
-        y = self.norm(o).reshape(b, t, h * dv)  # [B, T, H, V] -> [B, T, H*V]
-        if self.gate is not None:
-            y = y * F.silu(self.gate(x))
-        return self.out(y)
 
 
 @register_mixer("linear_attention")
@@ -93,7 +60,7 @@ class LinearAttention(Mixer):
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
-    impls = ("naive", "chunk", "triton")
+    impls = LINEAR_ATTN.impls
     recurrent = True
     paper = ("Katharopoulos et al. 2020 (Transformers are RNNs); Qin et al. 2023-24 (TransNormerLLM, "
              "Lightning Attention-2); Sun et al. 2023 (RetNet)")
@@ -113,8 +80,8 @@ class LinearAttention(Mixer):
             raise ValueError(f"{name}: feature_map={feature_map!r} is unknown; choose one of {sorted(FEATURE_MAPS)}")
         if decay not in get_args(Decay):
             raise ValueError(f"{name}: decay={decay!r} is unknown; choose one of {list(get_args(Decay))}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"{name}: chunk_size must be a positive int, got {chunk_size!r}")
+        self.triton_refusal = LINEAR_ATTN.check(name, impl, chunk_size=chunk_size,
+                                                head_dims={"d_model / n_heads": self.head_dim})
         self.feature_map = feature_map
         self.decay = decay
         self.chunk_size = chunk_size

@@ -16,7 +16,6 @@ only in the cell.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import ClassVar
 
@@ -24,9 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from seqmix.core.mixer import Mixer, State, register_mixer
-from seqmix.kernels.rnn import N_GATES, N_STATES, gru_headwise, lstm_headwise, slstm_headwise, zero_state
-
-HAS_TRITON_RNN = importlib.util.find_spec("seqmix.kernels.rnn.triton") is not None
+from seqmix.kernels.rnn import N_GATES, N_STATES, RNN, gru_headwise, lstm_headwise, slstm_headwise, zero_state
 
 
 class HeadwiseRecurrence(nn.Module):
@@ -82,7 +79,7 @@ class HeadwiseRNN(Mixer):
 
     cell: ClassVar[str] = ""
     patterns = frozenset({"causal_self", "noncausal_self"})
-    impls = ("naive", "chunk", "triton") if HAS_TRITON_RNN else ("naive", "chunk")
+    impls = RNN.impls
     recurrent = True
     supports_mask = True  # masked tokens are skipped by the recurrence (``masked_forward``)
     test_configs = ({"n_heads": 2},)  # one config: the T = 4096 generic test runs 4096 steps per config
@@ -90,6 +87,7 @@ class HeadwiseRNN(Mixer):
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  bidirectional: bool | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        self.triton_refusal = RNN.check(type(self).__name__, impl, head_dims={"d_model / n_heads": self.head_dim})
         bidirectional = (not causal) if bidirectional is None else bidirectional
         if bidirectional and causal:
             raise ValueError(f"{type(self).__name__}: bidirectional=True reads the future, so it needs causal=False "

@@ -15,8 +15,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from seqmix.kernels.delta_rule.chunk import delta_rule_chunk
+from seqmix.kernels.delta_rule.limits import DELTA_RULE
 from seqmix.kernels.delta_rule.naive import delta_rule_naive
-from seqmix.kernels.common import load_triton, resolve_impl
 
 
 def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
@@ -31,14 +31,15 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: fl
     ``cu_seqlens: int [N+1]`` packs them along ``T`` (then ``B == 1`` and the state starts
     afresh at each boundary). Returns ``(o: [B, T, H, V], final_state or None)``.
     """
-    choice = resolve_impl("chunk_delta_rule", impl, q)
+    choice = DELTA_RULE.resolve("chunk_delta_rule", impl, q, chunk_size=chunk_size,
+                                head_dims={"K": q.shape[-1], "V": v.shape[-1]})
     arguments = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                      cu_seqlens=cu_seqlens)
     if choice == "naive":
         return delta_rule_naive(q, k, v, beta, **arguments)
     if choice == "chunk":
         return delta_rule_chunk(q, k, v, beta, chunk_size=chunk_size, **arguments)
-    return load_triton("delta_rule", "delta_rule_triton", q)(q, k, v, beta, chunk_size=chunk_size, **arguments)
+    return DELTA_RULE.triton("delta_rule_triton", q)(q, k, v, beta, chunk_size=chunk_size, **arguments)
 
 
-__all__ = ["chunk_delta_rule", "delta_rule_chunk", "delta_rule_naive"]
+__all__ = ["DELTA_RULE", "chunk_delta_rule", "delta_rule_chunk", "delta_rule_naive"]

@@ -29,7 +29,7 @@ import triton.language as tl
 from torch import Tensor
 
 from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs
-from seqmix.kernels.common import check_chunk_size
+from seqmix.kernels.delta_rule.limits import DELTA_RULE
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
 # few configs: these kernels are large, and every config is compiled when autotuning
@@ -254,11 +254,7 @@ def delta_rule_triton(
     op = "delta_rule_triton"
     scale = check_delta_rule_inputs(op, q, k, v, beta, scale=scale, initial_state=initial_state,
                                     cu_seqlens=cu_seqlens)
-    check_chunk_size(op, chunk_size)
-    if chunk_size not in (16, 32, 64):
-        raise ValueError(f"{op}: chunk_size must be 16, 32 or 64 (the tile of the on-chip inverse), got {chunk_size}")
-    if q.shape[-1] > 256 or v.shape[-1] > 256:
-        raise ValueError(f"{op}: head dims up to 256 are supported, got K={q.shape[-1]}, V={v.shape[-1]}")
+    DELTA_RULE.check(op, "triton", chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
     device = check_tensors(op, q, k, v, beta, initial_state)
     if q.dtype == torch.float64:
         raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")

@@ -14,10 +14,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from seqmix.kernels.gla.chunk import gla_chunk
+from seqmix.kernels.gla.limits import GLA
 from seqmix.kernels.gla.naive import gla_naive
-from seqmix.kernels.common import load_triton, resolve_impl
 
-__all__ = ["chunk_gla", "gla_chunk", "gla_naive"]
+__all__ = ["GLA", "chunk_gla", "gla_chunk", "gla_naive"]
 
 
 def chunk_gla(
@@ -49,11 +49,11 @@ def chunk_gla(
     Returns:
         ``o: [B, T, H, V]`` in the dtype of q, and the final state or None.
     """
-    choice = resolve_impl("chunk_gla", impl, q)
+    choice = GLA.resolve("chunk_gla", impl, q, chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
     arguments = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                      cu_seqlens=cu_seqlens)
     if choice == "naive":
         return gla_naive(q, k, v, g, **arguments)
     if choice == "chunk":
         return gla_chunk(q, k, v, g, chunk_size=chunk_size, **arguments)
-    return load_triton("gla", "gla_triton", q)(q, k, v, g, chunk_size=chunk_size, **arguments)
+    return GLA.triton("gla_triton", q)(q, k, v, g, chunk_size=chunk_size, **arguments)

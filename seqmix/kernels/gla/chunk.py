@@ -37,13 +37,12 @@ from torch import Tensor
 
 from seqmix.kernels.gla.naive import check_gla_inputs
 from seqmix.kernels.linear_attn.chunk import scan_chunks
-from seqmix.kernels.common import check_chunk_size, compute_dtype, from_chunks, per_sequence, to_chunks
+from seqmix.kernels.common import compute_dtype, from_chunks, per_sequence, to_chunks
+from seqmix.kernels.gla.limits import GLA
 
 
 def chunk_length(chunk_size: int, t: int) -> int:
-    """``chunk_size``, or for a short sequence the smallest power of two that holds it."""
-    if chunk_size & (chunk_size - 1):
-        raise ValueError(f"gla_chunk: chunk_size must be a power of two (16, 32, 64, ...), got {chunk_size}")
+    """``chunk_size`` (a power of two), or for a short sequence the smallest power of two that holds it."""
     return min(chunk_size, 1 << (t - 1).bit_length())
 
 
@@ -68,7 +67,7 @@ def gla_chunk(
 ) -> tuple[Tensor, Tensor | None]:
     """Same contract as :func:`seqmix.kernels.gla.naive.gla_naive`, chunked and stable."""
     check_gla_inputs("gla_chunk", q, k, v, g, initial_state, cu_seqlens)
-    check_chunk_size("gla_chunk", chunk_size)
+    GLA.check("gla_chunk", "chunk", chunk_size=chunk_size)
     dtype = compute_dtype(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
 

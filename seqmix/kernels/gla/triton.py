@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from seqmix.kernels.gla.limits import GLA
 from seqmix.kernels.gla.naive import check_gla_inputs
-from seqmix.kernels.common import check_chunk_size
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
 BC = 16  # the secondary (sub-)chunk: rows whose pairwise gates are computed exactly
@@ -335,12 +335,7 @@ def gla_triton(
     """
     op = "gla_triton"
     check_gla_inputs(op, q, k, v, g, initial_state, cu_seqlens)
-    check_chunk_size(op, chunk_size)
-    if chunk_size not in (16, 32, 64, 128):
-        raise ValueError(f"{op}: chunk_size must be 16, 32, 64 or 128 (a multiple of the 16-row sub-chunk), "
-                         f"got {chunk_size}")
-    if q.shape[-1] > 256 or v.shape[-1] > 256:
-        raise ValueError(f"{op}: head dims up to 256 are supported, got K={q.shape[-1]}, V={v.shape[-1]}")
+    GLA.check(op, "triton", chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
     device = check_tensors(op, q, k, v, g, initial_state)
     if q.dtype == torch.float64:
         raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")

@@ -14,10 +14,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from seqmix.kernels.linear_attn.chunk import linear_attn_chunk, linear_attn_global_chunk
-from seqmix.kernels.common import load_triton, resolve_impl
+from seqmix.kernels.linear_attn.limits import LINEAR_ATTN
 from seqmix.kernels.linear_attn.naive import linear_attn_global_naive, linear_attn_naive
 
 __all__ = [
+    "LINEAR_ATTN",
     "linear_attn",
     "linear_attn_chunk",
     "linear_attn_global_chunk",
@@ -55,11 +56,12 @@ def linear_attn(
     Returns:
         ``o: [B, T, H, V]`` in the dtype of q, and the final state or None.
     """
-    choice = resolve_impl("linear_attn", impl, q)
+    choice = LINEAR_ATTN.resolve("linear_attn", impl, q, chunk_size=chunk_size,
+                                 head_dims={"K": q.shape[-1], "V": v.shape[-1]})
     arguments = dict(decay=decay, scale=scale, initial_state=initial_state,
                      output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     if choice == "naive":
         return linear_attn_naive(q, k, v, **arguments)
     if choice == "chunk":
         return linear_attn_chunk(q, k, v, chunk_size=chunk_size, **arguments)
-    return load_triton("linear_attn", "linear_attn_triton", q)(q, k, v, chunk_size=chunk_size, **arguments)
+    return LINEAR_ATTN.triton("linear_attn_triton", q)(q, k, v, chunk_size=chunk_size, **arguments)

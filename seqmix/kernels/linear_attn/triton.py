@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from seqmix.kernels.common import check_chunk_size
+from seqmix.kernels.linear_attn.limits import LINEAR_ATTN
 from seqmix.kernels.linear_attn.naive import check_linear_attn_inputs
 from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
 
@@ -244,16 +244,12 @@ def linear_attn_triton(
 
     ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]`` (fp32/bf16/fp16, on CUDA, or on the CPU under
     ``TRITON_INTERPRET=1``); ``decay: [H]``; ``initial_state: [N, H, K, V]``. Head dims up
-    to 256. ``chunk_size`` (a power of two >= 16) is the tile BT. Returns ``o: [B, T, H, V]``
+    to 256. ``chunk_size`` (16, 32, 64 or 128) is the tile BT (``limits.py``). Returns ``o: [B, T, H, V]``
     in q's dtype and the fp32 final state ``[N, H, K, V]`` or None.
     """
     op = "linear_attn_triton"
     check_linear_attn_inputs(op, q, k, v, decay, initial_state, cu_seqlens)
-    check_chunk_size(op, chunk_size)
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"{op}: chunk_size must be a power of two >= 16 for tl.dot tiles, got {chunk_size}")
-    if q.shape[-1] > 256 or v.shape[-1] > 256:
-        raise ValueError(f"{op}: head dims up to 256 are supported, got K={q.shape[-1]}, V={v.shape[-1]}")
+    LINEAR_ATTN.check(op, "triton", chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
     device = check_tensors(op, q, k, v, decay, initial_state)
     if q.dtype == torch.float64:
         raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")

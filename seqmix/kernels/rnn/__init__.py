@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.rnn.chunk import gru_chunk, lstm_chunk, slstm_chunk
+from seqmix.kernels.rnn.limits import RNN
 from seqmix.kernels.rnn.naive import (
     N_GATES,
     N_STATES,
@@ -40,6 +40,7 @@ from seqmix.kernels.rnn.naive import (
 
 __all__ = [
     "N_GATES",
+    "RNN",
     "N_STATES",
     "RNNState",
     "gru_chunk",
@@ -58,34 +59,34 @@ __all__ = [
 def lstm_headwise(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
                   output_final_state: bool = False, impl: str = "auto") -> tuple[Tensor, RNNState | None]:
     """Head-wise LSTM over ``gates_x: [B, T, H, 4, K]`` with ``R: [H, K, 4, K]``; see the module docstring."""
-    choice = resolve_impl("lstm_headwise", impl, gates_x)
+    choice = RNN.resolve("lstm_headwise", impl, gates_x, head_dims={"K": gates_x.shape[-1]})
     arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
     if choice == "naive":
         return lstm_naive(gates_x, R, **arguments)
     if choice == "chunk":
         return lstm_chunk(gates_x, R, **arguments)
-    return load_triton("rnn", "lstm_triton", gates_x)(gates_x, R, **arguments)
+    return RNN.triton("lstm_triton", gates_x)(gates_x, R, **arguments)
 
 
 def gru_headwise(gates_x: Tensor, R: Tensor, bias_n: Tensor, *, initial_state: RNNState | None = None,
                  output_final_state: bool = False, impl: str = "auto") -> tuple[Tensor, RNNState | None]:
     """Head-wise GRU over ``gates_x: [B, T, H, 3, K]`` with ``R: [H, K, 3, K]``, ``bias_n: [H, K]``."""
-    choice = resolve_impl("gru_headwise", impl, gates_x)
+    choice = RNN.resolve("gru_headwise", impl, gates_x, head_dims={"K": gates_x.shape[-1]})
     arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
     if choice == "naive":
         return gru_naive(gates_x, R, bias_n, **arguments)
     if choice == "chunk":
         return gru_chunk(gates_x, R, bias_n, **arguments)
-    return load_triton("rnn", "gru_triton", gates_x)(gates_x, R, bias_n, **arguments)
+    return RNN.triton("gru_triton", gates_x)(gates_x, R, bias_n, **arguments)
 
 
 def slstm_headwise(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
                    output_final_state: bool = False, impl: str = "auto") -> tuple[Tensor, RNNState | None]:
     """Head-wise sLSTM over ``gates_x: [B, T, H, 4, K]`` with ``R: [H, K, 4, K]``; see the module docstring."""
-    choice = resolve_impl("slstm_headwise", impl, gates_x)
+    choice = RNN.resolve("slstm_headwise", impl, gates_x, head_dims={"K": gates_x.shape[-1]})
     arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
     if choice == "naive":
         return slstm_naive(gates_x, R, **arguments)
     if choice == "chunk":
         return slstm_chunk(gates_x, R, **arguments)
-    return load_triton("rnn", "slstm_triton", gates_x)(gates_x, R, **arguments)
+    return RNN.triton("slstm_triton", gates_x)(gates_x, R, **arguments)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from seqmix.kernels.rnn.limits import RNN
 from seqmix.kernels.rnn.naive import RNNState, check_rnn_inputs
 from seqmix.kernels.triton_utils import block_size, check_tensors, new_output
 
@@ -459,8 +460,7 @@ def _check(cell: str, gates_x: Tensor, R: Tensor, initial_state: RNNState | None
     check_tensors(op, gates_x, R, bias_n, *(initial_state or ()))
     if gates_x.dtype == torch.float64:
         raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")
-    if gates_x.shape[-1] > 256:
-        raise ValueError(f"{op}: head dims up to 256 are supported, got K={gates_x.shape[-1]}")
+    RNN.check(op, "triton", head_dims={"K": gates_x.shape[-1]})
     state = None if initial_state is None else tuple(s.float().contiguous() for s in initial_state)
     return gates_x.contiguous(), R.to(gates_x.dtype).contiguous(), state
 

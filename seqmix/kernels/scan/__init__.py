@@ -23,20 +23,20 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.scan.chunk import softmax_scan_chunk
+from seqmix.kernels.scan.limits import SCAN
 from seqmix.kernels.scan.naive import ScanState, combine, empty_state, softmax_scan_naive
 
-__all__ = ["ScanState", "combine", "empty_state", "softmax_scan", "softmax_scan_chunk", "softmax_scan_naive"]
+__all__ = ["SCAN", "ScanState", "combine", "empty_state", "softmax_scan", "softmax_scan_chunk", "softmax_scan_naive"]
 
 
 def softmax_scan(s: Tensor, v: Tensor, *, initial_state: ScanState | None = None, output_final_state: bool = False,
                  chunk_size: int = 64, impl: str = "auto") -> tuple[Tensor, ScanState | None]:
     """Causal softmax attention of one query per head over every prefix; see the module docstring."""
-    choice = resolve_impl("softmax_scan", impl, v)
+    choice = SCAN.resolve("softmax_scan", impl, v, chunk_size=chunk_size, head_dims={"V": v.shape[-1]})
     arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
     if choice == "naive":
         return softmax_scan_naive(s, v, **arguments)
     if choice == "chunk":
         return softmax_scan_chunk(s, v, chunk_size=chunk_size, **arguments)
-    return load_triton("scan", "softmax_scan_triton", v)(s, v, chunk_size=chunk_size, **arguments)
+    return SCAN.triton("softmax_scan_triton", v)(s, v, chunk_size=chunk_size, **arguments)

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from seqmix.kernels.scan.limits import SCAN
 from seqmix.kernels.scan.naive import ScanState, check_scan_inputs
 from seqmix.kernels.triton_utils import autotune, check_tensors, new_output
 
@@ -218,10 +219,7 @@ def softmax_scan_triton(s: Tensor, v: Tensor, *, initial_state: ScanState | None
     """
     op = "softmax_scan_triton"
     check_scan_inputs(op, s, v, initial_state)
-    if chunk_size not in (16, 32, 64, 128):
-        raise ValueError(f"{op}: chunk_size must be 16, 32, 64 or 128 (the tl.dot tile), got {chunk_size!r}")
-    if v.shape[-1] > 256:
-        raise ValueError(f"{op}: value dims up to 256 are supported, got V={v.shape[-1]}")
+    SCAN.check(op, "triton", chunk_size=chunk_size, head_dims={"V": v.shape[-1]})
     m0, u0, w0 = initial_state if initial_state is not None else (None, None, None)
     check_tensors(op, s, v, m0, u0, w0)
     if v.dtype == torch.float64:

@@ -3,10 +3,8 @@
 ``sliding_window_attention`` is the public entry point; ``impl`` picks the form:
 
 - ``"naive"``: the quadratic reference ``seqmix.kernels.attention.attention_naive(..., window=w)``;
-- ``"chunk"``: the blocked O(T * window) form in PyTorch (``chunk.py``), the CPU fast path;
-- ``"triton"``: ``seqmix.kernels.sliding_window.triton.sliding_window_triton`` (same arguments
-  as ``sliding_window_chunk``), imported only when asked for;
-- ``"auto"``: ``"triton"`` for CUDA tensors, ``"chunk"`` elsewhere.
+- ``"chunk"``: the blocked O(T * window) form in PyTorch (``chunk.py``), the fast path;
+- ``"auto"``: ``"chunk"`` on every device (there is no Triton form yet, ``limits.py``).
 
 Layout ``[B, H, T, K]`` like every softmax-family kernel in ``seqmix.kernels.attention``.
 """
@@ -16,8 +14,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from seqmix.kernels.attention import attention_naive
-from seqmix.kernels.common import load_triton, resolve_impl
 from seqmix.kernels.sliding_window.chunk import check_sliding_window_inputs, sliding_window_chunk
+from seqmix.kernels.sliding_window.limits import SLIDING_WINDOW
 
 
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool = True,
@@ -31,13 +29,12 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     within ``window // 2`` on either side. ``key_mask: [B, S]`` bool, True = attend;
     ``scale`` defaults to ``K ** -0.5``.
     """
-    choice = resolve_impl("sliding_window_attention", impl, q)
+    choice = SLIDING_WINDOW.resolve("sliding_window_attention", impl, q)
     if choice == "naive":
         check_sliding_window_inputs("sliding_window_attention", q, k, v, window=window, causal=causal,
                                     key_mask=key_mask)
         return attention_naive(q, k, v, causal=causal, scale=scale, window=window, key_mask=key_mask)
-    fn = sliding_window_chunk if choice == "chunk" else load_triton("sliding_window", "sliding_window_triton", q)
-    return fn(q, k, v, window=window, causal=causal, scale=scale, key_mask=key_mask)
+    return sliding_window_chunk(q, k, v, window=window, causal=causal, scale=scale, key_mask=key_mask)
 
 
-__all__ = ["sliding_window_attention", "sliding_window_chunk"]
+__all__ = ["SLIDING_WINDOW", "sliding_window_attention", "sliding_window_chunk"]
