@@ -7,6 +7,8 @@ A mixer maps ``x: [B, T, D] -> y: [B, T, D]``. Each subclass declares
   (``"naive"``); ``impl="auto"`` picks the fast one for the tensor's device;
 - ``recurrent``: whether its state has a constant size (the linear family, RNNs, a
   sliding window); attention mixers step too, with a growing KV cache (:class:`KVCache`);
+  ``step_matches_forward``: whether ``step`` token by token equals ``forward`` (True but for
+  ProbSparse, whose query selection needs the whole sequence);
 - ``test_configs``: tiny constructor arguments for the generic tests
   (``tests/core/test_mixers_generic.py``), so registering a mixer adds its tests;
   ``test_dtypes``: the dtypes it claims to run in (fp32 and bf16 unless it says less);
@@ -89,6 +91,7 @@ class Mixer(nn.Module):
     patterns: ClassVar[frozenset[str]] = frozenset()
     impls: ClassVar[tuple[str, ...]] = ("naive",)
     recurrent: ClassVar[bool] = False
+    step_matches_forward: ClassVar[bool] = True  # False: its step is another computation (ProbSparse's)
     supports_mask: ClassVar[bool] = False
     test_configs: ClassVar[Sequence[Mapping[str, object]]] = ({},)
     test_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.bfloat16)
@@ -134,18 +137,17 @@ class Mixer(nn.Module):
         self._impl = value
 
     def resolve_impl(self, x: Tensor) -> str:
-        """The implementation used for ``x``, by the one rule of :func:`seqmix.kernels.common.resolve_impl`:
-        ``impl`` unless it is ``"auto"``, which is ``"triton"`` on CUDA tensors when the mixer has a
-        Triton kernel that takes its sizes, else the fastest CPU form (``"chunk"`` when present, then
-        the last non-Triton impl), with a warning, once, when a kernel limit kept it off Triton.
+        """The implementation used for ``x``: ``impl`` unless it is ``"auto"``.
 
-        A Triton-backed mixer sets ``self.triton_refusal`` in ``__init__`` from its op's
-        ``KernelOp.check`` (why its sizes do not fit the Triton kernel, or None).
+        ``"auto"`` is ``"triton"`` on CUDA tensors when the mixer has a Triton kernel, else
+        the fastest CPU form: ``"chunk"`` when present, then the last non-Triton impl.
         """
-        from seqmix.kernels.common import resolve_impl  # the rule the kernels' entry points use too
-
-        refusal = self.triton_refusal if "triton" in self.impls else None
-        return resolve_impl(type(self).__name__, self._impl, self.impls, cuda=x.is_cuda, triton_refusal=refusal)
+        if self._impl != "auto":
+            return self._impl
+        if x.is_cuda and "triton" in self.impls:
+            return "triton"
+        cpu_impls = [i for i in self.impls if i != "triton"]
+        return "chunk" if "chunk" in cpu_impls else cpu_impls[-1]
 
     # --------------------------------------------------------------- forward
     def forward(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seqmix.core import build_mixer, get_mixer_class, list_mixers
+from seqmix.core.mixer import ContextCache, KVCache
 
 D_MODEL = 32
 B = 2
@@ -89,7 +90,22 @@ def test_causality(name, cfg):
 
 
 # 3. pieces: whole == two halves with the state carried == step by step --------------------
-@pytest.mark.parametrize("name,cfg", [c for c in CASES if get_mixer_class(c.values[0]).recurrent])
+def _stepping(name):
+    """Mixers whose step equals their forward (every causal mixer but ProbSparse: test_probsparse.py)."""
+    cls = get_mixer_class(name)
+    return "causal_self" in cls.patterns and cls.step_matches_forward
+
+
+def _step_through(mixer, x, state):
+    """``x: [B, T, D]`` one token at a time from ``state``: ``([B, T, D], final state)``."""
+    steps = []
+    for i in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, i], state)
+        steps.append(y_t)
+    return (torch.stack(steps, 1) if steps else x.new_zeros(x.shape)), state
+
+
+@pytest.mark.parametrize("name,cfg", [c for c in CASES if _stepping(c.values[0])])
 def test_pieces_and_step(name, cfg, assert_rel_close):
     t, cut = 63, 29
     mixer = _build(name, cfg, "causal_self").eval()
@@ -103,13 +119,66 @@ def test_pieces_and_step(name, cfg, assert_rel_close):
             assert_rel_close(torch.cat([y1, y2], 1), y_whole, 1e-5, f"{name} impl={impl} two pieces")
             y0 = mixer(x, state=mixer.init_state(B, x.device, x.dtype))
             assert_rel_close(y0, y_whole, 1e-5, f"{name} impl={impl} explicit initial state")
-        state = mixer.init_state(B, x.device, x.dtype)
-        steps = []
-        for i in range(t):
-            y_t, state = mixer.step(x[:, i], state)
-            steps.append(y_t)
-        assert_rel_close(torch.stack(steps, 1), y_whole, 1e-5, f"{name} step by step")
-    assert mixer.state_size(t) == mixer.state_size(2 * t), f"{name}: a recurrent state must not grow with T"
+        y_steps, _ = _step_through(mixer, x, mixer.init_state(B, x.device, x.dtype))
+        assert_rel_close(y_steps, y_whole, 1e-5, f"{name} step by step")
+    if mixer.recurrent:
+        assert mixer.state_size(t) == mixer.state_size(2 * t), f"{name}: a recurrent state must not grow with T"
+    else:
+        assert mixer.state_size(2 * t) > mixer.state_size(t), f"{name}: a KV cache grows with T"
+
+
+@pytest.mark.parametrize("name,cfg", [c for c in CASES if _stepping(c.values[0])])
+@pytest.mark.parametrize("t", [1, 7, 13])
+def test_step_equals_forward(name, cfg, t, assert_rel_close):
+    """Token by token from init_state, and a prompt prefilled by one forward then stepped, equal forward."""
+    mixer = _build(name, cfg, "causal_self").eval()
+    x, _ = _inputs(t, "causal_self")
+    cut = (t + 1) // 2
+    with torch.no_grad():
+        y = mixer(x)
+        y_steps, state = _step_through(mixer, x, mixer.init_state(B, x.device, x.dtype))
+        assert_rel_close(y_steps, y, 1e-5, f"{name} T={t} step by step")
+        y_prompt, prefilled = mixer(x[:, :cut], return_state=True)
+        y_rest, _ = _step_through(mixer, x[:, cut:], prefilled)
+        assert_rel_close(torch.cat([y_prompt, y_rest], 1), y, 1e-5, f"{name} T={t} prefill {cut} then step")
+    if isinstance(state, KVCache):  # the cache holds what state_size says: a key and a value per token
+        assert 2 * state.keys[0].numel() == mixer.state_size(t), f"{name}: state_size({t}) is not the cache's size"
+
+
+@pytest.mark.parametrize("name,cfg", [c for c in CASES if "noncausal_cross" in _patterns(c.values[0])
+                                      and get_mixer_class(c.values[0]).step_matches_forward])
+@pytest.mark.parametrize("t", [1, 7, 13])
+def test_cross_step_equals_forward(name, cfg, t, assert_rel_close):
+    """Cross attention steps over the context projected once in init_state (its padding mask kept there)."""
+    mixer = _build(name, cfg, "noncausal_cross").eval()
+    x, _ = _inputs(t, "noncausal_cross")
+    context, _ = _inputs(11, "causal_self", seed=2)
+    mask = None
+    if mixer.supports_mask:
+        mask = torch.ones(B, 11, dtype=torch.bool)
+        mask[1, 8:] = False  # the second context is padded
+    with torch.no_grad():
+        y = mixer(x, context=context, mask=mask)
+        state = mixer.init_state(B, x.device, x.dtype, context=context, context_mask=mask)
+        assert isinstance(state, ContextCache)
+        y_steps, _ = _step_through(mixer, x, state)
+        assert_rel_close(y_steps, y, 1e-5, f"{name} T={t} cross step by step")
+        y_prefill, returned = mixer(x, context=context, mask=mask, return_state=True)
+        assert_rel_close(mixer(x, state=returned), y, 1e-5, f"{name} T={t} forward over the returned context state")
+
+
+@pytest.mark.parametrize("name,cfg", CASES)
+def test_empty_batch(name, cfg):
+    """A batch of zero sequences gives an empty output (and state) in every pattern, never an error."""
+    for pattern in _patterns(name):
+        mixer = _build(name, cfg, pattern)
+        x, context = _inputs(5, pattern)
+        x, context = x[:0], None if context is None else context[:0]  # [0, 5, D]
+        assert mixer(x, context=context).shape == (0, 5, D_MODEL), f"{name} {pattern}"
+        if pattern == "causal_self":
+            y, state = mixer(x, return_state=True)
+            y_t, _ = mixer.step(x[:, 0], state)
+            assert y.shape == (0, 5, D_MODEL) and y_t.shape == (0, D_MODEL), f"{name}: empty state or step"
 
 
 # 4. every implementation equals the naive reference, outputs and all gradients -----------
@@ -203,6 +272,29 @@ def test_unsupported_pattern_is_a_clear_error(name):
                 x = torch.randn(1, 4, D_MODEL)
                 with pytest.raises(ValueError, match=f"pattern '{pattern}' is not supported"):
                     mixer(x, context=x if cross else None)
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_step_errors_name_the_problem(name):
+    """A mixer without a causal self pattern cannot step or carry a state, and says why."""
+    cls = get_mixer_class(name)
+    if "noncausal_self" not in cls.patterns:
+        return
+    mixer = _build(name, dict(cls.test_configs[0]), "noncausal_self")
+    with pytest.raises(ValueError, match="needs causal=True"):
+        mixer(torch.randn(1, 4, D_MODEL), return_state=True)
+    with pytest.raises(ValueError, match="step needs causal=True"):
+        mixer.step(torch.randn(1, D_MODEL), None)
+
+
+def test_causal_cross_step_is_refused():
+    mixer = build_mixer("softmax", D_MODEL, n_heads=2, causal=True)
+    context = torch.randn(1, 5, D_MODEL)
+    state = mixer.init_state(1, context=context)
+    with pytest.raises(ValueError, match="step cross attention with causal=False"):
+        mixer.step(torch.randn(1, D_MODEL), state)
+    with pytest.raises(ValueError, match="already holds the context"):
+        mixer(torch.randn(1, 2, D_MODEL), context=context, state=state)
 
 
 @pytest.mark.parametrize("name", list_mixers())

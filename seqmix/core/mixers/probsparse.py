@@ -174,6 +174,7 @@ class ProbSparseAttention(CachedAttention):
 
     patterns = frozenset({"causal_self", "noncausal_self", "noncausal_cross"})
     impls = ("naive", "sparse")
+    step_matches_forward = False  # step attends fully with the newest query (see the module docstring)
     test_configs = ({"n_heads": 2, "factor": 1}, {"n_heads": 4, "factor": 2, "seed": 7})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
