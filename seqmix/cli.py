@@ -44,24 +44,49 @@ def load_app(name: str):
 
 
 def print_mixers() -> None:
-    """The registry as a table: name, patterns, recurrent, impls, state floats per sequence."""
+    """The registry as a table: name, class, patterns, recurrent, impls, state floats per sequence, and where
+    each mixer lives: its module, the kernel ops it calls (``seqmix/kernels/<op>/``: naive.py is the
+    reference) and its own test files (every mixer also passes tests/core/test_mixers_generic.py).
+    The last two are read from the code, not typed: the ``seqmix.kernels.<op>`` packages the mixer's module
+    imports, and the tests named after its module (tests/core/test_<module>.py) or its ops
+    (tests/kernels/test_<op>.py, test_triton_<op>.py)."""
+    import ast
+    import inspect
+
     from rich.console import Console
     from rich.table import Table
 
     from seqmix.core import get_mixer_class, list_mixers
     from seqmix.core.mixer import build_reference_mixer
 
+    def kernel_ops(module_file: str) -> list[str]:
+        tree = ast.parse(Path(module_file).read_text())
+        modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        return sorted({m.split(".")[2] for m in modules if m.startswith("seqmix.kernels.") and m.count(".") >= 2})
+
+    def test_files(module_stem: str, ops: list[str]) -> list[str]:
+        tests = REPO / "tests"
+        candidates = [tests / "core" / f"test_{module_stem}.py"]
+        candidates += [tests / "kernels" / f"test{kind}_{op}.py" for op in ops for kind in ("", "_triton")]
+        return [str(path.relative_to(tests)) for path in candidates if path.is_file()]
+
     d_model, heads = 256, 4
-    table = Table(title=f"seqmix mixers (state sizes for d_model={d_model}, n_heads={heads})")
+    table = Table(title=f"seqmix mixers (state sizes for d_model={d_model}, n_heads={heads}; kernels: "
+                        "seqmix/kernels/<op>/, tests: tests/<file>, and every mixer in core/test_mixers_generic.py)")
     names = list_mixers()
     table.add_column("name", no_wrap=True, min_width=max(map(len, names)))  # never cut a name short
-    for col in ("class", "patterns", "recurrent", "impls", "state @T=1k", "state @T=8k"):
-        table.add_column(col)
+    for col in ("class", "module", "patterns", "recurrent", "impls", "state @T=1k", "state @T=8k", "kernel ops",
+                "tests"):
+        table.add_column(col, overflow="fold")
     for name in names:
         cls = get_mixer_class(name)
+        module_file = inspect.getsourcefile(cls)
+        ops = kernel_ops(module_file)
         mixer = build_reference_mixer(name, d_model, heads)
-        table.add_row(name, cls.__name__, " ".join(sorted(cls.patterns)), "yes" if cls.recurrent else "no",
-                      " ".join(cls.impls), f"{mixer.state_size(1024):,}", f"{mixer.state_size(8192):,}")
+        table.add_row(name, cls.__name__, cls.__module__.rsplit(".", 1)[-1] + ".py", " ".join(sorted(cls.patterns)),
+                      "yes" if cls.recurrent else "no", " ".join(cls.impls), f"{mixer.state_size(1024):,}",
+                      f"{mixer.state_size(8192):,}", " ".join(ops) or "-",
+                      " ".join(test_files(Path(module_file).stem, ops)) or "-")
     Console().print(table)
 
 
