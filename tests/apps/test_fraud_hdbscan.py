@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import faiss
 import hdbscan
 import numpy as np
@@ -113,8 +116,10 @@ def test_complete_graph_reproduces_hdbscan_exactly():
 @pytest.mark.parametrize("method", ["eom", "leaf"])
 def test_cosine_and_leaf_selection_match_hdbscan(method):
     x = blobs(n=900, d=6, centers=4, std=1.0, seed=2) + 20.0  # off the origin: directions differ by blob
+    given = x.copy()
     ours = PHDBSCAN(min_cluster_size=20, min_samples=5, metric="cosine", knn_index="exact",
                     cluster_selection_method=method).fit(x)
+    np.testing.assert_array_equal(x, given)  # rows are normalised in a copy, never in the caller's array
     ref = reference(x, min_cluster_size=20, min_samples=5, metric="cosine", algorithm="generic",
                     cluster_selection_method=method)
     assert adjusted_rand_score(ref.labels_, ours.labels_) >= 0.95
@@ -183,9 +188,47 @@ def test_non_finite_rows_are_refused(bad, message):
         PHDBSCAN(min_cluster_size=5).fit(x)
 
 
+# any finite magnitude, in float64 beyond float32's range too: a crash (FAISS's SIGABRT / SIGSEGV at |x| >= 1e19
+# before the fix) fails the test instead of killing pytest
+MAGNITUDES = """
+import numpy as np
+from sklearn.datasets import make_blobs
+from seqmix.apps.fraud.hdbscan import PHDBSCAN
+x = make_blobs(300, 3, centers=3, cluster_std=0.5, random_state=0)[0]
+for params in [{"knn_index": "exact"}, {"knn_index": "ivf"}, {"knn_index": "hnsw"}, {"partitions": 2}]:
+    base = PHDBSCAN(min_cluster_size=10, **params).fit(x).labels_
+    same = [(PHDBSCAN(min_cluster_size=10, **params).fit(x * s).labels_ == base).all() for s in (1e19, 1e39, 1e300, 1e-20)]
+    outlier = np.concatenate([x, [[3e38, -1e19, 7.0]]]).astype(np.float32)  # one huge row in float32
+    print(params, base.max() + 1, *same, PHDBSCAN(min_cluster_size=10, **params).fit(outlier).labels_.shape)
+"""
+
+
+def test_any_finite_magnitude_clusters_with_every_index_in_a_subprocess():
+    out = subprocess.run([sys.executable, "-c", MAGNITUDES], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-2000:]}"
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4 and all(line.endswith("} 3 True True True True (301,)") for line in lines), out.stdout
+
+
+def test_scaling_is_exact_and_distances_come_back_in_the_data_units():
+    x = blobs(n=400, d=3, centers=3, seed=1).astype(np.float64)
+    base = PHDBSCAN(min_cluster_size=10, knn_index="exact").fit(x)
+    big = PHDBSCAN(min_cluster_size=10, knn_index="exact").fit(x * 2.0 ** 70)  # scaled by powers of two: exact
+    np.testing.assert_array_equal(big.labels_, base.labels_)
+    np.testing.assert_array_equal(big.probabilities_, base.probabilities_)
+    np.testing.assert_array_equal(big.minimum_spanning_tree_[:, 2], base.minimum_spanning_tree_[:, 2] * 2.0 ** 70)
+    np.testing.assert_array_equal(big.core_distances_, base.core_distances_ * 2.0 ** 70)
+    np.testing.assert_array_equal(big.single_linkage_tree_[:, 2], base.single_linkage_tree_[:, 2] * 2.0 ** 70)
+    np.testing.assert_array_equal(big.condensed_tree_["lambda_val"], base.condensed_tree_["lambda_val"] / 2.0 ** 70)
+
+
 @pytest.mark.parametrize("x, params, message", [
     (np.zeros((4, 2), np.float32) + np.arange(4)[:, None], {"min_cluster_size": 5}, "no cluster can form"),
     (np.arange(10, dtype=np.float32), {}, "must be 2-D"),
+    (np.ones((1, 3)), {"min_cluster_size": 2}, "1 sample"),
+    (np.ones((20, 0)), {}, "0 feature"),
+    (np.ones((20, 2), complex), {}, "Complex data not supported"),
+    (np.full((20, 2), 1.5e308), {}, "overflow float64"),  # distances up to 2 x 1.5e308 would be inf
     (np.ones((20, 1), np.float32), {"metric": "cosine"}, "1 feature"),
     (np.zeros((20, 3), np.float32), {"metric": "cosine"}, "all-zero rows"),
 ])
@@ -195,15 +238,16 @@ def test_unusable_input_is_refused(x, params, message):
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"knn_index": "annoy"}, "knn_index='annoy' is unknown"),
-    ({"metric": "manhattan"}, "metric='manhattan' is unknown"),
-    ({"min_cluster_size": 1}, "min_cluster_size must be an int >= 2"),
+    ({"knn_index": "annoy"}, "'knn_index' parameter of PHDBSCAN must be a str among .*Got 'annoy'"),
+    ({"metric": "manhattan"}, "'metric' parameter of PHDBSCAN must be a str among .*Got 'manhattan'"),
+    ({"min_cluster_size": 1}, r"'min_cluster_size' parameter of PHDBSCAN must be an int in the range \[2, inf\)"),
     ({"min_samples": 10, "k": 5}, "k=5 must be >= min_samples=10"),
     ({"device": "cuda", "knn_index": "hnsw"}, "no FAISS GPU form"),
 ])
-def test_bad_parameters_fail_at_construction(params, message):
+def test_bad_parameters_fail_in_fit(params, message):
+    model = PHDBSCAN(**params)  # scikit-learn's rule: __init__ only stores, fit validates
     with pytest.raises(ValueError, match=message):
-        PHDBSCAN(**params)
+        model.fit(blobs(n=50))
 
 
 def test_cuda_needs_gpu_faiss():
@@ -227,5 +271,5 @@ def test_scikit_learn_api():
     tree = model.condensed_tree_
     assert set(tree.dtype.names) == {"parent", "child", "lambda_val", "child_size"}
     assert model.probabilities_.shape == model.outlier_scores_.shape == (500,)
-    with pytest.raises(ValueError, match="nprobe must be an int"):
+    with pytest.raises(ValueError, match="'nprobe' parameter of PHDBSCAN must be an int"):
         model.set_params(nprobe=0).fit(x)

@@ -37,17 +37,25 @@ their own part (measured in ``benchmarks/results/hdbscan.md``, ARI against the
 non-partitioned result).
 
 Documented behaviour on degenerate input (see ``tests/apps/test_fraud_hdbscan.py``):
-NaN / inf rows, fewer points than ``min_cluster_size``, an empty or 1-D ``X`` raise a
-``ValueError`` that names the problem; all-identical points have no density structure and
-are all noise (label -1, probability 0, outlier score 0), as in the hdbscan library, or
-one cluster with ``allow_single_cluster=True``; d = 1 is supported.
+``fit`` validates its parameters and ``X`` with scikit-learn's own checks (``validate_data``:
+lists and object arrays of numbers are accepted; sparse, complex, 1-D, empty or one-row
+``X`` raise a ``ValueError``; ``check_estimator`` passes: ``tests/apps/test_phdbscan_estimator.py``);
+NaN / inf rows and fewer points than ``min_cluster_size`` raise a ``ValueError`` that names
+the problem. Any finite magnitude clusters (:class:`Rows` scales by powers of two before the
+float32 cast; values whose distances overflow float64, ``|x|`` near 1e308, are refused);
+all-identical points have no density structure and are all noise (label -1, probability 0,
+outlier score 0), as in the hdbscan library, or one cluster with
+``allow_single_cluster=True``; d = 1 is supported.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral
 from typing import Literal
 
 import faiss
@@ -57,6 +65,8 @@ from hdbscan._hdbscan_tree import condense_tree
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster._hierarchical_fast import single_linkage_label
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import validate_data
 from threadpoolctl import threadpool_limits
 
 from seqmix.apps.fraud.hdbscan_tree import CondensedTree, flat_clusters, glosh_scores, select_clusters, stabilities
@@ -68,44 +78,82 @@ _TINY = np.finfo(np.float64).tiny  # stands for a zero weight: scipy drops expli
 
 
 # ---------------------------------------------------------------- input
-def check_data(X, *, metric: Metric, min_cluster_size: int) -> None:
-    """Fail with a clear message on input pHDBSCAN cannot cluster (streams over ``X``)."""
-    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
-        raise TypeError(f"X must be a 2-D numpy array (or memmap), got {type(X).__name__}; use np.asarray(X)")
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {X.shape}; "
-                         "reshape a single feature with X.reshape(-1, 1)")
+def check_data(X: np.ndarray, *, metric: Metric, min_cluster_size: int) -> float:
+    """Fail with a clear message on input pHDBSCAN cannot cluster; return the largest ``|x|``.
+
+    ``X`` has been through scikit-learn's ``validate_data`` (2-D, real, >= 2 rows); this
+    streams over it for what that does not check.
+    """
     n, d = X.shape
-    if d < 1:
-        raise ValueError("X has no features (shape [n, 0])")
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
-    if n < 2 or n < min_cluster_size:
+    if n < min_cluster_size:
         raise ValueError(f"X has {n} points but min_cluster_size={min_cluster_size}: no cluster can form; "
-                         f"give at least max(2, min_cluster_size) points or lower min_cluster_size")
+                         f"give at least min_cluster_size points or lower min_cluster_size")
     if metric == "cosine" and d < 2:
         raise ValueError("metric='cosine' on 1 feature only sees the sign of each value; use metric='euclidean'")
+    largest = 0.0
     for start in range(0, n, _CHUNK):
-        block = np.asarray(X[start:start + _CHUNK], dtype=np.float64)
-        finite = np.isfinite(block).all(axis=1)
+        size = np.abs(np.asarray(X[start:start + _CHUNK]))  # [m, d]
+        finite = np.isfinite(size).all(axis=1)
         if not finite.all():
             bad = start + np.flatnonzero(~finite)
             raise ValueError(f"X has {len(bad)}+ rows with NaN or inf (first rows {bad[:5].tolist()}); "
                              "drop or impute them before clustering")
         if metric == "cosine":
-            zero = np.linalg.norm(block, axis=1) == 0
+            zero = size.max(axis=1) == 0
             if zero.any():
                 bad = start + np.flatnonzero(zero)
                 raise ValueError(f"metric='cosine' is undefined for all-zero rows (rows {bad[:5].tolist()}); "
                                  "drop them or use metric='euclidean'")
+        largest = max(largest, float(size.max()))
+    if metric == "euclidean" and not math.isfinite(2.0 * largest * math.sqrt(d)):
+        raise ValueError(f"X holds values up to {largest:.3g}, so distances between points overflow float64; "
+                         "divide X by its largest |value| first (the clusters do not depend on the scale)")
+    return largest
 
 
-def load_rows(X, rows: np.ndarray | slice, metric: Metric) -> np.ndarray:
-    """``X[rows]`` as contiguous float32 (L2-normalised for cosine: euclidean order = cosine order)."""
-    block = np.ascontiguousarray(X[rows], dtype=np.float32)
-    if metric == "cosine":
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-    return block
+@dataclass(frozen=True)
+class Rows:
+    """``X: [n, d]`` (an array or a memmap) as the stages read it: blocks of contiguous float32 rows.
+
+    Rows are scaled by powers of two before the float32 cast, which is exact, so that squared
+    distances neither overflow nor underflow float32 whatever the magnitude of ``X`` (FAISS aborts
+    on overflowing ones). ``"euclidean"``: when the largest ``|x|`` is outside ``[2**-30, 2**30]``
+    (about 1e-9 to 1e9) every row is divided by ``2**exponent`` (largest ``|x| < 2**exponent``),
+    distances come out in units of ``2**exponent``, and :meth:`unscale` makes them bit for bit the
+    unscaled ones; inside that range rows load as they are (``exponent = 0``, no copy of float32
+    input). ``"cosine"``: each row is divided by its own power of two, then L2-normalised
+    (euclidean order on unit vectors = cosine order), into a new array (``X`` is never written).
+    """
+
+    X: np.ndarray
+    metric: Metric
+    exponent: int
+
+    @classmethod
+    def of(cls, X: np.ndarray, metric: Metric, largest: float) -> "Rows":
+        exponent = math.frexp(largest)[1]  # largest |x| < 2**exponent
+        return cls(X, metric, exponent if metric == "euclidean" and abs(exponent) > 30 else 0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.X.shape
+
+    def load(self, rows: np.ndarray | slice) -> np.ndarray:
+        """``X[rows]`` scaled, as contiguous float32 ``[m, d]``."""
+        block = np.asarray(self.X[rows])  # [m, d], X's dtype
+        if self.metric == "cosine":
+            exponent = np.frexp(np.abs(block).max(axis=1, keepdims=True))[1]  # [m, 1]: row max |x| < 2**exponent
+            block = np.ascontiguousarray(np.ldexp(block, -exponent), dtype=np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            return block
+        if self.exponent:
+            block = np.ldexp(block, -self.exponent)
+        return np.ascontiguousarray(block, dtype=np.float32)
+
+    def unscale(self, values: np.ndarray, power: int = 1) -> np.ndarray:
+        """Distances (``power=1``) or lambdas = 1 / distance (``power=-1``) between loaded rows, in ``X``'s units
+        (exact: a power of two)."""
+        return np.ldexp(values, power * self.exponent)
 
 
 def to_metric(squared_l2: np.ndarray, metric: Metric) -> np.ndarray:
@@ -305,28 +353,29 @@ def component_labels(n: int, edges: np.ndarray) -> tuple[int, np.ndarray]:
     return connected_components(graph, directed=False)
 
 
-def centroids_of(X, labels: np.ndarray, n_groups: int, metric: Metric) -> np.ndarray:
+def centroids_of(data: Rows, labels: np.ndarray, n_groups: int) -> np.ndarray:
     """Mean point of each group, streaming over ``X`` in chunks. ``[n_groups, d]`` float32."""
-    sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
-    for start in range(0, X.shape[0], _CHUNK):
-        block = load_rows(X, slice(start, start + _CHUNK), metric)
+    n, d = data.shape
+    sums = np.zeros((n_groups, d), dtype=np.float64)
+    for start in range(0, n, _CHUNK):
+        block = data.load(slice(start, start + _CHUNK))
         group = labels[start:start + _CHUNK]
-        for j in range(X.shape[1]):
+        for j in range(d):
             sums[:, j] += np.bincount(group, weights=block[:, j], minlength=n_groups)
     counts = np.bincount(labels, minlength=n_groups).astype(np.float64)
     return (sums / counts[:, None]).astype(np.float32)
 
 
-def facing_points(X, members: np.ndarray, target: np.ndarray, limit: int, metric: Metric) -> np.ndarray:
+def facing_points(data: Rows, members: np.ndarray, target: np.ndarray, limit: int) -> np.ndarray:
     """The ``limit`` members closest to ``target`` (all members when there are fewer)."""
     if len(members) <= limit:
         return members
-    pts = load_rows(X, members, metric)
+    pts = data.load(members)
     d2 = ((pts - target[None, :]) ** 2).sum(axis=1)
     return members[np.argpartition(d2, limit - 1)[:limit]]
 
 
-def join_components(X, edges: np.ndarray, core: np.ndarray, *, metric: Metric, candidates: int = 3,
+def join_components(data: Rows, edges: np.ndarray, core: np.ndarray, *, candidates: int = 3,
                     sample: int = 256) -> tuple[np.ndarray, int]:
     """Join a spanning forest into one spanning tree, Boruvka-style. Returns ``(tree, rounds)``.
 
@@ -338,14 +387,14 @@ def join_components(X, edges: np.ndarray, core: np.ndarray, *, metric: Metric, c
     round and the loop ends with one tree.
     """
 
-    n = X.shape[0]
+    n = data.shape[0]
     rounds = 0
     while True:
         n_comp, labels = component_labels(n, edges)
         if n_comp == 1:
             return edges, rounds
         rounds += 1
-        centres = centroids_of(X, labels, n_comp, metric)  # [C, d]
+        centres = centroids_of(data, labels, n_comp)  # [C, d]
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(n_comp + 1))
         members = [order[bounds[c]:bounds[c + 1]] for c in range(n_comp)]
@@ -360,21 +409,21 @@ def join_components(X, edges: np.ndarray, core: np.ndarray, *, metric: Metric, c
                 others = [(c + 1) % n_comp]
             pairs.update((min(c, o), max(c, o)) for o in others)
         with threadpool_limits(limits=1, user_api="blas"):  # 256x256 blocks: BLAS threads only add waiting
-            new_edges = [cheapest_edge(X, members[a], members[b], centres[a], centres[b], core, sample, metric)
+            new_edges = [cheapest_edge(data, members[a], members[b], centres[a], centres[b], core, sample)
                          for a, b in sorted(pairs)]
         new = np.asarray(new_edges, dtype=np.float64)  # [P, 3]
         both = np.concatenate([edges, new])
         edges = spanning_forest(n, both[:, 0].astype(np.int64), both[:, 1].astype(np.int64), both[:, 2])
 
 
-def cheapest_edge(X, members_a: np.ndarray, members_b: np.ndarray, centre_a: np.ndarray, centre_b: np.ndarray,
-                  core: np.ndarray, sample: int, metric: Metric) -> tuple[int, int, float]:
+def cheapest_edge(data: Rows, members_a: np.ndarray, members_b: np.ndarray, centre_a: np.ndarray,
+                  centre_b: np.ndarray, core: np.ndarray, sample: int) -> tuple[int, int, float]:
     """The cheapest mutual-reachability edge between the facing points of two components."""
-    side_a = facing_points(X, members_a, centre_b, sample, metric)
-    side_b = facing_points(X, members_b, centre_a, sample, metric)
-    pa, pb = load_rows(X, side_a, metric), load_rows(X, side_b, metric)  # [Sa, d], [Sb, d]
+    side_a = facing_points(data, members_a, centre_b, sample)
+    side_b = facing_points(data, members_b, centre_a, sample)
+    pa, pb = data.load(side_a), data.load(side_b)  # [Sa, d], [Sb, d]
     d2 = (pa ** 2).sum(1)[:, None] + (pb ** 2).sum(1)[None, :] - 2.0 * pa @ pb.T  # [Sa, Sb]
-    mr = np.maximum(np.maximum(to_metric(d2, metric), core[side_a][:, None]), core[side_b][None, :])
+    mr = np.maximum(np.maximum(to_metric(d2, data.metric), core[side_a][:, None]), core[side_b][None, :])
     i, j = np.unravel_index(np.argmin(mr), mr.shape)
     return int(side_a[i]), int(side_b[j]), float(mr[i, j])
 
@@ -412,7 +461,7 @@ class StageClock:
         self._wall, self._cpu = wall, cpu
 
 
-class PHDBSCAN(BaseEstimator, ClusterMixin):
+class PHDBSCAN(ClusterMixin, BaseEstimator):
     """HDBSCAN* on a FAISS k-NN graph (see the module docstring for the algorithm).
 
     Parameters follow the hdbscan library where they share a name:
@@ -467,32 +516,33 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         self.join_candidates = join_candidates
         self.join_sample = join_sample
         self.random_state = random_state
-        self._check_params()
 
     # -------------------------------------------------------------- params
-    def _check_params(self) -> None:
-        """Validated in ``__init__`` and again in ``fit`` (``set_params`` bypasses ``__init__``)."""
-        def positive(name: str, value, low: int = 1):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"PHDBSCAN: {name} must be an int >= {low}, got {value!r}")
+    _parameter_constraints: dict = {  # checked by scikit-learn's ``_validate_params`` at the start of ``fit``
+        "min_cluster_size": [Interval(Integral, 2, None, closed="left")],
+        "min_samples": [Interval(Integral, 1, None, closed="left"), None],
+        "metric": [StrOptions({"euclidean", "cosine"})],
+        "cluster_selection_method": [StrOptions({"eom", "leaf"})],
+        "allow_single_cluster": ["boolean"],
+        "knn_index": [StrOptions({"exact", "ivf", "hnsw"})],
+        "device": [StrOptions({"cpu", "cuda"})],
+        "k": [Interval(Integral, 1, None, closed="left"), None],
+        "nlist": [Interval(Integral, 1, None, closed="left"), None],
+        "nprobe": [Interval(Integral, 1, None, closed="left")],
+        "hnsw_m": [Interval(Integral, 1, None, closed="left")],
+        "partitions": [Interval(Integral, 1, None, closed="left")],
+        "join_candidates": [Interval(Integral, 1, None, closed="left")],
+        "join_sample": [Interval(Integral, 1, None, closed="left")],
+        "random_state": [Interval(Integral, 0, 2**31 - 1, closed="both")],  # a FAISS (C int) seed
+    }
 
-        positive("min_cluster_size", self.min_cluster_size, 2)
-        if self.min_samples is not None:
-            positive("min_samples", self.min_samples)
-        if self.k is not None:
-            positive("k", self.k)
-            if self.k < self.resolved_min_samples:
-                raise ValueError(f"PHDBSCAN: k={self.k} must be >= min_samples={self.resolved_min_samples} "
-                                 "(the core distance is the min_samples-th neighbour in the k-NN graph)")
-        if self.nlist is not None:
-            positive("nlist", self.nlist)
-        for name in ("nprobe", "hnsw_m", "partitions", "join_candidates", "join_sample"):
-            positive(name, getattr(self, name))
-        choices = {"metric": ("euclidean", "cosine"), "cluster_selection_method": ("eom", "leaf"),
-                   "knn_index": ("exact", "ivf", "hnsw"), "device": ("cpu", "cuda")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"PHDBSCAN: {name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
+    def _check_params(self) -> None:
+        """Each parameter against ``_parameter_constraints``, then the combinations (in ``fit``, as scikit-learn
+        asks: ``__init__`` and ``set_params`` only store)."""
+        self._validate_params()
+        if self.k is not None and self.k < self.resolved_min_samples:
+            raise ValueError(f"PHDBSCAN: k={self.k} must be >= min_samples={self.resolved_min_samples} "
+                             "(the core distance is the min_samples-th neighbour in the k-NN graph)")
         if self.device == "cuda" and self.knn_index == "hnsw":
             raise ValueError("PHDBSCAN: knn_index='hnsw' has no FAISS GPU form; on device='cuda' use 'ivf' or 'exact'")
 
@@ -506,29 +556,33 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
 
     # ----------------------------------------------------------------- fit
     def fit(self, X, y=None):
-        """Cluster ``X: [n, d]`` (an array or a memmap; ``y`` is ignored)."""
+        """Cluster ``X: [n, d]`` (array-like or a memmap, read without a copy when float32 / float64;
+        ``y`` is ignored)."""
         self._check_params()
         if self.device == "cuda":
             gpu_resources()  # fail before any work
-        check_data(X, metric=self.metric, min_cluster_size=self.min_cluster_size)
+        if np.ndim(X) == 1:  # scikit-learn's own message for this spans three lines and prints X
+            raise ValueError(f"X must be 2-D [n_samples, n_features], got shape {np.shape(X)}; "
+                             "reshape a single feature with X.reshape(-1, 1)")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_all_finite=False, ensure_min_samples=2)
+        data = Rows.of(X, self.metric, check_data(X, metric=self.metric, min_cluster_size=self.min_cluster_size))
         n = X.shape[0]
         clock = StageClock()
         self.timings_, self.cpu_timings_ = clock.wall, clock.cpu
-        if self._all_identical(X):
+        if self._all_identical(data):
             self._fit_identical(n)
             return self
 
         k = min(self.resolved_k, n - 1)
         min_samples = min(self.resolved_min_samples, k)
         if self.partitions == 1:
-            points = load_rows(X, slice(None), self.metric)
+            points = data.load(slice(None))
             forest, core = self._part_forest(points, k, min_samples, clock)
             del points
         else:
-            forest, core = self._partitioned_forest(X, k, min_samples, clock)
+            forest, core = self._partitioned_forest(data, k, min_samples, clock)
         clock.restart()
-        tree, rounds = join_components(X, forest, core, metric=self.metric, candidates=self.join_candidates,
-                                       sample=self.join_sample)
+        tree, rounds = join_components(data, forest, core, candidates=self.join_candidates, sample=self.join_sample)
         clock.lap("join")
         tree = tree[np.argsort(tree[:, 2], kind="stable")]
         check_spanning_tree(tree, n)
@@ -543,6 +597,9 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         clock.lap("select")
         scores = glosh_scores(columns)
         clock.lap("outlier_scores")
+        # the hierarchy is built in the loaded rows' units (float32 stabilities stay in range); report X's units
+        tree[:, 2], single_linkage[:, 2] = data.unscale(tree[:, 2]), data.unscale(single_linkage[:, 2])
+        condensed["lambda_val"] = data.unscale(condensed["lambda_val"], power=-1)
 
         self.labels_ = np.asarray(labels, dtype=np.intp)
         self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
@@ -551,7 +608,7 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         self.condensed_tree_ = condensed
         self.single_linkage_tree_ = single_linkage
         self.minimum_spanning_tree_ = tree
-        self.core_distances_ = core
+        self.core_distances_ = data.unscale(core)
         self.n_join_rounds_ = rounds
         return self
 
@@ -568,19 +625,19 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         clock.lap("mst")
         return forest, core
 
-    def _partitioned_forest(self, X, k: int, min_samples: int,
+    def _partitioned_forest(self, data: Rows, k: int, min_samples: int,
                             clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
         """Partition by k-means, then one spanning forest per part (each part loaded alone)."""
 
         clock.restart()
-        n, d = X.shape
+        n, d = data.shape
         rng = np.random.default_rng(self.random_state)
         sample = np.sort(rng.choice(n, size=min(n, 256 * self.partitions), replace=False))
         kmeans = faiss.Kmeans(d, self.partitions, niter=20, seed=self.random_state)
-        kmeans.train(load_rows(X, sample, self.metric))
+        kmeans.train(data.load(sample))
         part = np.empty(n, dtype=np.int64)
         for s in range(0, n, _CHUNK):
-            part[s:s + _CHUNK] = kmeans.index.search(load_rows(X, slice(s, s + _CHUNK), self.metric), 1)[1][:, 0]
+            part[s:s + _CHUNK] = kmeans.index.search(data.load(slice(s, s + _CHUNK)), 1)[1][:, 0]
         # a part too small for a k-NN graph joins the part of the nearest centroid that is big enough
         sizes = np.bincount(part, minlength=self.partitions)
         small = sizes < k + 1
@@ -597,17 +654,17 @@ class PHDBSCAN(BaseEstimator, ClusterMixin):
         forests = []
         for p in np.unique(part):
             rows = np.flatnonzero(part == p)
-            forest, core[rows] = self._part_forest(load_rows(X, rows, self.metric), k, min_samples, clock)
+            forest, core[rows] = self._part_forest(data.load(rows), k, min_samples, clock)
             forest[:, 0], forest[:, 1] = rows[forest[:, 0].astype(np.int64)], rows[forest[:, 1].astype(np.int64)]
             forests.append(forest)
         self.partition_labels_ = part
         return np.concatenate(forests), core
 
     # ------------------------------------------------------- degenerate case
-    def _all_identical(self, X) -> bool:
-        first = load_rows(X, slice(0, 1), self.metric)
-        for start in range(0, X.shape[0], _CHUNK):
-            if not (load_rows(X, slice(start, start + _CHUNK), self.metric) == first).all():
+    def _all_identical(self, data: Rows) -> bool:
+        first = data.load(slice(0, 1))
+        for start in range(0, data.shape[0], _CHUNK):
+            if not (data.load(slice(start, start + _CHUNK)) == first).all():
                 return False
         return True
 
