@@ -84,8 +84,6 @@ class GatedCNN(Mixer):
         self.fc2 = nn.Linear(hidden, d_model)
 
     def _forward(self, x, *, context, mask, state, return_state):
-        if (state is not None or return_state) and not self.causal:
-            raise ValueError("GatedCNN: only the causal 1-D form carries a state; build it with causal=True")
         b, t, _ = x.shape
         cache_shape = (b, self.kernel_size - 1, self.conv_channels)
         if state is not None and (not isinstance(state, Tensor) or tuple(state.shape) != cache_shape):

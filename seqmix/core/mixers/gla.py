@@ -85,8 +85,6 @@ class GatedLinearAttention(Mixer):
         if self.causal:
             o, final = chunk_gla(q, k, v, g, initial_state=state, output_final_state=return_state,
                                  chunk_size=self.chunk_size, impl=impl)
-        elif state is not None or return_state:
-            raise ValueError(f"{type(self).__name__}: a state needs causal=True (the non-causal form sees the future)")
         else:
             scan = lambda q, k, v, g: chunk_gla(q, k, v, g, chunk_size=self.chunk_size, impl=impl)[0]  # noqa: E731
             o = bidirectional(scan, q, k, v, g)

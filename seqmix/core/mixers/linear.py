@@ -111,8 +111,6 @@ class LinearAttention(Mixer):
         if self.causal:
             o, final = linear_attn(q, k, v, decay=decay, initial_state=state, output_final_state=return_state,
                                    chunk_size=self.chunk_size, impl=impl)
-        elif state is not None or return_state:
-            raise ValueError(f"{type(self).__name__}: a state needs causal=True (the non-causal form sees the future)")
         elif decay is None:  # the global form; "triton" has no kernel to add to two matmuls
             o = (linear_attn_global_naive if impl == "naive" else linear_attn_global_chunk)(q, k, v)
         else:

@@ -98,9 +98,6 @@ class HeadwiseRNN(Mixer):
         self.out = nn.Linear(n_directions * d_model, d_model, bias=False)
 
     def _forward(self, x, *, context, mask, state, return_state):
-        if self.bidirectional and (state is not None or return_state):
-            raise ValueError(f"{type(self).__name__}: a bidirectional RNN carries no state across pieces "
-                             "(its backward direction starts at the end); use bidirectional=False")
         if mask is not None:
             if state is not None or return_state:
                 raise ValueError(f"{type(self).__name__}: a mask cannot be combined with a carried state; run the "
