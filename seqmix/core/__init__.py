@@ -1,7 +1,10 @@
-"""The shared core: the Mixer contract and registry, blocks, embeddings."""
+"""The shared core: the Mixer contract and registry, blocks, embeddings, the generation loop
+(:mod:`seqmix.core.decoding`)."""
 
 from seqmix.core.mixer import (
     PATTERNS,
+    ContextCache,
+    KVCache,
     Mixer,
     build_mixer,
     get_mixer_class,
@@ -12,6 +15,8 @@ from seqmix.core.mixer import (
 
 __all__ = [
     "PATTERNS",
+    "ContextCache",
+    "KVCache",
     "Mixer",
     "build_mixer",
     "get_mixer_class",

@@ -16,6 +16,7 @@ from seqmix.core.mixers.probsparse import (
     probsparse_select,
     sparsity_measure,
 )
+from seqmix.core.layers import merge_heads
 from seqmix.kernels.attention import attention_naive
 
 
@@ -157,3 +158,42 @@ def test_causal_rank_in_blocks_equals_the_rule_row_by_row(monkeypatch):
         budget = min(i + 1, max(1, 2 * math.ceil(math.log(i + 1))))
         larger = (measure[..., : i + 1] > measure[..., i : i + 1]).sum(-1)  # [B, H]
         assert torch.equal(active[..., i], larger < budget), f"row {i}"
+
+
+def test_step_attends_fully_with_the_newest_query_so_it_is_not_forward(assert_rel_close):
+    """Informer's decoder for one token: ProbSparse's step is full causal attention of the newest
+    query over the cache, so it does not equal forward, whose lazy queries get the prefix mean.
+    A prompt's first piece (an empty cache) is ProbSparse as in forward; what follows is full."""
+    torch.manual_seed(0)
+    mixer = build_mixer("probsparse", 16, n_heads=2, factor=1, causal=True).eval()
+    x = torch.randn(2, 30, 16)
+    with torch.no_grad():
+        q, k, v = mixer.qkv(x)  # [B, H, T, K] each
+        full = mixer.out(merge_heads(attention_naive(q, k, v, causal=True)))  # [B, T, D]
+        state, steps = mixer.init_state(2), []
+        for t in range(30):
+            y_t, state = mixer.step(x[:, t], state)
+            steps.append(y_t)
+        assert_rel_close(torch.stack(steps, 1), full, 1e-6, "step by step = full attention")
+        forward = mixer(x)
+        differs = (torch.stack(steps, 1) - forward).norm() / forward.norm()
+        assert differs > 1e-2, f"step must differ from forward (its lazy queries), relative difference {differs:.1e}"
+        prompt, state = mixer(x[:, :20], return_state=True)
+        assert_rel_close(prompt, mixer(x[:, :20]), 1e-6, "the prompt's piece is ProbSparse")
+        rest, _ = mixer(x[:, 20:], state=state, return_state=True)
+        assert_rel_close(rest, full[:, 20:], 1e-6, "a continuation attends fully")
+
+
+def test_cross_step_attends_fully_over_the_context(assert_rel_close):
+    torch.manual_seed(0)
+    mixer = build_mixer("probsparse", 16, n_heads=2, factor=1, causal=False).eval()
+    x, context = torch.randn(2, 9, 16), torch.randn(2, 12, 16)
+    with torch.no_grad():
+        q, k, v = mixer.qkv(x, context)
+        full = mixer.out(merge_heads(attention_naive(q, k, v, causal=False)))  # [B, T, D]
+        state = mixer.init_state(2, context=context)
+        steps = torch.stack([mixer.step(x[:, t], state)[0] for t in range(9)], 1)
+        assert_rel_close(steps, full, 1e-6, "cross step = full attention over the context")
+        assert_rel_close(mixer(x, state=state), mixer(x, context=context), 1e-6, "forward over the state")
+    with pytest.raises(ValueError, match="does not take a key mask"):
+        mixer.init_state(2, context=context, context_mask=torch.ones(2, 12, dtype=torch.bool))

@@ -1,5 +1,8 @@
 """The recall language model: embedding (+ positions), ``n_layers`` blocks of any mixer, a head.
 
+It is a :class:`seqmix.core.decoding.Decoder` (``embed_tokens``, ``stack``, ``token_logits``), so
+``seqmix recall generate`` answers queries with the one generation loop.
+
 The mixer is injected: ``mixer`` is a factory ``d_model -> Mixer``, which LightningCLI
 builds from a config entry such as::
 
@@ -56,26 +59,34 @@ class RecallLM(StagedModule):
         self.acc = stage_accuracies(vocab_size)
 
     # ------------------------------------------------------------- model
-    def hidden(self, tokens: Tensor) -> Tensor:
-        """``tokens: [B, T]`` -> final hidden states ``[B, T, D]``."""
+    def embed_tokens(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        """``tokens: [B, T]`` at positions ``offset .. offset + T - 1`` -> ``[B, T, D]`` (token + position)."""
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"RecallLM: tokens must be int64 [batch, time], got {tokens.dtype} {tuple(tokens.shape)}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.hparams.vocab_size):
             raise ValueError(f"RecallLM: token ids must lie in [0, vocab_size={self.hparams.vocab_size}), got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]; the data and model vocabularies differ")
-        t, max_len = tokens.shape[1], self.hparams.max_len
-        if t > max_len and self.hparams.positions != "none":
-            raise ValueError(f"RecallLM: sequence of {t} tokens exceeds max_len={max_len}; raise model.max_len")
+        end, max_len = offset + tokens.shape[1], self.hparams.max_len
+        if end > max_len and self.hparams.positions != "none":
+            raise ValueError(f"RecallLM: sequence of {end} tokens exceeds max_len={max_len}; raise model.max_len")
         x = self.embed(tokens)  # [B, T, D]
         if isinstance(self.pos, nn.Parameter):
-            x = x + self.pos[:t]
+            x = x + self.pos[offset:end]
         elif self.pos is not None:
-            x = self.pos(x)
-        return self.stack(x)
+            x = self.pos(x, offset)
+        return x
+
+    def token_logits(self, hidden: Tensor) -> Tensor:
+        """Final hidden states ``[..., D]`` -> logits ``[..., V]``."""
+        return self.head(hidden)
+
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """``tokens: [B, T]`` -> final hidden states ``[B, T, D]``."""
+        return self.stack(self.embed_tokens(tokens))
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits at every position: ``[B, T] -> [B, T, V]``."""
-        return self.head(self.hidden(tokens))
+        return self.token_logits(self.hidden(tokens))
 
     def query_logits(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Logits ``[Q, V]`` and targets ``[Q]`` at the queried positions only."""
