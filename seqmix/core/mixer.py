@@ -137,17 +137,18 @@ class Mixer(nn.Module):
         self._impl = value
 
     def resolve_impl(self, x: Tensor) -> str:
-        """The implementation used for ``x``: ``impl`` unless it is ``"auto"``.
+        """The implementation used for ``x``, by the one rule of :func:`seqmix.kernels.common.resolve_impl`:
+        ``impl`` unless it is ``"auto"``, which is ``"triton"`` on CUDA tensors when the mixer has a
+        Triton kernel that takes its sizes, else the fastest CPU form (``"chunk"`` when present, then
+        the last non-Triton impl), with a warning, once, when a kernel limit kept it off Triton.
 
-        ``"auto"`` is ``"triton"`` on CUDA tensors when the mixer has a Triton kernel, else
-        the fastest CPU form: ``"chunk"`` when present, then the last non-Triton impl.
+        A Triton-backed mixer sets ``self.triton_refusal`` in ``__init__`` from its op's
+        ``KernelOp.check`` (why its sizes do not fit the Triton kernel, or None).
         """
-        if self._impl != "auto":
-            return self._impl
-        if x.is_cuda and "triton" in self.impls:
-            return "triton"
-        cpu_impls = [i for i in self.impls if i != "triton"]
-        return "chunk" if "chunk" in cpu_impls else cpu_impls[-1]
+        from seqmix.kernels.common import resolve_impl  # the rule the kernels' entry points use too
+
+        refusal = self.triton_refusal if "triton" in self.impls else None
+        return resolve_impl(type(self).__name__, self._impl, self.impls, cuda=x.is_cuda, triton_refusal=refusal)
 
     # --------------------------------------------------------------- forward
     def forward(
