@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import atexit
 import functools
+import io
 import math
+import pickle
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -15,7 +18,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from seqmix.apps.files import input_file
+
 STAGES = ("train", "val", "test")
+APP_KEY = "seqmix_app"  # every checkpoint a seqmix app's trainer saves names its app under this key
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, progress: float,
@@ -62,8 +68,12 @@ class StagedModule(pl.LightningModule):
     """A LightningModule whose training, validation and test steps are one ``shared_step``.
 
     Subclasses implement ``shared_step(batch, stage)`` with ``stage`` in
-    ``"train" | "val" | "test"`` and log keys like ``f"{stage}/loss"``.
+    ``"train" | "val" | "test"`` and log keys like ``f"{stage}/loss"``. Every checkpoint its trainer
+    saves names the app (:class:`AppTag`); a subclass that adds callbacks extends ``configure_callbacks``.
     """
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [AppTag(app_of(type(self)))]
 
     def shared_step(self, batch: Any, stage: str) -> Tensor:
         raise NotImplementedError
@@ -95,20 +105,94 @@ class StagedModule(pl.LightningModule):
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=n)
 
 
-def load_trained(module_cls: type[pl.LightningModule], ckpt: str | Path, datamodule_state: str,
-                 train_hint: str) -> tuple[pl.LightningModule, dict]:
-    """A trained module in eval mode and the data description its datamodule saved in the checkpoint.
+def app_of(module_cls: type) -> str:
+    """The app a LightningModule class belongs to: ``<app>`` of the first class in its MRO defined in
+    ``seqmix.apps.<app>.*`` (``seqmix.apps.vision.model.ImageClassifier`` -> ``"vision"``)."""
+    for klass in module_cls.__mro__:
+        parts = klass.__module__.split(".")
+        if parts[:2] == ["seqmix", "apps"] and len(parts) > 3:
+            return parts[2]
+    raise ValueError(f"{module_cls.__qualname__} is not a class of a seqmix app (seqmix.apps.<app>.*); its "
+                     "checkpoints could not name their app: subclass the app's LightningModule")
 
-    ``datamodule_state``: the datamodule's class name (Lightning stores its ``state_dict`` under it);
-    ``train_hint``: how to get a checkpoint, for the error. Checkpoints hold hyper-parameters and are
-    unpickled (``weights_only=False``): load only checkpoints you trust.
+
+class AppTag(pl.Callback):
+    """Writes ``checkpoint[APP_KEY] = app`` into every checkpoint the trainer saves, so that a loader
+    can refuse another app's checkpoint by name. Attached by :meth:`StagedModule.configure_callbacks`."""
+
+    def __init__(self, app: str):
+        self.app = app
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[APP_KEY] = self.app
+
+
+def checkpoint_error(problem: str, path: Path, hint: str) -> ValueError:
+    return ValueError(f"checkpoint {path}: {problem}; {hint}")
+
+
+def class_paths(value: object) -> list[str]:
+    """Every ``class_path`` string in a hyper-parameter tree (LightningCLI's form)."""
+    if isinstance(value, dict):
+        own = [value["class_path"]] if isinstance(value.get("class_path"), str) else []
+        return own + [c for v in value.values() for c in class_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [c for v in value for c in class_paths(v)]
+    return []
+
+
+def read_checkpoint(ckpt: str | Path, app: str, hint: str, *, needs: Sequence[str] = ()) -> dict:
+    """The plain-data dictionary of a checkpoint that ``seqmix <app> fit`` wrote, read with
+    ``weights_only=True``: a checkpoint is data, never code. One-line errors (``ValueError`` /
+    ``FileNotFoundError``, each ending with ``hint``: how to get a good checkpoint) for a missing file or
+    a directory, a truncated or foreign file, pickled objects that are not plain data (refused, never
+    run), another app's checkpoint (named), a class outside seqmix in its hyper-parameters, or a
+    missing key of ``needs``."""
+    path = input_file(ckpt, "checkpoint", hint)
+    return checked_checkpoint(path.read_bytes(), path, app, hint, needs)
+
+
+def checked_checkpoint(data: bytes, path: Path, app: str, hint: str, needs: Sequence[str]) -> dict:
+    """:func:`read_checkpoint` of the bytes ``data`` read from ``path``."""
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused a pickled object
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise checkpoint_error(f"holds pickled Python objects{what}, not only tensors and plain data: refused "
+                               "unread (checkpoints are loaded as data, never as code)", path, hint) from None
+    except Exception:  # torch.load raises RuntimeError, EOFError, KeyError, ... for a non-checkpoint file
+        raise checkpoint_error("is not a torch checkpoint file (truncated, or another kind of file)", path,
+                               hint) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise checkpoint_error("is a torch file but not a Lightning checkpoint (no state_dict)", path, hint)
+    written_by = checkpoint.get(APP_KEY)
+    if written_by is None:
+        raise checkpoint_error(f"names no seqmix app (no {APP_KEY!r}): it was not written by `seqmix {app} fit`, or "
+                               "by a seqmix older than this check (python scripts/tag_checkpoint.py --app "
+                               f"{app} <file> adds the name to a checkpoint you trust)", path, hint)
+    if written_by != app:
+        raise checkpoint_error(f"this is a checkpoint of `seqmix {written_by} fit`, not {app}", path, hint)
+    foreign = [c for c in class_paths(checkpoint.get("hyper_parameters", {})) if not c.startswith("seqmix.")]
+    if foreign:
+        raise checkpoint_error(f"its hyper-parameters name classes outside seqmix ({foreign}): refused", path, hint)
+    lacking = [k for k in needs if k not in checkpoint]
+    if lacking:
+        raise checkpoint_error(f"has no {lacking}: it was not written by `seqmix {app} fit`", path, hint)
+    return checkpoint
+
+
+def load_trained(module_cls: type[pl.LightningModule], ckpt: str | Path, app: str, hint: str, *,
+                 needs: Sequence[str] = ()) -> tuple[pl.LightningModule, dict]:
+    """A trained module of app ``app`` in eval mode and the checkpoint's plain data: what the datamodule
+    saved (its ``state_dict`` under its class name, ``datamodule_hyper_parameters``) and the rest.
+
+    The one checkpoint loader of every app: :func:`read_checkpoint` (``weights_only=True``; another
+    app's checkpoint refused by name; ``needs``: keys the caller reads), then the module rebuilt from its
+    hyper-parameters, also read with ``weights_only=True``. ``hint``: how to get a checkpoint, for errors.
     """
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; {train_hint}")
-    info = torch.load(path, map_location="cpu", weights_only=False).get(datamodule_state)
-    if info is None:
-        raise ValueError(f"{path}: has no {datamodule_state} state (the data description); it was not written "
-                         f"by this app's `fit`: {train_hint}")
-    model = module_cls.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    return model.eval(), info
+    path = input_file(ckpt, "checkpoint", hint)
+    data = path.read_bytes()  # checked, then rebuilt from: the same bytes, even if the file changes meanwhile
+    checkpoint = checked_checkpoint(data, path, app, hint, needs)
+    model = module_cls.load_from_checkpoint(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return model.eval(), checkpoint

@@ -1,8 +1,8 @@
-"""The forecasting app for ``seqmix forecasting fit|validate|test|predict``."""
+"""The forecasting app for ``seqmix forecasting fit|validate|test|predict`` (predict: :mod:`.commands`)."""
 
 from seqmix.apps.forecasting.data import ForecastDataModule
 from seqmix.apps.forecasting.model import Forecaster
-from seqmix.apps.forecasting.predict import predict_command
+from seqmix.apps.forecasting.commands import predict_command
 from seqmix.apps.spec import AppSpec
 
 APP = AppSpec(

@@ -10,9 +10,11 @@ end of the file) as history, and writes
 - ``--png`` (default the same name with ``.png``): history, forecast and (when known) truth
   of the target variable.
 
-Both files are written atomically (a temporary file, then a rename). ``--dataset <name>`` reads a
-dataset as ``fit`` does instead of ``--csv`` (e.g. the embedded ``vic_elec``, which has no CSV in
-the training layout); the outputs are then named after it.
+Both files are written atomically (a temporary file, then a rename); an output path that is an
+input (``--out d.csv --csv d.csv``) or the other output (``--out f.png``) is refused before anything
+is written. ``--dataset <name>`` reads a dataset as ``fit`` does instead of ``--csv`` (e.g. the
+embedded ``vic_elec``, which has no CSV in the training layout); the outputs are then named after it.
+The checkpoint is read as data (``weights_only=True``; :func:`seqmix.apps.module.load_trained`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from seqmix.apps.forecasting.data import EMBEDDED, clean_frame, infer_freq, read_csv, read_dataset, time_features
-from seqmix.apps.files import atomic_write, pyplot, save_figure
+from seqmix.apps.forecasting.data import (EMBEDDED, clean_frame, infer_freq, read_csv, read_dataset, resolve_csv,
+                                          time_features)
+from seqmix.apps.files import atomic_write, check_outputs, input_file, pyplot, save_figure
 from seqmix.apps.module import load_trained
 
 
 def load_forecaster(ckpt: str | Path):
-    """The trained :class:`Forecaster` and the data description (columns, frequency) saved with it."""
+    """The trained :class:`Forecaster` and the data description (columns, frequency, scaler) saved with it."""
     from seqmix.apps.forecasting.model import Forecaster
 
-    return load_trained(Forecaster, ckpt, "ForecastDataModule",
-                        "train one with `seqmix forecasting fit --config configs/forecasting/<exp>.yaml` or use "
-                        "checkpoints/forecasting/informer_etth1.ckpt")
+    model, checkpoint = load_trained(Forecaster, ckpt, "forecasting",
+                                     "train one with `seqmix forecasting fit --config configs/forecasting/<exp>.yaml` "
+                                     "or use checkpoints/forecasting/informer_etth1.ckpt", needs=("ForecastDataModule",))
+    return model, checkpoint["ForecastDataModule"]
 
 
 def forecast_frame(model, info: dict, frame: pd.DataFrame, origin: int | None = None):
@@ -112,18 +116,18 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--duplicates", choices=("error", "first"), default="error",
                         help="what to do with repeated dates in the CSV (first: keep the first row of each)")
     args = parser.parse_args(argv)
-    model, info = load_forecaster(args.ckpt)
     if args.csv:
-        csv = Path(args.csv)
-        if not csv.is_file():
-            raise FileNotFoundError(f"--csv {csv} does not exist")
-        raw, source, stem = read_csv(csv), str(csv), csv.stem
-    else:
-        (raw, source), stem = read_dataset(args.dataset, None), Path(args.dataset).stem
-    frame = clean_frame(raw, source=source, missing=args.missing, duplicates=args.duplicates, options="--")
-    history, forecast = forecast_frame(model, info, frame, args.origin)
+        csv, stem = input_file(args.csv, "--csv"), Path(args.csv).stem
+    else:  # a dataset's file (none for the embedded one)
+        csv, stem = None if args.dataset == EMBEDDED else resolve_csv(args.dataset, None), Path(args.dataset).stem
     out = Path(args.out) if args.out else Path(f"{stem}_forecast.csv")  # the working folder, not the data's
     png = Path(args.png) if args.png else out.with_suffix(".png")
+    check_outputs([("--out", out), ("--png", png)],
+                  [("--ckpt", args.ckpt), ("--csv" if args.csv else "--dataset", csv)])
+    model, info = load_forecaster(args.ckpt)
+    raw, source = (read_csv(csv), str(csv)) if csv is not None else read_dataset(args.dataset, None)
+    frame = clean_frame(raw, source=source, missing=args.missing, duplicates=args.duplicates, options="--")
+    history, forecast = forecast_frame(model, info, frame, args.origin)
     atomic_write(out, lambda p: forecast.to_csv(p, index=False))
     plot(history, forecast, info["columns"][-1], png)
     print(f"wrote {out} ({len(forecast)} steps x {model.shape.n_out} variables) and {png}")

@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seqmix.apps.files import atomic_write
+from seqmix.apps.files import atomic_write, input_file, refuse_non_finite
 
 # name -> (path under data_dir, canonical download URL)
 KNOWN_DATASETS: dict[str, tuple[str, str]] = {
@@ -83,8 +83,8 @@ def resolve_csv(dataset: str, data_dir: str | Path | None, allow_download: bool 
     if dataset in KNOWN_DATASETS:
         relative, url = KNOWN_DATASETS[dataset]
         path = root / relative
-        if path.is_file():
-            return path
+        if path.exists():
+            return input_file(path, f"dataset {dataset!r}:")
         if allow_download and url.startswith("https://raw."):
             # the canonical source; only when allow_download=True
             return atomic_write(path, lambda tmp: urllib.request.urlretrieve(url, tmp))
@@ -98,8 +98,8 @@ def resolve_csv(dataset: str, data_dir: str | Path | None, allow_download: bool 
     path = Path(dataset)
     if not path.is_absolute() and not path.is_file():
         path = root / dataset
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return path
+    if path.suffix.lower() == ".csv" and path.exists():
+        return input_file(path, f"dataset {dataset!r}:")
     raise FileNotFoundError(
         f"dataset {dataset!r} is neither a known name ({sorted(KNOWN_DATASETS)} or {EMBEDDED!r}) nor an "
         f"existing .csv file (looked at {Path(dataset)} and {root / dataset})"
@@ -121,6 +121,9 @@ def read_csv(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except UnicodeDecodeError:
         return pd.read_csv(path, encoding="latin-1")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: is empty (no header and no rows); give a CSV in the layout date, variables...") \
+            from None
 
 
 # --------------------------------------------------------------- validation
@@ -152,9 +155,13 @@ def clean_frame(df: pd.DataFrame, *, source: str, missing: Literal["error", "int
     values = df.drop(columns=["date"])
     if values.shape[1] == 0:
         raise ValueError(f"{source}: no variable columns beside 'date'")
+    if len(values) == 0:
+        raise ValueError(f"{source}: no rows, only the header {list(df.columns)}; give a file with data rows")
     non_numeric = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
     if non_numeric:
         raise ValueError(f"{source}: non-numeric columns {non_numeric}; drop them or encode them as numbers")
+    # inf is refused whatever `missing` says (a model fed one forecasts NaN); NaN is a gap, handled below
+    refuse_non_finite(values.to_numpy(np.float64), list(values.columns), source, include_nan=False)
     repeated = dates.duplicated()
     if repeated.any():
         what = f"{int(repeated.sum())} repeated dates (first {dates[repeated].iloc[0]})"

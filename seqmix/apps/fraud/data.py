@@ -38,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seqmix.apps.files import atomic_write
+from seqmix.apps.files import atomic_write, refuse_non_finite
 
 EVENT_COLUMNS = ("entity", "time", "amount", "kind", "device", "address", "card", "email", "label")
 KINDS = ("login", "browse", "cart", "purchase", "promo", "password")
@@ -234,6 +234,7 @@ def check_events(events: pd.DataFrame) -> None:
         raise ValueError(f"event table lacks columns {missing}; it needs {list(EVENT_COLUMNS)}")
     if len(events) == 0:
         raise ValueError("event table is empty")
+    refuse_non_finite(events[["time", "amount"]].to_numpy(np.float64), ["time", "amount"], "event table")
     ent = events["entity"].to_numpy()
     t = events["time"].to_numpy()
     same = ent[1:] == ent[:-1]

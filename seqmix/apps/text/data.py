@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from seqmix.apps.files import atomic_write, save_checkpoint
+from seqmix.apps.files import atomic_write, input_file, refuse_non_finite, save_checkpoint
 from seqmix.apps.text.embeddings import AffectLexicon, ContextEncoder, default_data_dir, feature_dim, word_tokens
 
 SEMEVAL_EMOTIONS = ("anger", "fear", "joy", "sadness", "surprise")
@@ -58,10 +58,17 @@ class EmotionData:
         return len(self.texts)
 
 
+def utf8(raw: bytes, where: str) -> str:
+    """``raw`` decoded as UTF-8, or a ``ValueError`` naming ``where`` and the offset of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where}: byte {err.start} (0x{raw[err.start]:02x}) is not UTF-8 ({err.reason}); "
+                         "give UTF-8 text (e.g. iconv -t UTF-8)") from None
+
+
 def _read_nonempty(path: Path, what: str) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} is missing")
-    text = path.read_text(encoding="utf-8")
+    text = utf8(input_file(path, f"{what}:").read_bytes(), f"{what}: {path}")
     if not text.strip():
         raise ValueError(f"{what}: {path} is empty")
     return text
@@ -182,6 +189,7 @@ def read_vote_csv(path: str | Path, *, text_column: str, emotion_columns: Sequen
     except ValueError as err:
         raise ValueError(f"{path}: emotion columns {list(emotion_columns)} must be numeric vote counts "
                          f"({err})") from err
+    refuse_non_finite(scores, list(emotion_columns), str(path), "give finite vote counts (>= 0) in every row")
     ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in range(len(frame))]
     kept, targets, dropped, keep = normalise_rows(ids, scores, zero_rows, str(path))
     return EmotionData(kept, [str(texts.iloc[i]) for i in keep], targets, tuple(emotion_columns), dropped)

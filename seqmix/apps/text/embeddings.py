@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqmix.apps.files import input_file
+
 EMOLEX_COLUMNS = ("anger", "anticipation", "disgust", "fear", "joy", "negative", "positive", "sadness",
                   "surprise", "trust")
 INTENSITY_COLUMNS = ("anger", "fear", "joy", "sadness")
@@ -51,8 +53,8 @@ def _package_dir(module: str, extra: str) -> Path:
 
 
 def _need_file(path: Path, what: str, fix: str) -> Path:
-    if not path.is_file() or path.stat().st_size == 0:
-        raise FileNotFoundError(f"{what} not found or empty at {path}; {fix}")
+    if input_file(path, what, fix).stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty; {fix}")
     return path
 
 

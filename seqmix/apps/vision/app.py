@@ -1,8 +1,8 @@
-"""The vision app for ``seqmix vision fit|validate|test|predict``."""
+"""The vision app for ``seqmix vision fit|validate|test|predict`` (predict, --explain: :mod:`.commands`)."""
 
 from seqmix.apps.spec import AppSpec
+from seqmix.apps.vision.commands import predict_command
 from seqmix.apps.vision.data import ImageDataModule
-from seqmix.apps.vision.explain import predict_command
 from seqmix.apps.vision.model import ImageClassifier
 
 APP = AppSpec(

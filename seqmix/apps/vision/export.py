@@ -1,7 +1,8 @@
 """Small shipped checkpoints: a trained :class:`ImageClassifier` as an fp16 Lightning checkpoint
 without optimizer state (``seqmix vision predict --ckpt`` loads it back into fp32). The backbone is
 stored as LightningCLI stores it (class path and init args), so the file loads with
-``weights_only=True``, also in ``seqmix vision test --ckpt_path``."""
+``weights_only=True``, also in ``seqmix vision test --ckpt_path``; it names its app (``seqmix_app``)
+as every checkpoint of a seqmix trainer does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from seqmix.apps.files import save_checkpoint
+from seqmix.apps.module import APP_KEY, app_of
 
 # what ``ImageClassifier.load_from_checkpoint`` and ``predict`` need (the data description too)
 KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_parameters",
@@ -58,10 +60,11 @@ def save_small_checkpoint(trainer: pl.Trainer, path: str | Path, max_bytes: int 
     full = path.with_name(f".{path.name}.{os.getpid()}.full.tmp")
     try:
         trainer.save_checkpoint(full, weights_only=True)
-        checkpoint = torch.load(full, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(full, map_location="cpu", weights_only=True)
     finally:
         full.unlink(missing_ok=True)
-    kept = {k: v for k, v in checkpoint.items() if k in KEEP}
+    # a weights-only save skips the callbacks' on_save_checkpoint, AppTag's among them: name the app here
+    kept = {**{k: v for k, v in checkpoint.items() if k in KEEP}, APP_KEY: app_of(type(trainer.lightning_module))}
     if trained is not None:
         kept["epoch"], kept["global_step"] = trained
     if "ImageDataModule" not in kept:
