@@ -173,6 +173,23 @@ def checkpoint_lines(app_name: str, trainer) -> list[str]:
     return lines
 
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry", "null")  # --ckpt_path values that name no file
+
+
+def check_ckpt_path(app, argv: Sequence[str]) -> None:
+    """``--ckpt_path <file>`` of a Lightning command goes through the apps' one checkpoint check before
+    Lightning reads it (:func:`seqmix.apps.module.read_checkpoint`: ``weights_only=True``, this app's
+    checkpoint, one-line errors for a directory, a truncated or foreign file). Lightning's own names
+    (``last``, ``best``, ...) are left to Lightning."""
+    from seqmix.apps.module import read_checkpoint
+
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else \
+            argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else None
+        if value is not None and value not in LIGHTNING_CKPT_NAMES and not value.startswith("registry:"):
+            read_checkpoint(value, app.name, f"give a checkpoint of `seqmix {app.name} fit`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -190,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if subcommand in app.commands:
             return app.commands[subcommand](rest[1:])
+        check_ckpt_path(app, rest)
         try:
             return run_lightning(app, rest)
         except SystemExit as usage_error:  # jsonargparse's: the usage and the error are printed already
