@@ -109,8 +109,9 @@ def test_bad_training_mixture_fails_clearly(train_kv_pairs, message):
 
 
 # ---------------------------------------------------------------- CLI fits
-def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()) -> dict[str, float]:
-    """fit then test through ``seqmix.cli.main``; the config's relative ``runs/`` paths land in ``tmp_path``."""
+def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()) -> tuple[dict[str, float], Path]:
+    """fit then test through ``seqmix.cli.main``; the config's relative ``runs/`` paths land in ``tmp_path``.
+    Returns the last logged metrics and the checkpoint."""
     common = ["--config", str(CONFIGS / config), "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
               "--data.num_train", "512", "--data.num_val", "64", "--data.num_test", "64", *extra]
     main(["recall", "fit", *common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
@@ -122,27 +123,52 @@ def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()
     last = {}
     for row in rows:
         last.update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return last
+    return last, ckpt
+
+
+def _generate(ckpt: Path, capsys, *options: str) -> tuple[list[str], float, float]:
+    """``seqmix recall generate`` on ``ckpt``: its lines, the decoded and the full-forward accuracy."""
+    capsys.readouterr()
+    assert main(["recall", "generate", "--ckpt", str(ckpt), *options]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = next(line for line in lines if line.startswith("accuracy:"))
+    decoded, forward = (float(summary.split(name)[1].split()[0].rstrip(",")) for name in ("decoded ", "argmax "))
+    return lines, decoded, forward
 
 
 @pytest.mark.parametrize("config", ["softmax.yaml", "gla.yaml"])
-def test_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch, config):
+def test_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch, capsys, config):
     monkeypatch.chdir(tmp_path)
     if not (CONFIGS / config).exists():
         pytest.fail(f"configs/recall/{config} is missing")
-    metrics = _fit_and_test(tmp_path, config, steps=3, extra=["--model.d_model", "32"])
+    metrics, ckpt = _fit_and_test(tmp_path, config, steps=3, extra=["--model.d_model", "32"])
     assert "train/loss" in metrics and "test/acc" in metrics and "val/acc" in metrics
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert 0.0 <= metrics["test/acc"] <= 1.0
+    lines, decoded, forward = _generate(ckpt, capsys, "--examples", "3")  # greedy: equal to the forward, query by query
+    assert decoded == forward and lines[-1].endswith("decoded = forward argmax on 12/12")
+    assert [line.split(":")[0] for line in lines[1:4]] == ["example   0", "example   1", "example   2"]
 
 
-def test_tiny_softmax_model_learns_mqar(tmp_path, monkeypatch):
+def test_tiny_softmax_model_learns_mqar(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # 2 pairs at T=16 and vocab 32: chance on a query is 1/16 (values are the upper half).
-    metrics = _fit_and_test(tmp_path, "softmax.yaml", steps=250, extra=[
+    metrics, ckpt = _fit_and_test(tmp_path, "softmax.yaml", steps=250, extra=[
         "--data.vocab_size", "32", "--data.seq_len", "16", "--data.num_kv_pairs", "2", "--data.batch_size", "32",
         "--model.d_model", "32", "--model.lr", "3e-3", "--model.warmup_steps", "20"])
     assert metrics["test/acc"] > 0.5, metrics
+    # decoding answers the queries of the test split as the forward does (greedy, and beam 4 on one token)
+    lines, decoded, forward = _generate(ckpt, capsys, "--examples", "32")
+    assert decoded == forward > 0.5 and lines[-1].endswith("on 64/64"), lines[-1]
+    _, beam, _ = _generate(ckpt, capsys, "--examples", "32", "--strategy", "beam")
+    assert beam == decoded, "one token: the best beam is the argmax"
+    _, sampled, _ = _generate(ckpt, capsys, "--examples", "32", "--strategy", "sample", "--top_k", "1", "--seed", "0")
+    assert sampled == decoded, "top-k 1 sampling is greedy"
+
+
+def test_generate_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="seqmix recall generate: error: .*nope.ckpt.*seqmix recall fit"):
+        main(["recall", "generate", "--ckpt", str(tmp_path / "nope.ckpt")])
 
 
 def test_predict_step_returns_values_at_the_queries():

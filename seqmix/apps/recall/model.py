@@ -45,7 +45,7 @@ class RecallLM(StagedModule):
         if lr <= 0 or weight_decay < 0 or warmup_steps < 0:
             raise ValueError(f"RecallLM: need lr > 0, weight_decay >= 0, warmup_steps >= 0; "
                              f"got lr={lr}, weight_decay={weight_decay}, warmup_steps={warmup_steps}")
-        self.save_hyperparameters(ignore=["mixer"])
+        self.save_hyperparameters()  # the mixer too (its config under LightningCLI): checkpoints rebuild the model
         self.embed = nn.Embedding(vocab_size, d_model)
         if positions == "learned":
             self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)  # [L, D]
