@@ -104,7 +104,24 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
     """
     from pytorch_lightning.cli import LightningCLI
 
+    from seqmix.apps.training import InterruptCheckpoint, RunConfig, last_checkpoint, run_callbacks
+
     class AppCLI(LightningCLI):
+        def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None,
+                weights_only=None) -> None:
+            """``trainer.fit`` with ``--ckpt_path last`` found across this run name's version folders, and an
+            interruption that saved a checkpoint raised as ``TrainingInterrupted`` instead of a silent exit."""
+            if ckpt_path == "last":
+                ckpt_path = last_checkpoint(self.trainer)
+            try:
+                self.trainer.fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path,
+                                 weights_only=weights_only)
+            except SystemExit as stop:  # Lightning's SIGTERMException, or its sys.exit(1) after Ctrl-C
+                saved = next(cb.saved for cb in self.trainer.callbacks if isinstance(cb, InterruptCheckpoint))
+                if saved is None:
+                    raise
+                raise saved from stop
+
         def add_arguments_to_parser(self, parser):
             for source, target in app.links:
                 parser.link_arguments(source, target, apply_on="instantiate")
@@ -125,11 +142,12 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
         args=list(argv),
         subclass_mode_model=False,
         subclass_mode_data=False,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfig,
         trainer_defaults={
             "default_root_dir": f"runs/{app.name}",
             "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
                        "init_args": {"save_dir": f"runs/{app.name}"}},
+            "callbacks": run_callbacks(),
         },
         auto_configure_optimizers=False,
         parser_kwargs={"prog": f"seqmix {app.name}"},
@@ -153,7 +171,12 @@ def config_hint(app_name: str, subcommand: str | None, argv: Sequence[str]) -> s
 
 
 def run_lightning(app, argv: Sequence[str]) -> int:
-    cli = app_cli(app, argv)  # a data-parallel run's process group ends at exit (StagedModule.setup registers it)
+    from seqmix.apps.training import TrainingInterrupted
+
+    try:
+        cli = app_cli(app, argv)  # a data-parallel run's process group ends at exit (StagedModule.setup registers it)
+    except TrainingInterrupted as stop:
+        raise SystemExit(f"seqmix {app.name} fit: {stop}; resume with: {resume_command(app.name, argv, stop.path)}")
     if cli.subcommand == "fit" and cli.trainer.is_global_zero:
         for line in checkpoint_lines(app.name, cli.trainer):
             print(line)
@@ -171,6 +194,21 @@ def checkpoint_lines(app_name: str, trainer) -> list[str]:
         if callback.last_model_path and callback.last_model_path != callback.best_model_path:
             lines.append(f"seqmix {app_name} fit: checkpoint (last) {callback.last_model_path}")
     return lines
+
+
+def resume_command(app_name: str, argv: Sequence[str], checkpoint: Path) -> str:
+    """The command line that resumes the interrupted ``seqmix <app> <argv>`` from ``checkpoint``."""
+    import shlex
+
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        skip = arg == "--ckpt_path"
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["seqmix", app_name, *kept, "--ckpt_path", str(checkpoint)])
 
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry", "null")  # --ckpt_path values that name no file

@@ -123,6 +123,14 @@ class MQARDataModule(pl.LightningDataModule):
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.splits: dict[str, TensorDataset] = {}
+        self.shuffle = torch.Generator().manual_seed(seed)  # the training order's stream; checkpoints carry its state
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the shuffle generator's state, so a resumed fit sees the same data order."""
+        return {"shuffle": self.shuffle.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.shuffle.set_state(state_dict["shuffle"])
 
     def _make(self, split: str, count: int, offset: int) -> TensorDataset:
         h = self.hparams
@@ -146,9 +154,8 @@ class MQARDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(f"MQARDataModule: call setup() before asking for the {split} loader")
-        gen = torch.Generator().manual_seed(self.hparams.seed)
         return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          generator=gen if shuffle else None, num_workers=self.hparams.num_workers)
+                          generator=self.shuffle if shuffle else None, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
