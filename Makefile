@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 demo: install
-	$(PY) benchmarks/mqar.py --demo
+	$(PY) -m benchmarks.mqar --demo
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -25,7 +25,8 @@ import torch
 
 from benchmarks.common import REPO_ROOT, Stopwatch, header, markdown_table, save_figure, write_result
 
-from seqmix.apps.text.app import APP, load_checkpoint
+from seqmix.apps.text.app import APP
+from seqmix.apps.text.commands import load_checkpoint
 from seqmix.apps.text.data import EmotionDataModule, paper_split, read_semeval2007
 from seqmix.apps.text.metrics import emotion_metrics, row_rmse, top_k_hits
 from seqmix.apps.text.model import EmotionRegressor, fit_tfidf_ridge

@@ -25,7 +25,7 @@ from benchmarks.common import REPO_ROOT, Stopwatch, cpu_model, header, markdown_
 from benchmarks.emotion import SHOWN, build, predictions
 
 from seqmix.apps.files import save_checkpoint
-from seqmix.apps.text.app import CHECKPOINT_KEYS, load_checkpoint
+from seqmix.apps.text.commands import CHECKPOINT_KEYS, load_checkpoint
 from seqmix.apps.text.metrics import emotion_metrics
 
 CONFIG = "configs/text/redaffectivelm_lora.yaml"

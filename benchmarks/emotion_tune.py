@@ -26,7 +26,7 @@ from benchmarks.common import (RESULTS_DIR, REPO_ROOT, Stopwatch, atomic_write_t
 from benchmarks.emotion import build, predictions
 
 from seqmix.apps.text.metrics import emotion_metrics
-from seqmix.apps.text.app import load_checkpoint
+from seqmix.apps.text.commands import load_checkpoint
 
 
 LOG = RESULTS_DIR / "emotion_tuning.jsonl"

@@ -1,46 +1,148 @@
-"""Copy result tables from ``benchmarks/results/*.md`` into README.md between markers.
+"""Copy the results of ``benchmarks/results/*.md`` into the docs, so that every number there is one a script wrote.
 
-README.md holds blocks like::
+``docs/results.md`` (and README.md's mixers table) hold blocks like::
 
     <!-- results:mqar -->
     ...replaced by the body of benchmarks/results/mqar.md...
     <!-- /results:mqar -->
 
-so every number in the README is one a benchmark script wrote. Run after the benchmarks:
+README.md holds one ``<!-- headlines -->`` block: one line per entry of ``HEADLINES`` below, its figure read
+from a results file, its link to the section of docs/results.md with the full table. Run after the benchmarks:
 
-    python -m benchmarks.update_docs
+    python -m benchmarks.update_docs            # rewrite the blocks
+    python -m benchmarks.update_docs --check    # exit 1 naming every stale block (tests/test_benchmarks_package.py)
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
+from dataclasses import dataclass
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, atomic_write_text
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, atomic_write_text, markdown_table
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+HEADLINES_BLOCK = re.compile(r"(<!-- headlines -->\n)(?P<body>.*?)(<!-- /headlines -->)", re.S)
+RESULTS_PAGE = "docs/results.md"
+INFORMER_HORIZONS = (24, 48, 168, 336, 720)
 
 
-def body_of(name: str) -> str:
+@dataclass(frozen=True)
+class Headline:
+    """One README line: ``pattern`` (a regex) finds the figure's parts in ``benchmarks/results/<result>.md``,
+    ``figure`` formats its named groups; ``section`` is the heading of docs/results.md with the full table."""
+
+    what: str
+    result: str
+    pattern: str
+    figure: str
+    target: str
+    section: str
+
+
+HEADLINES = (
+    Headline("MQAR recall, `make demo` (T=64, 4 pairs, d=64): test accuracy", "mqar_demo",
+             r"^\| gla \| 64 \| (?P<gla>[\d.]+) \|.*?^\| softmax \| 64 \| (?P<softmax>[\d.]+) \|",
+             "softmax {softmax}, GLA {gla}", "-", "MQAR recall"),
+    Headline("CPU forward+backward at T=8192, speed-up over softmax (SDPA)", "mixers_cpu_issue2",
+             r"\| linear_attention \| [^|]*= (?P<la>[\d.]+x) \|.*?\| gla \| [^|]*= (?P<gla>[\d.]+x) \|"
+             r".*?\| deltanet \| [^|]*= (?P<dn>[\d.]+x) \|",
+             "linear attention {la}, GLA {gla}, DeltaNet {dn}", ">= 3x", "Mixer speed on the CPU"),
+    Headline("Aaren's softmax scan, chunked vs token loop (B=1, T=4096, fwd+bwd)", "rnn_cpu",
+             r"\| softmax_scan \(Aaren\) \| B=1 T=4096 [^|]*\| chunk \| "
+             r"(?P<naive>\d+) \| (?P<fast>\d+) \| (?P<x>[\d.]+x)",
+             "{fast} ms vs {naive} ms ({x})", "-", "CPU fast forms against their references"),
+    Headline("Informer, ETTh1 multivariate, test MSE per horizon (mean of seeds)", "forecasting",
+             "; ".join(rf"H={h}: (?P<mse{h}>[\d.]+) \([^)]*\) vs (?P<paper{h}>[\d.]+) (?P<met{h}>met|MISSED)"
+                       for h in INFORMER_HORIZONS),
+             ", ".join(f"H={h} {{mse{h}}} ({{met{h}}})" for h in INFORMER_HORIZONS),
+             "<= the paper's " + ", ".join(f"{{paper{h}}}" for h in INFORMER_HORIZONS), "Forecasting"),
+    Headline("Best mixer model, lookback 96, mean ETTh1 MSE over horizons 96-720", "forecasting",
+             r"<= 0\.45: (?P<model>[^;]+?) (?P<mse>[\d.]+) \(mean of (?P<n>\d+) seeds per horizon; (?P<met>met|MISSED)",
+             "{model} {mse} ({met})", "<= 0.45", "Forecasting"),
+    Headline("One ETTh1 training epoch, default Informer config, 2 CPU cores", "forecasting",
+             r"< 60 s on 2 cores: (?P<s>[\d.]+) s wall[^(]*\((?P<met>met|MISSED)",
+             "{s} s ({met})", "< 60 s", "Forecasting"),
+    Headline("REDAffectiveLM readers' emotion (SemEval-2007): test Acc@1 / RMSE", "emotion",
+             r"\| test Acc@1 >= 0\.65 \| (?P<acc_met>\w+) \| (?P<acc>[\d.]+) \|\n"
+             r"\| test RMSE <= 0\.10 \| (?P<rmse_met>\w+) \| (?P<rmse>[\d.]+) \|",
+             "{acc} ({acc_met}) / {rmse} ({rmse_met})", ">= 0.65 / <= 0.10", "Readers' emotion, SemEval-2007"),
+    Headline("pHDBSCAN fit vs the hdbscan library (blobs, n=100k, d=16)", "hdbscan",
+             r"\| blobs \| 100,000 \| 16 \| phdbscan \| (?P<p>[\d.]+) \|.*?"
+             r"\| blobs \| 100,000 \| 16 \| hdbscan \| (?P<h>[\d.]+) \|[^\n]*?\| (?P<x>[\d.]+x) \|",
+             "{p} s vs {h} s ({x} faster)", "-", "pHDBSCAN"),
+    Headline("Fashion-MNIST test accuracy, a 30-minute CPU training budget", "vision",
+             r"^\| BiFormer-T \(scaled\) \| (?P<bra>[\d.]+) \|.*?^\| MambaOut-Femto \(scaled\) \| (?P<mo>[\d.]+) \|",
+             "MambaOut-Femto {mo}%, BiFormer-T {bra}% (both scaled to 28x28)", ">= 93%", "Vision, Fashion-MNIST"),
+)
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def body_of(name: str, page: str) -> str:
+    """The results file without its title, its headings one level below the page's, its links from ``page``."""
     path = RESULTS_DIR / f"{name}.md"
     if not path.exists():
-        raise SystemExit(f"update_readme: README asks for results '{name}' but {path} does not exist; "
-                         f"run the benchmark that writes it first")
-    text = path.read_text()
-    text = re.sub(r"\A# .*\n", "", text)  # the results file's title; the README has its own heading
-    text = re.sub(r"^#", "###", text, flags=re.M)  # its sections sit below the README's own headings
-    # links relative to benchmarks/results/ (plots) become relative to the repository root
-    text = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+)\)", lambda m: f"](benchmarks/results/{m.group(1)})", text)
+        raise FileNotFoundError(f"update_docs: {page} asks for results '{name}' but {path} does not exist; "
+                                f"run the benchmark that writes it first")
+    text = re.sub(r"\A# .*\n", "", path.read_text())  # the results file's title; the page has its own heading
+    text = re.sub(r"^#", "###" if page == "README.md" else "##", text, flags=re.M)
+    prefix = "../benchmarks/results/" if "/" in page else "benchmarks/results/"  # relative links from the page
+    text = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+)\)", lambda m: f"]({prefix}{m.group(1)})", text)
     return text.strip() + "\n"
 
 
-def main() -> int:
-    readme = REPO_ROOT / "README.md"
-    text = readme.read_text()
-    names = [m.group("name") for m in BLOCK.finditer(text)]
-    new = BLOCK.sub(lambda m: m.group(1) + body_of(m.group("name")) + m.group(4), text)
-    atomic_write_text(readme, new)
-    print(f"README.md: refreshed {len(names)} result blocks: {', '.join(names)}")
+def headline_row(h: Headline, sections: set[str]) -> list[str]:
+    text = (RESULTS_DIR / f"{h.result}.md").read_text()
+    found = re.search(h.pattern, text, flags=re.S | re.M)
+    if found is None:
+        raise ValueError(f"update_docs: headline '{h.what}' finds no match in benchmarks/results/{h.result}.md; "
+                         f"fix its pattern in HEADLINES (benchmarks/update_docs.py)")
+    if anchor(h.section) not in sections:
+        raise ValueError(f"update_docs: headline '{h.what}' links to '{h.section}', which is no heading of "
+                         f"{RESULTS_PAGE}; fix its section in HEADLINES")
+    link = f"[{h.result}.md]({RESULTS_PAGE}#{anchor(h.section)})"
+    return [h.what, h.figure.format(**found.groupdict()), h.target.format(**found.groupdict()), link]
+
+
+def refreshed(page: str) -> str:
+    """The page's text with every block rewritten from the results files."""
+    text = (REPO_ROOT / page).read_text()
+    text = BLOCK.sub(lambda m: m.group(1) + body_of(m.group("name"), page) + m.group(4), text)
+    if page == "README.md":
+        results_page = (REPO_ROOT / RESULTS_PAGE).read_text()
+        sections = {anchor(h) for h in re.findall(r"^#+ (.*)$", results_page, flags=re.M)}
+        table = markdown_table(("result", "figure", "target", "full table"),
+                               (headline_row(h, sections) for h in HEADLINES))
+        text, n = HEADLINES_BLOCK.subn(lambda m: m.group(1) + table + m.group(3), text)
+        if n != 1:
+            raise ValueError(f"update_docs: README.md has {n} <!-- headlines --> blocks; it needs exactly one")
+    return text
+
+
+def stale_pages() -> list[str]:
+    """The pages whose blocks differ from what the results files give."""
+    return [page for page in (RESULTS_PAGE, "README.md") if refreshed(page) != (REPO_ROOT / page).read_text()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a page is out of date")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_pages()
+        for page in stale:
+            print(f"{page} is out of date with benchmarks/results/; run python -m benchmarks.update_docs",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    for page in (RESULTS_PAGE, "README.md"):  # the results page first: the README's links point into it
+        text = refreshed(page)
+        atomic_write_text(REPO_ROOT / page, text)
+        print(f"{page}: refreshed {len(BLOCK.findall(text))} result blocks")
     return 0
 
 

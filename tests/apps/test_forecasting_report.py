@@ -1,11 +1,13 @@
-"""The report side of ``benchmarks/forecasting.py``: which seeds each table cell rests on."""
+"""The report side of ``python -m benchmarks.forecasting``: which seeds each table cell rests on."""
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("forecasting")
+def bench():
+    import benchmarks.forecasting as module
+
+    return module
 
 
 def run(model: str, dataset: str, horizon: int, seed: int) -> dict:

@@ -1,11 +1,13 @@
-"""The report side of ``benchmarks/mqar.py``: a table that merges points of several runs names where each ran."""
+"""The report side of ``python -m benchmarks.mqar``: a table that merges points of several runs names where each ran."""
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("mqar")
+def bench():
+    import benchmarks.mqar as module
+
+    return module
 
 
 def test_provenance_counts_points_per_cpu_and_commit_with_their_dates(bench):
@@ -18,12 +20,3 @@ def test_provenance_counts_points_per_cpu_and_commit_with_their_dates(bench):
         "1 point on CPU not recorded at commit not recorded; "
         "2 points on Intel Xeon at abc1234, 2026-11-30 09:00 UTC to 2026-11-30 10:00 UTC")
 
-
-def test_loading_a_benchmark_leaves_sys_path_as_it_was(load_benchmark):
-    """benchmarks/ on sys.path would make a later `import hdbscan` find benchmarks/hdbscan.py (seen in the suite)."""
-    import sys
-    from pathlib import Path
-
-    load_benchmark("mqar")
-    folder = (Path(__file__).resolve().parents[2] / "benchmarks").resolve()
-    assert all(Path(p or ".").resolve() != folder for p in sys.path)

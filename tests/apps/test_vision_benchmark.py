@@ -1,4 +1,4 @@
-"""The CPU-cheap parts of ``benchmarks/vision.py``: a candidate architecture's row and its errors."""
+"""The CPU-cheap parts of ``python -m benchmarks.vision``: a candidate architecture's row and its errors."""
 
 import argparse
 import json
@@ -14,8 +14,10 @@ ROW = {"params": 1_100_000, "gmacs": 0.0134, "infer": 2000.0, "train": 700.0, "t
 
 
 @pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("vision")
+def bench():
+    import benchmarks.vision as module
+
+    return module
 
 
 @pytest.fixture

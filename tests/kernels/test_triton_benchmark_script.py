@@ -1,12 +1,14 @@
-"""The CPU-checkable parts of ``benchmarks/kernels_gpu.py``: arguments, FLOP formulas, no-GPU exit."""
+"""The CPU-checkable parts of ``python -m benchmarks.kernels_gpu``: arguments, FLOP formulas, no-GPU exit."""
 
 import pytest
 import torch
 
 
 @pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("kernels_gpu")
+def bench():
+    import benchmarks.kernels_gpu as module
+
+    return module
 
 
 def test_flop_formulas(bench):
