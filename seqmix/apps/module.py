@@ -156,14 +156,13 @@ def checked_checkpoint(data: bytes, path: Path, app: str, hint: str, needs: Sequ
     """:func:`read_checkpoint` of the bytes ``data`` read from ``path``."""
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused a pickled object
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        what = f" ({found.group(1)})" if found else ""
-        raise checkpoint_error(f"holds pickled Python objects{what}, not only tensors and plain data: refused "
-                               "unread (checkpoints are loaded as data, never as code)", path, hint) from None
-    except Exception:  # torch.load raises RuntimeError, EOFError, KeyError, ... for a non-checkpoint file
-        raise checkpoint_error("is not a torch checkpoint file (truncated, or another kind of file)", path,
-                               hint) from None
+    except Exception as err:  # torch.load raises RuntimeError, EOFError, KeyError, ... for a non-checkpoint file
+        refused = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if refused is None:
+            raise checkpoint_error("is not a torch checkpoint file (truncated, or another kind of file)", path,
+                                   hint) from None
+        raise checkpoint_error(f"holds pickled Python objects ({refused.group(1)}), not only tensors and plain data: "
+                               "refused unread (checkpoints are loaded as data, never as code)", path, hint) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise checkpoint_error("is a torch file but not a Lightning checkpoint (no state_dict)", path, hint)
     written_by = checkpoint.get(APP_KEY)

@@ -62,11 +62,10 @@ def build_from_fit_config(path: str) -> tuple[FraudDataModule, SequenceAutoencod
     return cli.datamodule, cli.model
 
 
-def load_weights(model: SequenceAutoencoder, checkpoint: str, fit_config: str) -> None:
-    """The trained weights of ``checkpoint`` (read as data: :func:`seqmix.apps.module.read_checkpoint`) into
-    ``model``, which ``fit_config`` built; a checkpoint of another model is refused naming what differs."""
+def load_weights(model: SequenceAutoencoder, ckpt: dict, checkpoint: str, fit_config: str) -> None:
+    """The trained weights of ``ckpt`` (read from ``checkpoint`` by :func:`seqmix.apps.module.read_checkpoint`)
+    into ``model``, which ``fit_config`` built; a checkpoint of another model is refused naming what differs."""
     hint = f"train one with `seqmix fraud fit --config {fit_config}`"
-    ckpt = read_checkpoint(checkpoint, "fraud", hint)
     trained = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
     differ = {k: (v, model.hparams.get(k)) for k, v in trained.items() if model.hparams.get(k) != v}
     if differ:
@@ -128,8 +127,9 @@ def cluster_command(argv: list[str]) -> int:
                    *(("--config", str(c)) for c in cfg.get("config") or [])])
     clusterer = parser.instantiate_classes(cfg).clusterer
 
+    ckpt = read_checkpoint(cfg.checkpoint, "fraud", f"train one with `seqmix fraud fit --config {cfg.fit_config}`")
     data, model = build_from_fit_config(cfg.fit_config)
-    load_weights(model, cfg.checkpoint, cfg.fit_config)
+    load_weights(model, ckpt, cfg.checkpoint, cfg.fit_config)
     data.setup("predict")
     feats = data.features
     n_embed = 0 if cfg.features == "expert" else model.hparams.d_embed
