@@ -146,13 +146,21 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
         trainer_defaults={
             "default_root_dir": f"runs/{app.name}",
             "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger",
-                       "init_args": {"save_dir": f"runs/{app.name}"}},
+                       "init_args": {"save_dir": f"runs/{app.name}", "name": run_name(argv)}},
             "callbacks": run_callbacks(),
         },
         auto_configure_optimizers=False,
         parser_kwargs={"prog": f"seqmix {app.name}"},
         run=run,
     )
+
+
+def run_name(argv: Sequence[str]) -> str:
+    """The default logger's run name: the experiment's config file name (the last ``--config``), so that
+    ``configs/<app>/<exp>.yaml`` runs land in ``runs/<app>/<exp>/version_N`` and ``--ckpt_path last`` finds them."""
+    configs = [value for flag, value in zip(argv, argv[1:]) if flag in ("-c", "--config")]
+    configs += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    return Path(configs[-1]).stem if configs else "lightning_logs"
 
 
 def config_hint(app_name: str, subcommand: str | None, argv: Sequence[str]) -> str:

@@ -64,10 +64,10 @@ def test_a_second_run_never_overwrites_the_first(tmp_path, capsys):
     assert f"--ckpt_path {ckpt}" in message and "--trainer.callbacks.init_args.dirpath" in message
     assert ckpt.read_bytes() == before
 
-    forecast = [*FORECASTING, "--trainer.max_epochs", "1"]  # no dirpath: each run its own version folder
+    forecast = [*FORECASTING, "--trainer.max_epochs", "1"]  # no dirpath: runs/<app>/<config>/version_N
     main(["forecasting", "fit", *forecast])
     main(["forecasting", "fit", *forecast])
-    versions = sorted((tmp_path / "runs/forecasting/lightning_logs").iterdir())
+    versions = sorted((tmp_path / "runs/forecasting/transformer").iterdir())
     assert [v.name for v in versions] == ["version_0", "version_1"]
     for version in versions:
         assert (version / "config.yaml").is_file() and (version / "checkpoints/last.ckpt").is_file()
@@ -143,7 +143,7 @@ def test_forecasting_resumed_from_last_equals_the_uninterrupted_run(tmp_path):
     main(["forecasting", "fit", *FORECASTING, "--trainer.max_epochs", "2"])
     main(["forecasting", "fit", *FORECASTING, "--trainer.max_epochs", "1"])
     main(["forecasting", "fit", *FORECASTING, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # version_1's
-    logs = tmp_path / "runs/forecasting/lightning_logs"
+    logs = tmp_path / "runs/forecasting/transformer"
     whole, resumed = last_metrics(logs / "version_0"), last_metrics(logs / "version_2")
     assert first_step(logs / "version_2") > 0 and resumed["epoch"] == whole["epoch"] == 1  # resumed, not rerun
     for key in ("train/loss", "val/mse", "val/mae"):
