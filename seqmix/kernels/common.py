@@ -80,6 +80,15 @@ class KernelOp:
         refusal = self.check(owner, impl, chunk_size=chunk_size, head_dims=head_dims)
         return resolve_impl(owner, impl, self.impls, cuda=x.is_cuda, triton_refusal=refusal)
 
+    def form(self, owner: str, impl: str, x: Tensor, *, name: str, chunk_size: int | None = None,
+             head_dims: Mapping[str, int] = NO_SIZES) -> Callable[..., tuple[Tensor, object]]:
+        """The function ``<name>_<form>`` of ``seqmix.kernels.<package>.<form>`` for the form that
+        :meth:`resolve` picks for ``x`` (imported when asked for: the Triton one imports triton)."""
+        choice = self.resolve(owner, impl, x, chunk_size=chunk_size, head_dims=head_dims)
+        if choice == "triton":
+            return self.triton(f"{name}_triton", x)
+        return getattr(importlib.import_module(f"seqmix.kernels.{self.package}.{choice}"), f"{name}_{choice}")
+
     def triton(self, function: str, x: Tensor) -> Callable[..., tuple[Tensor, object]]:
         """The Triton form ``seqmix.kernels.<package>.triton.<function>``, imported lazily (importing
         it imports triton, which reads ``TRITON_INTERPRET`` once)."""
@@ -185,6 +194,57 @@ def check_state_and_offsets(op: str, q: Tensor, v: Tensor, initial_state: Tensor
             got = tuple(initial_state.shape) if isinstance(initial_state, Tensor) else type(initial_state).__name__
             raise ValueError(f"{op}: initial_state must be [N={n}, H={h}, K={dk}, V={dv}], got {got}")
     return n
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """The checked arguments that the linear-recurrence ops (linear attention, GLA, the delta rule)
+    share, built once by :meth:`check` in each op's public function; every form of the op
+    (``naive``, ``chunk``, ``triton``) takes it with the op's own input (decay, gates, beta).
+
+    - ``q, k: [B, T, H, K]``; ``v: [B, T, H, V]``.
+    - ``scale`` multiplies the output; given as None it is ``K ** -0.5``.
+    - ``initial_state: [N, H, K, V]`` (``N = B``, or the number of packed sequences); zeros when None.
+    - ``output_final_state``: also return the state after the last token (fp32, fp64 for fp64 inputs).
+    - ``cu_seqlens``: int64 ``[N + 1]`` offsets of N sequences packed along time (B must be 1); the
+      state restarts at every boundary.
+    - ``chunk_size``: tokens per chunk of the chunked forms (the tile BT of the Triton forms).
+
+    Every form returns ``o: [B, T, H, V]`` in the dtype of q, and the final state or None.
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    scale: float
+    initial_state: Tensor | None
+    output_final_state: bool
+    cu_seqlens: Tensor | None
+    chunk_size: int
+
+    @classmethod
+    def check(cls, op: str, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None, initial_state: Tensor | None,
+              output_final_state: bool, cu_seqlens: Tensor | None, chunk_size: int) -> Recurrence:
+        """Checks the shapes, the state, the packed offsets and the chunk size (a ValueError naming
+        the argument); the default scale is filled in."""
+        check_qkv(op, q, k, v)
+        check_state_and_offsets(op, q, v, initial_state, cu_seqlens)
+        check_chunk_size(op, chunk_size)
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        return cls(q, k, v, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
+
+    @property
+    def head_dims(self) -> dict[str, int]:
+        return {"K": self.q.shape[-1], "V": self.v.shape[-1]}
+
+    def per_sequence(self, run: Callable[..., tuple[Tensor, Tensor]],
+                     *more_over_time: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``run(q, k, v, *more, s0) -> (o, s_T)`` in the compute dtype over the batch, or over each
+        packed sequence (:func:`per_sequence`); ``o`` in q's dtype, the final state only when asked for."""
+        q, v = self.q, self.v
+        o, final = per_sequence(run, (q, self.k, v, *more_over_time), self.initial_state, self.cu_seqlens,
+                                (q.shape[2], q.shape[3], v.shape[3]), compute_dtype(q))
+        return o.to(q.dtype), (final if self.output_final_state else None)
 
 
 def check_chunk_size(op: str, chunk_size: int) -> None:

@@ -8,14 +8,16 @@ os.environ["SEQMIX_TRITON_POISON"] = "1"  # kernel outputs start as NaN
 
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 
 import seqmix.kernels.triton_utils as triton_utils
 from seqmix.kernels.linear_attn import linear_attn
-from seqmix.kernels.linear_attn.triton import linear_attn_triton
 from tests.kernels.triton_checks import compare, outputs_and_grads, require_interpreter
+
+linear_attn_triton = partial(linear_attn, impl="triton")
 
 
 def make_inputs(b, t, h, dk, dv, *, decay, with_state, n_seq=None, seed=0):

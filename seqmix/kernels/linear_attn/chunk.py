@@ -26,15 +26,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from seqmix.kernels.common import (
-    bmm,
-    check_chunk_size,
-    compute_dtype,
-    from_chunks,
-    per_sequence,
-    to_chunks,
-)
-from seqmix.kernels.linear_attn.naive import check_global_inputs, check_linear_attn_inputs
+from seqmix.kernels.common import Recurrence, bmm, compute_dtype, from_chunks, to_chunks
+from seqmix.kernels.linear_attn.naive import check_global_inputs
 from seqmix.kernels.threads import single_threaded
 
 
@@ -156,34 +149,17 @@ def decay_factors(log_gamma: Tensor, chunk: int, t: int) -> tuple[Tensor, Tensor
     return mask, q_decay, k_decay, chunk_decay
 
 
-def linear_attn_chunk(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    decay: Tensor | None = None,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
-    """Same contract as :func:`seqmix.kernels.linear_attn.naive.linear_attn_naive`, chunked."""
-    check_linear_attn_inputs("linear_attn_chunk", q, k, v, decay, initial_state, cu_seqlens)
-    check_chunk_size("linear_attn_chunk", chunk_size)
-    dtype = compute_dtype(q)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    log_gamma = None if decay is None else decay.to(dtype)
+def linear_attn_chunk(x: Recurrence, decay: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The chunked form above; the arguments and results of :func:`seqmix.kernels.linear_attn.linear_attn`."""
+    log_gamma = None if decay is None else decay.to(compute_dtype(x.q))
 
     def run(q: Tensor, k: Tensor, v: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
         t = q.shape[1]
-        c = min(chunk_size, t)
+        c = min(x.chunk_size, t)
         factors = (None,) * 4 if log_gamma is None else decay_factors(log_gamma, c, t)
-        return _ChunkLinearAttn.apply(q, k, v, s0, *factors, scale, c)
+        return _ChunkLinearAttn.apply(q, k, v, s0, *factors, x.scale, c)
 
-    state_shape = (q.shape[2], q.shape[3], v.shape[3])
-    o, final = per_sequence(run, (q, k, v), initial_state, cu_seqlens, state_shape, dtype)
-    return o.to(q.dtype), (final if output_final_state else None)
+    return x.per_sequence(run)
 
 
 def linear_attn_global_chunk(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:

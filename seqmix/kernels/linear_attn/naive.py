@@ -13,49 +13,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqmix.kernels.common import (
-    check_qkv,
-    check_state_and_offsets,
-    compute_dtype,
-    per_sequence,
-)
+from seqmix.kernels.common import Recurrence, compute_dtype
 
 
-def check_linear_attn_inputs(op: str, q: Tensor, k: Tensor, v: Tensor, decay: Tensor | None,
-                             initial_state: Tensor | None, cu_seqlens: Tensor | None) -> None:
-    check_qkv(op, q, k, v)
-    if decay is not None:
-        h = q.shape[2]
-        if not isinstance(decay, Tensor) or tuple(decay.shape) != (h,) or not decay.is_floating_point():
-            got = f"{decay.dtype} {tuple(decay.shape)}" if isinstance(decay, Tensor) else type(decay).__name__
-            raise ValueError(f"{op}: decay must be a float tensor [H={h}] of per-head log-decays, got {got}")
-        if bool((decay > 0).any()):
-            raise ValueError(
-                f"{op}: decay holds log-decays and must be <= 0 (gamma = exp(decay) <= 1), got max "
-                f"{decay.max().item():.3g}; pass log(gamma), e.g. torch.log(1 - 2 ** (-5 - torch.arange(H)))"
-            )
-    check_state_and_offsets(op, q, v, initial_state, cu_seqlens)
+def check_decay(op: str, q: Tensor, decay: Tensor | None) -> None:
+    """``decay``: None, or a float tensor ``[H]`` of per-head log-decays, each <= 0."""
+    if decay is None:
+        return
+    h = q.shape[2]
+    if not isinstance(decay, Tensor) or tuple(decay.shape) != (h,) or not decay.is_floating_point():
+        got = f"{decay.dtype} {tuple(decay.shape)}" if isinstance(decay, Tensor) else type(decay).__name__
+        raise ValueError(f"{op}: decay must be a float tensor [H={h}] of per-head log-decays, got {got}")
+    if bool((decay > 0).any()):
+        raise ValueError(
+            f"{op}: decay holds log-decays and must be <= 0 (gamma = exp(decay) <= 1), got max "
+            f"{decay.max().item():.3g}; pass log(gamma), e.g. torch.log(1 - 2 ** (-5 - torch.arange(H)))"
+        )
 
 
-def linear_attn_naive(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    decay: Tensor | None = None,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """The recurrence above, one token at a time, in fp32 (fp64 for fp64 inputs).
-
-    ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]`` -> ``o: [B, T, H, V]`` (dtype of q) and the
-    final state ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``) or None.
-    """
-    check_linear_attn_inputs("linear_attn_naive", q, k, v, decay, initial_state, cu_seqlens)
-    dtype = compute_dtype(q)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+def linear_attn_naive(x: Recurrence, decay: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The recurrence above, one token at a time, in fp32 (fp64 for fp64 inputs); the arguments
+    and results of :func:`seqmix.kernels.linear_attn.linear_attn`."""
+    dtype = compute_dtype(x.q)
     gamma = None if decay is None else decay.to(dtype).exp()[:, None, None]  # [H, 1, 1]
 
     def run(q: Tensor, k: Tensor, v: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,12 +42,10 @@ def linear_attn_naive(
         for q_t, k_t, v_t in zip(q.to(dtype).unbind(1), k.to(dtype).unbind(1), v.to(dtype).unbind(1)):
             kv = k_t[..., :, None] * v_t[..., None, :]  # [B, H, K, V]
             s = kv + (s if gamma is None else gamma * s)
-            outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, s) * scale)
+            outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, s) * x.scale)
         return torch.stack(outputs, 1), s  # [B, T, H, V], [B, H, K, V]
 
-    state_shape = (q.shape[2], q.shape[3], v.shape[3])
-    o, final = per_sequence(run, (q, k, v), initial_state, cu_seqlens, state_shape, dtype)
-    return o.to(q.dtype), (final if output_final_state else None)
+    return x.per_sequence(run)
 
 
 def linear_attn_global_naive(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:

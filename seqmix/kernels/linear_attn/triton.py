@@ -27,12 +27,61 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from seqmix.kernels.common import Recurrence
 from seqmix.kernels.linear_attn.limits import LINEAR_ATTN
-from seqmix.kernels.linear_attn.naive import check_linear_attn_inputs
-from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
+from seqmix.kernels.triton_utils import (
+    autotune,
+    block_size,
+    chunk_rows,
+    contiguous,
+    load_state,
+    new_output,
+    new_state,
+    prepare,
+    sequence_bounds,
+    state_tile,
+    token_tile,
+    value_block_partials,
+    value_grid,
+)
 
 _CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=s)
             for bv in (64, 32) for w in (4, 8) for s in (2, 3)]
+
+
+@triton.jit
+def _decays(decay, i_h, o_t, HAS_DECAY: tl.constexpr):
+    """``lam = decay[h]`` (0 without decay), the decayed causal mask ``[BT, BT]`` and the query factors ``[BT]``."""
+    lam = tl.load(decay + i_h).to(tl.float32) if HAS_DECAY else 0.0
+    causal = o_t[:, None] >= o_t[None, :]
+    m_intra = tl.where(causal, tl.exp(lam * (o_t[:, None] - o_t[None, :]).to(tl.float32)), 0.0)  # [BT, BT]
+    return lam, m_intra, tl.exp(lam * (o_t + 1).to(tl.float32))
+
+
+@triton.jit
+def _chunk(q, k, v, do, bos, start, seq_len, lam, i_h, o_t, o_k, o_v, H: tl.constexpr, K: tl.constexpr,
+           V: tl.constexpr, BT: tl.constexpr, LOAD_Q: tl.constexpr, LOAD_DO: tl.constexpr):
+    """The chunk at ``start``: its tiles of q, k, v and do (q and do only when asked for: k and v
+    stand in), their offsets and masks, its number of tokens n and its key factors."""
+    n, m_t, rows = chunk_rows(bos, start, seq_len, o_t, BT)
+    p_qk, m_qk = token_tile(rows, m_t, i_h, o_k, K, H)  # [BT, BK]
+    p_vo, m_vo = token_tile(rows, m_t, i_h, o_v, V, H)  # [BT, BV]
+    b_k = tl.load(k + p_qk, mask=m_qk, other=0.0)
+    b_v = tl.load(v + p_vo, mask=m_vo, other=0.0)
+    b_q = b_k
+    b_do = b_v
+    if LOAD_Q:
+        b_q = tl.load(q + p_qk, mask=m_qk, other=0.0)
+    if LOAD_DO:
+        b_do = tl.load(do + p_vo, mask=m_vo, other=0.0)
+    k_decay = tl.where(m_t, tl.exp(lam * (n - 1 - o_t).to(tl.float32)), 0.0)  # [BT]
+    return b_q, b_k, b_v, b_do, p_qk, m_qk, p_vo, m_vo, n, k_decay
+
+
+@triton.jit
+def _next_state(state, b_k, b_v, k_decay, lam, n, dt):
+    """The state after the chunk: ``exp(lam n) S + (exp(lam (n - 1 - j)) k)^T v``."""
+    return state * tl.exp(lam * n.to(tl.float32)) + tl.dot(tl.trans((b_k * k_decay[:, None]).to(dt)), b_v)
 
 
 @autotune(_CONFIGS, key=["K", "V", "BT"])
@@ -41,40 +90,22 @@ def _fwd_kernel(q, k, v, decay, h0, o, ht, offsets, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                 BV: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    bos, seq_len = sequence_bounds(offsets, i_nh // H)
     dt = q.dtype.element_ty
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    lam = tl.load(decay + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    causal = o_t[:, None] >= o_t[None, :]
-    m_intra = tl.where(causal, tl.exp(lam * (o_t[:, None] - o_t[None, :]).to(tl.float32)), 0.0)  # [BT, BT]
-    q_decay = tl.exp(lam * (o_t + 1).to(tl.float32))  # [BT]
-
-    p_state = i_nh * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets into [N, H, K, V]
-    m_state = m_k[:, None] & m_v[None, :]
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    lam, m_intra, q_decay = _decays(decay, i_nh % H, o_t, HAS_DECAY)
+    p_state, m_state = state_tile(o_k, o_v, K, V)
+    p_state += i_nh * K * V  # [BK, BV] offsets into [N, H, K, V]
+    state = load_state(h0, p_state, m_state, HAS_H0, BK, BV)
 
     for start in range(0, seq_len, BT):
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t  # [BT] token index in the packed sequence
-        p_qk = rows[:, None] * (H * K) + i_h * K + o_k[None, :]  # [BT, BK]
-        p_vo = rows[:, None] * (H * V) + i_h * V + o_v[None, :]  # [BT, BV]
-        b_q = tl.load(q + p_qk, mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_k = tl.load(k + p_qk, mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_v = tl.load(v + p_vo, mask=m_t[:, None] & m_v[None, :], other=0.0)
-        k_decay = tl.where(m_t, tl.exp(lam * (n - 1 - o_t).to(tl.float32)), 0.0)  # [BT]
-
+        b_q, b_k, b_v, _, _, _, p_vo, m_vo, n, k_decay = _chunk(q, k, v, v, bos, start, seq_len, lam, i_nh % H,
+                                                                 o_t, o_k, o_v, H, K, V, BT, True, False)
         scores = tl.dot(b_q, tl.trans(b_k)) * m_intra  # [BT, BT] fp32
         b_o = tl.dot(scores.to(dt), b_v)
         b_o += tl.dot((b_q * q_decay[:, None]).to(dt), state.to(dt))
-        tl.store(o + p_vo, (b_o * scale).to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
-
-        state = state * tl.exp(lam * n.to(tl.float32)) + tl.dot(tl.trans((b_k * k_decay[:, None]).to(dt)), b_v)
+        tl.store(o + p_vo, (b_o * scale).to(o.dtype.element_ty), mask=m_vo)
+        state = _next_state(state, b_k, b_v, k_decay, lam, n, dt)
 
     if STORE_HT:
         tl.store(ht + p_state, state, mask=m_state)
@@ -87,61 +118,31 @@ def _bwd_kernel(q, k, v, do, decay, h0, dht, dq, dk, dv, dh0, offsets, scale, T_
                 BV: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
                 STORE_DH0: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    i_h = i_nh % H
+    bos, seq_len = sequence_bounds(offsets, i_nh // H)
     n_chunks = tl.cdiv(seq_len, BT)
     dt = q.dtype.element_ty
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    lam = tl.load(decay + i_h).to(tl.float32) if HAS_DECAY else 0.0
-    causal = o_t[:, None] >= o_t[None, :]
-    m_intra = tl.where(causal, tl.exp(lam * (o_t[:, None] - o_t[None, :]).to(tl.float32)), 0.0)  # [BT, BT]
-    q_decay = tl.exp(lam * (o_t + 1).to(tl.float32))  # [BT]
-    p_state = i_nh * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
-    m_state = m_k[:, None] & m_v[None, :]
+    lam, m_intra, q_decay = _decays(decay, i_h, o_t, HAS_DECAY)
+    p_state, m_state = state_tile(o_k, o_v, K, V)
+    p_state += i_nh * K * V  # [BK, BV]
     partial = i_v.to(tl.int64) * T_total * H * K  # offset of this value block's dq/dk partials
 
     # walk 1, forward in time: rebuild the state entering each chunk, dq = scale (D k + decay dO S^T)
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    state = load_state(h0, p_state, m_state, HAS_H0, BK, BV)
     for i_c in range(0, n_chunks):
-        start = i_c * BT
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        p_qk = rows[:, None] * (H * K) + i_h * K + o_k[None, :]
-        p_vo = rows[:, None] * (H * V) + i_h * V + o_v[None, :]
-        m_qk, m_vo = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        b_k = tl.load(k + p_qk, mask=m_qk, other=0.0)
-        b_v = tl.load(v + p_vo, mask=m_vo, other=0.0)
-        b_do = tl.load(do + p_vo, mask=m_vo, other=0.0)
-        k_decay = tl.where(m_t, tl.exp(lam * (n - 1 - o_t).to(tl.float32)), 0.0)
-
+        _, b_k, b_v, b_do, p_qk, m_qk, _, _, n, k_decay = _chunk(q, k, v, do, bos, i_c * BT, seq_len, lam, i_h,
+                                                                  o_t, o_k, o_v, H, K, V, BT, False, True)
         d_scores = tl.dot(b_do, tl.trans(b_v)) * m_intra  # [BT, BT]
         b_dq = tl.dot(d_scores.to(dt), b_k) + tl.dot(b_do, tl.trans(state.to(dt))) * q_decay[:, None]
         tl.store(dq + partial + p_qk, b_dq * scale, mask=m_qk)
-        state = state * tl.exp(lam * n.to(tl.float32)) + tl.dot(tl.trans((b_k * k_decay[:, None]).to(dt)), b_v)
+        state = _next_state(state, b_k, b_v, k_decay, lam, n, dt)
 
     # walk 2, backward in time, carrying dS = dL/d(state after the chunk)
-    d_state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        d_state += tl.load(dht + p_state, mask=m_state, other=0.0).to(tl.float32)
+    d_state = load_state(dht, p_state, m_state, HAS_DHT, BK, BV)
     for j_c in range(0, n_chunks):
-        start = (n_chunks - 1 - j_c) * BT
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        p_qk = rows[:, None] * (H * K) + i_h * K + o_k[None, :]
-        p_vo = rows[:, None] * (H * V) + i_h * V + o_v[None, :]
-        m_qk, m_vo = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + p_qk, mask=m_qk, other=0.0)
-        b_k = tl.load(k + p_qk, mask=m_qk, other=0.0)
-        b_v = tl.load(v + p_vo, mask=m_vo, other=0.0)
-        b_do = tl.load(do + p_vo, mask=m_vo, other=0.0)
-        k_decay = tl.where(m_t, tl.exp(lam * (n - 1 - o_t).to(tl.float32)), 0.0)
-
+        b_q, b_k, b_v, b_do, p_qk, m_qk, p_vo, m_vo, n, k_decay = _chunk(
+            q, k, v, do, bos, (n_chunks - 1 - j_c) * BT, seq_len, lam, i_h, o_t, o_k, o_v, H, K, V, BT, True, True)
         scores = tl.dot(b_q, tl.trans(b_k)) * m_intra  # [BT, BT]
         d_scores = tl.dot(b_do, tl.trans(b_v)) * m_intra  # [BT, BT]
         b_dk = tl.dot(tl.trans(d_scores).to(dt), b_q) * scale
@@ -155,10 +156,6 @@ def _bwd_kernel(q, k, v, do, decay, h0, dht, dq, dk, dv, dh0, offsets, scale, T_
 
     if STORE_DH0:
         tl.store(dh0 + p_state, d_state, mask=m_state)
-
-
-def _grid(meta, V: int, NH: int):
-    return (triton.cdiv(V, meta["BV"]), NH)
 
 
 def _decay_grad(q: Tensor, k: Tensor, dq: Tensor, dk: Tensor, final: Tensor | None, d_final: Tensor | None,
@@ -189,8 +186,8 @@ class LinearAttnFunction(torch.autograd.Function):
         b, t, h, dk = q.shape
         dv = v.shape[-1]
         o = new_output((b, t, h, dv), device=q.device, dtype=q.dtype)
-        final = new_output((n_seq, h, dk, dv), device=q.device, dtype=torch.float32) if output_final_state else None
-        _fwd_kernel[lambda meta: _grid(meta, dv, n_seq * h)](
+        final = new_state(q, v, n_seq) if output_final_state else None
+        _fwd_kernel[value_grid(dv, n_seq * h)](
             q, k, v, decay if decay is not None else q, initial_state if initial_state is not None else q,
             o, final if final is not None else o, offsets, scale,
             H=h, K=dk, V=dv, BT=chunk_size, BK=block_size(dk),
@@ -204,19 +201,14 @@ class LinearAttnFunction(torch.autograd.Function):
         q, k, v, decay, initial_state, offsets, final = ctx.saved_tensors
         b, t, h, dk = q.shape
         dv = v.shape[-1]
-        do = do.contiguous()
-        d_final = d_final.contiguous() if d_final is not None else None
-        # dq and dk are summed over value blocks: allocate for the most blocks any config uses
-        max_blocks = triton.cdiv(dv, min(c.kwargs["BV"] for c in _CONFIGS))
-        dq = torch.zeros((max_blocks, b, t, h, dk), device=q.device, dtype=torch.float32)
-        dk_ = torch.zeros((max_blocks, b, t, h, dk), device=q.device, dtype=torch.float32)
+        d_final = contiguous(d_final)
+        dq, dk_ = (value_block_partials(_CONFIGS, dv, b, t, h, dk, device=q.device) for _ in range(2))
         dv_ = new_output((b, t, h, dv), device=q.device, dtype=v.dtype)
-        dh0 = (new_output((ctx.n_seq, h, dk, dv), device=q.device, dtype=torch.float32)
-               if initial_state is not None else None)
-        _bwd_kernel[lambda meta: _grid(meta, dv, ctx.n_seq * h)](
-            q, k, v, do, decay if decay is not None else q, initial_state if initial_state is not None else q,
-            d_final if d_final is not None else q, dq, dk_, dv_, dh0 if dh0 is not None else q,
-            offsets, ctx.scale, b * t,
+        dh0 = new_state(q, v, ctx.n_seq) if initial_state is not None else None
+        _bwd_kernel[value_grid(dv, ctx.n_seq * h)](
+            q, k, v, do.contiguous(), decay if decay is not None else q,
+            initial_state if initial_state is not None else q, d_final if d_final is not None else q, dq, dk_, dv_,
+            dh0 if dh0 is not None else q, offsets, ctx.scale, b * t,
             H=h, K=dk, V=dv, BT=ctx.chunk_size, BK=block_size(dk),
             HAS_DECAY=decay is not None, HAS_H0=initial_state is not None, HAS_DHT=d_final is not None,
             STORE_DH0=dh0 is not None)
@@ -228,35 +220,10 @@ class LinearAttnFunction(torch.autograd.Function):
                 dh0.to(initial_state.dtype) if dh0 is not None else None, None, None, None, None, None)
 
 
-def linear_attn_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    decay: Tensor | None = None,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
-    """The Triton form of :func:`seqmix.kernels.linear_attn.linear_attn` (same arguments).
-
-    ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]`` (fp32/bf16/fp16, on CUDA, or on the CPU under
-    ``TRITON_INTERPRET=1``); ``decay: [H]``; ``initial_state: [N, H, K, V]``. Head dims up
-    to 256. ``chunk_size`` (16, 32, 64 or 128) is the tile BT (``limits.py``). Returns ``o: [B, T, H, V]``
-    in q's dtype and the fp32 final state ``[N, H, K, V]`` or None.
-    """
-    op = "linear_attn_triton"
-    check_linear_attn_inputs(op, q, k, v, decay, initial_state, cu_seqlens)
-    LINEAR_ATTN.check(op, "triton", chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
-    device = check_tensors(op, q, k, v, decay, initial_state)
-    if q.dtype == torch.float64:
-        raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")
-    b, t = q.shape[:2]
-    offsets, n_seq = sequence_offsets(cu_seqlens, b, t, device)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    return LinearAttnFunction.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), decay, initial_state, offsets, n_seq, scale,
-        chunk_size, output_final_state)
+def linear_attn_triton(x: Recurrence, decay: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The Triton form of :func:`seqmix.kernels.linear_attn.linear_attn` (the same arguments and
+    results): fp32/bf16/fp16 on CUDA, or on the CPU under ``TRITON_INTERPRET=1``; the chunk size
+    and head dims of ``limits.py``; the final state is fp32."""
+    q, k, v, offsets, n_seq = prepare("linear_attn_triton", LINEAR_ATTN, x, decay)
+    return LinearAttnFunction.apply(q, k, v, decay, x.initial_state, offsets, n_seq, x.scale, x.chunk_size,
+                                    x.output_final_state)
