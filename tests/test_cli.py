@@ -65,8 +65,11 @@ def _cli_error(argv: list[str], capsys) -> str:
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):
+    base = SOFTMAX.parent / "base.yaml"  # the recall configs share it (config: base.yaml)
+    assert "  n_layers: 2" in base.read_text()
+    (tmp_path / "base.yaml").write_text(base.read_text().replace("  n_layers: 2", "  n_layerz: 2"))
     config = tmp_path / "bad_key.yaml"
-    config.write_text(SOFTMAX.read_text().replace("  n_layers: 2", "  n_layerz: 2"))
+    config.write_text(SOFTMAX.read_text())
     err = _cli_error(["recall", "fit", "--config", str(config)], capsys)
     assert "n_layerz" in err
 
@@ -77,6 +80,7 @@ def test_unknown_mixer_class_path_is_named(tmp_path, capsys):
     assert "seqmix.core.mixers.softmax.SoftmaxAttention" in text
     config.write_text(text.replace("seqmix.core.mixers.softmax.SoftmaxAttention",
                                    "seqmix.core.mixers.softmax.SoftmaxAttentionn"))
+    (tmp_path / "base.yaml").write_text((SOFTMAX.parent / "base.yaml").read_text())
     err = _cli_error(["recall", "fit", "--config", str(config)], capsys)
     assert "SoftmaxAttentionn" in err
 
@@ -130,7 +134,8 @@ def test_ddp_relaunches_the_seqmix_command(tmp_path):
 
 def test_a_user_error_prints_its_message_and_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.delenv("SEQMIX_TRACEBACK", raising=False)
-    argv = ["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--csv", str(tmp_path / "x.csv")]
+    argv = ["forecasting", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--dataset", "vic_elec",
+            "--out", str(tmp_path / "f.csv")]
     with pytest.raises(SystemExit) as err:
         main(argv)
     message = str(err.value.code)

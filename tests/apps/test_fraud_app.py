@@ -60,6 +60,8 @@ def test_unsorted_or_incomplete_event_tables_are_refused():
         build_features(tiny_events().iloc[::-1].reset_index(drop=True), window=3)
     with pytest.raises(ValueError, match="lacks columns \\['device'\\]"):
         build_features(tiny_events().drop(columns="device"), window=3)
+    with pytest.raises(ValueError, match=r"event table: column 'amount' row 2 \(0-based data row\) is inf"):
+        build_features(tiny_events().assign(amount=[2.0, 3.0, np.inf, 0.0, 50.0]), window=3)
 
 
 def fake_wheel(folder, rows: int = 40) -> None:
@@ -162,14 +164,32 @@ data: {{source: synthetic, window: 6, batch_size: 64, n_accounts: 60, days: 5, s
 """)
     assert main(["fraud", "fit", "--config", str(fit)]) == 0
     report = tmp_path / "report.md"
+    saved = tmp_path / "saved.npy"
     assert main(["fraud", "cluster", "--fit_config", str(fit), "--checkpoint", str(tmp_path / "ckpt/last.ckpt"),
                  "--report", str(report), "--top", "3", "--clusterer.min_cluster_size", "15",
-                 "--clusterer.knn_index", "exact"]) == 0
+                 "--clusterer.knn_index", "exact", "--features_out", str(saved)]) == 0
     text = report.read_text()
     assert "riskiest clusters, by fraud rate" in text and "base fraud rate" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     assert len(rows) == 3 and all("`" in r and "``" not in r for r in rows)  # every ranked cluster has a rule
     assert (tmp_path / "report.png").stat().st_size > 1000
-    with pytest.raises(SystemExit, match="does not exist; train first"):
+    with pytest.raises(SystemExit, match=r"missing.ckpt does not exist; train one with `seqmix fraud fit"):
         main(["fraud", "cluster", "--fit_config", str(fit), "--checkpoint", str(tmp_path / "missing.ckpt"),
               "--report", str(report)])
+    # --features_in: checked against the data's rows and the model's width (8 embedding + expert), 2-D and finite
+    cluster = ["fraud", "cluster", "--fit_config", str(fit), "--checkpoint", str(tmp_path / "ckpt/last.ckpt"),
+               "--report", str(tmp_path / "again.md"), "--features_in", str(tmp_path / "f.npy")]
+    good = np.load(saved)
+    assert good.shape[1] == 8 + len(EXPERT_NAMES)
+    for bad, message in ((good[:, :-3], rf"is {len(good)} x {good.shape[1] - 3} but this data and model give "
+                                        rf"{len(good)} events x {good.shape[1]} hybrid features"),
+                         (good[:, 0], "is a 1-D float32 array; cluster features are 2-D"),
+                         (np.where(np.arange(good.shape[1]) == 2, np.inf, good), r"column '2' row 0 .* is inf")):
+        np.save(tmp_path / "f.npy", bad)
+        with pytest.raises(SystemExit, match=message):
+            main(cluster)
+    assert not (tmp_path / "again.md").exists()
+    with pytest.raises(SystemExit, match=r"--features_out .*saved.npy is the input --features_in"):
+        main([*cluster[:-2], "--features_in", str(saved), "--features_out", str(saved)])
+    with pytest.raises(SystemExit, match=r"the plot \(--report with .png\) .*r.png and --report .*r.png are the same"):
+        main([*cluster[:-4], "--report", str(tmp_path / "r.png")])

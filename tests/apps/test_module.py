@@ -5,20 +5,32 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqmix.apps.module import load_trained
+from seqmix.apps.module import APP_KEY, AppTag, StagedModule, app_of, load_trained
 from seqmix.apps.vision.model import ImageClassifier
 
 
 def test_missing_checkpoint_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt does not exist; train one with `seqmix vision fit"):
-        load_trained(ImageClassifier, tmp_path / "nope.ckpt", "ImageDataModule", "train one with `seqmix vision fit`")
+        load_trained(ImageClassifier, tmp_path / "nope.ckpt", "vision", "train one with `seqmix vision fit`")
 
 
 def test_checkpoint_without_the_data_description_is_refused(tmp_path):
     path = tmp_path / "bare.ckpt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match=r"bare\.ckpt: has no ImageDataModule state"):
-        load_trained(ImageClassifier, path, "ImageDataModule", "train one with `seqmix vision fit`")
+    torch.save({"state_dict": {}, APP_KEY: "vision"}, path)
+    with pytest.raises(ValueError, match=r"bare\.ckpt: has no \['ImageDataModule'\]: it was not written by `seqmix "
+                                         r"vision fit`; train one"):
+        load_trained(ImageClassifier, path, "vision", "train one with `seqmix vision fit`", needs=("ImageDataModule",))
+
+
+def test_every_checkpoint_a_trainer_saves_names_the_app_of_its_module(tmp_path):
+    from seqmix.apps.recall.model import RecallLM
+
+    assert (app_of(ImageClassifier), app_of(RecallLM)) == ("vision", "recall")
+    checkpoint = {}
+    AppTag("vision").on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint == {APP_KEY: "vision"}
+    with pytest.raises(ValueError, match="is not a class of a seqmix app"):
+        app_of(StagedModule)
 
 
 GROUP_AT_EXIT = """

@@ -38,7 +38,8 @@ def load_forecaster(ckpt: str | Path):
 
     model, checkpoint = load_trained(Forecaster, ckpt, "forecasting",
                                      "train one with `seqmix forecasting fit --config configs/forecasting/<exp>.yaml` "
-                                     "or use checkpoints/forecasting/informer_etth1.ckpt", needs=("ForecastDataModule",))
+                                     "or use checkpoints/forecasting/informer_etth1.ckpt",
+                                     needs=("ForecastDataModule",))
     return model, checkpoint["ForecastDataModule"]
 
 

@@ -122,9 +122,10 @@ def cluster_command(argv: list[str]) -> int:
                          f"{cfg.batch_size}")
     report = Path(cfg.report)
     plot = report.with_suffix(".png")
-    check_outputs([("--report", report), ("the plot (--report with .png)", plot), ("--features_out", cfg.features_out)],
-                  [("--features_in", cfg.features_in), ("--checkpoint", cfg.checkpoint), ("--fit_config", cfg.fit_config),
-                   *(("--config", str(c)) for c in cfg.get("config") or [])])
+    check_outputs([("--report", report), ("the plot (--report with .png)", plot),
+                   ("--features_out", cfg.features_out)],
+                  [("--features_in", cfg.features_in), ("--checkpoint", cfg.checkpoint),
+                   ("--fit_config", cfg.fit_config), *(("--config", str(c)) for c in cfg.get("config") or [])])
     clusterer = parser.instantiate_classes(cfg).clusterer
 
     ckpt = read_checkpoint(cfg.checkpoint, "fraud", f"train one with `seqmix fraud fit --config {cfg.fit_config}`")
