@@ -161,6 +161,30 @@ def test_nan_values_error(tmp_path):
         ForecastDataModule(str(path)).frame
 
 
+def test_inf_values_are_refused_even_when_nan_gaps_are_filled(tmp_path):
+    values = np.ones(400)
+    values[7] = -np.inf
+    path = write_csv(tmp_path / "inf.csv", b=values)
+    for missing in ("error", "interpolate"):
+        with pytest.raises(ValueError, match=r"inf.csv: column 'b' row 7 \(0-based data row\) is -inf, not a finite "
+                                             r"number \(1 such values in all\)"):
+            ForecastDataModule(str(path), missing=missing).frame
+
+
+def test_header_only_empty_file_and_directory_errors(tmp_path):
+    header = tmp_path / "header.csv"
+    header.write_text("date,a,OT\n")
+    with pytest.raises(ValueError, match=r"header.csv: no rows, only the header \['date', 'a', 'OT'\]"):
+        ForecastDataModule(str(header)).frame
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty.csv: is empty \(no header and no rows\)"):
+        ForecastDataModule(str(empty)).frame
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(ValueError, match=r"folder.csv is a directory, not a file"):
+        ForecastDataModule(str(tmp_path / "folder.csv")).frame
+
+
 def test_non_numeric_column_error(tmp_path):
     path = write_csv(tmp_path / "text.csv", a=["x"] * 400)
     with pytest.raises(ValueError, match=r"non-numeric columns \['a'\]"):
@@ -434,3 +458,13 @@ def test_predict_writes_csv_and_png(tiny_run, tmp_path, monkeypatch):
         main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(short), "--out", str(out)])
     with pytest.raises(SystemExit, match=r"error: origin row 3 is out of range: .* choose \d+ <= origin <= 200"):
         main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), "--origin", "3", "--out", str(out)])
+    # an output on an input, or on the other output: refused before anything is written
+    before = csv.read_bytes()
+    for argv, message in ((["--out", str(csv)], rf"--out {csv} is the input --csv {csv}: writing it would destroy"),
+                          (["--out", str(tmp_path / "d.csv"), "--png", str(tmp_path / "sub/../d.csv")],
+                           "and --out .*d.csv are the same file"),
+                          (["--out", str(tmp_path / "f.png")], r"--png .*f.png and --out .*f.png are the same file"),
+                          (["--out", str(tmp_path)], "is a directory; name a file to write")):
+        with pytest.raises(SystemExit, match=message):
+            main(["forecasting", "predict", "--ckpt", ckpt, "--csv", str(csv), *argv])
+    assert csv.read_bytes() == before and not (tmp_path / "d.csv").exists() and not (tmp_path / "f.png").exists()
