@@ -145,6 +145,18 @@ def test_step_equals_forward(name, cfg, t, assert_rel_close):
         assert 2 * state.keys[0].numel() == mixer.state_size(t), f"{name}: state_size({t}) is not the cache's size"
 
 
+@pytest.mark.parametrize("name", ["softmax", "sigmoid_attention", "relu_attention"])
+def test_windowed_attention_caches_its_window(name, assert_rel_close):
+    """Attention with ``window=W`` steps like its forward while its KV cache keeps only the last W keys."""
+    mixer = _build(name, {"n_heads": 2, "window": 4, "rotary": True}, "causal_self").eval()
+    x, _ = _inputs(11, "causal_self")
+    with torch.no_grad():
+        y_prompt, state = mixer(x[:, :6], return_state=True)
+        y_rest, state = _step_through(mixer, x[:, 6:], state)
+        assert_rel_close(torch.cat([y_prompt, y_rest], 1), mixer(x), 1e-5, f"{name} window 4")
+    assert state.keys.shape[2] == 4 and state.seen == 11 and 2 * state.keys[0].numel() == mixer.state_size(11)
+
+
 @pytest.mark.parametrize("name,cfg", [c for c in CASES if "noncausal_cross" in _patterns(c.values[0])
                                       and get_mixer_class(c.values[0]).step_matches_forward])
 @pytest.mark.parametrize("t", [1, 7, 13])
