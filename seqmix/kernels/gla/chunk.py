@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqmix.kernels.gla.naive import check_gla_inputs
-from seqmix.kernels.linear_attn.chunk import scan_chunks
-from seqmix.kernels.common import compute_dtype, from_chunks, per_sequence, to_chunks
+from seqmix.kernels.common import Recurrence, compute_dtype, from_chunks, to_chunks
 from seqmix.kernels.gla.limits import GLA
+from seqmix.kernels.linear_attn.chunk import scan_chunks
 
 
 def chunk_length(chunk_size: int, t: int) -> int:
@@ -53,29 +52,17 @@ def suffix_sum(g: Tensor) -> Tensor:
     return after.flip(-2).cumsum(-2).flip(-2)
 
 
-def gla_chunk(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    *,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
-    """Same contract as :func:`seqmix.kernels.gla.naive.gla_naive`, chunked and stable."""
-    check_gla_inputs("gla_chunk", q, k, v, g, initial_state, cu_seqlens)
-    GLA.check("gla_chunk", "chunk", chunk_size=chunk_size)
-    dtype = compute_dtype(q)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+def gla_chunk(x: Recurrence, g: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The chunked, stable form above; the arguments and results of :func:`seqmix.kernels.gla.chunk_gla`
+    (``chunk_size`` a power of two, ``limits.py``)."""
+    GLA.check("gla_chunk", "chunk", chunk_size=x.chunk_size)
+    dtype = compute_dtype(x.q)
 
     def run(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
         t = q.shape[1]
-        c = chunk_length(chunk_size, t)
+        c = chunk_length(x.chunk_size, t)
         # padded tokens have q = k = v = 0 and g = 0 (no decay), so they leave the state as it is
-        qc, kc, vc, gc = (to_chunks(x, c, dtype) for x in (q, k, v, g))  # [B, H, N, C, K|V]
+        qc, kc, vc, gc = (to_chunks(y, c, dtype) for y in (q, k, v, g))  # [B, H, N, C, K|V]
         b = gc.cumsum(-2)  # [B, H, N, C, K] gates from the chunk start to i
         b_last = b[..., -1:, :]  # [B, H, N, 1, K] the whole chunk
 
@@ -92,7 +79,7 @@ def gla_chunk(
         while half < c:
             shape = (bs, -1, n, c // (2 * half), 2, half)  # [B, H, N, C, *] -> [B, H, N, blocks, 2, half, *]
             (_, q_late), (k_early, _), (g_early, g_late) = (
-                x.view(*shape, x.shape[-1]).unbind(-3) for x in (qc, kc, gc)
+                y.view(*shape, y.shape[-1]).unbind(-3) for y in (qc, kc, gc)
             )  # each [B, H, N, blocks, half, K]
             q_late = q_late * torch.exp(g_late.cumsum(-2))  # gates from the middle to the query, <= 0
             k_early = k_early * torch.exp(suffix_sum(g_early))  # gates from the key to the middle, <= 0
@@ -105,8 +92,6 @@ def gla_chunk(
             scores = torch.cat([top, torch.cat([cross, second], -1)], -2)  # [B, H, N, blocks, 2 half, 2 half]
             half *= 2
         o = o + scores.view(bs, -1, n, c, c) @ vc  # [B, H, N, C, V]
-        return from_chunks(o * scale, t), final
+        return from_chunks(o * x.scale, t), final
 
-    state_shape = (q.shape[2], q.shape[3], v.shape[3])
-    o, final = per_sequence(run, (q, k, v, g), initial_state, cu_seqlens, state_shape, dtype)
-    return o.to(q.dtype), (final if output_final_state else None)
+    return x.per_sequence(run, g)

@@ -30,9 +30,23 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from seqmix.kernels.common import Recurrence
 from seqmix.kernels.gla.limits import GLA
-from seqmix.kernels.gla.naive import check_gla_inputs
-from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
+from seqmix.kernels.triton_utils import (
+    autotune,
+    block_size,
+    chunk_rows,
+    contiguous,
+    load_state,
+    new_output,
+    new_state,
+    prepare,
+    sequence_bounds,
+    state_tile,
+    token_tile,
+    value_block_partials,
+    value_grid,
+)
 
 BC = 16  # the secondary (sub-)chunk: rows whose pairwise gates are computed exactly
 # few configs: these kernels are large, and every config is compiled when autotuning
@@ -61,49 +75,67 @@ def _diagonal(x, o_c):
     return tl.sum(tl.where(o_c[:, None] == o_c[None, :], x, 0.0), axis=1)
 
 
+@triton.jit
+def _chunk(a, g, b, bos, start, seq_len, i_h, o_t, o_k, o_v,
+           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
+    """The chunk at ``start``: its tiles of ``a`` (q or k, [BT, BK]), of the gates and of ``b`` (v or
+    do, [BT, BV]), the gates cumulated inside it ``[BT, BK]`` and over all of it ``[BK]``, n, its row mask."""
+    n, m_t, rows = chunk_rows(bos, start, seq_len, o_t, BT)
+    p_tk, m_tk = token_tile(rows, m_t, i_h, o_k, K, H)
+    p_tv, m_tv = token_tile(rows, m_t, i_h, o_v, V, H)
+    b_g = tl.load(g + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    # padded rows hold 0: the last row of the cumulative gate is the whole chunk's
+    return (tl.load(a + p_tk, mask=m_tk, other=0.0), b_g, tl.load(b + p_tv, mask=m_tv, other=0.0),
+            tl.cumsum(b_g, axis=0), tl.sum(b_g, axis=0), n, m_tk)
+
+
+@triton.jit
+def _sub_chunk(q, k, v, do, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H: tl.constexpr,
+               K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, LOAD_DO: tl.constexpr):
+    """Sub-chunk ``i_c`` of the chunk at ``start``: its rows ``o_c`` inside the chunk, tiles of q, k
+    (offsets ``p_ck``, mask ``m_ck``), v and ``scale * do`` (offsets ``p_cv``, mask ``m_cv``; v stands in
+    for do unless asked for), the cumulative gate before it ``ref`` [BK] and at each of its rows ``b_c``."""
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < n
+    rows_c = bos + start + o_c
+    p_ck, m_ck = token_tile(rows_c, m_c, i_h, o_k, K, H)  # [BC, BK]
+    p_cv, m_cv = token_tile(rows_c, m_c, i_h, o_v, V, H)  # [BC, BV]
+    v_c = tl.load(v + p_cv, mask=m_cv, other=0.0)
+    do_c = v_c
+    if LOAD_DO:
+        do_c = (tl.load(do + p_cv, mask=m_cv, other=0.0) * scale).to(q.dtype.element_ty)
+    ref = _prefix(b_g, o_t, i_c * BC)  # [BK] cumulative gate before this sub-chunk
+    b_c = ref[None, :] + tl.cumsum(tl.load(g + p_ck, mask=m_ck, other=0.0).to(tl.float32), axis=0)
+    return (o_c, tl.load(q + p_ck, mask=m_ck, other=0.0), tl.load(k + p_ck, mask=m_ck, other=0.0), v_c, do_c,
+            ref, b_c, p_ck, m_ck, p_cv, m_cv)
+
+
+@triton.jit
+def _next_state(state, b_k, b_v, b_b, b_last, m_tk):
+    """The state after the chunk: ``exp(b_L) * S + (k * exp(b_L - b))^T v``."""
+    k_end = b_k * tl.exp(tl.where(m_tk, b_last[None, :] - b_b, float("-inf")))  # [BT, BK]
+    return state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_end.to(b_v.dtype)), b_v)
+
+
 @autotune(_CONFIGS, key=["K", "V", "BT"])
 @triton.jit
 def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    i_h = i_nh % H
+    bos, seq_len = sequence_bounds(offsets, i_nh // H)
     dt = q.dtype.element_ty
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_state = i_nh * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV] into [N, H, K, V]
-    m_state = m_k[:, None] & m_v[None, :]
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    p_state, m_state = state_tile(o_k, o_v, K, V)
+    p_state += i_nh * K * V  # [BK, BV] into [N, H, K, V]
+    state = load_state(h0, p_state, m_state, HAS_H0, BK, BV)
 
     for start in range(0, seq_len, BT):
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        m_tk = m_t[:, None] & m_k[None, :]
-        b_k = tl.load(k + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_g = tl.load(g + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                      other=0.0)
-        b_b = tl.cumsum(b_g, axis=0)  # [BT, BK] cumulative log-gate inside the chunk
-        b_last = tl.sum(b_g, axis=0)  # [BK] the whole chunk's log-gate (padded rows hold 0)
-
+        b_k, b_g, b_v, b_b, b_last, n, m_tk = _chunk(k, g, v, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
         for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
-            o_c = i_c * BC + tl.arange(0, BC)
-            m_c = o_c < n
-            rows_c = bos + start + o_c
-            m_ck = m_c[:, None] & m_k[None, :]
-            p_ck = rows_c[:, None] * (H * K) + i_h * K + o_k[None, :]  # [BC, BK]
-            p_cv = rows_c[:, None] * (H * V) + i_h * V + o_v[None, :]  # [BC, BV]
-            q_c = tl.load(q + p_ck, mask=m_ck, other=0.0)
-            k_c = tl.load(k + p_ck, mask=m_ck, other=0.0)
-            v_c = tl.load(v + p_cv, mask=m_c[:, None] & m_v[None, :], other=0.0)
-            ref = _prefix(b_g, o_t, i_c * BC)  # [BK] cumulative gate before this sub-chunk
-            b_c = ref[None, :] + tl.cumsum(tl.load(g + p_ck, mask=m_ck, other=0.0).to(tl.float32), axis=0)
-
+            o_c, q_c, k_c, v_c, _, ref, b_c, _, _, p_cv, m_cv = _sub_chunk(
+                q, k, v, v, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H, K, V, BC, False)
             b_o = tl.dot((q_c * tl.exp(b_c)).to(dt), state.to(dt))  # [BC, BV] from earlier chunks
             if i_c > 0:  # earlier sub-chunks of this chunk, relative to ref
                 k_ref = b_k * tl.exp(tl.where(o_t[:, None] < i_c * BC, ref[None, :] - b_b, float("-inf")))
@@ -112,10 +144,8 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
             a_diag = tl.sum(q_c[:, None, :].to(tl.float32) * k_c[None, :, :].to(tl.float32)
                             * _diag_gates(b_c, o_c, False), axis=2)  # [BC, BC]
             b_o += tl.dot(a_diag.to(dt), v_c)
-            tl.store(o + p_cv, (b_o * scale).to(o.dtype.element_ty), mask=m_c[:, None] & m_v[None, :])
-
-        k_end = b_k * tl.exp(tl.where(m_tk, b_last[None, :] - b_b, float("-inf")))  # [BT, BK]
-        state = state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_end.to(dt)), b_v)
+            tl.store(o + p_cv, (b_o * scale).to(o.dtype.element_ty), mask=m_cv)
+        state = _next_state(state, b_k, b_v, b_b, b_last, m_tk)
 
     if STORE_HT:
         tl.store(ht + p_state, state, mask=m_state)
@@ -128,46 +158,23 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
                 STORE_DH0: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    i_h = i_nh % H
+    bos, seq_len = sequence_bounds(offsets, i_nh // H)
     n_chunks = tl.cdiv(seq_len, BT)
     dt = q.dtype.element_ty
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_state = i_nh * K * V + o_k[:, None] * V + o_v[None, :]
-    m_state = m_k[:, None] & m_v[None, :]
+    p_state, m_state = state_tile(o_k, o_v, K, V)
+    p_state += i_nh * K * V
     partial = i_v.to(tl.int64) * T_total * H * K  # this value block's slice of the dq/dk partials
 
     # walk 1, forward in time: dq = (dO S^T) exp(b) + intra-chunk terms
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + p_state, mask=m_state, other=0.0).to(tl.float32)
+    state = load_state(h0, p_state, m_state, HAS_H0, BK, BV)
     for i_t in range(0, n_chunks):
         start = i_t * BT
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        b_k = tl.load(k + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_g = tl.load(g + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
-        b_b = tl.cumsum(b_g, axis=0)
-        b_last = tl.sum(b_g, axis=0)
+        b_k, b_g, b_v, b_b, b_last, n, m_tk = _chunk(k, g, v, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
         for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
-            o_c = i_c * BC + tl.arange(0, BC)
-            m_c = o_c < n
-            rows_c = bos + start + o_c
-            m_ck, m_cv = m_c[:, None] & m_k[None, :], m_c[:, None] & m_v[None, :]
-            p_ck = rows_c[:, None] * (H * K) + i_h * K + o_k[None, :]
-            p_cv = rows_c[:, None] * (H * V) + i_h * V + o_v[None, :]
-            q_c = tl.load(q + p_ck, mask=m_ck, other=0.0)
-            k_c = tl.load(k + p_ck, mask=m_ck, other=0.0)
-            v_c = tl.load(v + p_cv, mask=m_cv, other=0.0)
-            do_c = (tl.load(do + p_cv, mask=m_cv, other=0.0) * scale).to(dt)
-            ref = _prefix(b_g, o_t, i_c * BC)
-            b_c = ref[None, :] + tl.cumsum(tl.load(g + p_ck, mask=m_ck, other=0.0).to(tl.float32), axis=0)
-
+            o_c, q_c, k_c, v_c, do_c, ref, b_c, p_ck, m_ck, _, _ = _sub_chunk(
+                q, k, v, do, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H, K, V, BC, True)
             b_dq = tl.dot(do_c, tl.trans(state.to(dt))) * tl.exp(b_c)  # [BC, BK]
             if i_c > 0:
                 k_ref = b_k * tl.exp(tl.where(o_t[:, None] < i_c * BC, ref[None, :] - b_b, float("-inf")))
@@ -180,39 +187,17 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
             tl.store(dbq + partial + p_ck, q_c.to(tl.float32) * b_dq, mask=m_ck)
             b_dq += _diagonal(d_diag, o_c)[:, None] * k_c.to(tl.float32)
             tl.store(dq + partial + p_ck, b_dq, mask=m_ck)
-        k_end = b_k * tl.exp(tl.where(m_tk, b_last[None, :] - b_b, float("-inf")))
-        state = state * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_end.to(dt)), b_v)
+        state = _next_state(state, b_k, b_v, b_b, b_last, m_tk)
 
     # walk 2, backward in time, carrying dS = dL/d(state after the chunk)
-    d_state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        d_state += tl.load(dht + p_state, mask=m_state, other=0.0).to(tl.float32)
+    d_state = load_state(dht, p_state, m_state, HAS_DHT, BK, BV)
     for j_t in range(0, n_chunks):
         start = (n_chunks - 1 - j_t) * BT
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_g = tl.load(g + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_do = (tl.load(do + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
-                * scale).to(dt)
-        b_b = tl.cumsum(b_g, axis=0)
-        b_last = tl.sum(b_g, axis=0)
+        b_q, b_g, b_do, b_b, b_last, n, _ = _chunk(q, g, do, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
+        b_do = (b_do * scale).to(dt)
         for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
-            o_c = i_c * BC + tl.arange(0, BC)
-            m_c = o_c < n
-            rows_c = bos + start + o_c
-            m_ck, m_cv = m_c[:, None] & m_k[None, :], m_c[:, None] & m_v[None, :]
-            p_ck = rows_c[:, None] * (H * K) + i_h * K + o_k[None, :]
-            p_cv = rows_c[:, None] * (H * V) + i_h * V + o_v[None, :]
-            q_c = tl.load(q + p_ck, mask=m_ck, other=0.0)
-            k_c = tl.load(k + p_ck, mask=m_ck, other=0.0)
-            v_c = tl.load(v + p_cv, mask=m_cv, other=0.0)
-            do_c = (tl.load(do + p_cv, mask=m_cv, other=0.0) * scale).to(dt)
-            b_c = _prefix(b_g, o_t, i_c * BC)[None, :] + tl.cumsum(
-                tl.load(g + p_ck, mask=m_ck, other=0.0).to(tl.float32), axis=0)
-
+            o_c, q_c, k_c, v_c, do_c, _, b_c, p_ck, m_ck, p_cv, m_cv = _sub_chunk(
+                q, k, v, do, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H, K, V, BC, True)
             k_end = tl.exp(tl.where(m_ck, b_last[None, :] - b_c, float("-inf")))  # [BC, BK]
             b_dk = tl.dot(v_c, tl.trans(d_state.to(dt))) * k_end
             b_dv = tl.dot((k_c * k_end).to(dt), d_state.to(dt))
@@ -245,9 +230,8 @@ def _dg_kernel(db, d_last, dg, offsets,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, HAS_LAST: tl.constexpr):
     """dg_t = sum_{s >= t} db_s (db = q dq - k dk), plus the final state's term, at every t."""
     i_nh = tl.program_id(0)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    i_h = i_nh % H
+    bos, seq_len = sequence_bounds(offsets, i_nh // H)
     n_chunks = tl.cdiv(seq_len, BT)
     o_t, o_k = tl.arange(0, BT), tl.arange(0, BK)
     m_k = o_k < K
@@ -266,18 +250,14 @@ def _dg_kernel(db, d_last, dg, offsets,
         carry += total
 
 
-def _grid(meta, V: int, NH: int):
-    return (triton.cdiv(V, meta["BV"]), NH)
-
-
 class GLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, initial_state, offsets, n_seq, scale, chunk_size, output_final_state):
         b, t, h, dk = q.shape
         dv = v.shape[-1]
         o = new_output((b, t, h, dv), device=q.device, dtype=q.dtype)
-        final = new_output((n_seq, h, dk, dv), device=q.device, dtype=torch.float32) if output_final_state else None
-        _fwd_kernel[lambda meta: _grid(meta, dv, n_seq * h)](
+        final = new_state(q, v, n_seq) if output_final_state else None
+        _fwd_kernel[value_grid(dv, n_seq * h)](
             q, k, v, g, initial_state if initial_state is not None else q, o, final if final is not None else o,
             offsets, scale, H=h, K=dk, V=dv, BT=chunk_size, BC=BC, BK=block_size(dk),
             HAS_H0=initial_state is not None, STORE_HT=final is not None)
@@ -290,17 +270,12 @@ class GLAFunction(torch.autograd.Function):
         q, k, v, g, initial_state, offsets, final = ctx.saved_tensors
         b, t, h, dk = q.shape
         dv = v.shape[-1]
-        do = do.contiguous()
-        d_final = d_final.contiguous() if d_final is not None else None
-        # dq and dk are sums over the value blocks: room for the most blocks any config uses
-        max_blocks = triton.cdiv(dv, min(c.kwargs["BV"] for c in _CONFIGS))
-        dq, dk_, dbq, dbk = (torch.zeros((max_blocks, b, t, h, dk), device=q.device, dtype=torch.float32)
-                             for _ in range(4))
+        d_final = contiguous(d_final)
+        dq, dk_, dbq, dbk = (value_block_partials(_CONFIGS, dv, b, t, h, dk, device=q.device) for _ in range(4))
         dv_ = new_output((b, t, h, dv), device=q.device, dtype=v.dtype)
-        dh0 = (new_output((ctx.n_seq, h, dk, dv), device=q.device, dtype=torch.float32)
-               if initial_state is not None else None)
-        _bwd_kernel[lambda meta: _grid(meta, dv, ctx.n_seq * h)](
-            q, k, v, g, do, initial_state if initial_state is not None else q,
+        dh0 = new_state(q, v, ctx.n_seq) if initial_state is not None else None
+        _bwd_kernel[value_grid(dv, ctx.n_seq * h)](
+            q, k, v, g, do.contiguous(), initial_state if initial_state is not None else q,
             d_final if d_final is not None else q, dq, dk_, dv_, dh0 if dh0 is not None else q,
             dbq, dbk, offsets, ctx.scale, b * t, H=h, K=dk, V=dv, BT=ctx.chunk_size, BC=BC, BK=block_size(dk),
             HAS_H0=initial_state is not None, HAS_DHT=d_final is not None, STORE_DH0=dh0 is not None)
@@ -314,34 +289,10 @@ class GLAFunction(torch.autograd.Function):
                 dh0.to(initial_state.dtype) if dh0 is not None else None, None, None, None, None, None)
 
 
-def gla_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    *,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
-    """The Triton form of :func:`seqmix.kernels.gla.chunk_gla` (same arguments).
-
-    ``q, k, g: [B, T, H, K]``, ``v: [B, T, H, V]`` (fp32/bf16/fp16, on CUDA, or on the CPU
-    under ``TRITON_INTERPRET=1``); ``initial_state: [N, H, K, V]``. Head dims up to 256.
-    ``chunk_size`` (a power of two, 16 to 128) is the tile BT; sub-chunks are 16 rows.
-    Returns ``o: [B, T, H, V]`` in q's dtype and the fp32 final state ``[N, H, K, V]`` or None.
-    """
-    op = "gla_triton"
-    check_gla_inputs(op, q, k, v, g, initial_state, cu_seqlens)
-    GLA.check(op, "triton", chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
-    device = check_tensors(op, q, k, v, g, initial_state)
-    if q.dtype == torch.float64:
-        raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")
-    b, t = q.shape[:2]
-    offsets, n_seq = sequence_offsets(cu_seqlens, b, t, device)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    return GLAFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), initial_state,
-                             offsets, n_seq, scale, chunk_size, output_final_state)
+def gla_triton(x: Recurrence, g: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The Triton form of :func:`seqmix.kernels.gla.chunk_gla` (the same arguments and results):
+    fp32/bf16/fp16 on CUDA, or on the CPU under ``TRITON_INTERPRET=1``; the chunk size and head dims
+    of ``limits.py`` (sub-chunks are 16 rows); the final state is fp32."""
+    q, k, v, offsets, n_seq = prepare("gla_triton", GLA, x, g)
+    return GLAFunction.apply(q, k, v, g.contiguous(), x.initial_state, offsets, n_seq, x.scale, x.chunk_size,
+                             x.output_final_state)
