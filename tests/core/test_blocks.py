@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from seqmix.core.blocks import ChannelMixer, GRUGate, MixerBlock, MixerStack, mixer_factory
+from seqmix.core.blocks import ChannelMixer, DecoderBlockState, GRUGate, MixerBlock, MixerStack, mixer_factory
 from seqmix.core.embeddings import RotaryEmbedding, SinusoidalPositionalEncoding, sinusoidal_table
 from seqmix.core import build_mixer
 
@@ -31,6 +31,35 @@ def test_decoder_stack_uses_context():
     assert not torch.allclose(y, stack(x, context=ctx + 1))
     with pytest.raises(ValueError, match="pass context"):
         stack(x)
+
+
+def test_decoder_stack_steps_layer_by_layer_like_its_forward(assert_rel_close):
+    """Prefill with one forward (the context projected once, kept in each block's state), then step."""
+    torch.manual_seed(0)
+    stack = MixerStack(32, 2, mixer_factory("softmax", n_heads=4, rotary=True), causal=True,
+                       cross_mixer=mixer_factory("softmax", n_heads=4, causal=False)).eval()
+    x, ctx = torch.randn(2, 9, 32), torch.randn(2, 11, 32)
+    ctx_mask = torch.ones(2, 11, dtype=torch.bool)
+    ctx_mask[0, 7:] = False
+    with torch.no_grad():
+        y = stack(x, context=ctx, context_mask=ctx_mask)
+        y_prompt, states = stack(x[:, :4], context=ctx, context_mask=ctx_mask, return_state=True)
+        assert all(isinstance(s, DecoderBlockState) for s in states)
+        steps = [y_prompt]
+        for t in range(4, 9):
+            y_t, states = stack.step(x[:, t], states)
+            steps.append(y_t[:, None])
+        assert_rel_close(torch.cat(steps, 1), y, 1e-5, "prefill then step")
+        fresh = stack.init_states(2, context=ctx, context_mask=ctx_mask)
+        assert_rel_close(stack.step(x[:, 0], fresh)[0], y[:, 0], 1e-5, "first step from init_states")
+    with pytest.raises(ValueError, match="already holds the context"):
+        stack(x, context=ctx, states=states)
+    with pytest.raises(ValueError, match="pass context=\\[B, S, D\\] to init_state"):
+        stack.init_states(2)
+    with pytest.raises(ValueError, match="a decoder block's state is a DecoderBlockState"):
+        stack.step(x[:, 0], [s.mixer for s in states])  # the self mixers' KV caches alone
+    with pytest.raises(ValueError, match="step needs the state of init_state\\(context=...\\)"):
+        stack.step(x[:, 0], [None, None])
 
 
 def test_stack_rejects_wrong_causality():
