@@ -19,17 +19,16 @@ token included).
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple, Protocol
+from typing import Callable, Literal, NamedTuple, Protocol, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from seqmix.core.blocks import MixerStack
 from seqmix.core.mixer import State
 
 Strategy = Literal["greedy", "sample", "beam"]
-STRATEGIES: tuple[str, ...] = ("greedy", "sample", "beam")
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 StopPredicate = Callable[[Tensor], Tensor]  # the generated tokens [B, n] -> bool [B]: this sequence has ended
 
 
