@@ -2,11 +2,15 @@
 token-by-token reference, outputs, final states and every gradient (q, k, v, beta,
 initial_state), odd lengths, packed batches; and the errors bad inputs raise."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from seqmix.kernels.delta_rule import chunk_delta_rule, delta_rule_chunk, delta_rule_naive
+from seqmix.kernels.delta_rule import chunk_delta_rule
+
+delta_rule_naive, delta_rule_chunk = (partial(chunk_delta_rule, impl=impl) for impl in ("naive", "chunk"))
 
 RATIO = 1e-5  # relative RMS error allowed between chunk and naive in fp32
 

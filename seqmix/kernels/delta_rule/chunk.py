@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs, run_delta_rule
-from seqmix.kernels.common import bmm, check_chunk_size, from_chunks, to_chunks
+from seqmix.kernels.common import Recurrence, bmm, from_chunks, to_chunks
+from seqmix.kernels.delta_rule.naive import run_delta_rule
 from seqmix.kernels.threads import single_threaded
 
 
@@ -118,24 +118,11 @@ class _ChunkDeltaRule(torch.autograd.Function):
                 from_chunks(dbc, t)[..., 0], dh, None, None)
 
 
-def _chunked(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, scale: float, h: Tensor,
-             chunk_size: int) -> tuple[Tensor, Tensor]:
-    return _ChunkDeltaRule.apply(q, k, v, beta, h, scale, chunk_size)
+def delta_rule_chunk(x: Recurrence, beta: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The chunkwise-parallel delta rule (any chunk size; the last chunk is zero-padded); the
+    arguments and results of :func:`seqmix.kernels.delta_rule.chunk_delta_rule`."""
 
+    def kernel(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, scale: float, h0: Tensor) -> tuple[Tensor, Tensor]:
+        return _ChunkDeltaRule.apply(q, k, v, beta, h0, scale, x.chunk_size)
 
-def delta_rule_chunk(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, *, scale: float | None = None,
-                     initial_state: Tensor | None = None, output_final_state: bool = False,
-                     cu_seqlens: Tensor | None = None, chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:
-    """The chunkwise-parallel delta rule; same arguments and results as ``delta_rule_naive``.
-
-    ``chunk_size`` tokens per chunk (any positive int; the last chunk is zero-padded).
-    """
-    check_chunk_size("delta_rule_chunk", chunk_size)
-    scale = check_delta_rule_inputs("delta_rule_chunk", q, k, v, beta, scale=scale, initial_state=initial_state,
-                                    cu_seqlens=cu_seqlens)
-
-    def kernel(q, k, v, beta, scale, h0):
-        return _chunked(q, k, v, beta, scale, h0, chunk_size)
-
-    return run_delta_rule(kernel, q, k, v, beta, scale=scale, initial_state=initial_state,
-                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    return run_delta_rule(kernel, x, beta)

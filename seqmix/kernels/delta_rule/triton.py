@@ -28,9 +28,23 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from seqmix.kernels.delta_rule.naive import check_delta_rule_inputs
+from seqmix.kernels.common import Recurrence
 from seqmix.kernels.delta_rule.limits import DELTA_RULE
-from seqmix.kernels.triton_utils import autotune, block_size, check_tensors, new_output, sequence_offsets
+from seqmix.kernels.triton_utils import (
+    autotune,
+    block_size,
+    chunk_rows,
+    contiguous,
+    load_state,
+    new_output,
+    new_state,
+    prepare,
+    sequence_bounds,
+    state_tile,
+    token_tile,
+    value_block_partials,
+    value_grid,
+)
 
 # few configs: these kernels are large, and every config is compiled when autotuning
 _CONFIGS = [triton.Config({"BV": bv}, num_warps=4, num_stages=2) for bv in (64, 32)]
@@ -57,6 +71,20 @@ def _chunk_wy(b_k, b_beta, o_t, n):
     return _unit_lower_inverse(a, o_t, n), kk
 
 
+@triton.jit
+def _chunk(k, v, beta, bos, start, seq_len, i_h, o_t, o_k, o_v,
+           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
+    """The chunk at ``start``: its tiles of k, v and beta (fp32), the offsets and masks of its k and v
+    tiles, its number of tokens n and its rows."""
+    n, m_t, rows = chunk_rows(bos, start, seq_len, o_t, BT)
+    p_tk, m_tk = token_tile(rows, m_t, i_h, o_k, K, H)  # [BT, BK]
+    p_tv, m_tv = token_tile(rows, m_t, i_h, o_v, V, H)  # [BT, BV]
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
+    b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
+    b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    return b_k, b_v, b_beta, p_tk, m_tk, p_tv, m_tv, n, rows
+
+
 @autotune(_CONFIGS, key=["K", "V", "BT"])
 @triton.jit
 def _fwd_kernel(q, k, v, beta, h0, o, ht, states, offsets, scale, max_chunks,
@@ -65,25 +93,15 @@ def _fwd_kernel(q, k, v, beta, h0, o, ht, states, offsets, scale, max_chunks,
                 STORE_STATES: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    bos, seq_len = sequence_bounds(offsets, i_n)
     dt = q.dtype.element_ty
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_state = o_k[:, None] * V + o_v[None, :]  # [BK, BV] inside one [K, V] state
-    m_state = m_k[:, None] & m_v[None, :]
-    state = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        state += tl.load(h0 + i_nh * K * V + p_state, mask=m_state, other=0.0).to(tl.float32)
+    p_state, m_state = state_tile(o_k, o_v, K, V)  # [BK, BV] inside one [K, V] state
+    state = load_state(h0 + i_nh * K * V, p_state, m_state, HAS_H0, BK, BV)
 
     for start in range(0, seq_len, BT):
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        b_k = tl.load(k + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_v = tl.load(v + rows[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
-        b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+        b_k, b_v, b_beta, p_tk, m_tk, p_tv, m_tv, n, rows = _chunk(k, v, beta, bos, start, seq_len, i_h, o_t,
+                                                                    o_k, o_v, H, K, V, BT)
         if STORE_STATES:  # the state entering this chunk, for the backward: [N, max_chunks, H, K, V]
             i_c = start // BT
             tl.store(states + ((i_n * max_chunks + i_c) * H + i_h).to(tl.int64) * K * V + p_state, state,
@@ -92,11 +110,10 @@ def _fwd_kernel(q, k, v, beta, h0, o, ht, states, offsets, scale, max_chunks,
         w = tl.dot(m.to(dt), (b_k * b_beta[:, None]).to(dt))  # [BT, BK]
         u = tl.dot(m.to(dt), (b_v * b_beta[:, None]).to(dt)) - tl.dot(w.to(dt), state.to(dt))  # [BT, BV]
         if STORE_O:
-            b_q = tl.load(q + rows[:, None] * (H * K) + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
+            b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
             qk = tl.where(o_t[:, None] >= o_t[None, :], tl.dot(b_q, tl.trans(b_k)), 0.0)
             b_o = tl.dot(b_q, state.to(dt)) + tl.dot(qk.to(dt), u.to(dt))
-            tl.store(o + rows[:, None] * (H * V) + i_h * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
-                     mask=m_tv)
+            tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         state += tl.dot(tl.trans(b_k), u.to(dt))
 
     if STORE_HT:
@@ -110,35 +127,23 @@ def _bwd_kernel(q, k, v, beta, do, dht, states, dq, dk, dv, dbeta, dh0, offsets,
                 BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    seq_len = (tl.load(offsets + i_n + 1) - bos).to(tl.int32)
+    bos, seq_len = sequence_bounds(offsets, i_n)
     n_chunks = tl.cdiv(seq_len, BT)
     dt = q.dtype.element_ty
     o_t, o_k, o_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_state = o_k[:, None] * V + o_v[None, :]
-    m_state = m_k[:, None] & m_v[None, :]
+    p_state, m_state = state_tile(o_k, o_v, K, V)
     causal = o_t[:, None] >= o_t[None, :]
     partial_k = i_v.to(tl.int64) * T_total * H * K  # this value block's slice of the dq/dk partials
     partial_b = i_v.to(tl.int64) * T_total * H  # ... and of the dbeta partials
 
-    d_state = tl.zeros([BK, BV], dtype=tl.float32)  # dL/d(state after the chunk)
-    if HAS_DHT:
-        d_state += tl.load(dht + i_nh * K * V + p_state, mask=m_state, other=0.0).to(tl.float32)
+    d_state = load_state(dht + i_nh * K * V, p_state, m_state, HAS_DHT, BK, BV)  # dL/d(state after the chunk)
     for j_c in range(0, n_chunks):
         i_c = n_chunks - 1 - j_c
         start = i_c * BT
-        n = tl.minimum(seq_len - start, BT)
-        m_t = o_t < n
-        rows = bos + start + o_t
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        p_tk = rows[:, None] * (H * K) + i_h * K + o_k[None, :]
-        p_tv = rows[:, None] * (H * V) + i_h * V + o_v[None, :]
+        b_k, b_v, b_beta, p_tk, m_tk, p_tv, m_tv, n, rows = _chunk(k, v, beta, bos, start, seq_len, i_h, o_t,
+                                                                    o_k, o_v, H, K, V, BT)
         b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
-        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
-        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
         b_do = (tl.load(do + p_tv, mask=m_tv, other=0.0) * scale).to(dt)
-        b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         state = tl.load(states + ((i_n * max_chunks + i_c) * H + i_h).to(tl.int64) * K * V + p_state,
                         mask=m_state, other=0.0)  # [BK, BV] entering this chunk
 
@@ -171,15 +176,11 @@ def _bwd_kernel(q, k, v, beta, do, dht, states, dq, dk, dv, dbeta, dh0, offsets,
         tl.store(dq + partial_k + p_tk, b_dq, mask=m_tk)
         tl.store(dk + partial_k + p_tk, b_dk, mask=m_tk)
         tl.store(dv + p_tv, (d_vbeta * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-        tl.store(dbeta + partial_b + rows * H + i_h, b_dbeta, mask=m_t)
+        tl.store(dbeta + partial_b + rows * H + i_h, b_dbeta, mask=o_t < n)
         d_state += tl.dot(tl.trans(b_q), b_do) - tl.dot(tl.trans(w.to(dt)), d_u.to(dt))
 
     if STORE_DH0:
         tl.store(dh0 + i_nh * K * V + p_state, d_state, mask=m_state)
-
-
-def _grid(meta, V: int, NH: int):
-    return (triton.cdiv(V, meta["BV"]), NH)
 
 
 def _run_forward(q, k, v, beta, initial_state, offsets, n_seq, scale, chunk_size, *, store_o, store_final,
@@ -187,8 +188,8 @@ def _run_forward(q, k, v, beta, initial_state, offsets, n_seq, scale, chunk_size
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     o = new_output((b, t, h, dv), device=q.device, dtype=q.dtype) if store_o else None
-    final = new_output((n_seq, h, dk, dv), device=q.device, dtype=torch.float32) if store_final else None
-    _fwd_kernel[lambda meta: _grid(meta, dv, n_seq * h)](
+    final = new_state(q, v, n_seq) if store_final else None
+    _fwd_kernel[value_grid(dv, n_seq * h)](
         q, k, v, beta, initial_state if initial_state is not None else q, o if o is not None else q,
         final if final is not None else q, states if states is not None else q, offsets, scale, max_chunks,
         H=h, K=dk, V=dv, BT=chunk_size, BK=block_size(dk), HAS_H0=initial_state is not None,
@@ -211,55 +212,28 @@ class DeltaRuleFunction(torch.autograd.Function):
         b, t, h, dk = q.shape
         dv = v.shape[-1]
         bt = ctx.chunk_size
-        max_chunks = int(triton.cdiv(int(offsets.diff().max()), bt))
+        max_chunks = max(int(triton.cdiv(int(offsets.diff().max()), bt)), 1)
         # the state entering every chunk: [N, max_chunks, H, K, V] (written by the re-run walk)
-        states = torch.zeros((ctx.n_seq, max(max_chunks, 1), h, dk, dv), device=q.device, dtype=torch.float32)
+        states = torch.zeros((ctx.n_seq, max_chunks, h, dk, dv), device=q.device, dtype=torch.float32)
         _run_forward(q, k, v, beta, initial_state, offsets, ctx.n_seq, ctx.scale, bt, store_o=False,
-                     store_final=False, states=states, max_chunks=max(max_chunks, 1))
-        do = do.contiguous()
-        d_final = d_final.contiguous() if d_final is not None else None
-        max_blocks = triton.cdiv(dv, min(c.kwargs["BV"] for c in _CONFIGS))
-        dq = torch.zeros((max_blocks, b, t, h, dk), device=q.device, dtype=torch.float32)
-        dk_ = torch.zeros((max_blocks, b, t, h, dk), device=q.device, dtype=torch.float32)
-        dbeta = torch.zeros((max_blocks, b, t, h), device=q.device, dtype=torch.float32)
+                     store_final=False, states=states, max_chunks=max_chunks)
+        d_final = contiguous(d_final)
+        dq, dk_ = (value_block_partials(_CONFIGS, dv, b, t, h, dk, device=q.device) for _ in range(2))
+        dbeta = value_block_partials(_CONFIGS, dv, b, t, h, device=q.device)
         dv_ = new_output((b, t, h, dv), device=q.device, dtype=v.dtype)
-        dh0 = new_output((ctx.n_seq, h, dk, dv), device=q.device, dtype=torch.float32)
-        _bwd_kernel[lambda meta: _grid(meta, dv, ctx.n_seq * h)](
-            q, k, v, beta, do, d_final if d_final is not None else q, states, dq, dk_, dv_, dbeta, dh0, offsets,
-            ctx.scale, max(max_chunks, 1), b * t, H=h, K=dk, V=dv, BT=bt, BK=block_size(dk),
+        dh0 = new_state(q, v, ctx.n_seq)
+        _bwd_kernel[value_grid(dv, ctx.n_seq * h)](
+            q, k, v, beta, do.contiguous(), d_final if d_final is not None else q, states, dq, dk_, dv_, dbeta,
+            dh0, offsets, ctx.scale, max_chunks, b * t, H=h, K=dk, V=dv, BT=bt, BK=block_size(dk),
             HAS_DHT=d_final is not None, STORE_DH0=True)
         return (dq.sum(0).to(q.dtype), dk_.sum(0).to(k.dtype), dv_, dbeta.sum(0).to(beta.dtype),
                 dh0.to(initial_state.dtype) if initial_state is not None else None, None, None, None, None, None)
 
 
-def delta_rule_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    *,
-    scale: float | None = None,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: Tensor | None = None,
-    chunk_size: int = 64,
-) -> tuple[Tensor, Tensor | None]:
-    """The Triton form of :func:`seqmix.kernels.delta_rule.chunk_delta_rule` (same arguments).
-
-    ``q, k: [B, T, H, K]`` (k L2-normalised), ``v: [B, T, H, V]``, ``beta: [B, T, H]`` in (0, 1)
-    (fp32/bf16/fp16, on CUDA, or on the CPU under ``TRITON_INTERPRET=1``);
-    ``initial_state: [N, H, K, V]``. Head dims up to 256. ``chunk_size`` (16, 32 or 64) is
-    the tile BT. Returns ``o: [B, T, H, V]`` in q's dtype and the fp32 final state or None.
-    """
-    op = "delta_rule_triton"
-    scale = check_delta_rule_inputs(op, q, k, v, beta, scale=scale, initial_state=initial_state,
-                                    cu_seqlens=cu_seqlens)
-    DELTA_RULE.check(op, "triton", chunk_size=chunk_size, head_dims={"K": q.shape[-1], "V": v.shape[-1]})
-    device = check_tensors(op, q, k, v, beta, initial_state)
-    if q.dtype == torch.float64:
-        raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")
-    b, t = q.shape[:2]
-    offsets, n_seq = sequence_offsets(cu_seqlens, b, t, device)
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    return DeltaRuleFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous(),
-                                   initial_state, offsets, n_seq, scale, chunk_size, output_final_state)
+def delta_rule_triton(x: Recurrence, beta: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The Triton form of :func:`seqmix.kernels.delta_rule.chunk_delta_rule` (the same arguments and
+    results): fp32/bf16/fp16 on CUDA, or on the CPU under ``TRITON_INTERPRET=1``; the chunk size and
+    head dims of ``limits.py``; the final state is fp32."""
+    q, k, v, offsets, n_seq = prepare("delta_rule_triton", DELTA_RULE, x, beta)
+    return DeltaRuleFunction.apply(q, k, v, beta.contiguous(), x.initial_state, offsets, n_seq, x.scale,
+                                   x.chunk_size, x.output_final_state)
