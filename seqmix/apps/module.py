@@ -9,7 +9,7 @@ import io
 import math
 import pickle
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal, Sequence
 
 import pytorch_lightning as pl
@@ -69,11 +69,12 @@ class StagedModule(pl.LightningModule):
 
     Subclasses implement ``shared_step(batch, stage)`` with ``stage`` in
     ``"train" | "val" | "test"`` and log keys like ``f"{stage}/loss"``. Every checkpoint its trainer
-    saves names the app (:class:`AppTag`); a subclass that adds callbacks extends ``configure_callbacks``.
+    saves is plain data naming the app (:class:`PlainCheckpoint`); a subclass that adds callbacks
+    extends ``configure_callbacks``.
     """
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [AppTag(app_of(type(self)))]
+        return [PlainCheckpoint(app_of(type(self)))]
 
     def shared_step(self, batch: Any, stage: str) -> Tensor:
         raise NotImplementedError
@@ -116,15 +117,51 @@ def app_of(module_cls: type) -> str:
                      "checkpoints could not name their app: subclass the app's LightningModule")
 
 
-class AppTag(pl.Callback):
-    """Writes ``checkpoint[APP_KEY] = app`` into every checkpoint the trainer saves, so that a loader
-    can refuse another app's checkpoint by name. Attached by :meth:`StagedModule.configure_callbacks`."""
+INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"  # what LightningCLI records, so loading rebuilds the same way
+
+
+def cli_form(value: object) -> object:
+    """A hyper-parameter as LightningCLI writes it: ``partial(Class, **kw)`` -> ``{"class_path", "init_args"}``
+    (recursively; tuples become lists, paths strings). Raises on a callable it cannot name (a lambda, a
+    partial with positional arguments): a checkpoint must be rebuildable from plain data."""
+    if isinstance(value, functools.partial):
+        if value.args or not isinstance(value.func, type):
+            raise ValueError(f"cannot store {value!r} as class_path/init_args: give the class and keyword "
+                             "arguments only (partial(Class, key=value, ...))")
+        return {"class_path": f"{value.func.__module__}.{value.func.__qualname__}",
+                "init_args": {k: cli_form(v) for k, v in value.keywords.items()}}
+    if isinstance(value, (tuple, list)):
+        return [cli_form(v) for v in value]
+    if isinstance(value, dict):
+        return {k: cli_form(v) for k, v in value.items()}
+    if isinstance(value, PurePath):
+        return str(value)
+    if callable(value):
+        raise ValueError(f"cannot store the callable {value!r} in a checkpoint as plain data; pass partial(Class, ...)")
+    return value
+
+
+def cli_hyperparameters(hparams: dict) -> dict:
+    """``hyper_parameters`` of a directly built module in LightningCLI's form (see :func:`cli_form`), so
+    ``load_from_checkpoint(..., weights_only=True)`` rebuilds it from plain data."""
+    if "_instantiator" in hparams:  # built by LightningCLI: already in that form
+        return dict(hparams)
+    return {**{k: cli_form(v) for k, v in hparams.items()}, "_instantiator": INSTANTIATOR}
+
+
+class PlainCheckpoint(pl.Callback):
+    """Every checkpoint the trainer saves is plain data that names its app: ``checkpoint[APP_KEY] = app``
+    (a loader refuses another app's checkpoint by name) and the hyper-parameters in LightningCLI's form
+    (:func:`cli_hyperparameters`: a directly built module's ``partial`` backbone is no pickled object).
+    Attached by :meth:`StagedModule.configure_callbacks`."""
 
     def __init__(self, app: str):
         self.app = app
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[APP_KEY] = self.app
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = cli_hyperparameters(checkpoint["hyper_parameters"])
 
 
 def checkpoint_error(problem: str, path: Path, hint: str) -> ValueError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqmix.apps.module import APP_KEY, AppTag, StagedModule, app_of, load_trained
+from seqmix.apps.module import APP_KEY, PlainCheckpoint, StagedModule, app_of, load_trained
 from seqmix.apps.vision.model import ImageClassifier
 
 
@@ -27,7 +27,7 @@ def test_every_checkpoint_a_trainer_saves_names_the_app_of_its_module(tmp_path):
 
     assert (app_of(ImageClassifier), app_of(RecallLM)) == ("vision", "recall")
     checkpoint = {}
-    AppTag("vision").on_save_checkpoint(None, None, checkpoint)
+    PlainCheckpoint("vision").on_save_checkpoint(None, None, checkpoint)
     assert checkpoint == {APP_KEY: "vision"}
     with pytest.raises(ValueError, match="is not a class of a seqmix app"):
         app_of(StagedModule)

@@ -266,6 +266,37 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
                                          "is MambaOut"):
         main(["vision", "predict", "--ckpt", str(mambaout), str(grey), "--explain", str(png)])
     assert capsys.readouterr().out == ""  # refused before any prediction is printed
+    with pytest.raises(SystemExit, match=r"--explain .*seven.png is the input image .*seven.png: writing it would"):
+        main(["vision", "predict", "--ckpt", str(ckpt), str(grey), "--explain", str(grey)])
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR chunk claims ``width x height`` greyscale pixels, with an empty IDAT (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+
+
+def test_decompression_bombs_and_directories_are_one_line(tmp_path):
+    from PIL import Image
+
+    from seqmix.cli import main
+
+    ckpt = SHIPPED / "mambaout_femto_28.ckpt"
+    png_header_only(tmp_path / "bomb.png", 100_000, 100_000)  # 10^10 pixels: Pillow's error
+    png_header_only(tmp_path / "big.png", 10_000, 10_000)  # 10^8: over the limit, under twice it: Pillow only warns
+    assert Image.MAX_IMAGE_PIXELS < 10_000 * 10_000 < 2 * Image.MAX_IMAGE_PIXELS
+    for name in ("bomb.png", "big.png"):
+        with pytest.raises(SystemExit, match=rf"{name}: refused by Pillow's decompression-bomb guard: .*pixels"):
+            main(["vision", "predict", "--ckpt", str(ckpt), str(tmp_path / name)])
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(SystemExit, match=r"error: image .*dir.png is a directory, not a file"):
+        main(["vision", "predict", "--ckpt", str(ckpt), str(tmp_path / "dir.png")])
 
 
 def test_cosine_ends_with_the_time_budget():
@@ -307,7 +338,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "vision"
 
 @pytest.mark.parametrize("name", ["biformer_tiny_28", "mambaout_femto_28"])
 def test_shipped_checkpoints_are_small_and_classify_fashion_mnist(name):
-    from seqmix.apps.vision.explain import load_classifier
+    from seqmix.apps.vision.commands import load_classifier
 
     path = SHIPPED / f"{name}.ckpt"
     assert path.is_file(), f"{path} is missing: python scripts/train_vision_checkpoints.py writes it"
@@ -352,7 +383,7 @@ def test_small_checkpoint_too_big_is_a_clear_error(tmp_path):
 
 
 def test_cli_form_names_classes_and_refuses_unnamed_callables():
-    from seqmix.apps.vision.export import cli_form, cli_hyperparameters
+    from seqmix.apps.module import cli_form, cli_hyperparameters
     from seqmix.apps.vision.mambaout import MambaOut
 
     assert cli_form(partial(MambaOut, depths=(1, 2), dims=(8, 16))) == {
