@@ -37,6 +37,8 @@ from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from seqmix.kernels.common import resolve_impl  # the one impl rule, which the kernels' entry points use too
+
 PATTERNS: tuple[str, ...] = ("causal_self", "noncausal_self", "causal_cross", "noncausal_cross")
 
 State = Any  # a tensor or a tuple of tensors, whatever the mixer carries between pieces
@@ -93,6 +95,8 @@ class Mixer(nn.Module):
     recurrent: ClassVar[bool] = False
     step_matches_forward: ClassVar[bool] = True  # False: its step is another computation (ProbSparse's)
     supports_mask: ClassVar[bool] = False
+    # why the mixer's sizes do not fit its Triton kernel (set in __init__ from its op's KernelOp.check); None: they do
+    triton_refusal: str | None = None
     test_configs: ClassVar[Sequence[Mapping[str, object]]] = ({},)
     test_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.bfloat16)
     registry_name: ClassVar[str] = ""
@@ -145,8 +149,6 @@ class Mixer(nn.Module):
         A Triton-backed mixer sets ``self.triton_refusal`` in ``__init__`` from its op's
         ``KernelOp.check`` (why its sizes do not fit the Triton kernel, or None).
         """
-        from seqmix.kernels.common import resolve_impl  # the rule the kernels' entry points use too
-
         refusal = self.triton_refusal if "triton" in self.impls else None
         return resolve_impl(type(self).__name__, self._impl, self.impls, cuda=x.is_cuda, triton_refusal=refusal)
 
