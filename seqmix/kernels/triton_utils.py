@@ -111,6 +111,13 @@ def new_state(q: Tensor, v: Tensor, n_seq: int) -> Tensor:
     return new_output((n_seq, q.shape[2], q.shape[3], v.shape[3]), device=q.device, dtype=torch.float32)
 
 
+def new_outputs(q: Tensor, v: Tensor, n_seq: int, *, with_state: bool) -> tuple[Tensor, Tensor | None]:
+    """``[B, T, H, V]`` in q's dtype (an output, or v's gradient) and, when asked for, an fp32 state
+    ``[N, H, K, V]`` (the final state, or the initial state's gradient)."""
+    values = new_output((*q.shape[:3], v.shape[3]), device=q.device, dtype=q.dtype)
+    return values, (new_state(q, v, n_seq) if with_state else None)
+
+
 def value_block_partials(configs: Sequence[triton.Config], n_values: int, *shape: int,
                          device: torch.device) -> Tensor:
     """Zeros ``[max value blocks, *shape]`` fp32: a gradient that every block of ``BV`` value columns

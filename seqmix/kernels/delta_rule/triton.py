@@ -30,21 +30,8 @@ from torch import Tensor
 
 from seqmix.kernels.common import Recurrence
 from seqmix.kernels.delta_rule.limits import DELTA_RULE
-from seqmix.kernels.triton_utils import (
-    autotune,
-    block_size,
-    chunk_rows,
-    contiguous,
-    load_state,
-    new_output,
-    new_state,
-    prepare,
-    sequence_bounds,
-    state_tile,
-    token_tile,
-    value_block_partials,
-    value_grid,
-)
+from seqmix.kernels.triton_utils import (autotune, block_size, chunk_rows, contiguous, load_state, new_output,
+    new_outputs, new_state, prepare, sequence_bounds, state_tile, token_tile, value_block_partials, value_grid)
 
 # few configs: these kernels are large, and every config is compiled when autotuning
 _CONFIGS = [triton.Config({"BV": bv}, num_warps=4, num_stages=2) for bv in (64, 32)]
@@ -220,8 +207,7 @@ class DeltaRuleFunction(torch.autograd.Function):
         d_final = contiguous(d_final)
         dq, dk_ = (value_block_partials(_CONFIGS, dv, b, t, h, dk, device=q.device) for _ in range(2))
         dbeta = value_block_partials(_CONFIGS, dv, b, t, h, device=q.device)
-        dv_ = new_output((b, t, h, dv), device=q.device, dtype=v.dtype)
-        dh0 = new_state(q, v, ctx.n_seq)
+        dv_, dh0 = new_outputs(q, v, ctx.n_seq, with_state=True)
         _bwd_kernel[value_grid(dv, ctx.n_seq * h)](
             q, k, v, beta, do.contiguous(), d_final if d_final is not None else q, states, dq, dk_, dv_, dbeta,
             dh0, offsets, ctx.scale, max_chunks, b * t, H=h, K=dk, V=dv, BT=bt, BK=block_size(dk),

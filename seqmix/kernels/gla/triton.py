@@ -32,21 +32,8 @@ from torch import Tensor
 
 from seqmix.kernels.common import Recurrence
 from seqmix.kernels.gla.limits import GLA
-from seqmix.kernels.triton_utils import (
-    autotune,
-    block_size,
-    chunk_rows,
-    contiguous,
-    load_state,
-    new_output,
-    new_state,
-    prepare,
-    sequence_bounds,
-    state_tile,
-    token_tile,
-    value_block_partials,
-    value_grid,
-)
+from seqmix.kernels.triton_utils import (autotune, block_size, chunk_rows, contiguous, load_state, new_output,
+    new_outputs, prepare, sequence_bounds, state_tile, token_tile, value_block_partials, value_grid)
 
 BC = 16  # the secondary (sub-)chunk: rows whose pairwise gates are computed exactly
 # few configs: these kernels are large, and every config is compiled when autotuning
@@ -255,8 +242,7 @@ class GLAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g, initial_state, offsets, n_seq, scale, chunk_size, output_final_state):
         b, t, h, dk = q.shape
         dv = v.shape[-1]
-        o = new_output((b, t, h, dv), device=q.device, dtype=q.dtype)
-        final = new_state(q, v, n_seq) if output_final_state else None
+        o, final = new_outputs(q, v, n_seq, with_state=output_final_state)
         _fwd_kernel[value_grid(dv, n_seq * h)](
             q, k, v, g, initial_state if initial_state is not None else q, o, final if final is not None else o,
             offsets, scale, H=h, K=dk, V=dv, BT=chunk_size, BC=BC, BK=block_size(dk),
@@ -272,8 +258,7 @@ class GLAFunction(torch.autograd.Function):
         dv = v.shape[-1]
         d_final = contiguous(d_final)
         dq, dk_, dbq, dbk = (value_block_partials(_CONFIGS, dv, b, t, h, dk, device=q.device) for _ in range(4))
-        dv_ = new_output((b, t, h, dv), device=q.device, dtype=v.dtype)
-        dh0 = new_state(q, v, ctx.n_seq) if initial_state is not None else None
+        dv_, dh0 = new_outputs(q, v, ctx.n_seq, with_state=initial_state is not None)
         _bwd_kernel[value_grid(dv, ctx.n_seq * h)](
             q, k, v, g, do.contiguous(), initial_state if initial_state is not None else q,
             d_final if d_final is not None else q, dq, dk_, dv_, dh0 if dh0 is not None else q,

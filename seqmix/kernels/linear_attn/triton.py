@@ -29,21 +29,8 @@ from torch import Tensor
 
 from seqmix.kernels.common import Recurrence
 from seqmix.kernels.linear_attn.limits import LINEAR_ATTN
-from seqmix.kernels.triton_utils import (
-    autotune,
-    block_size,
-    chunk_rows,
-    contiguous,
-    load_state,
-    new_output,
-    new_state,
-    prepare,
-    sequence_bounds,
-    state_tile,
-    token_tile,
-    value_block_partials,
-    value_grid,
-)
+from seqmix.kernels.triton_utils import (autotune, block_size, chunk_rows, contiguous, load_state,
+    new_outputs, prepare, sequence_bounds, state_tile, token_tile, value_block_partials, value_grid)
 
 _CONFIGS = [triton.Config({"BV": bv}, num_warps=w, num_stages=s)
             for bv in (64, 32) for w in (4, 8) for s in (2, 3)]
@@ -79,9 +66,9 @@ def _chunk(q, k, v, do, bos, start, seq_len, lam, i_h, o_t, o_k, o_v, H: tl.cons
 
 
 @triton.jit
-def _next_state(state, b_k, b_v, k_decay, lam, n, dt):
+def _next_state(state, b_k, b_v, k_decay, lam, n):
     """The state after the chunk: ``exp(lam n) S + (exp(lam (n - 1 - j)) k)^T v``."""
-    return state * tl.exp(lam * n.to(tl.float32)) + tl.dot(tl.trans((b_k * k_decay[:, None]).to(dt)), b_v)
+    return state * tl.exp(lam * n.to(tl.float32)) + tl.dot(tl.trans((b_k * k_decay[:, None]).to(b_v.dtype)), b_v)
 
 
 @autotune(_CONFIGS, key=["K", "V", "BT"])
@@ -105,7 +92,7 @@ def _fwd_kernel(q, k, v, decay, h0, o, ht, offsets, scale,
         b_o = tl.dot(scores.to(dt), b_v)
         b_o += tl.dot((b_q * q_decay[:, None]).to(dt), state.to(dt))
         tl.store(o + p_vo, (b_o * scale).to(o.dtype.element_ty), mask=m_vo)
-        state = _next_state(state, b_k, b_v, k_decay, lam, n, dt)
+        state = _next_state(state, b_k, b_v, k_decay, lam, n)
 
     if STORE_HT:
         tl.store(ht + p_state, state, mask=m_state)
@@ -136,7 +123,7 @@ def _bwd_kernel(q, k, v, do, decay, h0, dht, dq, dk, dv, dh0, offsets, scale, T_
         d_scores = tl.dot(b_do, tl.trans(b_v)) * m_intra  # [BT, BT]
         b_dq = tl.dot(d_scores.to(dt), b_k) + tl.dot(b_do, tl.trans(state.to(dt))) * q_decay[:, None]
         tl.store(dq + partial + p_qk, b_dq * scale, mask=m_qk)
-        state = _next_state(state, b_k, b_v, k_decay, lam, n, dt)
+        state = _next_state(state, b_k, b_v, k_decay, lam, n)
 
     # walk 2, backward in time, carrying dS = dL/d(state after the chunk)
     d_state = load_state(dht, p_state, m_state, HAS_DHT, BK, BV)
@@ -185,8 +172,7 @@ class LinearAttnFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, decay, initial_state, offsets, n_seq, scale, chunk_size, output_final_state):
         b, t, h, dk = q.shape
         dv = v.shape[-1]
-        o = new_output((b, t, h, dv), device=q.device, dtype=q.dtype)
-        final = new_state(q, v, n_seq) if output_final_state else None
+        o, final = new_outputs(q, v, n_seq, with_state=output_final_state)
         _fwd_kernel[value_grid(dv, n_seq * h)](
             q, k, v, decay if decay is not None else q, initial_state if initial_state is not None else q,
             o, final if final is not None else o, offsets, scale,
@@ -203,8 +189,7 @@ class LinearAttnFunction(torch.autograd.Function):
         dv = v.shape[-1]
         d_final = contiguous(d_final)
         dq, dk_ = (value_block_partials(_CONFIGS, dv, b, t, h, dk, device=q.device) for _ in range(2))
-        dv_ = new_output((b, t, h, dv), device=q.device, dtype=v.dtype)
-        dh0 = new_state(q, v, ctx.n_seq) if initial_state is not None else None
+        dv_, dh0 = new_outputs(q, v, ctx.n_seq, with_state=initial_state is not None)
         _bwd_kernel[value_grid(dv, ctx.n_seq * h)](
             q, k, v, do.contiguous(), decay if decay is not None else q,
             initial_state if initial_state is not None else q, d_final if d_final is not None else q, dq, dk_, dv_,
