@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 from seqmix.apps.files import save_checkpoint
+from seqmix.apps.module import APP_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "checkpoints" / "forecasting" / "informer_etth1.ckpt"
 KEEP = ("state_dict", "hyper_parameters", "hparams_name", "datamodule_hyper_parameters",
-        "datamodule_hparams_name", "ForecastDataModule", "pytorch-lightning_version", "epoch", "global_step")
+        "datamodule_hparams_name", "ForecastDataModule", "pytorch-lightning_version", "epoch", "global_step", APP_KEY)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-        full = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
+        full = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
     small = {k: v for k, v in full.items() if k in KEEP}
     save_checkpoint(small, OUT)
     print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB, epoch {small['epoch']}); "

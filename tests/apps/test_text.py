@@ -158,6 +158,9 @@ def test_vote_csv_all_zero_row(tmp_path):
         read_vote_csv(path, text_column="text", emotion_columns=["happy", "sad"])
     data = read_vote_csv(path, text_column="text", emotion_columns=["happy", "sad"], zero_rows="drop")
     assert data.texts == ["nice day", "awful"] and data.dropped == ["1"]
+    path.write_text("text,happy,sad\nnice day,3,1\nawful,inf,5\n")
+    with pytest.raises(ValueError, match=r"votes.csv: column 'happy' row 1 \(0-based data row\) is inf"):
+        read_vote_csv(path, text_column="text", emotion_columns=["happy", "sad"])
     np.testing.assert_allclose(data.targets, [[0.75, 0.25], [0.0, 1.0]])
     with pytest.raises(ValueError, match=r"columns \['angry'\] not found"):
         read_vote_csv(path, text_column="text", emotion_columns=["happy", "angry"])
@@ -248,11 +251,11 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
                 "--data.cache_dir", str(tmp_path / "cache"), "--data.batch_size", "4", "--model.d_model", "16",
                 "--model.fusion_hidden", "16", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
     main(["text", "fit", *settings])
-    ckpts = list(tmp_path.glob("runs/text/**/*.ckpt"))
+    ckpts = [p for p in tmp_path.glob("runs/text/**/*.ckpt") if p.name != "last.ckpt"]
     assert len(ckpts) == 1
     # fit ends by naming the checkpoint that predict takes
-    assert capsys.readouterr().out.strip().splitlines()[-1] == \
-        f"seqmix text fit: checkpoint (best by val/loss) {ckpts[0].relative_to(tmp_path)}"
+    assert f"seqmix text fit: checkpoint (best by val/loss) {ckpts[0].relative_to(tmp_path)}" in \
+        capsys.readouterr().out.strip().splitlines()
     stored = torch.load(ckpts[0], weights_only=True)  # mixers by class path and init args, no pickled code
     assert stored["hyper_parameters"]["rnn"]["class_path"] == "seqmix.core.mixers.rnn.LSTM"
     main(["text", "test", *settings, "--ckpt_path", str(ckpts[0]), "--trainer.logger", "false"])  # Lightning's loader
@@ -287,12 +290,26 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
         (tmp_path / "blank.txt").write_text("\n \n")
         with pytest.raises(SystemExit, match=message):
             main(["text", "predict", "--ckpt", str(ckpts[0]), *argv])
-    with pytest.raises(SystemExit, match="seqmix text predict: error: checkpoint .* not found"):
+    with pytest.raises(SystemExit, match="seqmix text predict: error: checkpoint .*missing.ckpt does not exist"):
         main(["text", "predict", "--ckpt", str(tmp_path / "missing.ckpt"), "--text", "x"])
     other_app = REPO / "checkpoints" / "forecasting" / "informer_etth1.ckpt"  # has hyper-parameters of its own
-    with pytest.raises(SystemExit, match=r"informer_etth1.ckpt was not written by `seqmix text fit`: its data "
-                                         r"settings lack \['context', "):
+    with pytest.raises(SystemExit, match=r"informer_etth1.ckpt: this is a checkpoint of `seqmix forecasting fit`, "
+                                         r"not text"):
         main(["text", "predict", "--ckpt", str(other_app), "--text", "x"])
+    # non-UTF-8 text (a file, or command-line bytes kept as surrogates), a directory, --explain on the input
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Storm\ncaf\u00e9 crowd\n".encode("latin-1"))
+    page_in = tmp_path / "in.html"
+    page_in.write_text("Storm floods the valley\n")
+    for argv, message in ((["--file", str(latin)], r"--file .*latin.txt: byte 9 \(0xe9\) is not UTF-8"),
+                          (["--text", "ok", "--text", b"caf\xe9".decode("utf-8", "surrogateescape")],
+                           r"--text 2: byte 3 \(0xe9\) is not UTF-8"),
+                          (["--file", str(tmp_path)], "--file .* is a directory, not a file"),
+                          (["--file", str(page_in), "--explain", str(page_in)],
+                           r"--explain .*in.html is the input --file")):
+        with pytest.raises(SystemExit, match=message):
+            main(["text", "predict", "--ckpt", str(ckpts[0]), *argv])
+    assert page_in.read_text() == "Storm floods the valley\n"
 
 
 # ---------------------------------------------------- the shipped checkpoint
@@ -301,7 +318,7 @@ SHIPPED = REPO / "checkpoints" / "text" / "redaffectivelm_lora.ckpt"
 
 def test_shipped_checkpoint_is_small_and_reads_semeval_headlines(semeval, capsys):
     """benchmarks/emotion_checkpoint.py writes it; `seqmix text predict` reads it with no network."""
-    from seqmix.apps.text.app import load_checkpoint
+    from seqmix.apps.text.commands import load_checkpoint
     from seqmix.apps.text.data import SEMEVAL_EMOTIONS, TextFeaturizer
     from seqmix.cli import main
 
@@ -331,11 +348,11 @@ def test_small_checkpoint_writer_keeps_what_loading_needs_and_refuses_big_files(
     bench = load_benchmark("emotion_checkpoint")
     full = {"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {"lr": 1e-3},
             "datamodule_hyper_parameters": {"source": "semeval2007"}, "optimizer_states": [{"big": torch.zeros(9999)}],
-            "loops": {}, "epoch": 3, "global_step": 90}
+            "loops": {}, "epoch": 3, "global_step": 90, "seqmix_app": "text"}
     out = tmp_path / "c.ckpt"
     size = bench.write_small_checkpoint(full, out)
     small = torch.load(out, weights_only=True)
-    assert size == out.stat().st_size and set(small) == {"state_dict", "hyper_parameters",
+    assert size == out.stat().st_size and set(small) == {"state_dict", "hyper_parameters", "seqmix_app",
                                                          "datamodule_hyper_parameters", "epoch", "global_step"}
     with pytest.raises(ValueError, match="would be .* MB > 0.001 MB"):
         bench.write_small_checkpoint(full, tmp_path / "big.ckpt", max_bytes=1000)
