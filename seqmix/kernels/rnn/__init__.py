@@ -59,34 +59,19 @@ __all__ = [
 def lstm_headwise(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
                   output_final_state: bool = False, impl: str = "auto") -> tuple[Tensor, RNNState | None]:
     """Head-wise LSTM over ``gates_x: [B, T, H, 4, K]`` with ``R: [H, K, 4, K]``; see the module docstring."""
-    choice = RNN.resolve("lstm_headwise", impl, gates_x, head_dims={"K": gates_x.shape[-1]})
-    arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
-    if choice == "naive":
-        return lstm_naive(gates_x, R, **arguments)
-    if choice == "chunk":
-        return lstm_chunk(gates_x, R, **arguments)
-    return RNN.triton("lstm_triton", gates_x)(gates_x, R, **arguments)
+    form = RNN.form("lstm_headwise", impl, gates_x, name="lstm", head_dims={"K": gates_x.shape[-1]})
+    return form(gates_x, R, initial_state=initial_state, output_final_state=output_final_state)
 
 
 def gru_headwise(gates_x: Tensor, R: Tensor, bias_n: Tensor, *, initial_state: RNNState | None = None,
                  output_final_state: bool = False, impl: str = "auto") -> tuple[Tensor, RNNState | None]:
     """Head-wise GRU over ``gates_x: [B, T, H, 3, K]`` with ``R: [H, K, 3, K]``, ``bias_n: [H, K]``."""
-    choice = RNN.resolve("gru_headwise", impl, gates_x, head_dims={"K": gates_x.shape[-1]})
-    arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
-    if choice == "naive":
-        return gru_naive(gates_x, R, bias_n, **arguments)
-    if choice == "chunk":
-        return gru_chunk(gates_x, R, bias_n, **arguments)
-    return RNN.triton("gru_triton", gates_x)(gates_x, R, bias_n, **arguments)
+    form = RNN.form("gru_headwise", impl, gates_x, name="gru", head_dims={"K": gates_x.shape[-1]})
+    return form(gates_x, R, bias_n, initial_state=initial_state, output_final_state=output_final_state)
 
 
 def slstm_headwise(gates_x: Tensor, R: Tensor, *, initial_state: RNNState | None = None,
                    output_final_state: bool = False, impl: str = "auto") -> tuple[Tensor, RNNState | None]:
     """Head-wise sLSTM over ``gates_x: [B, T, H, 4, K]`` with ``R: [H, K, 4, K]``; see the module docstring."""
-    choice = RNN.resolve("slstm_headwise", impl, gates_x, head_dims={"K": gates_x.shape[-1]})
-    arguments = dict(initial_state=initial_state, output_final_state=output_final_state)
-    if choice == "naive":
-        return slstm_naive(gates_x, R, **arguments)
-    if choice == "chunk":
-        return slstm_chunk(gates_x, R, **arguments)
-    return RNN.triton("slstm_triton", gates_x)(gates_x, R, **arguments)
+    form = RNN.form("slstm_headwise", impl, gates_x, name="slstm", head_dims={"K": gates_x.shape[-1]})
+    return form(gates_x, R, initial_state=initial_state, output_final_state=output_final_state)

@@ -55,39 +55,80 @@ def _back(da, R, p_r, m_r, g: tl.constexpr, K: tl.constexpr):
     return tl.dot(da.to(r.dtype), tl.trans(r))
 
 
-# ------------------------------------------------------------------------------------- LSTM
 @triton.jit
-def _lstm_fwd(gx, R, h0, c0, y, pre, cs, h_t, c_t, B, T,
-              H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
-              HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
+def _program(B, H: tl.constexpr, K: tl.constexpr, G: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr):
+    """This program's head ``i_h``, batch rows ``o_b`` and columns ``o_k``; the mask of its ``[BB, BK]``
+    tiles and of R's ``[BK, BK]`` tiles; the offsets of its tile of a ``[B, H, K]`` state and of gate 0
+    of its head's block of ``R [H, K, G, K]``."""
     i_b, i_h = tl.program_id(0), tl.program_id(1)
     o_b, o_k = i_b * BB + tl.arange(0, BB), tl.arange(0, BK)
     m_bk = (o_b < B)[:, None] & (o_k < K)[None, :]
     m_r = (o_k < K)[:, None] & (o_k < K)[None, :]
     p_state = (o_b[:, None] * H + i_h) * K + o_k[None, :]  # [BB, BK] into [B, H, K]
-    p_r = i_h * K * 4 * K + o_k[:, None] * (4 * K) + o_k[None, :]  # [BK, BK] into R [H, K, 4, K]
-    dt = R.dtype.element_ty
-    h = tl.zeros([BB, BK], dtype=tl.float32)
-    c = tl.zeros([BB, BK], dtype=tl.float32)
-    if HAS_H0:
-        h += tl.load(h0 + p_state, mask=m_bk, other=0.0)
-        c += tl.load(c0 + p_state, mask=m_bk, other=0.0)
+    p_r = i_h * K * G * K + o_k[:, None] * (G * K) + o_k[None, :]  # [BK, BK] into R [H, K, G, K]
+    return i_h, o_b, o_k, m_bk, m_r, p_state, p_r
+
+
+@triton.jit
+def _state(x0, p_state, m_bk, HAS_X0: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr):
+    """The fp32 ``[BB, BK]`` tile of the state ``x0`` (zeros without one)."""
+    x = tl.zeros([BB, BK], dtype=tl.float32)
+    if HAS_X0:
+        x += tl.load(x0 + p_state, mask=m_bk, other=0.0)
+    return x
+
+
+@triton.jit
+def _step(o_b, o_k, t, T, i_h, H: tl.constexpr, K: tl.constexpr, G: tl.constexpr):
+    """Step t's ``[BB, BK]`` offsets into its gates in ``[B, T, H, G, K]`` and its values in ``[B, T, H, K]``."""
+    row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h  # [BB, 1] token row of [B, T, H]
+    return row * (G * K) + o_k[None, :], row * K + o_k[None, :]
+
+
+@triton.jit
+def _four_gates(gx, R, h, p_g, p_r, m_bk, m_r, pre, K: tl.constexpr):
+    """The four pre-activations ``gates_x + h_{t-1} R_g`` of an LSTM / sLSTM step, also stored in ``pre``."""
+    h_dt = h.to(R.dtype.element_ty)
+    a_0 = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 0, K)
+    a_1 = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 1, K)
+    a_2 = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 2, K)
+    a_3 = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 3, K)
+    _store_four(pre, p_g, a_0, a_1, a_2, a_3, m_bk, K)
+    return a_0, a_1, a_2, a_3
+
+
+@triton.jit
+def _store_four(x, p_g, a_0, a_1, a_2, a_3, m_bk, K: tl.constexpr):
+    """Stores four gates' ``[BB, BK]`` tiles at ``p_g`` of ``x [B, T, H, 4, K]``."""
+    tl.store(x + p_g, a_0, mask=m_bk)
+    tl.store(x + p_g + K, a_1, mask=m_bk)
+    tl.store(x + p_g + 2 * K, a_2, mask=m_bk)
+    tl.store(x + p_g + 3 * K, a_3, mask=m_bk)
+
+
+@triton.jit
+def _four_back(da_0, da_1, da_2, da_3, dpre, p_g, R, p_r, m_bk, m_r, K: tl.constexpr):
+    """Stores the four gates' gradients in ``dpre`` and returns what they send back to ``h_{t-1}``."""
+    _store_four(dpre, p_g, da_0, da_1, da_2, da_3, m_bk, K)
+    return (_back(da_0, R, p_r, m_r, 0, K) + _back(da_1, R, p_r, m_r, 1, K)
+            + _back(da_2, R, p_r, m_r, 2, K) + _back(da_3, R, p_r, m_r, 3, K))
+
+
+# ------------------------------------------------------------------------------------- LSTM
+@triton.jit
+def _lstm_fwd(gx, R, h0, c0, y, pre, cs, h_t, c_t, B, T,
+              H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
+              HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
+    i_h, o_b, o_k, m_bk, m_r, p_state, p_r = _program(B, H, K, 4, BB, BK)
+    h = _state(h0, p_state, m_bk, HAS_H0, BB, BK)
+    c = _state(c0, p_state, m_bk, HAS_H0, BB, BK)
     for t in range(0, T):
-        row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h  # [BB, 1] token row of [B, T, H]
-        p_g = row * (4 * K) + o_k[None, :]  # [BB, BK] into [B, T, H, 4, K]
-        h_dt = h.to(dt)
-        a_i = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 0, K)
-        a_f = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 1, K)
-        a_z = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 2, K)
-        a_o = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 3, K)
-        tl.store(pre + p_g, a_i, mask=m_bk)
-        tl.store(pre + p_g + K, a_f, mask=m_bk)
-        tl.store(pre + p_g + 2 * K, a_z, mask=m_bk)
-        tl.store(pre + p_g + 3 * K, a_o, mask=m_bk)
+        p_g, p_s = _step(o_b, o_k, t, T, i_h, H, K, 4)
+        a_i, a_f, a_z, a_o = _four_gates(gx, R, h, p_g, p_r, m_bk, m_r, pre, K)
         c = tl.sigmoid(a_f) * c + tl.sigmoid(a_i) * _tanh(a_z)
         h = tl.sigmoid(a_o) * _tanh(c)
-        tl.store(y + row * K + o_k[None, :], h.to(y.dtype.element_ty), mask=m_bk)
-        tl.store(cs + row * K + o_k[None, :], c, mask=m_bk)
+        tl.store(y + p_s, h.to(y.dtype.element_ty), mask=m_bk)
+        tl.store(cs + p_s, c, mask=m_bk)
     if STORE_FINAL:
         tl.store(h_t + p_state, h, mask=m_bk)
         tl.store(c_t + p_state, c, mask=m_bk)
@@ -97,42 +138,28 @@ def _lstm_fwd(gx, R, h0, c0, y, pre, cs, h_t, c_t, B, T,
 def _lstm_bwd(R, pre, cs, c0, dy, dh_t, dc_t, dpre, dh0, dc0, B, T,
               H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
               HAS_H0: tl.constexpr, HAS_DFINAL: tl.constexpr):
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
-    o_b, o_k = i_b * BB + tl.arange(0, BB), tl.arange(0, BK)
-    m_bk = (o_b < B)[:, None] & (o_k < K)[None, :]
-    m_r = (o_k < K)[:, None] & (o_k < K)[None, :]
-    p_state = (o_b[:, None] * H + i_h) * K + o_k[None, :]
-    p_r = i_h * K * 4 * K + o_k[:, None] * (4 * K) + o_k[None, :]
-    dh_rec = tl.zeros([BB, BK], dtype=tl.float32)  # dL/dh_t through step t+1
-    dc = tl.zeros([BB, BK], dtype=tl.float32)  # dL/dc_t through step t+1
-    if HAS_DFINAL:
-        dh_rec += tl.load(dh_t + p_state, mask=m_bk, other=0.0)
-        dc += tl.load(dc_t + p_state, mask=m_bk, other=0.0)
+    i_h, o_b, o_k, m_bk, m_r, p_state, p_r = _program(B, H, K, 4, BB, BK)
+    dh_rec = _state(dh_t, p_state, m_bk, HAS_DFINAL, BB, BK)  # dL/dh_t through step t+1
+    dc = _state(dc_t, p_state, m_bk, HAS_DFINAL, BB, BK)  # dL/dc_t through step t+1
     for j in range(0, T):
         t = T - 1 - j
-        row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h
-        p_g = row * (4 * K) + o_k[None, :]
+        p_g, p_s = _step(o_b, o_k, t, T, i_h, H, K, 4)
         i = tl.sigmoid(tl.load(pre + p_g, mask=m_bk, other=0.0))
         f = tl.sigmoid(tl.load(pre + p_g + K, mask=m_bk, other=0.0))
         z = _tanh(tl.load(pre + p_g + 2 * K, mask=m_bk, other=0.0))
         o = tl.sigmoid(tl.load(pre + p_g + 3 * K, mask=m_bk, other=0.0))
-        c = tl.load(cs + row * K + o_k[None, :], mask=m_bk, other=0.0)
-        c_prev = tl.load(cs + (row - H) * K + o_k[None, :], mask=m_bk & (t > 0), other=0.0)
+        c = tl.load(cs + p_s, mask=m_bk, other=0.0)
+        c_prev = tl.load(cs + p_s - H * K, mask=m_bk & (t > 0), other=0.0)
         if HAS_H0:
             c_prev += tl.load(c0 + p_state, mask=m_bk & (t == 0), other=0.0)
-        dh = tl.load(dy + row * K + o_k[None, :], mask=m_bk, other=0.0).to(tl.float32) + dh_rec
+        dh = tl.load(dy + p_s, mask=m_bk, other=0.0).to(tl.float32) + dh_rec
         tc = _tanh(c)
         dc += dh * o * (1.0 - tc * tc)
         da_i = dc * z * i * (1.0 - i)
         da_f = dc * c_prev * f * (1.0 - f)
         da_z = dc * i * (1.0 - z * z)
         da_o = dh * tc * o * (1.0 - o)
-        tl.store(dpre + p_g, da_i, mask=m_bk)
-        tl.store(dpre + p_g + K, da_f, mask=m_bk)
-        tl.store(dpre + p_g + 2 * K, da_z, mask=m_bk)
-        tl.store(dpre + p_g + 3 * K, da_o, mask=m_bk)
-        dh_rec = (_back(da_i, R, p_r, m_r, 0, K) + _back(da_f, R, p_r, m_r, 1, K)
-                  + _back(da_z, R, p_r, m_r, 2, K) + _back(da_o, R, p_r, m_r, 3, K))
+        dh_rec = _four_back(da_i, da_f, da_z, da_o, dpre, p_g, R, p_r, m_bk, m_r, K)
         dc = dc * f
     if HAS_H0:
         tl.store(dh0 + p_state, dh_rec, mask=m_bk)
@@ -143,20 +170,12 @@ def _lstm_bwd(R, pre, cs, c0, dy, dh_t, dc_t, dpre, dh0, dc0, B, T,
 @triton.jit
 def _gru_fwd(gx, R, bias_n, h0, y, pre, B, T,
              H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr, HAS_H0: tl.constexpr):
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
-    o_b, o_k = i_b * BB + tl.arange(0, BB), tl.arange(0, BK)
-    m_bk = (o_b < B)[:, None] & (o_k < K)[None, :]
-    m_r = (o_k < K)[:, None] & (o_k < K)[None, :]
-    p_state = (o_b[:, None] * H + i_h) * K + o_k[None, :]
-    p_r = i_h * K * 3 * K + o_k[:, None] * (3 * K) + o_k[None, :]
+    i_h, o_b, o_k, m_bk, m_r, p_state, p_r = _program(B, H, K, 3, BB, BK)
     dt = R.dtype.element_ty
     b_n = tl.load(bias_n + i_h * K + o_k, mask=o_k < K, other=0.0).to(tl.float32)
-    h = tl.zeros([BB, BK], dtype=tl.float32)
-    if HAS_H0:
-        h += tl.load(h0 + p_state, mask=m_bk, other=0.0)
+    h = _state(h0, p_state, m_bk, HAS_H0, BB, BK)
     for t in range(0, T):
-        row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h
-        p_g = row * (3 * K) + o_k[None, :]
+        p_g, p_s = _step(o_b, o_k, t, T, i_h, H, K, 3)
         h_dt = h.to(dt)
         a_r = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 0, K)
         a_z = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 1, K)
@@ -167,34 +186,26 @@ def _gru_fwd(gx, R, bias_n, h0, y, pre, B, T,
         r, z = tl.sigmoid(a_r), tl.sigmoid(a_z)
         n = _tanh(tl.load(gx + p_g + 2 * K, mask=m_bk, other=0.0).to(tl.float32) + r * q_n)
         h = (1.0 - z) * n + z * h
-        tl.store(y + row * K + o_k[None, :], h.to(y.dtype.element_ty), mask=m_bk)
+        tl.store(y + p_s, h.to(y.dtype.element_ty), mask=m_bk)
 
 
 @triton.jit
 def _gru_bwd(gx, R, pre, y, h0, dy, dh_t, dgx, dq_n, dh0, B, T,
              H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
              HAS_H0: tl.constexpr, HAS_DFINAL: tl.constexpr):
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
-    o_b, o_k = i_b * BB + tl.arange(0, BB), tl.arange(0, BK)
-    m_bk = (o_b < B)[:, None] & (o_k < K)[None, :]
-    m_r = (o_k < K)[:, None] & (o_k < K)[None, :]
-    p_state = (o_b[:, None] * H + i_h) * K + o_k[None, :]
-    p_r = i_h * K * 3 * K + o_k[:, None] * (3 * K) + o_k[None, :]
-    dh_rec = tl.zeros([BB, BK], dtype=tl.float32)
-    if HAS_DFINAL:
-        dh_rec += tl.load(dh_t + p_state, mask=m_bk, other=0.0)
+    i_h, o_b, o_k, m_bk, m_r, p_state, p_r = _program(B, H, K, 3, BB, BK)
+    dh_rec = _state(dh_t, p_state, m_bk, HAS_DFINAL, BB, BK)
     for j in range(0, T):
         t = T - 1 - j
-        row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h
-        p_g = row * (3 * K) + o_k[None, :]
+        p_g, p_s = _step(o_b, o_k, t, T, i_h, H, K, 3)
         r = tl.sigmoid(tl.load(pre + p_g, mask=m_bk, other=0.0))
         z = tl.sigmoid(tl.load(pre + p_g + K, mask=m_bk, other=0.0))
         q_n = tl.load(pre + p_g + 2 * K, mask=m_bk, other=0.0)
         n = _tanh(tl.load(gx + p_g + 2 * K, mask=m_bk, other=0.0).to(tl.float32) + r * q_n)
-        h_prev = tl.load(y + (row - H) * K + o_k[None, :], mask=m_bk & (t > 0), other=0.0).to(tl.float32)
+        h_prev = tl.load(y + p_s - H * K, mask=m_bk & (t > 0), other=0.0).to(tl.float32)
         if HAS_H0:
             h_prev += tl.load(h0 + p_state, mask=m_bk & (t == 0), other=0.0)
-        dh = tl.load(dy + row * K + o_k[None, :], mask=m_bk, other=0.0).to(tl.float32) + dh_rec
+        dh = tl.load(dy + p_s, mask=m_bk, other=0.0).to(tl.float32) + dh_rec
         dn = dh * (1.0 - z) * (1.0 - n * n)  # through tanh: the gradient of x_n
         da_r = dn * q_n * r * (1.0 - r)
         da_z = dh * (h_prev - n) * z * (1.0 - z)
@@ -202,7 +213,7 @@ def _gru_bwd(gx, R, pre, y, h0, dy, dh_t, dgx, dq_n, dh0, B, T,
         tl.store(dgx + p_g, da_r, mask=m_bk)
         tl.store(dgx + p_g + K, da_z, mask=m_bk)
         tl.store(dgx + p_g + 2 * K, dn, mask=m_bk)
-        tl.store(dq_n + row * K + o_k[None, :], d_q, mask=m_bk)
+        tl.store(dq_n + p_s, d_q, mask=m_bk)
         dh_rec = (dh * z + _back(da_r, R, p_r, m_r, 0, K) + _back(da_z, R, p_r, m_r, 1, K)
                   + _back(d_q, R, p_r, m_r, 2, K))
     if HAS_H0:
@@ -214,13 +225,7 @@ def _gru_bwd(gx, R, pre, y, h0, dy, dh_t, dgx, dq_n, dh0, B, T,
 def _slstm_fwd(gx, R, h0, c0, n0, m0, y, pre, cs, ns, ms, h_t, c_t, n_t, m_t, B, T,
                H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
                HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
-    o_b, o_k = i_b * BB + tl.arange(0, BB), tl.arange(0, BK)
-    m_bk = (o_b < B)[:, None] & (o_k < K)[None, :]
-    m_r = (o_k < K)[:, None] & (o_k < K)[None, :]
-    p_state = (o_b[:, None] * H + i_h) * K + o_k[None, :]
-    p_r = i_h * K * 4 * K + o_k[:, None] * (4 * K) + o_k[None, :]
-    dt = R.dtype.element_ty
+    i_h, o_b, o_k, m_bk, m_r, p_state, p_r = _program(B, H, K, 4, BB, BK)
     if HAS_H0:
         h = tl.load(h0 + p_state, mask=m_bk, other=0.0).to(tl.float32)
         c = tl.load(c0 + p_state, mask=m_bk, other=0.0).to(tl.float32)
@@ -232,17 +237,8 @@ def _slstm_fwd(gx, R, h0, c0, n0, m0, y, pre, cs, ns, ms, h_t, c_t, n_t, m_t, B,
         n = tl.zeros([BB, BK], dtype=tl.float32)
         m = tl.full([BB, BK], float("-inf"), tl.float32)
     for t in range(0, T):
-        row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h
-        p_g = row * (4 * K) + o_k[None, :]
-        h_dt = h.to(dt)
-        a_i = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 0, K)
-        a_f = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 1, K)
-        a_z = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 2, K)
-        a_o = _gate(gx, R, h_dt, p_g, p_r, m_bk, m_r, 3, K)
-        tl.store(pre + p_g, a_i, mask=m_bk)
-        tl.store(pre + p_g + K, a_f, mask=m_bk)
-        tl.store(pre + p_g + 2 * K, a_z, mask=m_bk)
-        tl.store(pre + p_g + 3 * K, a_o, mask=m_bk)
+        p_g, p_s = _step(o_b, o_k, t, T, i_h, H, K, 4)
+        a_i, a_f, a_z, a_o = _four_gates(gx, R, h, p_g, p_r, m_bk, m_r, pre, K)
         log_f_plus_m = _log_sigmoid(a_f) + m
         m = tl.maximum(log_f_plus_m, a_i)
         i_gate = tl.exp(a_i - m)
@@ -250,7 +246,6 @@ def _slstm_fwd(gx, R, h0, c0, n0, m0, y, pre, cs, ns, ms, h_t, c_t, n_t, m_t, B,
         c = f_gate * c + i_gate * _tanh(a_z)
         n = f_gate * n + i_gate
         h = tl.sigmoid(a_o) * c / n
-        p_s = row * K + o_k[None, :]
         tl.store(y + p_s, h.to(y.dtype.element_ty), mask=m_bk)
         tl.store(cs + p_s, c, mask=m_bk)
         tl.store(ns + p_s, n, mask=m_bk)
@@ -266,26 +261,14 @@ def _slstm_fwd(gx, R, h0, c0, n0, m0, y, pre, cs, ns, ms, h_t, c_t, n_t, m_t, B,
 def _slstm_bwd(R, pre, cs, ns, ms, c0, n0, m0, dy, dh_t, dc_t, dn_t, dm_t, dpre, dh0, dc0, dn0, dm0, B, T,
                H: tl.constexpr, K: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
                HAS_H0: tl.constexpr, HAS_DFINAL: tl.constexpr):
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
-    o_b, o_k = i_b * BB + tl.arange(0, BB), tl.arange(0, BK)
-    m_bk = (o_b < B)[:, None] & (o_k < K)[None, :]
-    m_r = (o_k < K)[:, None] & (o_k < K)[None, :]
-    p_state = (o_b[:, None] * H + i_h) * K + o_k[None, :]
-    p_r = i_h * K * 4 * K + o_k[:, None] * (4 * K) + o_k[None, :]
-    dh_rec = tl.zeros([BB, BK], dtype=tl.float32)
-    dc = tl.zeros([BB, BK], dtype=tl.float32)
-    dn = tl.zeros([BB, BK], dtype=tl.float32)
-    dm = tl.zeros([BB, BK], dtype=tl.float32)
-    if HAS_DFINAL:
-        dh_rec += tl.load(dh_t + p_state, mask=m_bk, other=0.0)
-        dc += tl.load(dc_t + p_state, mask=m_bk, other=0.0)
-        dn += tl.load(dn_t + p_state, mask=m_bk, other=0.0)
-        dm += tl.load(dm_t + p_state, mask=m_bk, other=0.0)
+    i_h, o_b, o_k, m_bk, m_r, p_state, p_r = _program(B, H, K, 4, BB, BK)
+    dh_rec = _state(dh_t, p_state, m_bk, HAS_DFINAL, BB, BK)
+    dc = _state(dc_t, p_state, m_bk, HAS_DFINAL, BB, BK)
+    dn = _state(dn_t, p_state, m_bk, HAS_DFINAL, BB, BK)
+    dm = _state(dm_t, p_state, m_bk, HAS_DFINAL, BB, BK)
     for j in range(0, T):
         t = T - 1 - j
-        row = (o_b[:, None].to(tl.int64) * T + t) * H + i_h
-        p_g = row * (4 * K) + o_k[None, :]
-        p_s = row * K + o_k[None, :]
+        p_g, p_s = _step(o_b, o_k, t, T, i_h, H, K, 4)
         a_i = tl.load(pre + p_g, mask=m_bk, other=0.0)
         a_f = tl.load(pre + p_g + K, mask=m_bk, other=0.0)
         z = _tanh(tl.load(pre + p_g + 2 * K, mask=m_bk, other=0.0))
@@ -322,12 +305,7 @@ def _slstm_bwd(R, pre, cs, ns, ms, c0, n0, m0, dy, dh_t, dc_t, dn_t, dm_t, dpre,
         d_lfm += dm * to_lfm
         da_i += dm * (1.0 - to_lfm)
         da_f = d_lfm * (1.0 - tl.sigmoid(a_f))  # logsigmoid' = sigmoid(-x)
-        tl.store(dpre + p_g, da_i, mask=m_bk)
-        tl.store(dpre + p_g + K, da_f, mask=m_bk)
-        tl.store(dpre + p_g + 2 * K, da_z, mask=m_bk)
-        tl.store(dpre + p_g + 3 * K, da_o, mask=m_bk)
-        dh_rec = (_back(da_i, R, p_r, m_r, 0, K) + _back(da_f, R, p_r, m_r, 1, K)
-                  + _back(da_z, R, p_r, m_r, 2, K) + _back(da_o, R, p_r, m_r, 3, K))
+        dh_rec = _four_back(da_i, da_f, da_z, da_o, dpre, p_g, R, p_r, m_bk, m_r, K)
         dc = dc * f_gate
         dn = dn * f_gate
         dm = d_lfm
