@@ -436,8 +436,6 @@ def _check(cell: str, gates_x: Tensor, R: Tensor, initial_state: RNNState | None
     op = f"{cell}_triton"
     check_rnn_inputs(cell, gates_x, R, initial_state, bias_n)
     check_tensors(op, gates_x, R, bias_n, *(initial_state or ()))
-    if gates_x.dtype == torch.float64:
-        raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")
     RNN.check(op, "triton", head_dims={"K": gates_x.shape[-1]})
     state = None if initial_state is None else tuple(s.float().contiguous() for s in initial_state)
     return gates_x.contiguous(), R.to(gates_x.dtype).contiguous(), state

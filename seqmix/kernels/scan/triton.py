@@ -32,9 +32,19 @@ from torch import Tensor
 
 from seqmix.kernels.scan.limits import SCAN
 from seqmix.kernels.scan.naive import ScanState, check_scan_inputs
-from seqmix.kernels.triton_utils import autotune, check_tensors, new_output
+from seqmix.kernels.triton_utils import autotune, check_tensors, new_output, value_block_partials, value_grid
 
 _CONFIGS = [triton.Config({"BV": bv}, num_warps=w) for bv in (64, 32) for w in (4, 8)]
+
+
+@triton.jit
+def _program(T, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """This program's value block ``i_v``, its (batch, head) ``i_bh`` and head ``i_h``, the first row of
+    its sequence, the rows ``o_t`` of a chunk, its value columns ``o_v`` and the causal mask ``[BT, BT]``."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    o_t = tl.arange(0, BT)
+    return (i_v, i_bh, i_bh % H, (i_bh // H).to(tl.int64) * T, o_t, i_v * BV + tl.arange(0, BV),
+            o_t[:, None] >= o_t[None, :])
 
 
 @autotune(_CONFIGS, key=["V", "BT"])
@@ -42,13 +52,9 @@ _CONFIGS = [triton.Config({"BV": bv}, num_warps=w) for bv in (64, 32) for w in (
 def _fwd_kernel(s, v, m0, u0, w0, o, row_max, row_den, m_t, u_t, w_t, T,
                 H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                 HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    bos = i_b.to(tl.int64) * T
-    dt = v.dtype.element_ty
-    o_t, o_v = tl.arange(0, BT), i_v * BV + tl.arange(0, BV)
+    i_v, i_bh, i_h, bos, o_t, o_v, causal = _program(T, H, V, BT, BV)
     m_v = o_v < V
-    causal = o_t[:, None] >= o_t[None, :]
+    dt = v.dtype.element_ty
     if HAS_H0:
         m = tl.load(m0 + i_bh).to(tl.float32)
         u = tl.load(u0 + i_bh * V + o_v, mask=m_v, other=0.0).to(tl.float32)
@@ -91,13 +97,9 @@ def _fwd_kernel(s, v, m0, u0, w0, o, row_max, row_den, m_t, u_t, w_t, T,
 def _bwd_kernel(s, v, do, delta, row_max, row_den, m0, m_t, du_t, dw_t, dv, ds, du0, dw0, T,
                 H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                 HAS_H0: tl.constexpr, HAS_DFINAL: tl.constexpr):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    bos = i_b.to(tl.int64) * T
-    dt = v.dtype.element_ty
-    o_t, o_v = tl.arange(0, BT), i_v * BV + tl.arange(0, BV)
+    i_v, i_bh, i_h, bos, o_t, o_v, causal = _program(T, H, V, BT, BV)
     m_v = o_v < V
-    causal = o_t[:, None] >= o_t[None, :]
+    dt = v.dtype.element_ty
     first_block = (i_v == 0).to(tl.float32)  # the V-independent terms of ds are added once
     partial = i_v.to(tl.int64) * (T * (tl.num_programs(1) // H)) * H  # this block's slice of ds
 
@@ -150,10 +152,6 @@ def _bwd_kernel(s, v, do, delta, row_max, row_den, m0, m_t, du_t, dw_t, dv, ds, 
             tl.store(dw0 + i_bh, -gamma)
 
 
-def _grid(meta, V: int, BH: int):
-    return (triton.cdiv(V, meta["BV"]), BH)
-
-
 class SoftmaxScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, v, m0, u0, w0, chunk_size, output_final_state):
@@ -166,7 +164,7 @@ class SoftmaxScanFunction(torch.autograd.Function):
         u_t = new_output((b, h, dv), device=device, dtype=torch.float32)
         w_t = new_output((b, h), device=device, dtype=torch.float32)
         has_h0 = m0 is not None
-        _fwd_kernel[lambda meta: _grid(meta, dv, b * h)](
+        _fwd_kernel[value_grid(dv, b * h)](
             s, v, m0 if has_h0 else s, u0 if has_h0 else s, w0 if has_h0 else s, o, row_max, row_den,
             m_t, u_t, w_t, t, H=h, V=dv, BT=chunk_size, HAS_H0=has_h0, STORE_FINAL=True)
         ctx.save_for_backward(s, v, o, row_max, row_den, m0, u0, w0, m_t, u_t, w_t)
@@ -186,12 +184,11 @@ class SoftmaxScanFunction(torch.autograd.Function):
         dw_t = torch.zeros_like(w_t) if dw_t is None else dw_t.float()
         do = do.contiguous()
         delta = (do.float() * o.float()).sum(-1)  # [B, T, H] do_t . o_t
-        max_blocks = triton.cdiv(dv, min(c.kwargs["BV"] for c in _CONFIGS))
-        ds = torch.zeros((max_blocks, b, t, h), device=v.device, dtype=torch.float32)
+        ds = value_block_partials(_CONFIGS, dv, b, t, h, device=v.device)
         dv_ = new_output((b, t, h, dv), device=v.device, dtype=v.dtype)
         du0 = new_output((b, h, dv), device=v.device, dtype=torch.float32) if has_h0 else None
         dw0 = new_output((b, h), device=v.device, dtype=torch.float32) if has_h0 else None
-        _bwd_kernel[lambda meta: _grid(meta, dv, b * h)](
+        _bwd_kernel[value_grid(dv, b * h)](
             s, v, do, delta, row_max, row_den, m0 if has_h0 else s, m_t, du_t, dw_t, dv_, ds,
             du0 if has_h0 else s, dw0 if has_h0 else s, t, H=h, V=dv, BT=ctx.chunk_size,
             HAS_H0=has_h0, HAS_DFINAL=has_final)
@@ -221,9 +218,7 @@ def softmax_scan_triton(s: Tensor, v: Tensor, *, initial_state: ScanState | None
     check_scan_inputs(op, s, v, initial_state)
     SCAN.check(op, "triton", chunk_size=chunk_size, head_dims={"V": v.shape[-1]})
     m0, u0, w0 = initial_state if initial_state is not None else (None, None, None)
-    check_tensors(op, s, v, m0, u0, w0)
-    if v.dtype == torch.float64:
-        raise ValueError(f"{op}: fp64 is not supported by the Triton kernels; use impl='naive' or 'chunk' for fp64")
+    check_tensors(op, v, s, m0, u0, w0)
     contiguous = [x.contiguous() if x is not None else None for x in (s, v, m0, u0, w0)]
     o, m_t, u_t, w_t = SoftmaxScanFunction.apply(*contiguous, chunk_size, output_final_state)
     return o, ((m_t, u_t, w_t) if output_final_state else None)
