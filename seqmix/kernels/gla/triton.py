@@ -121,7 +121,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, scale,
     for start in range(0, seq_len, BT):
         b_k, b_g, b_v, b_b, b_last, n, m_tk = _chunk(k, g, v, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
         for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
-            o_c, q_c, k_c, v_c, _, ref, b_c, _, _, p_cv, m_cv = _sub_chunk(
+            o_c, q_c, k_c, v_c, do_c, ref, b_c, p_ck, m_ck, p_cv, m_cv = _sub_chunk(
                 q, k, v, v, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H, K, V, BC, False)
             b_o = tl.dot((q_c * tl.exp(b_c)).to(dt), state.to(dt))  # [BC, BV] from earlier chunks
             if i_c > 0:  # earlier sub-chunks of this chunk, relative to ref
@@ -160,7 +160,7 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
         start = i_t * BT
         b_k, b_g, b_v, b_b, b_last, n, m_tk = _chunk(k, g, v, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
         for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
-            o_c, q_c, k_c, v_c, do_c, ref, b_c, p_ck, m_ck, _, _ = _sub_chunk(
+            o_c, q_c, k_c, v_c, do_c, ref, b_c, p_ck, m_ck, p_cv, m_cv = _sub_chunk(
                 q, k, v, do, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H, K, V, BC, True)
             b_dq = tl.dot(do_c, tl.trans(state.to(dt))) * tl.exp(b_c)  # [BC, BK]
             if i_c > 0:
@@ -180,10 +180,10 @@ def _bwd_kernel(q, k, v, g, do, h0, dht, dq, dk, dv, dh0, dbq, dbk, offsets, sca
     d_state = load_state(dht, p_state, m_state, HAS_DHT, BK, BV)
     for j_t in range(0, n_chunks):
         start = (n_chunks - 1 - j_t) * BT
-        b_q, b_g, b_do, b_b, b_last, n, _ = _chunk(q, g, do, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
+        b_q, b_g, b_do, b_b, b_last, n, m_tk = _chunk(q, g, do, bos, start, seq_len, i_h, o_t, o_k, o_v, H, K, V, BT)
         b_do = (b_do * scale).to(dt)
         for i_c in range(0, BT // BC):  # a loop, not unrolled: compile time
-            o_c, q_c, k_c, v_c, do_c, _, b_c, p_ck, m_ck, p_cv, m_cv = _sub_chunk(
+            o_c, q_c, k_c, v_c, do_c, ref, b_c, p_ck, m_ck, p_cv, m_cv = _sub_chunk(
                 q, k, v, do, g, b_g, bos, start, n, i_c, i_h, o_t, o_k, o_v, scale, H, K, V, BC, True)
             k_end = tl.exp(tl.where(m_ck, b_last[None, :] - b_c, float("-inf")))  # [BC, BK]
             b_dk = tl.dot(v_c, tl.trans(d_state.to(dt))) * k_end

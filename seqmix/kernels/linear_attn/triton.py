@@ -86,8 +86,8 @@ def _fwd_kernel(q, k, v, decay, h0, o, ht, offsets, scale,
     state = load_state(h0, p_state, m_state, HAS_H0, BK, BV)
 
     for start in range(0, seq_len, BT):
-        b_q, b_k, b_v, _, _, _, p_vo, m_vo, n, k_decay = _chunk(q, k, v, v, bos, start, seq_len, lam, i_nh % H,
-                                                                 o_t, o_k, o_v, H, K, V, BT, True, False)
+        b_q, b_k, b_v, b_do, p_qk, m_qk, p_vo, m_vo, n, k_decay = _chunk(
+            q, k, v, v, bos, start, seq_len, lam, i_nh % H, o_t, o_k, o_v, H, K, V, BT, True, False)
         scores = tl.dot(b_q, tl.trans(b_k)) * m_intra  # [BT, BT] fp32
         b_o = tl.dot(scores.to(dt), b_v)
         b_o += tl.dot((b_q * q_decay[:, None]).to(dt), state.to(dt))
@@ -118,8 +118,8 @@ def _bwd_kernel(q, k, v, do, decay, h0, dht, dq, dk, dv, dh0, offsets, scale, T_
     # walk 1, forward in time: rebuild the state entering each chunk, dq = scale (D k + decay dO S^T)
     state = load_state(h0, p_state, m_state, HAS_H0, BK, BV)
     for i_c in range(0, n_chunks):
-        _, b_k, b_v, b_do, p_qk, m_qk, _, _, n, k_decay = _chunk(q, k, v, do, bos, i_c * BT, seq_len, lam, i_h,
-                                                                  o_t, o_k, o_v, H, K, V, BT, False, True)
+        b_q, b_k, b_v, b_do, p_qk, m_qk, p_vo, m_vo, n, k_decay = _chunk(
+            q, k, v, do, bos, i_c * BT, seq_len, lam, i_h, o_t, o_k, o_v, H, K, V, BT, False, True)
         d_scores = tl.dot(b_do, tl.trans(b_v)) * m_intra  # [BT, BT]
         b_dq = tl.dot(d_scores.to(dt), b_k) + tl.dot(b_do, tl.trans(state.to(dt))) * q_decay[:, None]
         tl.store(dq + partial + p_qk, b_dq * scale, mask=m_qk)
