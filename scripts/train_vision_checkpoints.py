@@ -4,7 +4,7 @@
 
 One run per model: with one thread in one process both at once (one per core of a 2-core
 machine), otherwise one after the other (each run then has the machine to itself; ``--ranks 2
---threads 1`` trains data-parallel, one process per core). Each is ``benchmarks/vision.py --models
+--threads 1`` trains data-parallel, one process per core). Each is ``python -m benchmarks.vision --models
 <model> --threads T --ranks R --max-minutes M --save-checkpoints``, which
 trains within the budget (the learning-rate schedule ends with it), tests on the 10k test images,
 writes ``checkpoints/vision/<model>.ckpt`` (fp16 weights, hyper-parameters and the data
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads and --ranks must be >= 1, got {args.threads}, {args.ranks}")
 
     def start(name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "vision.py"), "--models", name,
+        return subprocess.Popen([sys.executable, "-m", "benchmarks.vision", "--models", name,
                                  "--threads", str(args.threads), "--ranks", str(args.ranks),
                                  "--batch-size", str(args.batch_size), "--max-minutes", str(args.max_minutes),
                                  "--seed", str(args.seed), "--save-checkpoints",

@@ -31,35 +31,3 @@ def assert_rel_close():
 
     return check
 
-
-@pytest.fixture(scope="session")
-def load_benchmark():
-    """``load_benchmark(name)``: ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a
-    package), registered in ``sys.modules`` as ``<name>_bench`` so that its dataclasses find their module.
-
-    A benchmark puts ``benchmarks/`` on ``sys.path`` to import its ``common``; left there, a later
-    ``import hdbscan`` anywhere in the test process would find ``benchmarks/hdbscan.py`` instead of
-    the library. So ``common`` is loaded once under its own name and ``sys.path`` is restored."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-
-    def exec_file(module_name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    def load(name: str):
-        saved = list(sys.path)
-        try:
-            if "common" not in sys.modules:  # the benchmarks' `from common import ...`, also inside functions
-                exec_file("common", folder / "common.py")
-            return exec_file(f"{name}_bench", folder / f"{name}.py")
-        finally:
-            sys.path[:] = saved
-
-    return load

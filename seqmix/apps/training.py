@@ -120,7 +120,7 @@ class InterruptCheckpoint(pl.Callback):
         if trainer.state.fn != "fit" or not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         path = checkpoint_folder(trainer) / LAST
-        trainer.save_checkpoint(path, weights_only=False)  # the whole training state, optimizer included
+        trainer.save_checkpoint(path)  # weights_only unset: the whole training state, optimizer included
         self.saved = TrainingInterrupted(path, trainer.global_step)
 
 

@@ -3,6 +3,7 @@ a tiny REDAffectiveLM forward/backward, offline loading, and fit -> predict --ex
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -317,12 +318,12 @@ SHIPPED = REPO / "checkpoints" / "text" / "redaffectivelm_lora.ckpt"
 
 
 def test_shipped_checkpoint_is_small_and_reads_semeval_headlines(semeval, capsys):
-    """benchmarks/emotion_checkpoint.py writes it; `seqmix text predict` reads it with no network."""
+    """`python -m benchmarks.emotion_checkpoint` writes it; `seqmix text predict` reads it with no network."""
     from seqmix.apps.text.commands import load_checkpoint
     from seqmix.apps.text.data import SEMEVAL_EMOTIONS, TextFeaturizer
     from seqmix.cli import main
 
-    assert SHIPPED.is_file(), f"{SHIPPED} is missing: python benchmarks/emotion_checkpoint.py writes it"
+    assert SHIPPED.is_file(), f"{SHIPPED} is missing: python -m benchmarks.emotion_checkpoint writes it"
     assert SHIPPED.stat().st_size <= 5_000_000
     model, ckpt = load_checkpoint(SHIPPED)
     dm = ckpt["datamodule_hyper_parameters"]
@@ -344,8 +345,8 @@ def test_shipped_checkpoint_is_small_and_reads_semeval_headlines(semeval, capsys
     assert sum(probs.values()) == pytest.approx(1.0, abs=2e-3) and probs["joy"] < min(probs["fear"], probs["sadness"])
 
 
-def test_small_checkpoint_writer_keeps_what_loading_needs_and_refuses_big_files(tmp_path, load_benchmark):
-    bench = load_benchmark("emotion_checkpoint")
+def test_small_checkpoint_writer_keeps_what_loading_needs_and_refuses_big_files(tmp_path):
+    bench = importlib.import_module("benchmarks.emotion_checkpoint")
     full = {"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {"lr": 1e-3},
             "datamodule_hyper_parameters": {"source": "semeval2007"}, "optimizer_states": [{"big": torch.zeros(9999)}],
             "loops": {}, "epoch": 3, "global_step": 90, "seqmix_app": "text"}

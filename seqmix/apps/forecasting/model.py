@@ -12,7 +12,7 @@ Blocks -> models, top to bottom:
 - :class:`Informer` — encoder (layers with distilling, optionally a stack of replicas on
   halved inputs) + generative decoder (``label_len`` known steps, then ``pred_len`` zero
   placeholders, every horizon step in one forward pass). The encoder and decoder
-  self-attention are any registered mixers (``Callable[[int], Mixer]``); cross attention is softmax.
+  self-attention are any registered mixers (``MixerFactory``); cross attention is softmax.
 - :class:`Transformer` — the vanilla encoder-decoder Transformer (no distilling).
 - :class:`PatchTST` — each variable on its own (channel independence), its lookback cut into
   overlapping patches that are the tokens of post-norm layers with any non-causal registered
@@ -38,13 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.apps.forecasting.metrics import ForecastMetrics
-from seqmix.core.blocks import ChannelMixer
+from seqmix.core.blocks import ChannelMixer, MixerFactory
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.core.mixer import Mixer
 from seqmix.core.mixers.softmax import SoftmaxAttention
 from seqmix.apps.module import StagedModule
-
-MixerFactory = Callable[[int], Mixer]
 
 
 @dataclass(frozen=True)

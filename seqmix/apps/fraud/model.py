@@ -11,7 +11,7 @@ Decoder: the embedding, broadcast over time with sinusoidal positions -> a recur
 Training needs no labels. The embedding is what ``seqmix fraud cluster`` clusters (with the
 expert features beside it: the "hybrid" features).
 
-The recurrence and the attention are injected mixer factories (``Callable[[int], Mixer]``),
+The recurrence and the attention are injected mixer factories (``MixerFactory``),
 so any registered mixer can replace them from the config. Windows are left-padded; padded
 steps are zeroed before every block and the mask goes to every mixer that takes one
 (``supports_mask``: attention masks the padded keys, an RNN skips the padded steps); a mixer
@@ -20,16 +20,13 @@ without one reads the zeros.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.apps.fraud.data import STEP_FEATURES
-from seqmix.core.blocks import MixerBlock
+from seqmix.core.blocks import MixerBlock, MixerFactory
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
-from seqmix.core.mixer import Mixer
 from seqmix.apps.module import StagedModule
 
 GAP_FEATURE = STEP_FEATURES.index("log_gap")
@@ -62,7 +59,7 @@ class SequenceAutoencoder(StagedModule):
         d_model / d_embed: hidden width / embedding width.
     """
 
-    def __init__(self, recurrence: Callable[[int], Mixer], attention: Callable[[int], Mixer],
+    def __init__(self, recurrence: MixerFactory, attention: MixerFactory,
                  n_features: int = len(STEP_FEATURES), max_len: int = 16, d_model: int = 32, d_embed: int = 16,
                  dropout: float = 0.0, lr: float = 3e-3, weight_decay: float = 0.01):
         super().__init__()

@@ -16,23 +16,22 @@ the head is applied there only, which saves the ``[B, T, V]`` logits on the CPU.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.apps.recall.data import IGNORE_INDEX
-from seqmix.core.blocks import MixerStack
+from seqmix.core.blocks import MixerFactory, MixerStack
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
-from seqmix.core.mixer import Mixer
 from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress
 
 
 class RecallLM(StagedModule):
     """A causal LM for MQAR; ``vocab_size`` and ``max_len`` come from the datamodule (CLI links)."""
 
-    def __init__(self, mixer: Callable[[int], Mixer], vocab_size: int = 256, max_len: int = 64,
+    def __init__(self, mixer: MixerFactory, vocab_size: int = 256, max_len: int = 64,
                  d_model: int = 64, n_layers: int = 2, positions: Literal["learned", "sinusoidal", "none"] = "learned",
                  mlp_ratio: float = 4.0, mlp: Literal["mlp", "glu"] = "glu", dropout: float = 0.0,
                  lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100,

@@ -11,7 +11,7 @@ Two branches, fused::
     fusion   : concat -> dropout -> Linear -> ReLU -> dropout -> Linear -> softmax over K emotions
 
 The recurrence and the attention are registered mixers injected as factories
-``Callable[[int], Mixer]`` (LightningCLI ``class_path``), so either can be swapped from the
+``MixerFactory`` (LightningCLI ``class_path``), so either can be swapped from the
 config. A branch is on when its input width (linked from the datamodule) is > 0, which gives
 the baselines with the same code: Bi-LSTM + attention over plain GloVe (``word_features: glove``,
 ``context: false``) and the transformer branch alone (``word_features: none``). The TF-IDF +
@@ -36,8 +36,7 @@ from torch import Tensor, nn
 
 from seqmix.apps.text.embeddings import additive_mask, load_encoder
 from seqmix.apps.text.metrics import emotion_metrics
-from seqmix.core.blocks import make_norm
-from seqmix.core.mixer import Mixer
+from seqmix.core.blocks import MixerFactory, make_norm
 from seqmix.apps.module import StagedModule, lr_multiplier, step_progress
 
 
@@ -60,8 +59,8 @@ class AttentionPool(nn.Module):
 class AffectBranch(nn.Module):
     """Word features -> rnn mixer -> attention mixer (residual, pre-norm) -> attention pooling."""
 
-    def __init__(self, word_dim: int, d_model: int, rnn: Callable[[int], Mixer],
-                 attention: Callable[[int], Mixer] | None, dropout: float):
+    def __init__(self, word_dim: int, d_model: int, rnn: MixerFactory,
+                 attention: MixerFactory | None, dropout: float):
         super().__init__()
         self.inp = nn.Linear(word_dim, d_model)
         self.rnn = rnn(d_model)
@@ -135,7 +134,7 @@ def cls_pool(states: Tensor, mask: Tensor) -> Tensor:
 class EmotionRegressor(StagedModule):
     """REDAffectiveLM when both branches are on; ``word_dim``/``context_dim``/``n_emotions`` come from the data."""
 
-    def __init__(self, rnn: Callable[[int], Mixer] | None = None, attention: Callable[[int], Mixer] | None = None,
+    def __init__(self, rnn: MixerFactory | None = None, attention: MixerFactory | None = None,
                  n_emotions: int = 5, word_dim: int = 64, context_dim: int = 384, d_model: int = 128,
                  fusion_hidden: int = 256, dropout: float = 0.3, context_dropout: float = 0.1,
                  context_trainable_layers: int = 0, context_pool: Literal["mean", "cls", "attention"] = "mean",

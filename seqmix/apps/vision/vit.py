@@ -7,22 +7,19 @@ non-causal form, BRA, ...), for the cross-mixer comparison on the same images.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from seqmix.apps.vision.common import check_images, init_weights, timm_variant
-from seqmix.core.blocks import MixerStack, mixer_factory
-from seqmix.core.mixer import Mixer
+from seqmix.core.blocks import MixerFactory, MixerStack, mixer_factory
 
 
 class ViT(nn.Module):
     """ViT over ``(img_size / patch)^2`` tokens; ``mixer`` builds each block's token mixer from ``d_model``."""
 
     def __init__(self, in_chans: int = 1, num_classes: int = 10, img_size: int = 28, *,
-                 mixer: Callable[[int], Mixer] = mixer_factory("softmax", n_heads=4, causal=False),
+                 mixer: MixerFactory = mixer_factory("softmax", n_heads=4, causal=False),
                  patch: int = 4, d_model: int = 128, depth: int = 6, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
         if img_size % patch:
