@@ -15,7 +15,9 @@ setting; a rerun with the same setting skips the points already there, so a long
 stopped and resumed, or split over processes (``--mixers`` subsets, same ``--name``). The table
 is rendered from every stored point of the current setting (``--render`` renders only).
 
-Writes ``benchmarks/results/mqar.md`` and ``mqar.png`` (``mqar_demo.*`` with ``--demo``).
+Writes ``benchmarks/results/mqar.md`` and ``mqar.png`` (``mqar_demo.*`` with ``--demo``). The demo
+also keeps its trained models in a new ``runs/recall/demo/version_N/`` folder (``<mixer>.ckpt``) and
+answers MQAR queries with the softmax model by decoding (``seqmix recall generate``).
 """
 
 from __future__ import annotations
@@ -73,13 +75,25 @@ class StepBar(pl.Callback):
         self.bar.close()
 
 
-def run_point(mixer: str, width: int | None, args: argparse.Namespace) -> dict[str, object]:
-    """Train and test one (mixer, width); ``None`` for a setting keeps the config's value."""
+def run_point(mixer: str, width: int | None, args: argparse.Namespace,
+              keep: Path | None = None) -> dict[str, object]:
+    """Train and test one (mixer, width); ``None`` for a setting keeps the config's value. With ``keep``
+    (a folder), the trained model is saved there as ``<mixer>.ckpt``."""
     with tempfile.TemporaryDirectory(prefix="mqar_") as scratch:  # Lightning's config.yaml goes there, not runs/
-        return train_and_test(mixer, width, args, scratch)
+        return train_and_test(mixer, width, args, scratch, keep)
 
 
-def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root_dir: str) -> dict[str, object]:
+def new_run_folder(parent: Path) -> Path:
+    """A new, empty ``parent/version_N`` (N one more than the largest there): a run never overwrites another's."""
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[1]) for p in parent.glob("version_*") if p.name.split("_")[1].isdigit()]
+    folder = parent / f"version_{max(taken, default=-1) + 1}"
+    folder.mkdir()  # fails rather than reuse a folder another process made meanwhile
+    return folder
+
+
+def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root_dir: str,
+                   keep: Path | None = None) -> dict[str, object]:
     from seqmix.cli import app_cli, load_app
 
     argv = ["--config", str(CONFIG_DIR / f"{mixer}.yaml"), "--seed_everything", str(args.seed),
@@ -108,6 +122,8 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
     with Stopwatch() as watch:
         trainer.fit(model, datamodule=data)
     train_s = watch.wall_s
+    if keep is not None:
+        trainer.save_checkpoint(keep / f"{mixer}.ckpt")  # names its app and the data (seqmix recall generate)
     result = trainer.test(model, datamodule=data, verbose=False)[0]
     seq_len = data.hparams.seq_len
     return {
@@ -286,12 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     if done and not args.render:
         print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
               f"{len(points)} left to run")
+    keep = new_run_folder(REPO_ROOT / "runs" / "recall" / "demo") if args.demo else None
     rows = []
     total = Stopwatch().start()
     for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
         if not args.demo and (mixer, width) in {(r["mixer"], r["d_model"]) for r in load_points(points_file, setting, args.lr)}:
             continue  # another process of the same sweep stored it meanwhile
-        row = run_point(mixer, width, args)
+        row = run_point(mixer, width, args, keep)
         rows.append(row)
         if not args.demo:
             append_point(points_file, row)
@@ -304,7 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     table = report(rows, args, name, title, skipped)
     print(table)
     print(f"total {math.ceil(total.stop().wall_s)} s; wrote benchmarks/results/{name}.md and {name}.png")
+    if keep is not None:
+        return decode_with_demo_model(keep / f"{DEMO_MIXERS[0]}.ckpt")
     return 0
+
+
+def decode_with_demo_model(ckpt: Path) -> int:
+    """The demo's last step: the softmax model answers MQAR queries by decoding (KV cache, greedy)."""
+    from seqmix.cli import main as seqmix_main
+
+    shown = os.path.relpath(ckpt)
+    print(f"\ndecoding with the demo's softmax model: seqmix recall generate --ckpt {shown} --examples 8")
+    return seqmix_main(["recall", "generate", "--ckpt", str(ckpt), "--examples", "8"])
 
 
 if __name__ == "__main__":
