@@ -1,5 +1,7 @@
 """The files a command reads and writes.
 
+Data: :func:`data_root` is where every app looks for its data by default (``$SEQMIX_DATA``, else
+``./data``); :func:`writable_data_root` is the variant for data an app downloads or caches.
 Inputs: :func:`input_file` checks a path the user gave (missing, or a directory) with one line;
 :func:`refuse_non_finite` refuses inf / NaN values read from a file, naming file, column and row.
 Outputs: :func:`check_outputs` refuses, before anything is written, an output path that is an input
@@ -15,6 +17,19 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+
+def data_root(subfolder: str = "") -> Path:
+    """The default data folder of every app: ``$SEQMIX_DATA`` when set, else ``./data``; an app's own files
+    lie in its ``subfolder`` of it (``data_root("fashion-mnist")``)."""
+    return Path(os.environ.get("SEQMIX_DATA") or "data") / subfolder
+
+
+def writable_data_root(subfolder: str) -> Path:
+    """Where an app downloads and caches data by default: ``data_root(subfolder)`` when ``$SEQMIX_DATA`` is
+    writable, else ``./data/<subfolder>`` (``$SEQMIX_DATA`` is often a shared, read-only folder)."""
+    root = data_root()
+    return (root if os.access(root, os.W_OK) else Path("data")) / subfolder
 
 
 def input_file(path: str | Path, what: str, fix: str = "") -> Path:

@@ -43,6 +43,17 @@ def step_progress(step: int, warmup_steps: int, total_steps: int) -> float:
     return (step - warmup_steps) / max(1, total_steps - warmup_steps)
 
 
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the apps that group: ``weight_decay`` on matrices and kernels (``dim >= 2``)
+    except position embeddings (a parameter whose own name contains ``pos``); none on biases, norm gains and
+    other vectors. Parameters keep ``named_parameters`` order within each group."""
+    decay: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
+    for name, p in module.named_parameters():
+        (decay if p.dim() >= 2 and "pos" not in name.rsplit(".", 1)[-1] else other).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
 def stage_accuracies(num_classes: int) -> nn.ModuleDict:
     """One micro-averaged accuracy per stage (``"train_acc"``, ...): metric state must not mix stages."""
     return nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro") for s in STAGES})

@@ -150,8 +150,9 @@ class RunConfig(SaveConfigCallback):
         if not self.already_saved:
             path = Path(trainer.log_dir) / self.config_filename
             if trainer.strategy.broadcast(path.is_file() if trainer.is_global_zero else False):
-                raise ValueError(f"{path} holds an earlier run's config; a new run never replaces it: keep a logger "
-                                 f"(each run opens its own version_N folder) or pick another --trainer.default_root_dir")
+                raise ValueError(f"{path} holds an earlier run's config; a new run never replaces it: keep a "
+                                 "logger (each run opens its own version_N folder) or pick another "
+                                 "--trainer.default_root_dir")
         super().setup(trainer, pl_module, stage)
 
 

@@ -20,7 +20,6 @@ embedded default ``vic_elec`` (half-hourly Victorian electricity demand) ships w
 
 from __future__ import annotations
 
-import os
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from seqmix.apps.files import atomic_write, input_file, refuse_non_finite
+from seqmix.apps.data import Split, SplitLoaders
+from seqmix.apps.files import atomic_write, data_root, input_file, refuse_non_finite
 
 # name -> (path under data_dir, canonical download URL)
 KNOWN_DATASETS: dict[str, tuple[str, str]] = {
@@ -53,10 +52,6 @@ KNOWN_DATASETS: dict[str, tuple[str, str]] = {
 }
 EMBEDDED = "vic_elec"
 ETT_MONTH_HOURS = 30 * 24  # the papers count a month as 30 days
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SEQMIX_DATA") or "./data")
 
 
 # ------------------------------------------------------------------ reading
@@ -79,7 +74,7 @@ def read_embedded_vic_elec() -> pd.DataFrame:
 
 def resolve_csv(dataset: str, data_dir: str | Path | None, allow_download: bool = False) -> Path:
     """The CSV file for a known dataset name or a path; a clear error when it is missing."""
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    root = Path(data_dir) if data_dir is not None else data_root()
     if dataset in KNOWN_DATASETS:
         relative, url = KNOWN_DATASETS[dataset]
         path = root / relative
@@ -262,26 +257,27 @@ class WindowDataset(Dataset):
         }
 
 
-class ForecastDataModule(pl.LightningDataModule):
-    """Windows of one CSV with the papers' splits and scaling (see the module docstring)."""
+class ForecastDataModule(SplitLoaders):
+    """Windows of one CSV with the papers' splits and scaling (see the module docstring); ``seed`` orders the
+    training windows (None: ``seed_everything``'s)."""
 
     def __init__(self, dataset: str = EMBEDDED, data_dir: str | None = None, *,
                  features: Literal["M", "S", "MS"] = "M", target: str | None = None,
                  seq_len: int = 96, label_len: int = 48, pred_len: int = 96, batch_size: int = 32,
                  num_workers: int = 0, missing: Literal["error", "interpolate"] = "error",
-                 duplicates: Literal["error", "first"] = "error", allow_download: bool = False):
-        super().__init__()
+                 duplicates: Literal["error", "first"] = "error", allow_download: bool = False,
+                 seed: int | None = None):
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()  # predict rebuilds the columns / lengths from the checkpoint
         if features not in ("M", "S", "MS"):
             raise ValueError(f"features={features!r} is unknown; choose 'M', 'S' or 'MS'")
-        for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("batch_size", batch_size)):
+        for name, value in (("seq_len", seq_len), ("pred_len", pred_len)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0 <= label_len <= seq_len:
             raise ValueError(f"label_len must be in [0, seq_len={seq_len}], got {label_len}")
         self.dataset, self.data_dir, self.features = dataset, data_dir, features
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.missing, self.duplicates, self.allow_download = missing, duplicates, allow_download
         self._target = target
         self.splits: dict[str, WindowDataset] = {}
@@ -375,7 +371,7 @@ class ForecastDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: what ``predict`` needs to read a new CSV like the training one."""
-        return {"columns": self.columns, "target": self.target, "features": self.features,
+        return {**super().state_dict(), "columns": self.columns, "target": self.target, "features": self.features,
                 "freq_seconds": self.freq.total_seconds(), "mean": self.scaler.mean.tolist(),
                 "std": self.scaler.std.tolist()}
 
@@ -383,20 +379,7 @@ class ForecastDataModule(pl.LightningDataModule):
         if state_dict.get("columns") != self.columns:
             raise ValueError(f"the checkpoint was trained on columns {state_dict.get('columns')}, "
                              f"this data has {self.columns}")
+        super().load_state_dict(state_dict)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        # shuffling draws from torch's global generator, which seed_everything fixes
-        return DataLoader(self.split(name), batch_size=self.batch_size, shuffle=shuffle, drop_last=False,
-                          num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def split_data(self, split: Split) -> WindowDataset:
+        return self.split("test" if split == "predict" else split)

@@ -25,7 +25,6 @@ see the window's events (at most ``window``), which is documented in each name's
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -34,11 +33,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from seqmix.apps.files import atomic_write, refuse_non_finite
+from seqmix.apps.data import Split, SplitLoaders
+from seqmix.apps.files import atomic_write, refuse_non_finite, writable_data_root
 
 EVENT_COLUMNS = ("entity", "time", "amount", "kind", "device", "address", "card", "email", "label")
 KINDS = ("login", "browse", "cart", "purchase", "promo", "password")
@@ -172,14 +171,6 @@ IEEE_COLUMNS = ["isFraud", "TransactionDT", "TransactionAmt", "ProductCD", "card
                 "addr1", "addr2", "R_emaildomain", "DeviceInfo"]
 
 
-def default_data_dir() -> Path:
-    """``$SEQMIX_DATA/fraud`` when ``$SEQMIX_DATA`` is set and writable, else ``./data/fraud``."""
-    root = os.environ.get("SEQMIX_DATA")
-    if root and os.access(root, os.W_OK):
-        return Path(root) / "fraud"
-    return Path("data") / "fraud"
-
-
 def ieee_cis_events(data_dir: str | Path | None = None, *, download: bool = True) -> pd.DataFrame:
     """IEEE-CIS transactions as an event table, cached as ``ieee_cis_events.parquet``.
 
@@ -188,7 +179,7 @@ def ieee_cis_events(data_dir: str | Path | None = None, *, download: bool = True
     (it pins numpy < 1.22). Entity = ``card1, card2, card3, card5, addr1`` (this CSV has no
     ``card4`` / ``card6``), ordered by ``TransactionDT``.
     """
-    folder = Path(data_dir) if data_dir else default_data_dir()
+    folder = Path(data_dir) if data_dir else writable_data_root("fraud")
     cache = folder / "ieee_cis_events.parquet"
     if cache.exists():
         return pd.read_parquet(cache)
@@ -352,7 +343,7 @@ class WindowDataset(Dataset):
         return {"steps": self.steps[r], "mask": self.mask[r], "row": torch.tensor(r)}
 
 
-class FraudDataModule(pl.LightningDataModule):
+class FraudDataModule(SplitLoaders):
     """Windows of behaviour events for the sequence autoencoder (unsupervised: labels unused).
 
     Args:
@@ -369,17 +360,14 @@ class FraudDataModule(pl.LightningDataModule):
                  window: int = 16, batch_size: int = 256, n_accounts: int = 1000, days: float = 30.0,
                  fraud_fraction: float = 0.08, max_train_windows: int | None = None, val_fraction: float = 0.1,
                  seed: int = 0, num_workers: int = 0):
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if source not in ("synthetic", "ieee_cis"):
             raise ValueError(f"source={source!r} is unknown; choose 'synthetic' or 'ieee_cis'")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.source, self.data_dir, self.window, self.batch_size = source, data_dir, window, batch_size
+        self.source, self.data_dir, self.window = source, data_dir, window
         self.n_accounts, self.days, self.fraud_fraction = n_accounts, days, fraud_fraction
-        self.max_train_windows, self.val_fraction, self.seed, self.num_workers = (
-            max_train_windows, val_fraction, seed, num_workers)
+        self.max_train_windows, self.val_fraction, self.seed = max_train_windows, val_fraction, seed
         self.features: dict[str, np.ndarray] | None = None
         self.events: pd.DataFrame | None = None
 
@@ -412,16 +400,10 @@ class FraudDataModule(pl.LightningDataModule):
             val = np.sort(rng.choice(val, size=min(len(val), max(1, self.max_train_windows // 10)), replace=False))
         self.train_rows, self.val_rows = train, val
 
-    def _loader(self, rows: np.ndarray, shuffle: bool) -> DataLoader:
+    def split_data(self, split: Split) -> WindowDataset:
+        if split == "test":
+            raise ValueError("the fraud app has no test split (the autoencoder is unsupervised): run `seqmix fraud "
+                             "validate` for the held-out loss, or `seqmix fraud cluster` for the clusters")
         f = self.features
-        return DataLoader(WindowDataset(f["steps"], f["mask"], rows), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_rows, False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(np.arange(len(self.features["label"])), False)
+        rows = {"train": self.train_rows, "val": self.val_rows, "predict": np.arange(len(f["label"]))}[split]
+        return WindowDataset(f["steps"], f["mask"], rows)

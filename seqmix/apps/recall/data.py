@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from seqmix.apps.data import Split, SplitLoaders
 
 IGNORE_INDEX = -100
 
@@ -98,7 +99,7 @@ def generate_mqar(num_examples: int, *, vocab_size: int, seq_len: int, num_kv_pa
     return MQARBatch(inputs, targets)
 
 
-class MQARDataModule(pl.LightningDataModule):
+class MQARDataModule(SplitLoaders):
     """Train / val / test MQAR splits generated in ``setup`` from one seed (each split its own stream).
 
     ``vocab_size`` and ``seq_len`` are read by the model through the CLI's links.
@@ -108,29 +109,20 @@ class MQARDataModule(pl.LightningDataModule):
                  num_train: int = 20_000, num_val: int = 1_000, num_test: int = 1_000, seed: int = 0,
                  batch_size: int = 64, num_workers: int = 0, train_kv_pairs: list[int] | None = None):
         """``train_kv_pairs``: pair counts the training examples are spread over (default: ``num_kv_pairs`` only)."""
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
         for pairs in train_kv_pairs or []:
             check_mqar_settings(vocab_size, seq_len, pairs, power_a)
         if train_kv_pairs is not None and len(train_kv_pairs) == 0:
             raise ValueError("MQARDataModule: train_kv_pairs is empty; give pair counts such as [4, 8, 16] "
                              "or leave it unset to train on num_kv_pairs alone")
-        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
-                            ("batch_size", batch_size)):
+        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if value < 1:
                 raise ValueError(f"MQARDataModule: {name} must be >= 1, got {value}")
         self.save_hyperparameters()
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.splits: dict[str, TensorDataset] = {}
-        self.shuffle = torch.Generator().manual_seed(seed)  # the training order's stream; checkpoints carry its state
-
-    def state_dict(self) -> dict:
-        """Saved in every checkpoint: the shuffle generator's state, so a resumed fit sees the same data order."""
-        return {"shuffle": self.shuffle.get_state()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.shuffle.set_state(state_dict["shuffle"])
 
     def _make(self, split: str, count: int, offset: int) -> TensorDataset:
         h = self.hparams
@@ -151,20 +143,7 @@ class MQARDataModule(pl.LightningDataModule):
                 self.splits[split] = self._make(split, count, offset)
         self.splits["predict"] = self.splits["test"]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def split_data(self, split: Split) -> TensorDataset:
         if split not in self.splits:
             raise RuntimeError(f"MQARDataModule: call setup() before asking for the {split} loader")
-        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          generator=self.shuffle if shuffle else None, num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self.splits[split]

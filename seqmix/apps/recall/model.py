@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from seqmix.apps.recall.data import IGNORE_INDEX
 from seqmix.core.blocks import MixerFactory, MixerStack
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
-from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress
+from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress, weight_decay_groups
 
 
 class RecallLM(StagedModule):
@@ -111,10 +111,7 @@ class RecallLM(StagedModule):
     # --------------------------------------------------------- optimiser
     def configure_optimizers(self):
         h = self.hparams
-        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and n != "pos"]
-        no_decay = [p for n, p in self.named_parameters() if p.dim() < 2 or n == "pos"]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(weight_decay_groups(self, h.weight_decay), lr=h.lr, betas=(0.9, 0.98))
         total = int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_multiplier(step, warmup_steps=h.warmup_steps, schedule=h.schedule, final_ratio=0.1,

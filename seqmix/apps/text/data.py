@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from seqmix.apps.files import atomic_write, input_file, refuse_non_finite, save_checkpoint
-from seqmix.apps.text.embeddings import AffectLexicon, ContextEncoder, default_data_dir, feature_dim, word_tokens
+from seqmix.apps.files import atomic_write, data_root, input_file, refuse_non_finite, save_checkpoint
+from seqmix.apps.text.embeddings import AffectLexicon, ContextEncoder, feature_dim, word_tokens
 
 SEMEVAL_EMOTIONS = ("anger", "fear", "joy", "sadness", "surprise")
 SEMEVAL_GOLD_COLUMNS = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
@@ -137,7 +137,7 @@ def normalise_rows(ids: Sequence[str], scores: np.ndarray, zero_rows: Literal["e
 
 def read_semeval2007(data_dir: str | Path | None = None) -> EmotionData:
     """The 1,246 SemEval-2007 headlines with 5-emotion distributions (trial then test)."""
-    root = Path(data_dir) if data_dir else default_data_dir()
+    root = Path(data_dir) if data_dir else data_root()
     folder = root / "semeval2007"
     missing = [f for f in SEMEVAL_FILES if not (folder / f).is_file()]
     if missing:
@@ -360,7 +360,7 @@ class EmotionDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.data_dir = Path(data_dir) if data_dir else data_root()
         self.featurizer = TextFeaturizer(word_features, max_words, context, context_max_len,
                                          str(self.data_dir / "lexicons" / "NRC-AffectIntensity-Lexicon.txt"),
                                          keep_stopwords, context_trainable_layers)

@@ -16,7 +16,6 @@ in that lexicon's columns when both miss (documented, counted by :meth:`AffectLe
 from __future__ import annotations
 
 import json
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqmix.apps.files import input_file
+from seqmix.apps.files import data_root, input_file
 
 EMOLEX_COLUMNS = ("anger", "anticipation", "disgust", "fear", "joy", "negative", "positive", "sadness",
                   "surprise", "trust")
@@ -91,11 +90,6 @@ def load_emolex() -> dict[str, np.ndarray]:
     return out
 
 
-def default_data_dir() -> Path:
-    """``$SEQMIX_DATA`` when set, else ``./data`` (the design's data convention)."""
-    return Path(os.environ.get("SEQMIX_DATA", "data"))
-
-
 @lru_cache(maxsize=4)
 def load_intensity(path: str) -> dict[str, np.ndarray]:
     """NRC Affect Intensity (``term<TAB>score<TAB>dimension``): word -> 4 scores in [0, 1]."""
@@ -145,7 +139,7 @@ class AffectLexicon:
         self.dim = feature_dim(kind)
         self.glove_index, self.glove = load_glove()
         if kind == "affect":
-            default = default_data_dir() / "lexicons" / "NRC-AffectIntensity-Lexicon.txt"
+            default = data_root("lexicons") / "NRC-AffectIntensity-Lexicon.txt"
             path = Path(intensity_path) if intensity_path else default
             self.emolex, self.intensity = load_emolex(), load_intensity(str(path))
 

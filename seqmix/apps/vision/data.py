@@ -18,17 +18,18 @@ training images (``val_size``, fixed by ``seed``); the test split is the officia
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from seqmix.apps.data import Split, SplitLoaders
+from seqmix.apps.files import data_root
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
@@ -42,8 +43,7 @@ FASHION_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/m
 
 def fashion_mnist_dirs() -> list[Path]:
     """Where Fashion-MNIST is looked for when no ``data_dir`` is given, in order."""
-    base = Path(os.environ.get("SEQMIX_DATA", "data"))
-    return [base / "fashion-mnist", Path("data/fashion-mnist"), DEBIAN_DIR]
+    return [data_root("fashion-mnist"), Path("data/fashion-mnist"), DEBIAN_DIR]
 
 
 def find_fashion_mnist(data_dir: str | Path | None) -> Path:
@@ -156,7 +156,7 @@ class ImageDataset(Dataset):
         return x, self.labels[i]
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(SplitLoaders):
     """Fashion-MNIST or digits; ``in_chans``, ``n_classes``, ``img_size`` are linked to the model.
 
     Args:
@@ -177,22 +177,22 @@ class ImageDataModule(pl.LightningDataModule):
                  img_size: int = 28, batch_size: int = 128, val_size: int = 5000, train_limit: int | None = None,
                  augment: bool = True, crop_padding: int = 2, flip: bool | None = None, erase_prob: float = 0.0,
                  num_workers: int = 0, seed: int = 0, download: bool = False):
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if dataset not in ("fashion_mnist", "digits"):
             raise ValueError(f"ImageDataModule: dataset={dataset!r} is unknown; choose 'fashion_mnist' or 'digits'")
         if dataset == "fashion_mnist" and img_size != 28:
             raise ValueError(f"ImageDataModule: Fashion-MNIST images are 28x28, got img_size={img_size}")
-        if batch_size < 1 or val_size < 0 or crop_padding < 0 or (train_limit is not None and train_limit < 1):
-            raise ValueError("ImageDataModule: need batch_size >= 1, val_size >= 0, crop_padding >= 0, "
-                             f"train_limit >= 1 or None; got {batch_size}, {val_size}, {crop_padding}, {train_limit}")
+        if val_size < 0 or crop_padding < 0 or (train_limit is not None and train_limit < 1):
+            raise ValueError("ImageDataModule: need val_size >= 0, crop_padding >= 0, train_limit >= 1 or None; "
+                             f"got {val_size}, {crop_padding}, {train_limit}")
         if not 0.0 <= erase_prob <= 1.0:
             raise ValueError(f"ImageDataModule: erase_prob is a probability in [0, 1] (0 = off, DeiT: 0.25), "
                              f"got {erase_prob}")
         self.dataset, self.data_dir, self.img_size = dataset, data_dir, img_size
-        self.batch_size, self.val_size, self.train_limit = batch_size, val_size, train_limit
+        self.val_size, self.train_limit = val_size, train_limit
         flip = dataset == "fashion_mnist" if flip is None else flip
         self.augment, self.crop_padding, self.flip, self.erase_prob = augment, crop_padding, flip, erase_prob
-        self.num_workers, self.seed, self.download = num_workers, seed, download
+        self.seed, self.download = seed, download
         self.in_chans, self.n_classes = 1, 10
         self.class_names = FASHION_CLASSES if dataset == "fashion_mnist" else tuple(str(i) for i in range(10))
         self.mean = self.std = None
@@ -227,23 +227,14 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_set = ImageDataset(x[val], y[val], self.mean, self.std, augment=False, **common)
         self.test_set = ImageDataset(*raw["test"], self.mean, self.std, augment=False, **common)
 
-    def loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_set, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val_set, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader(self.test_set, False)
+    def split_data(self, split: Split) -> ImageDataset:
+        return {"train": self.train_set, "val": self.val_set, "test": self.test_set, "predict": self.test_set}[split]
 
     def state_dict(self) -> dict:
-        """Saved in checkpoints: what ``predict`` needs to read images like the training data."""
-        return {"mean": self.mean, "std": self.std, "class_names": list(self.class_names), "dataset": self.dataset,
-                "img_size": self.img_size, "in_chans": self.in_chans}
+        """Saved in checkpoints: the shuffle state and what ``predict`` needs to read images like the training data."""
+        return {**super().state_dict(), "mean": self.mean, "std": self.std, "class_names": list(self.class_names),
+                "dataset": self.dataset, "img_size": self.img_size, "in_chans": self.in_chans}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.std = state["mean"], state["std"]
+        super().load_state_dict(state)

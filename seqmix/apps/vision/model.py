@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress
+from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress, weight_decay_groups
 
 
 class ImageClassifier(StagedModule):
@@ -70,12 +70,10 @@ class ImageClassifier(StagedModule):
         return self(images).softmax(-1)
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.dim() > 1 and "pos" not in n.split(".")[-1]]
-        other = [p for n, p in self.named_parameters() if not (p.dim() > 1 and "pos" not in n.split(".")[-1])]
         # fused: one kernel over all the many small tensors instead of a loop per tensor (faster on the CPU,
         # and the 28 x 28 models' time-budgeted runs count every step)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": other, "weight_decay": 0.0}], lr=self.hparams.lr, fused=True)
+        optimizer = torch.optim.AdamW(weight_decay_groups(self, self.hparams.weight_decay), lr=self.hparams.lr,
+                                      fused=True)
         if self.hparams.budget_minutes is None:
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
