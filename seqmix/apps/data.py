@@ -32,6 +32,16 @@ class SplitLoaders(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
 
+    def __getstate__(self) -> dict:
+        # a torch.Generator does not survive torch.multiprocessing's pickling (ddp_spawn sends the datamodule to
+        # every rank: its state tensor is shared by a file descriptor and freed before the rank reads it): bytes
+        return {**self.__dict__, "shuffle": self.shuffle.get_state().numpy().tobytes()}
+
+    def __setstate__(self, state: dict) -> None:
+        shuffle = torch.Generator()
+        shuffle.set_state(torch.frombuffer(bytearray(state["shuffle"]), dtype=torch.uint8))
+        self.__dict__.update({**state, "shuffle": shuffle})
+
     def split_data(self, split: Split) -> Dataset:
         """The dataset of ``split``; raises a one-line ``ValueError`` for a split the app does not have."""
         raise NotImplementedError

@@ -44,6 +44,11 @@ PATTERNS: tuple[str, ...] = ("causal_self", "noncausal_self", "causal_cross", "n
 State = Any  # a tensor or a tuple of tensors, whatever the mixer carries between pieces
 
 
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a recurrent state accumulates in for inputs of ``dtype``: float64 kept, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class KVCache(NamedTuple):
     """Self attention's state: the keys and values of the tokens seen so far (it grows).
 

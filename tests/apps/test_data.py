@@ -67,3 +67,4 @@ def test_weight_decay_groups_skip_vectors_and_position_embeddings():
     assert [p.shape for p in decay["params"]] == [(4, 4), (4, 4, 3)]
     assert {id(p) for p in other["params"]} == {id(model.proj.bias), id(model.pos), id(model.block.pos_embed),
                                                 id(model.block.conv.bias)}
+

@@ -18,7 +18,7 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
-from seqmix.apps.vision.common import check_images, conv_out, init_weights, timm_variant
+from seqmix.apps.vision.common import check_images, conv_out, init_weights, pyramid_plan, timm_variant
 from seqmix.core.mixers.biformer import BiLevelRoutingAttention
 
 
@@ -62,23 +62,16 @@ class BiFormer(nn.Module):
         if not (len(dims) == len(n_win) == len(topks) == stages) or stages == 0:
             raise ValueError(f"BiFormer: depths, dims, n_win and topks need one entry per stage, got "
                              f"{len(depths)}, {len(dims)}, {len(n_win)}, {len(topks)}")
-        if stem_stride not in (2, 4):
-            raise ValueError(f"BiFormer: stem_stride must be 4 (the paper) or 2 (small images), got {stem_stride}")
         if not isinstance(pos_kernel, int) or pos_kernel < 1 or pos_kernel % 2 == 0:
             raise ValueError(f"BiFormer: pos_kernel (the depthwise position convolution) must be an odd positive "
                              f"int (the paper: 3), got {pos_kernel!r}")
+        side, rates = pyramid_plan("BiFormer", in_chans, num_classes, img_size, stem_stride, depths, drop_path_rate)
         if any(d % head_dim for d in dims):
             raise ValueError(f"BiFormer: every stage width {list(dims)} must be a multiple of head_dim={head_dim}")
-        if in_chans < 1 or num_classes < 1 or img_size < 1:
-            raise ValueError(f"BiFormer: in_chans, num_classes, img_size must be positive, got "
-                             f"{in_chans}, {num_classes}, {img_size}")
         self.in_chans, self.img_size, self.num_classes = in_chans, img_size, num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1), nn.BatchNorm2d(dims[0] // 2), nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=stem_stride // 2, padding=1), nn.BatchNorm2d(dims[0]))
-        side = conv_out(img_size) if stem_stride == 2 else conv_out(conv_out(img_size))
-        n_blocks = sum(depths)
-        rates = [drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]  # linear in depth
         self.downsamples, self.stages, self.grids = nn.ModuleList(), nn.ModuleList(), []
         for i in range(stages):
             if i > 0:

@@ -28,6 +28,20 @@ def conv_out(size: int) -> int:
     return (size + 1) // 2
 
 
+def pyramid_plan(name: str, in_chans: int, num_classes: int, img_size: int, stem_stride: int,
+                 depths: tuple[int, ...], drop_path_rate: float) -> tuple[int, list[float]]:
+    """What every pyramid backbone checks and plans: the grid side after its stem (two 3x3 convolutions, the
+    second of stride ``stem_stride // 2``) and each block's drop-path rate (linear in depth, 0 to the rate)."""
+    if stem_stride not in (2, 4):
+        raise ValueError(f"{name}: stem_stride must be 4 (the paper) or 2 (small images), got {stem_stride}")
+    if in_chans < 1 or num_classes < 1 or img_size < 1:
+        raise ValueError(f"{name}: in_chans, num_classes, img_size must be positive, got "
+                         f"{in_chans}, {num_classes}, {img_size}")
+    side = conv_out(img_size) if stem_stride == 2 else conv_out(conv_out(img_size))
+    n_blocks = sum(depths)
+    return side, [drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]
+
+
 def init_weights(m: nn.Module) -> None:
     """timm's init for these families: truncated normal (std 0.02) linear / conv weights, zero biases."""
     if isinstance(m, (nn.Linear, nn.Conv2d)):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from timm.layers import DropPath, LayerNorm2d
 from torch import Tensor, nn
 
-from seqmix.apps.vision.common import check_images, conv_out, init_weights, timm_variant
+from seqmix.apps.vision.common import check_images, conv_out, init_weights, pyramid_plan, timm_variant
 from seqmix.core.mixers.gated_cnn import GatedCNN
 
 
@@ -62,19 +62,12 @@ class MambaOut(nn.Module):
         super().__init__()
         if len(depths) != len(dims) or not depths:
             raise ValueError(f"MambaOut: depths and dims need one entry per stage, got {len(depths)} and {len(dims)}")
-        if stem_stride not in (2, 4):
-            raise ValueError(f"MambaOut: stem_stride must be 4 (the paper) or 2 (small images), got {stem_stride}")
-        if in_chans < 1 or num_classes < 1 or img_size < 1:
-            raise ValueError(f"MambaOut: in_chans, num_classes, img_size must be positive, got "
-                             f"{in_chans}, {num_classes}, {img_size}")
+        side, rates = pyramid_plan("MambaOut", in_chans, num_classes, img_size, stem_stride, depths, drop_path_rate)
         self.in_chans, self.img_size, self.num_classes = in_chans, img_size, num_classes
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1), LayerNorm2d(dims[0] // 2, eps=1e-6),
             nn.GELU(), nn.Conv2d(dims[0] // 2, dims[0], 3, stride=stem_stride // 2, padding=1))
         self.stem_norm = nn.LayerNorm(dims[0], eps=1e-6)
-        side = conv_out(img_size) if stem_stride == 2 else conv_out(conv_out(img_size))
-        n_blocks = sum(depths)
-        rates = [drop_path_rate * i / max(1, n_blocks - 1) for i in range(n_blocks)]  # linear in depth
         self.stages, self.grids = nn.ModuleList(), []
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             layers = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
 from seqmix.kernels.scan import SCAN, empty_state, softmax_scan
 
 
@@ -59,8 +59,7 @@ class Aaren(Mixer):
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
         """The empty prefix ``(m = -inf [B, H], u = 0 [B, H, V], w = 0 [B, H])``, fp32 (fp64 kept)."""
-        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        return empty_state(batch_size, self.n_heads, self.head_dim, device=device, dtype=state_dtype)
+        return empty_state(batch_size, self.n_heads, self.head_dim, device=device, dtype=state_dtype(dtype))
 
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * (self.head_dim + 2)  # m, u [V], w per head

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.mixer import Mixer, register_mixer, state_dtype
 from seqmix.core.mixers.sliding_window import SlidingWindowAttention, WindowState
 from seqmix.kernels.linear_attn import linear_attn
 
@@ -97,9 +97,8 @@ class Based(Mixer):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> BasedState:
-        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         linear_state = torch.zeros(batch_size, self.n_heads, self.n_features, self.head_dim + 1,
-                                   device=device, dtype=state_dtype)
+                                   device=device, dtype=state_dtype(dtype))
         return linear_state, self.local.init_state(batch_size, device, dtype)
 
     def _step(self, x_t: Tensor, state: BasedState) -> tuple[Tensor, BasedState]:

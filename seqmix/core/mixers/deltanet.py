@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.layers import ShortConvolution
-from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.mixer import Mixer, register_mixer, state_dtype
 from seqmix.kernels.delta_rule import DELTA_RULE, chunk_delta_rule
 
 # (memory S [B, H, K, V] in fp32, short-conv cache [B, conv_size - 1, 3D] or None)
@@ -90,8 +90,8 @@ class DeltaNet(Mixer):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> DeltaState:
-        memory_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        memory = torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=memory_dtype)
+        memory = torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device,
+                             dtype=state_dtype(dtype))  # [B, H, K, V]
         conv_cache = (None if self.convs is None
                       else torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device, dtype=dtype))
         return memory, conv_cache

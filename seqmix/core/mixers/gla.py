@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.core.layers import HeadNormGate, bidirectional
-from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
 
@@ -93,9 +93,8 @@ class GatedLinearAttention(Mixer):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
-        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         return torch.zeros(batch_size, self.n_heads, self.key_dim // self.n_heads, self.value_dim // self.n_heads,
-                           device=device, dtype=state_dtype)
+                           device=device, dtype=state_dtype(dtype))
 
     def state_size(self, seq_len: int) -> int:
         return self.key_dim * self.value_dim // self.n_heads  # S: [H, K/H, V/H]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.layers import HeadNormGate, bidirectional
-from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
 from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn, linear_attn_global_chunk, linear_attn_global_naive
 
 FeatureMap = Literal["identity", "elu1", "silu"]
@@ -122,8 +122,8 @@ class LinearAttention(Mixer):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
-        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        return torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=state_dtype)
+        return torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device,
+                           dtype=state_dtype(dtype))  # [B, H, K, V]
 
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * self.head_dim * self.head_dim  # S: [H, K, V], whatever the length

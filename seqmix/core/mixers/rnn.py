@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
 from seqmix.kernels.rnn import N_GATES, N_STATES, RNN, gru_headwise, lstm_headwise, slstm_headwise, zero_state
 
 
@@ -137,8 +137,7 @@ class HeadwiseRNN(Mixer):
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
         """Zeros (sLSTM: ``m = -inf``), ``[B, H, K]`` each; fp32 whatever ``dtype`` (fp64 kept)."""
-        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        return zero_state(self.cell, batch_size, self.n_heads, self.head_dim, device=device, dtype=state_dtype)
+        return zero_state(self.cell, batch_size, self.n_heads, self.head_dim, device=device, dtype=state_dtype(dtype))
 
     def state_size(self, seq_len: int) -> int:
         per_direction = N_STATES[self.cell] * self.d_model
