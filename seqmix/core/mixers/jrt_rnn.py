@@ -1,0 +1,167 @@
+"""JRT-RNN's prefix linear attention (PLA).
+
+Paper: Arora, Timalsina, Singhal, Spector, Eyuboglu, Zhao, Rao, Rudra & Ré 2024, "Just read twice:
+closing the recall gap for recurrent language models". The first ``prefix_len`` tokens (the prompt,
+M of them) are read non-causally, with their own encoder keys ``k_e``; every token then also reads
+causally with the decoder keys ``k_d`` (the paper's PLA equation):
+
+    y_i = phi(q_i) (sum_{j <= M} phi(k_e,j)^T v_j + sum_{j <= i} phi(k_d,j)^T v_j)
+          / phi(q_i) (sum_{j <= M} phi(k_e,j)^T   + sum_{j <= i} phi(k_d,j)^T)
+
+so a prefix token sees the whole prefix, and a later token sees the whole prefix and the tokens up
+to itself, never beyond. ``phi`` is BASED's 2nd-order Taylor feature map
+(:func:`seqmix.core.mixers.based.taylor_features`, JRT-RNN's choice), whose scores are >= 1/2, so the
+normaliser is positive. ``q = W_q x``, ``k_d = W_kd x``, ``k_e = W_ke x`` (``feature_dim`` per head),
+``v = W_v x``; ``y = W_o o``.
+
+Forms: ``naive`` is the T x T masked formula above; ``chunk`` computes the prefix state
+``S_e = sum_{j <= M} phi(k_e,j)^T [v_j, 1]`` once and runs causal linear attention
+(:func:`seqmix.kernels.linear_attn.linear_attn`) from it, the last value column carrying the
+normaliser. State: ``JRTState(kv [B, H, K, V + 1], seen)``, constant in size.
+
+The prefix is the first ``min(prefix_len, T)`` tokens of the forward that starts a sequence (state
+None or ``seen == 0``): a ``prefix_len`` longer than the input makes the whole input the prefix, and
+tokens after the first forward (later pieces, ``step``) are never prefix. So a prompt is prefilled by
+one forward and continued by ``step``; stepping from ``init_state`` with ``prefix_len > 0`` reads
+only the first token as the prefix. With ``prefix_len=0`` it is causal linear attention, and step
+equals forward (the generic tests use that; ``tests/core/test_jrt_rnn.py`` covers the prefix).
+
+Left out: the rest of the JRT-RNN architecture (BASED's sliding-window and short-convolution layers,
+the paper's loss on the prefix), and a Triton form (K = 1 + F + F^2 is 273 at F = 16, over the
+linear-attention kernel's head limit). JRT-Prompt (the context repeated) is a data option of the
+recall app, not of this mixer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.mixers.based import taylor_features
+from seqmix.kernels.common import check_chunk_size, compute_dtype
+from seqmix.kernels.linear_attn import linear_attn
+
+
+class JRTState(NamedTuple):
+    """What JRT-RNN carries: the linear-attention state and how many tokens it has read."""
+
+    kv: Tensor  # [B, H, K, V + 1]: sum phi(k)^T [v, 1] (encoder and decoder keys), the last column the normaliser
+    seen: int  # tokens read so far; the prefix belongs to the forward that starts at 0
+
+
+def prefix_linear_attn_naive(q: Tensor, k: Tensor, v: Tensor, k_enc: Tensor,
+                             s0: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The T x T form: ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``, ``k_enc: [B, M, H, K]`` (keys of the
+    first M tokens), ``s0: [B, H, K, V]`` or None -> ``(o: [B, T, H, V], final state [B, H, K, V])``,
+    both in fp32 (fp64 for fp64 inputs); ``o_i = sum_j A_ij v_j + q_i s0`` with
+    ``A_ij = q_i.k_j [j <= i] + q_i.k_enc_j [j < M]``."""
+    dtype = compute_dtype(q)
+    q, k, v, k_enc = (z.to(dtype) for z in (q, k, v, k_enc))
+    t, m = q.shape[1], k_enc.shape[1]
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)  # [T, T]: j > i
+    scores = torch.einsum("bihk,bjhk->bhij", q, k).masked_fill(future, 0.0)  # [B, H, T, T]
+    final = torch.einsum("bjhk,bjhv->bhkv", k, v)  # [B, H, K, V]
+    if m > 0:  # every token sees the whole prefix
+        scores = scores + F.pad(torch.einsum("bihk,bjhk->bhij", q, k_enc), (0, t - m))  # [B, H, T, M] -> [B, H, T, T]
+        final = final + torch.einsum("bjhk,bjhv->bhkv", k_enc, v[:, :m])
+    o = torch.einsum("bhij,bjhv->bihv", scores, v)  # [B, T, H, V]
+    if s0 is not None:
+        o = o + torch.einsum("bihk,bhkv->bihv", q, s0.to(dtype))
+        final = final + s0.to(dtype)
+    return o, final
+
+
+def prefix_linear_attn_chunk(q: Tensor, k: Tensor, v: Tensor, k_enc: Tensor, s0: Tensor | None, *,
+                             output_final_state: bool, chunk_size: int) -> tuple[Tensor, Tensor | None]:
+    """The same from the prefix state ``sum_{j < M} k_enc_j^T v_j``, computed once, and causal linear
+    attention started from it (and ``s0``); the arguments of :func:`prefix_linear_attn_naive`, ``o`` in q's dtype."""
+    start = s0
+    if k_enc.shape[1] > 0:
+        dtype = compute_dtype(q)
+        prefix = torch.einsum("bjhk,bjhv->bhkv", k_enc.to(dtype), v[:, : k_enc.shape[1]].to(dtype))  # [B, H, K, V]
+        start = prefix if s0 is None else s0.to(dtype) + prefix
+    return linear_attn(q, k, v, scale=1.0, initial_state=start, output_final_state=output_final_state,
+                       chunk_size=chunk_size, impl="chunk")
+
+
+@register_mixer("jrt_rnn")
+class JRTRNN(Mixer):
+    """Prefix linear attention: the first ``prefix_len`` tokens read non-causally, the rest causally.
+
+    Args:
+        prefix_len: M, the prompt tokens read non-causally (0: causal linear attention; longer than
+            the input: the whole input is the prefix).
+        feature_dim: F, the width per head of q and the keys before the Taylor map (1 + F + F^2 features).
+        chunk_size: tokens per chunk of the chunked linear attention.
+    """
+
+    patterns = frozenset({"causal_self"})
+    impls = ("naive", "chunk")
+    recurrent = True
+    paper = "Arora et al. 2024, Just read twice: closing the recall gap for recurrent language models"
+    complexity = "O(T C D F^2 + T D F^2)"
+    # prefix_len=0 only: a prefix is read non-causally, which the generic causality test forbids
+    test_configs = ({"n_heads": 2, "feature_dim": 4, "chunk_size": 16},
+                    {"n_heads": 4, "feature_dim": 8, "chunk_size": 16})
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
+                 prefix_len: int = 0, feature_dim: int = 16, chunk_size: int = 64):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        name = type(self).__name__
+        if not isinstance(prefix_len, int) or isinstance(prefix_len, bool) or prefix_len < 0:
+            raise ValueError(f"{name}: prefix_len must be an int >= 0 (the prompt tokens read non-causally; "
+                             f"0 = causal linear attention), got {prefix_len!r}")
+        if not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"{name}: feature_dim must be a positive int (16 in the paper), got {feature_dim!r}")
+        check_chunk_size(name, chunk_size)
+        self.prefix_len = prefix_len
+        self.feature_dim = feature_dim
+        self.chunk_size = chunk_size
+        self.q = nn.Linear(d_model, n_heads * feature_dim, bias=False)
+        self.k_dec = nn.Linear(d_model, n_heads * feature_dim, bias=False)
+        self.k_enc = nn.Linear(d_model, n_heads * feature_dim, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    @property
+    def n_features(self) -> int:
+        return 1 + self.feature_dim + self.feature_dim ** 2
+
+    def features(self, proj: nn.Linear, x: Tensor) -> Tensor:
+        """``phi(proj(x))``: ``[B, T, D] -> [B, T, H, F] -> [B, T, H, 1 + F + F^2]``."""
+        b, t, _ = x.shape
+        return taylor_features(proj(x).view(b, t, self.n_heads, self.feature_dim))  # [B, T, H, F] -> [B, T, H, K]
+
+    def _forward(self, x, *, context, mask, state, return_state):
+        b, t, d = x.shape
+        seen = 0 if state is None else state.seen
+        m = min(self.prefix_len, t) if seen == 0 else 0  # the prefix, read by the forward that starts a sequence
+        q, k, k_enc = self.features(self.q, x), self.features(self.k_dec, x), self.features(self.k_enc, x[:, :m])
+        v = self.v(x).view(b, t, self.n_heads, self.head_dim)  # [B, T, H, V]
+        v = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # [B, T, H, V + 1]: the last column sums the scores
+        s0 = None if state is None else state.kv
+        if self.resolve_impl(x) == "naive":
+            o, final = prefix_linear_attn_naive(q, k, v, k_enc, s0)
+        else:
+            o, final = prefix_linear_attn_chunk(q, k, v, k_enc, s0, output_final_state=return_state,
+                                                chunk_size=self.chunk_size)
+        o = o[..., :-1] / o[..., -1:]  # [B, T, H, V], normalised by the scores' sum (>= 1/2)
+        y = self.out(o.to(x.dtype).reshape(b, t, d))  # [B, T, H, V] -> [B, T, D]
+        return (y, JRTState(final, seen + t)) if return_state else y
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> JRTState:
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        kv = torch.zeros(batch_size, self.n_heads, self.n_features, self.head_dim + 1, device=device,
+                         dtype=state_dtype)  # [B, H, K, V + 1]
+        return JRTState(kv, 0)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.n_heads * self.n_features * (self.head_dim + 1)  # kv: [H, 1 + F + F^2, V + 1]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, prefix_len={self.prefix_len}, feature_dim={self.feature_dim}"
