@@ -235,9 +235,8 @@ def test_fit_predict_explain_in_process(tmp_path, capsys):
           "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.max_time", "null",
           "--trainer.enable_progress_bar", "false",
           "--model.backbone.init_args.depths", "[1, 1, 1, 1]", "--model.backbone.init_args.dims", "[32, 32, 32, 32]",
-          "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt"), "--trainer.default_root_dir", str(tmp_path)])
-    ckpt = tmp_path / "ckpt" / "last.ckpt"
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path)])
+    ckpt = tmp_path / "biformer_tiny_28" / "version_0" / "checkpoints" / "last.ckpt"  # each run its own version_N
     grey, rgb, text = tmp_path / "seven.png", tmp_path / "rgb.png", tmp_path / "notes.png"
     Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(grey)
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(rgb)
