@@ -23,7 +23,8 @@ is one ``[K, V + 1]`` memory and the numerator and ``q . n`` come out of the sam
 Padding: the last chunk is padded with tokens that neither forget (``log_f = 0``) nor write
 (``log_i = -inf``), so the state at the chunk's end is the state after the last real token;
 the padded rows are dropped before the division. Gradients: autograd through these batched
-tensors (the loops run over chunks, not tokens).
+tensors (the loops run over chunks, not tokens), every stabiliser chosen without gradient but the
+given ``m_0``, as in ``naive.py``.
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def mlstm_chunk(x: MLSTMInput) -> tuple[Tensor, MLSTMState | None]:
     log_d = segment_sums(log_f) + log_i[..., None, :]  # [B, H, N, C, C] key j's log weight at query i
 
     # inter-chunk: the memory [C | n] and its stabiliser entering each chunk
-    u = log_d[..., -1, :].amax(-1)  # [B, H, N] the largest log weight at the chunk's end
-    m = carry_stabilisers(b_in[..., -1], u, m0)  # [B, H, N + 1]
-    m_in, m_out = m[..., :-1], m[..., 1:]  # [B, H, N] each
+    u = log_d[..., -1, :].amax(-1).detach()  # [B, H, N] the largest log weight at the chunk's end
+    m = carry_stabilisers(b_in[..., -1].detach(), u, m0.detach())  # [B, H, N + 1]
+    m_in, m_out = torch.cat((m0[..., None], m[..., 1:-1]), -1), m[..., 1:]  # [B, H, N] each; m0 keeps its gradient
     written = torch.exp(log_d[..., -1, :] - u[..., None])[..., None] * kc  # [B, H, N, C, K]
     updates = torch.exp(u - m_out)[..., None, None] * (written.transpose(-1, -2) @ vc)  # [B, H, N, K, V + 1]
     decays = torch.exp(b_in[..., -1] + m_in - m_out)[..., None, None]  # [B, H, N, 1, 1]
@@ -95,7 +96,7 @@ def mlstm_chunk(x: MLSTMInput) -> tuple[Tensor, MLSTMState | None]:
     states, final = scan_chunks(decays, updates, s0)  # [B, H, N, K, V + 1], [B, H, K, V + 1]
 
     # intra-chunk, each row stabilised by its own m_i
-    m_row = torch.maximum(b_in + m_in[..., None], log_d.amax(-1))  # [B, H, N, C]
+    m_row = torch.maximum(b_in + m_in[..., None], log_d.amax(-1)).detach()  # [B, H, N, C]
     scores = (qc @ kc.transpose(-1, -2)) * torch.exp(log_d - m_row[..., None])  # [B, H, N, C, C]
     carried = torch.exp(b_in + m_in[..., None] - m_row)[..., None] * qc  # [B, H, N, C, K]
     o = from_chunks(carried @ states + scores @ vc, t)  # [B, H, N, C, V + 1] -> [B, T, H, V + 1]

@@ -17,6 +17,11 @@ without its overflow: every exponent above is <= 0. ``h_t`` is the cell's ``h~_t
 ``o_t`` of eq. 21 belongs to the mixer. ``m`` is where the state's scale lives; any ``m_0`` gives
 the same outputs for the same true state, and a zero state starts at ``m_0 = 0``.
 
+Gradients: ``m_t`` is chosen without gradient (``detach``). Every output is the same whatever the
+``m_t``, so its gradient with ``m_t`` held fixed is its exact gradient, minus paths that cancel to
+rounding noise; the given ``m_0`` keeps its gradient (it is part of the true state). A carried
+state stays exact: its ``(C, n)`` were computed with the same fixed ``m``.
+
 Shapes: ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``, ``log_i, log_f: [B, T, H]``; the state
 :class:`MLSTMState` ``(C [B, H, K, V], n [B, H, K], m [B, H])``. Computation and states are fp32
 (fp64 for fp64 inputs); ``h: [B, T, H, V]`` comes back in the dtype of ``q``.
@@ -109,8 +114,9 @@ def mlstm_naive(x: MLSTMInput) -> tuple[Tensor, MLSTMState | None]:
     C, n, m = x.start(dtype)
     outputs = []
     q, k, v, log_i, log_f = (y.to(dtype) for y in (x.q, x.k, x.v, x.log_i, x.log_f))
-    for q_t, k_t, v_t, i_t, f_t in zip(*(y.unbind(1) for y in (q, k * x.scale, v, log_i, log_f))):  # [B, H, K], [B, H, K], [B, H, V], [B, H], [B, H]
-        m_t = torch.maximum(f_t + m, i_t)
+    # q_t, k_t: [B, H, K], v_t: [B, H, V], i_t, f_t: [B, H]
+    for q_t, k_t, v_t, i_t, f_t in zip(*(y.unbind(1) for y in (q, k * x.scale, v, log_i, log_f))):
+        m_t = torch.maximum(f_t + m, i_t).detach()  # a choice of scale: no gradient (see above)
         forget, write = torch.exp(f_t + m - m_t), torch.exp(i_t - m_t)  # [B, H] each
         C = forget[..., None, None] * C + write[..., None, None] * k_t[..., :, None] * v_t[..., None, :]  # [B, H, K, V]
         n = forget[..., None] * n + write[..., None] * k_t  # [B, H, K]
