@@ -252,8 +252,8 @@ def test_fit_then_predict_with_explain(tmp_path, monkeypatch, capsys):
                 "--data.cache_dir", str(tmp_path / "cache"), "--data.batch_size", "4", "--model.d_model", "16",
                 "--model.fusion_hidden", "16", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
     main(["text", "fit", *settings])
-    ckpts = [p for p in tmp_path.glob("runs/text/**/*.ckpt") if p.name != "last.ckpt"]
-    assert len(ckpts) == 1
+    ckpts = list(tmp_path.glob("runs/text/redaffectivelm/version_0/checkpoints/best-*.ckpt"))  # beside last.ckpt
+    assert len(ckpts) == 1 and (ckpts[0].parent / "last.ckpt").is_file()
     # fit ends by naming the checkpoint that predict takes
     assert f"seqmix text fit: checkpoint (best by val/loss) {ckpts[0].relative_to(tmp_path)}" in \
         capsys.readouterr().out.strip().splitlines()
