@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from seqmix.core.layers import ShortConvolution
 from seqmix.core.mixer import Mixer, State, register_mixer
+from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.mlstm import MLSTM_OP, MLSTMState, chunk_mlstm
 
 Layout = Literal["cell", "block"]
@@ -133,7 +134,7 @@ class MLSTM(Mixer):
             gates = self.gates(torch.cat((qk, v_flat), -1))  # [B, T, 3 inner] -> [B, T, 2H]
             q, k = qk.view(b, t, 2, h, -1).unbind(2)  # [B, T, 2, H, K] -> [B, T, H, K] x2
             v = v_flat.view(b, t, h, -1)  # [B, T, H, V]
-        log_i, f_pre = gates.float().view(b, t, 2, h).unbind(2)  # [B, T, 2, H] -> [B, T, H] x2
+        log_i, f_pre = gates.to(compute_dtype(gates)).view(b, t, 2, h).unbind(2)  # [B, T, 2, H] -> [B, T, H] x2
         log_f = F.logsigmoid(f_pre) if self.forget_gate == "sigmoid" else f_pre
         o, memory = chunk_mlstm(q, k, v, log_i, log_f, initial_state=memory, output_final_state=return_state,
                                 chunk_size=self.chunk_size, impl=self.resolve_impl(x))  # [B, T, H, V]
