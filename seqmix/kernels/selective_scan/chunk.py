@@ -1,0 +1,156 @@
+"""The selective scan as a two-level chunked scan in PyTorch: the fast form on the CPU.
+
+The sequence is cut into N chunks of C tokens. Per chunk n, with the log decays
+``delta_t A <= 0`` and their sum over the chunk ``L_n = (sum_t delta_t) A`` (a cumulative
+sum in log space, taken over ``[E]`` and expanded to ``[E, N]`` once)::
+
+    S_n     = the state a chunk leaves when it starts from zero     (local scan, all chunks at once)
+    H_{n+1} = exp(L_n) * H_n + S_n                                   (inter-chunk: the carried state)
+    h_t     = exp(delta_t A) * h_{t-1} + delta_t B_t u_t from h = H_n (every chunk at once), y_t = C_t . h_t
+
+Both scans inside a chunk step through its C positions with every chunk of the batch at
+once (``[B*N, N_state, E]`` per step), so a sequence costs ``2 C + N`` small steps instead
+of T; every decay is ``exp`` of a value <= 0, so nothing overflows, whatever delta.
+
+Why not the SSD / segment-sum matrix form (``exp(L_i - L_j)`` masked to ``i >= j``): Mamba-1's
+decay differs per channel e *and* state index n, so that form needs a ``[C, C, E, N]`` pair
+tensor per chunk, ``C`` times the work and memory of the scan (Mamba-2 makes A a scalar per
+head precisely so that the pair factor is ``[C, C]``). The scan does ``O(T E N)`` work.
+
+Forward and backward are one autograd Function (:class:`_ChunkScan`); the backward is the
+same two-level scan run in reverse (the gradient of a linear recurrence is a linear
+recurrence), so autograd records none of the per-position steps. Both run single-threaded
+(:func:`~seqmix.kernels.threads.single_threaded`): a step's ``[B*N, N_s, E]`` ops are too small
+to share out, and with 2 threads on a busy machine the scan ran 7x slower. It keeps the states
+``[C, B*N, N_state, E]`` of the forward; decays are recomputed where needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from seqmix.kernels.selective_scan.naive import ScanInputs
+from seqmix.kernels.threads import single_threaded
+
+
+def to_chunks(x: Tensor, chunk: int) -> Tensor:
+    """``[B, T, K] -> [C, B*N, K]`` (position in the chunk first), zero-padding T up to ``N * C``."""
+    b, t, k = x.shape
+    n = math.ceil(t / chunk)
+    x = F.pad(x, (0, 0, 0, n * chunk - t))  # [B, N*C, K]
+    return x.view(b, n, chunk, k).permute(2, 0, 1, 3).reshape(chunk, b * n, k)  # [B, N, C, K] -> [C, B*N, K]
+
+
+def from_chunks(x: Tensor, b: int, t: int) -> Tensor:
+    """``[C, B*N, K] -> [B, T, K]``, dropping the padding."""
+    c, _, k = x.shape
+    return x.view(c, b, -1, k).permute(1, 2, 0, 3).reshape(b, -1, k)[:, :t]  # [C, B, N, K] -> [B, N*C, K]
+
+
+def carry(decays: Tensor, local: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """``H_{n+1} = decays[:, n] * H_n + local[:, n]`` over the chunks (``[B, N, ...]``) from ``h0: [B, ...]``:
+    the states entering each chunk ``[B, N, ...]`` and the last one."""
+    entering, h = [], h0
+    for decay, update in zip(decays.unbind(1), local.unbind(1)):
+        entering.append(h)
+        h = torch.addcmul(update, decay, h)
+    return torch.stack(entering, 1), h
+
+
+class _ChunkScan(torch.autograd.Function):
+    """The chunked scan on chunked inputs: ``u, delta: [C, M, E]`` (M = B * N chunks), ``A: [N_s, E]``,
+    ``B, C: [C, M, N_s]``, ``h0: [B, N_s, E]`` -> ``y: [C, M, E]`` (no D term), ``h_T: [B, N_s, E]``.
+
+    Backward (``dh`` the total gradient of ``h_t``, ``x = delta * u``)::
+
+        dh_t     = C_t (x) dy_t + exp(delta_{t+1} A) * dh_{t+1}      (a reverse scan, chunked like the forward)
+        z_t      = dh_t * exp(delta_t A) * h_{t-1}                    (the gradient of the log decay delta_t A)
+        d delta_t = sum_n z_t A + u_t (B_t . dh_t),  dA = sum_t delta_t z_t,  du_t = delta_t (B_t . dh_t)
+        dB_t     = sum_e x_t dh_t,  dC_t = sum_e dy_t h_t,  dh0 = exp(delta_0 A) * dh_0
+    """
+
+    @staticmethod
+    @single_threaded()
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        batch = h0.shape[0]
+        c, m, e = u.shape
+        n = A.shape[0]
+        # per position, views broadcast to [M, N_s, E] (made once: indexing in the loops costs more than the math)
+        deltas, xs = delta[:, :, None, :].unbind(0), (delta * u)[:, :, None, :].unbind(0)  # [M, 1, E] each
+        Bs, Cs = B[..., None].unbind(0), C[:, :, None, :].unbind(0)  # [M, N_s, 1], [M, 1, N_s]
+        decay = u.new_empty(m, n, e)
+        # local scan: the state each chunk leaves when it starts from zero
+        local = Bs[0] * xs[0]  # [M, N_s, E]
+        for i in range(1, c):
+            local.mul_(torch.mul(A, deltas[i], out=decay).exp_()).addcmul_(Bs[i], xs[i])
+        chunk_decays = torch.exp(A * delta.sum(0)[:, None, :])  # [M, N_s, E] exp(L_n)
+        entering, final = carry(chunk_decays.view(batch, -1, n, e), local.view(batch, -1, n, e), h0)
+        entering = entering.view(m, n, e)  # [B, N, N_s, E] -> [M, N_s, E]
+        # the scan again from the true entering states, keeping every state for the backward
+        states = u.new_empty(c, m, n, e)  # [C, M, N_s, E]
+        y = u.new_empty(c, m, 1, e)
+        previous = entering
+        for i, (state, y_i) in enumerate(zip(states.unbind(0), y.unbind(0))):
+            torch.mul(torch.mul(A, deltas[i], out=decay).exp_(), previous, out=state).addcmul_(Bs[i], xs[i])
+            torch.bmm(Cs[i], state, out=y_i)  # [M, 1, N_s] @ [M, N_s, E]
+            previous = state
+        ctx.save_for_backward(u, delta, A, B, C, entering, chunk_decays, states)
+        ctx.batch = batch
+        return y.view(c, m, e), final
+
+    @staticmethod
+    @once_differentiable
+    @single_threaded()
+    def backward(ctx, dy: Tensor, d_final: Tensor | None) -> tuple[Tensor, ...]:
+        u, delta, A, B, C, entering, chunk_decays, states = ctx.saved_tensors
+        c, m, e = u.shape
+        n = A.shape[0]
+        deltas, xs = delta[:, :, None, :].unbind(0), (delta * u)[..., None].unbind(0)  # [M, 1, E], [M, E, 1]
+        Bs, Cs = B[:, :, None, :].unbind(0), C[..., None].unbind(0)  # [M, 1, N_s], [M, N_s, 1]
+        dys, dys_col = dy[:, :, None, :].unbind(0), dy[..., None].unbind(0)  # [M, 1, E], [M, E, 1]
+        decay = u.new_empty(m, n, e)
+        # local reverse scan: the gradient each chunk sends to its entering state from its own outputs
+        local = Cs[c - 1] * dys[c - 1]  # [M, N_s, E]
+        for i in range(c - 2, -1, -1):
+            local.mul_(torch.mul(A, deltas[i + 1], out=decay).exp_()).addcmul_(Cs[i], dys[i])
+        local.mul_(torch.mul(A, deltas[0], out=decay).exp_())
+        # carried backwards over the chunks: the gradient arriving at each chunk's last state
+        d_last = d_final if d_final is not None else u.new_zeros(ctx.batch, n, e)
+        arriving, d_h0 = carry(chunk_decays.view(ctx.batch, -1, n, e).flip(1), local.view(ctx.batch, -1, n, e).flip(1),
+                               d_last)
+        d_state = arriving.flip(1).reshape(m, n, e).clone()  # [B, N, N_s, E] -> [M, N_s, E]
+        # the reverse scan from the true arriving gradients, with every input's gradient on the way
+        dx, d_delta = u.new_empty(c, m, 1, e), u.new_empty(c, m, e)
+        dB, dC = B.new_empty(c, m, n, 1), C.new_empty(c, m, n, 1)
+        dA = torch.zeros_like(decay)  # [M, N_s, E], summed over M at the end
+        z = u.new_empty(m, n, e)
+        for i in range(c - 1, -1, -1):
+            if i < c - 1:
+                d_state.mul_(decay)  # the decay of position i + 1
+            d_state.addcmul_(Cs[i], dys[i])
+            torch.bmm(states[i], dys_col[i], out=dC[i])  # [M, N_s, E] @ [M, E, 1]
+            torch.bmm(Bs[i], d_state, out=dx[i])  # [M, 1, N_s] @ [M, N_s, E]
+            torch.bmm(d_state, xs[i], out=dB[i])  # [M, N_s, E] @ [M, E, 1]
+            torch.mul(A, deltas[i], out=decay).exp_()
+            torch.mul(d_state, decay, out=z).mul_(states[i - 1] if i > 0 else entering)
+            dA.addcmul_(z, deltas[i])
+            torch.sum(z.mul_(A), 1, out=d_delta[i])
+        dx = dx.view(c, m, e)
+        return dx * delta, d_delta.addcmul_(dx, u), dA.sum(0), dB.view(c, m, n), dC.view(c, m, n), d_h0
+
+
+def selective_scan_chunk(x: ScanInputs) -> tuple[Tensor, Tensor]:
+    """The chunked scan above: ``(y [B, T, E] without D u, h_T [B, E, N])``, the arguments of
+    :func:`seqmix.kernels.selective_scan.selective_scan`; a sequence shorter than ``chunk_size``
+    is one chunk."""
+    b, t, _ = x.u.shape
+    chunk = min(x.chunk_size, t)
+    # padded tokens have delta = 0 (decay 1) and u = B = C = 0: they leave the state as it is
+    u, delta, B, C = (to_chunks(y, chunk) for y in (x.u, x.delta, x.B, x.C))  # [C, B*N, E | N_s]
+    y, final = _ChunkScan.apply(u, delta, x.A.t().contiguous(), B, C, x.h0.transpose(1, 2).contiguous())
+    return from_chunks(y, b, t), final.transpose(1, 2)  # [B, T, E], [B, N_s, E] -> [B, E, N_s]
