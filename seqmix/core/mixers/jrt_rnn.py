@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from seqmix.core.mixer import Mixer, register_mixer
 from seqmix.core.mixers.based import taylor_features
-from seqmix.kernels.common import check_chunk_size, compute_dtype
-from seqmix.kernels.linear_attn import linear_attn
+from seqmix.kernels.common import compute_dtype
+from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn
 
 
 class JRTState(NamedTuple):
@@ -117,7 +117,7 @@ class JRTRNN(Mixer):
                              f"0 = causal linear attention), got {prefix_len!r}")
         if not isinstance(feature_dim, int) or feature_dim < 1:
             raise ValueError(f"{name}: feature_dim must be a positive int (16 in the paper), got {feature_dim!r}")
-        check_chunk_size(name, chunk_size)
+        LINEAR_ATTN.check(name, "chunk", chunk_size=chunk_size)  # the form the chunked impl runs
         self.prefix_len = prefix_len
         self.feature_dim = feature_dim
         self.chunk_size = chunk_size
