@@ -80,12 +80,18 @@ class StagedModule(pl.LightningModule):
 
     Subclasses implement ``shared_step(batch, stage)`` with ``stage`` in
     ``"train" | "val" | "test"`` and log keys like ``f"{stage}/loss"``. Every checkpoint its trainer
-    saves is plain data naming the app (:class:`PlainCheckpoint`); a subclass that adds callbacks
-    extends ``configure_callbacks``.
+    saves, weights-only ones included, is plain data that names its app (:meth:`on_save_checkpoint`);
+    a subclass that overrides that hook calls ``super().on_save_checkpoint(checkpoint)``.
     """
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return [PlainCheckpoint(app_of(type(self)))]
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """``checkpoint[APP_KEY]`` names the app (a loader refuses another app's checkpoint by name) and the
+        hyper-parameters are in LightningCLI's form (:func:`cli_hyperparameters`: a directly built module's
+        ``partial`` backbone is no pickled object). A module hook, not a callback: Lightning calls it for
+        every save, ``save_weights_only`` ones too."""
+        checkpoint[APP_KEY] = app_of(type(self))
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = cli_hyperparameters(checkpoint["hyper_parameters"])
 
     def shared_step(self, batch: Any, stage: str) -> Tensor:
         raise NotImplementedError
@@ -158,21 +164,6 @@ def cli_hyperparameters(hparams: dict) -> dict:
     if "_instantiator" in hparams:  # built by LightningCLI: already in that form
         return dict(hparams)
     return {**{k: cli_form(v) for k, v in hparams.items()}, "_instantiator": INSTANTIATOR}
-
-
-class PlainCheckpoint(pl.Callback):
-    """Every checkpoint the trainer saves is plain data that names its app: ``checkpoint[APP_KEY] = app``
-    (a loader refuses another app's checkpoint by name) and the hyper-parameters in LightningCLI's form
-    (:func:`cli_hyperparameters`: a directly built module's ``partial`` backbone is no pickled object).
-    Attached by :meth:`StagedModule.configure_callbacks`."""
-
-    def __init__(self, app: str):
-        self.app = app
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        checkpoint[APP_KEY] = self.app
-        if "hyper_parameters" in checkpoint:
-            checkpoint["hyper_parameters"] = cli_hyperparameters(checkpoint["hyper_parameters"])
 
 
 def checkpoint_error(problem: str, path: Path, hint: str) -> ValueError:

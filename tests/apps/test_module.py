@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from seqmix.apps.module import APP_KEY, PlainCheckpoint, StagedModule, app_of, load_trained
+from seqmix.apps.module import APP_KEY, StagedModule, app_of, load_trained
 from seqmix.apps.vision.model import ImageClassifier
 
 
@@ -26,11 +28,28 @@ def test_every_checkpoint_a_trainer_saves_names_the_app_of_its_module(tmp_path):
     from seqmix.apps.recall.model import RecallLM
 
     assert (app_of(ImageClassifier), app_of(RecallLM)) == ("vision", "recall")
-    checkpoint = {}
-    PlainCheckpoint("vision").on_save_checkpoint(None, None, checkpoint)
-    assert checkpoint == {APP_KEY: "vision"}
     with pytest.raises(ValueError, match="is not a class of a seqmix app"):
         app_of(StagedModule)
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_a_saved_checkpoint_names_its_app_also_when_weights_only(tmp_path, weights_only):
+    import pytorch_lightning as pl
+
+    from seqmix.apps.recall.data import MQARDataModule
+    from seqmix.apps.recall.model import RecallLM
+    from seqmix.core.mixers.softmax import SoftmaxAttention
+
+    model = RecallLM(partial(SoftmaxAttention, n_heads=2), vocab_size=32, max_len=16, d_model=16, n_layers=1)
+    data = MQARDataModule(vocab_size=32, seq_len=16, num_kv_pairs=2, num_train=8, num_val=8, num_test=8, batch_size=4)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)
+    path = tmp_path / "saved.ckpt"
+    trainer.save_checkpoint(path, weights_only=weights_only)
+    loaded, checkpoint = load_trained(RecallLM, path, "recall", "train one")
+    assert checkpoint[APP_KEY] == "recall" and ("optimizer_states" in checkpoint) is not weights_only
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 GROUP_AT_EXIT = """

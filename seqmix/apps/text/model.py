@@ -249,6 +249,7 @@ class EmotionRegressor(StagedModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Leave out the frozen pretrained weights (LoRA): the encoder package holds them, so a
         checkpoint stores only what training changed (a few MB instead of 45)."""
+        super().on_save_checkpoint(checkpoint)
         for key in self.frozen_pretrained_keys():
             del checkpoint["state_dict"][key]
 
