@@ -62,12 +62,14 @@ def print_mixers() -> None:
     def kernel_ops(module_file: str) -> list[str]:
         tree = ast.parse(Path(module_file).read_text())
         modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
-        return sorted({m.split(".")[2] for m in modules if m.startswith("seqmix.kernels.") and m.count(".") >= 2})
+        names = {m.split(".")[2] for m in modules if m.startswith("seqmix.kernels.") and m.count(".") >= 2}
+        return sorted(n for n in names if (REPO / "seqmix" / "kernels" / n / "__init__.py").is_file())  # ops only
 
     def test_files(module_stem: str, ops: list[str]) -> list[str]:
         tests = REPO / "tests"
         candidates = [tests / "core" / f"test_{module_stem}.py"]
-        candidates += [tests / "kernels" / f"test{kind}_{op}.py" for op in ops for kind in ("", "_triton")]
+        candidates += [path for op in ops for kind in ("", "_triton")
+                       for path in sorted((tests / "kernels").glob(f"test{kind}_{op}*.py"))]  # test_<op>[_<what>].py
         return [str(path.relative_to(tests)) for path in candidates if path.is_file()]
 
     d_model, heads = 256, 4
