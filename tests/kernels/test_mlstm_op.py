@@ -1,7 +1,7 @@
 """chunk_mlstm: the chunkwise-parallel form against the stabilised token-by-token reference, outputs,
 final states (C, n, m) and every gradient (q, k, v, log_i, log_f, and the initial C, n, m), at odd
 lengths, chunk sizes that do and do not divide T, sigmoid and exponential forget gates, large gates.
-(Named after the public function; the mixer's tests are tests/core/test_mlstm.py.)"""
+(test_mlstm_op.py, not test_mlstm.py: test basenames are unique, and the mixer's are tests/core/test_mlstm.py.)"""
 
 import functools
 
