@@ -20,7 +20,7 @@ weaker ones", as the issue states it: a power ``p`` of the weights, renormalised
 is the identity; it can be switched on a trained model (``mixer.reweight_power = 4.0``).
 
 Computed in log space: ``w' = softmax(p log softplus(s))`` over the visible keys, which is the
-formula above exactly (``log softplus(s) = s`` to fp32 precision below s = -20, where softplus
+formula above exactly (``log softplus(s) = s`` to fp64 precision below s = -40, where softplus
 would underflow), so no row divides by zero, whatever the scores' magnitude.
 
 Patterns, rotary positions, windows and the KV-cache step come from
@@ -42,15 +42,16 @@ from seqmix.kernels.common import compute_dtype
 
 
 def log_softplus(s: Tensor) -> Tensor:
-    """``log(softplus(s))``, finite for every finite ``s`` (``s`` itself below -20, where softplus(s) = e^s)."""
-    return torch.where(s < -20.0, s, F.softplus(s.clamp(min=-20.0)).log())
+    """``log(softplus(s))``, finite for every finite ``s`` (``s`` itself below -40, where ``softplus(s) = e^s``
+    to fp64 precision)."""
+    return torch.where(s < -40.0, s, F.softplus(s.clamp(min=-40.0)).log())
 
 
 def length_scale(visible: Tensor, length_base: int) -> Tensor:
-    """``lambda_i = log(n_i) / log(L0)``: ``[B|1, 1, T, 1]`` from ``visible: [B|1, 1, T, S]``, with ``n_i`` the
-    number of keys query i sees (at least 1)."""
+    """``lambda_i = log(n_i) / log(L0)``: fp64 ``[B|1, 1, T, 1]`` from ``visible: [B|1, 1, T, S]``, with ``n_i``
+    the number of keys query i sees (at least 1)."""
     n = visible.sum(-1, keepdim=True).clamp(min=1)  # [B|1, 1, T, 1]
-    return n.log() / math.log(length_base)
+    return n.double().log() / math.log(length_base)
 
 
 def softplus_weights(scores: Tensor, visible: Tensor, *, power: float) -> Tensor:
