@@ -58,7 +58,9 @@ def softplus_weights(scores: Tensor, visible: Tensor, *, power: float) -> Tensor
     """The re-weighted l1-normalised softplus weights ``w'`` of ``scores: [B, H, T, S]`` (already scaled)
     over the ``visible: [B|1, 1, T, S]`` keys, in fp32 (fp64 for fp64); a query that sees no key gets 0."""
     logits = power * log_softplus(scores.to(compute_dtype(scores)))  # [B, H, T, S]
-    return torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+    has_keys = visible.any(-1, keepdim=True)  # [B|1, 1, T, 1]
+    weights = torch.softmax(logits.masked_fill(~(visible | ~has_keys), float("-inf")), dim=-1)  # no 0/0 row
+    return weights if bool(has_keys.all()) else weights * has_keys  # rows with no visible key -> 0
 
 
 @register_mixer("softplus")
