@@ -1,7 +1,7 @@
 """Flow attention (Flowformer): the mixer, in both forms, against a transcription of the paper's
 own code (its Flow_Attention and Flow_Attention_Causal, in fp64, on the same features); the
 linear form against the explicit quadratic flow formula, outputs and gradients; clear errors.
-(The op's own tests, states and pieces: tests/kernels/test_flow.py.)"""
+(The op's own tests, states and pieces: tests/kernels/test_flow_attention.py.)"""
 
 import pytest
 import torch
