@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import seqmix.kernels.selective_scan.chunk as selective_scan_chunk_module
 from seqmix.kernels.selective_scan import selective_scan
 
 RATIO = 1e-5  # relative RMS error allowed between chunk and naive in fp32
@@ -119,3 +120,12 @@ def test_selective_scan_errors_name_the_argument():
         selective_scan(u, delta, A, B, C, D, chunk_size=0)
     with pytest.raises(ValueError, match="impl='triton' is unknown"):
         selective_scan(u, delta, A, B, C, D, impl="triton")
+
+
+def test_selective_scan_chunks_stepping_in_groups_match_naive(monkeypatch, assert_rel_close):
+    """Chunks step in groups of at most STEP_FLOATS floats; three chunks a group gives the same results."""
+    monkeypatch.setattr(selective_scan_chunk_module, "STEP_FLOATS", 3 * E * N)
+    expected = naive_results(100, True, True, -1.0)
+    actual = outputs_and_grads(make_inputs(100, with_state=True), output_final_state=True, chunk_size=8, impl="chunk")
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_rel_close(a, e, RATIO, f"groups of 3 chunks, result {i}")

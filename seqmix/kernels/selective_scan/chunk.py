@@ -8,9 +8,10 @@ sum in log space, taken over ``[E]`` and expanded to ``[E, N]`` once)::
     H_{n+1} = exp(L_n) * H_n + S_n                                   (inter-chunk: the carried state)
     h_t     = exp(delta_t A) * h_{t-1} + delta_t B_t u_t from h = H_n (every chunk at once), y_t = C_t . h_t
 
-Both scans inside a chunk step through its C positions with every chunk of the batch at
-once (``[B*N, N_state, E]`` per step), so a sequence costs ``2 C + N`` small steps instead
-of T; every decay is ``exp`` of a value <= 0, so nothing overflows, whatever delta.
+Both scans inside a chunk step through its C positions with many chunks at once (``[G, N_s, E]``
+per step, G chunks: as many as keep a step's tensors in the L2 cache, :func:`row_groups`), so a
+sequence costs ``2 C (B N / G) + N`` small steps instead of T, and the time grows linearly in T;
+every decay is ``exp`` of a value <= 0, so nothing overflows, whatever delta.
 
 Why not the SSD / segment-sum matrix form (``exp(L_i - L_j)`` masked to ``i >= j``): Mamba-1's
 decay differs per channel e *and* state index n, so that form needs a ``[C, C, E, N]`` pair
@@ -62,9 +63,78 @@ def carry(decays: Tensor, local: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(entering, 1), h
 
 
+STEP_FLOATS = 1 << 17  # floats in one step's [rows, N_s, E] tensor: 512 KB, so a step's few tensors stay in L2
+
+
+def row_groups(rows: int, width: int) -> list[slice]:
+    """The chunks (rows) that step together: as many as keep a step's ``[rows, N_s, E]`` tensors
+    (``width = N_s * E`` floats a row) within :data:`STEP_FLOATS`, so the time stays linear in T."""
+    size = max(1, STEP_FLOATS // width)
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def local_states(A: Tensor, delta: Tensor, x: Tensor, B: Tensor) -> Tensor:
+    """The state each chunk leaves when it starts from zero: ``[G, N_s, E]`` from ``delta, x: [C, G, E]``,
+    ``B: [C, G, N_s]``."""
+    deltas, xs, Bs = delta[:, :, None, :].unbind(0), x[:, :, None, :].unbind(0), B[..., None].unbind(0)
+    decay = torch.empty_like(A.expand(delta.shape[1], *A.shape))  # [G, N_s, E]
+    local = Bs[0] * xs[0]  # [G, N_s, E]
+    for i in range(1, len(deltas)):
+        local.mul_(torch.mul(A, deltas[i], out=decay).exp_()).addcmul_(Bs[i], xs[i])
+    return local
+
+
+def scan(A: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, entering: Tensor, states: Tensor,
+         y: Tensor) -> None:
+    """The scan from the true ``entering: [G, N_s, E]`` states, written into ``states: [C, G, N_s, E]``
+    and ``y: [C, G, 1, E]``."""
+    deltas, xs = delta[:, :, None, :].unbind(0), x[:, :, None, :].unbind(0)  # [G, 1, E] each
+    Bs, Cs = B[..., None].unbind(0), C[:, :, None, :].unbind(0)  # [G, N_s, 1], [G, 1, N_s]
+    decay, previous = torch.empty_like(entering), entering
+    for i, (state, y_i) in enumerate(zip(states.unbind(0), y.unbind(0))):
+        torch.mul(torch.mul(A, deltas[i], out=decay).exp_(), previous, out=state).addcmul_(Bs[i], xs[i])
+        torch.bmm(Cs[i], state, out=y_i)  # [G, 1, N_s] @ [G, N_s, E]
+        previous = state
+
+
+def local_gradients(A: Tensor, delta: Tensor, C: Tensor, dy: Tensor) -> Tensor:
+    """The gradient each chunk's own outputs send to its entering state: ``[G, N_s, E]``."""
+    deltas, Cs, dys = delta[:, :, None, :].unbind(0), C[..., None].unbind(0), dy[:, :, None, :].unbind(0)
+    decay = torch.empty_like(A.expand(delta.shape[1], *A.shape))  # [G, N_s, E]
+    local = Cs[-1] * dys[-1]  # [G, N_s, E]
+    for i in range(len(deltas) - 2, -1, -1):
+        local.mul_(torch.mul(A, deltas[i + 1], out=decay).exp_()).addcmul_(Cs[i], dys[i])
+    return local.mul_(torch.mul(A, deltas[0], out=decay).exp_())
+
+
+def scan_backward(A: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, dy: Tensor, entering: Tensor,
+                  states: Tensor, d_state: Tensor, grads: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """The reverse scan from ``d_state: [G, N_s, E]`` (the gradient arriving at each chunk's last state),
+    writing ``grads = (dx [C, G, 1, E], d_delta [C, G, E], dB [C, G, N_s, 1], dC [C, G, N_s, 1])``;
+    returns this group's ``dA: [N_s, E]``."""
+    deltas, xs = delta[:, :, None, :].unbind(0), x[..., None].unbind(0)  # [G, 1, E], [G, E, 1]
+    Bs, Cs = B[:, :, None, :].unbind(0), C[..., None].unbind(0)  # [G, 1, N_s], [G, N_s, 1]
+    dys, dys_col = dy[:, :, None, :].unbind(0), dy[..., None].unbind(0)  # [G, 1, E], [G, E, 1]
+    dx, d_delta, dB, dC = grads
+    decay, z, dA = torch.empty_like(d_state), torch.empty_like(d_state), torch.zeros_like(d_state)
+    for i in range(len(deltas) - 1, -1, -1):
+        if i < len(deltas) - 1:
+            d_state.mul_(decay)  # the decay of position i + 1
+        d_state.addcmul_(Cs[i], dys[i])
+        torch.bmm(states[i], dys_col[i], out=dC[i])  # [G, N_s, E] @ [G, E, 1]
+        torch.bmm(Bs[i], d_state, out=dx[i])  # [G, 1, N_s] @ [G, N_s, E]
+        torch.bmm(d_state, xs[i], out=dB[i])  # [G, N_s, E] @ [G, E, 1]
+        torch.mul(A, deltas[i], out=decay).exp_()
+        torch.mul(d_state, decay, out=z).mul_(states[i - 1] if i > 0 else entering)
+        dA.addcmul_(z, deltas[i])
+        torch.sum(z.mul_(A), 1, out=d_delta[i])
+    return dA.sum(0)
+
+
 class _ChunkScan(torch.autograd.Function):
     """The chunked scan on chunked inputs: ``u, delta: [C, M, E]`` (M = B * N chunks), ``A: [N_s, E]``,
     ``B, C: [C, M, N_s]``, ``h0: [B, N_s, E]`` -> ``y: [C, M, E]`` (no D term), ``h_T: [B, N_s, E]``.
+    The chunks step in groups (:func:`row_groups`).
 
     Backward (``dh`` the total gradient of ``h_t``, ``x = delta * u``)::
 
@@ -77,28 +147,16 @@ class _ChunkScan(torch.autograd.Function):
     @staticmethod
     @single_threaded()
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-        batch = h0.shape[0]
-        c, m, e = u.shape
-        n = A.shape[0]
-        # per position, views broadcast to [M, N_s, E] (made once: indexing in the loops costs more than the math)
-        deltas, xs = delta[:, :, None, :].unbind(0), (delta * u)[:, :, None, :].unbind(0)  # [M, 1, E] each
-        Bs, Cs = B[..., None].unbind(0), C[:, :, None, :].unbind(0)  # [M, N_s, 1], [M, 1, N_s]
-        decay = u.new_empty(m, n, e)
-        # local scan: the state each chunk leaves when it starts from zero
-        local = Bs[0] * xs[0]  # [M, N_s, E]
-        for i in range(1, c):
-            local.mul_(torch.mul(A, deltas[i], out=decay).exp_()).addcmul_(Bs[i], xs[i])
+        batch, (c, m, e), n = h0.shape[0], u.shape, A.shape[0]
+        x = delta * u  # [C, M, E]
+        groups = row_groups(m, n * e)
+        local = torch.cat([local_states(A, delta[:, r], x[:, r], B[:, r]) for r in groups])  # [M, N_s, E]
         chunk_decays = torch.exp(A * delta.sum(0)[:, None, :])  # [M, N_s, E] exp(L_n)
         entering, final = carry(chunk_decays.view(batch, -1, n, e), local.view(batch, -1, n, e), h0)
         entering = entering.view(m, n, e)  # [B, N, N_s, E] -> [M, N_s, E]
-        # the scan again from the true entering states, keeping every state for the backward
-        states = u.new_empty(c, m, n, e)  # [C, M, N_s, E]
-        y = u.new_empty(c, m, 1, e)
-        previous = entering
-        for i, (state, y_i) in enumerate(zip(states.unbind(0), y.unbind(0))):
-            torch.mul(torch.mul(A, deltas[i], out=decay).exp_(), previous, out=state).addcmul_(Bs[i], xs[i])
-            torch.bmm(Cs[i], state, out=y_i)  # [M, 1, N_s] @ [M, N_s, E]
-            previous = state
+        states, y = u.new_empty(c, m, n, e), u.new_empty(c, m, 1, e)  # every state is kept for the backward
+        for r in groups:
+            scan(A, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], states[:, r], y[:, r])
         ctx.save_for_backward(u, delta, A, B, C, entering, chunk_decays, states)
         ctx.batch = batch
         return y.view(c, m, e), final
@@ -108,40 +166,21 @@ class _ChunkScan(torch.autograd.Function):
     @single_threaded()
     def backward(ctx, dy: Tensor, d_final: Tensor | None) -> tuple[Tensor, ...]:
         u, delta, A, B, C, entering, chunk_decays, states = ctx.saved_tensors
-        c, m, e = u.shape
-        n = A.shape[0]
-        deltas, xs = delta[:, :, None, :].unbind(0), (delta * u)[..., None].unbind(0)  # [M, 1, E], [M, E, 1]
-        Bs, Cs = B[:, :, None, :].unbind(0), C[..., None].unbind(0)  # [M, 1, N_s], [M, N_s, 1]
-        dys, dys_col = dy[:, :, None, :].unbind(0), dy[..., None].unbind(0)  # [M, 1, E], [M, E, 1]
-        decay = u.new_empty(m, n, e)
-        # local reverse scan: the gradient each chunk sends to its entering state from its own outputs
-        local = Cs[c - 1] * dys[c - 1]  # [M, N_s, E]
-        for i in range(c - 2, -1, -1):
-            local.mul_(torch.mul(A, deltas[i + 1], out=decay).exp_()).addcmul_(Cs[i], dys[i])
-        local.mul_(torch.mul(A, deltas[0], out=decay).exp_())
+        (c, m, e), n = u.shape, A.shape[0]
+        x = delta * u  # [C, M, E]
+        groups = row_groups(m, n * e)
+        local = torch.cat([local_gradients(A, delta[:, r], C[:, r], dy[:, r]) for r in groups])  # [M, N_s, E]
         # carried backwards over the chunks: the gradient arriving at each chunk's last state
         d_last = d_final if d_final is not None else u.new_zeros(ctx.batch, n, e)
         arriving, d_h0 = carry(chunk_decays.view(ctx.batch, -1, n, e).flip(1), local.view(ctx.batch, -1, n, e).flip(1),
                                d_last)
-        d_state = arriving.flip(1).reshape(m, n, e).clone()  # [B, N, N_s, E] -> [M, N_s, E]
-        # the reverse scan from the true arriving gradients, with every input's gradient on the way
+        arriving = arriving.flip(1).reshape(m, n, e)  # [B, N, N_s, E] -> [M, N_s, E], a copy
         dx, d_delta = u.new_empty(c, m, 1, e), u.new_empty(c, m, e)
         dB, dC = B.new_empty(c, m, n, 1), C.new_empty(c, m, n, 1)
-        dA = torch.zeros_like(decay)  # [M, N_s, E], summed over M at the end
-        z = u.new_empty(m, n, e)
-        for i in range(c - 1, -1, -1):
-            if i < c - 1:
-                d_state.mul_(decay)  # the decay of position i + 1
-            d_state.addcmul_(Cs[i], dys[i])
-            torch.bmm(states[i], dys_col[i], out=dC[i])  # [M, N_s, E] @ [M, E, 1]
-            torch.bmm(Bs[i], d_state, out=dx[i])  # [M, 1, N_s] @ [M, N_s, E]
-            torch.bmm(d_state, xs[i], out=dB[i])  # [M, N_s, E] @ [M, E, 1]
-            torch.mul(A, deltas[i], out=decay).exp_()
-            torch.mul(d_state, decay, out=z).mul_(states[i - 1] if i > 0 else entering)
-            dA.addcmul_(z, deltas[i])
-            torch.sum(z.mul_(A), 1, out=d_delta[i])
+        dA = sum(scan_backward(A, delta[:, r], x[:, r], B[:, r], C[:, r], dy[:, r], entering[r], states[:, r],
+                               arriving[r], (dx[:, r], d_delta[:, r], dB[:, r], dC[:, r])) for r in groups)
         dx = dx.view(c, m, e)
-        return dx * delta, d_delta.addcmul_(dx, u), dA.sum(0), dB.view(c, m, n), dC.view(c, m, n), d_h0
+        return dx * delta, d_delta.addcmul_(dx, u), dA, dB.view(c, m, n), dC.view(c, m, n), d_h0
 
 
 def selective_scan_chunk(x: ScanInputs) -> tuple[Tensor, Tensor]:
