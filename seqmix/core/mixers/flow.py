@@ -5,11 +5,12 @@ with Conservation Flows"):
     o = FlowAttention(phi(q), phi(k), v)            phi = sigmoid (+ 1e-6), the paper's feature map
     y = W_o o
 
-Flow attention (:mod:`seqmix.kernels.flow`, where the math is written out): incoming flows
-``I = phi(Q) sum phi(K)`` and outgoing flows ``O = phi(K) sum phi(Q)`` (the paper's eq. 4),
-conservation ``I^ = phi(Q) sum phi(K)/O``, ``O^ = phi(K) sum phi(Q)/I`` (eq. 5), competition
-``V^ = n softmax(O^) * V`` (eq. 6), allocation ``sigmoid(I^)`` of the normalised aggregation
-``phi(Q)/I (phi(K)^T V^)`` (eqs. 7-8). Linear in T.
+Flow attention (:mod:`seqmix.kernels.flow`, where the math is written out; the paper's
+equations of its Flow-Attention section, not numbered here): incoming flows
+``I = phi(Q) sum phi(K)`` and outgoing flows ``O = phi(K) sum phi(Q)``, conservation
+``I^ = phi(Q) sum phi(K)/O``, ``O^ = phi(K) sum phi(Q)/I``, competition
+``V^ = n softmax(O^) * V``, allocation ``sigmoid(I^)`` of the normalised aggregation
+``phi(Q)/I (phi(K)^T V^)``. Linear in T.
 
 Patterns: ``noncausal_self`` (the paper's form), ``causal_self``: the paper's causal Flowformer
 (its code): every sum is a prefix sum, the flows are divided by the token counts, the

@@ -15,7 +15,7 @@ over (T; causal: the 1-based position). Then, per head:
     c_j  = n_j exp(O^_j) / sum_{j' in P(j)} exp(O^_j')    competition (P(j): all; causal: j' <= j)
     o_i  = sigmoid(I^_i) / I_i  sum_{j: vis} F_ij c_j v_j    allocation times the normalised aggregation
 
-Non-causal, ``n = T`` and this is the paper's eqs. (4)-(8) (its code: softmax(O^) * T,
+Non-causal, ``n = T`` and this is the paper's Flow-Attention (its code: softmax(O^) * T,
 sigmoid(I^ * T / S) with S = T). Causal, it is the paper's causal Flowformer (its code):
 prefix sums everywhere, flows divided by the token counts, the competition normalised over
 the key's own prefix. The paper's code clamps ``O^`` to [-1, 1] "for stability"; here the
