@@ -54,7 +54,7 @@ def test_mamba_initialisation_follows_the_paper():
     a = -torch.exp(mixer.A_log)
     torch.testing.assert_close(a, -torch.arange(1.0, 7.0).expand(64, 6))  # S4D-real: A_en = -(n + 1)
     dt = F.softplus(mixer.dt_proj.bias)
-    assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5), "softplus(b_dt) must lie in [dt_min, dt_max]"
+    assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5), "softplus(b_dt) outside [dt_min, dt_max]"
     assert mixer.dt_proj.in_features == math.ceil(32 / 16) and mixer.inner == 64
     assert mixer.state_size(10) == mixer.state_size(10_000) == 64 * 6 + 3 * 64
 

@@ -81,7 +81,8 @@ def test_selective_scan_naive_is_the_recurrence():
     h, expected = h0.clone(), torch.empty_like(y)
     for t in range(5):
         for e in range(E):  # every state index n of channel e at once
-            h[:, e] = torch.exp(delta[:, t, e, None] * A[e]) * h[:, e] + (delta[:, t, e] * u[:, t, e])[:, None] * B[:, t]
+            step = (delta[:, t, e] * u[:, t, e])[:, None] * B[:, t]  # [2, N]
+            h[:, e] = torch.exp(delta[:, t, e, None] * A[e]) * h[:, e] + step
             expected[:, t, e] = (C[:, t] * h[:, e]).sum(-1) + D[e] * u[:, t, e]
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(final, h, rtol=1e-12, atol=1e-12)
