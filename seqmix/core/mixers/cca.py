@@ -81,7 +81,7 @@ class CoreContextAwareAttention(Mixer):
     impls = ("naive", "chunk")
     paper = "Chen et al. 2024, Core Context Aware Attention for Long Context Language Modeling"
     complexity = "O(T (T/g + w + g) D)"
-    test_configs = ({"n_heads": 2, "group_size": 3, "local_window": 5},)
+    test_configs = ({"n_heads": 2, "group_size": 4, "local_window": 6},)
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  group_size: int = 16, local_window: int = 64):
