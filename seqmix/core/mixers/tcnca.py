@@ -52,7 +52,8 @@ class TCNCAState(NamedTuple):
 
 def dilated_causal_conv(padded: Tensor, weight: Tensor, bias: Tensor, dilation: int, impl: str) -> Tensor:
     """``y_t = sum_j weight[:, j] x_{t - (k-1-j) dilation} + bias``, depthwise, ``weight: [D, k]``, over
-    ``padded: [B, (k-1) dilation + T, D]`` (the ``(k-1) dilation`` inputs before ``x_0``, then ``x``) -> ``[B, T, D]``."""
+    ``padded: [B, (k-1) dilation + T, D]`` (the ``(k-1) dilation`` inputs before ``x_0``, then ``x``),
+    giving ``[B, T, D]``."""
     k = weight.shape[1]
     t = padded.shape[1] - (k - 1) * dilation
     if impl == "naive":
