@@ -104,7 +104,8 @@ class CoreContextAwareAttention(Mixer):
         return (t - r).clamp(min=0) // g, (t + r) // g
 
     def sees_key(self, t: Tensor, s: Tensor, *, start: int, end: int) -> Tensor:
-        """Whether query position ``t`` sees key position ``s`` directly (broadcast); keys exist at ``start .. end-1``."""
+        """Whether query position ``t`` sees key position ``s`` directly (broadcast); keys exist at
+        positions ``start .. end-1``."""
         first, last = self.direct_groups(t)
         group = s.clamp(min=0) // self.group_size
         sees = (s >= start) & (s < end) & (group >= first) & (group <= last)
@@ -192,11 +193,13 @@ class CoreContextAwareAttention(Mixer):
         first = q_group0 - k_start // g - before  # the first key group of the first block, relative to k_start
         pad_left = max(0, -first)
         n_k = pad_left + max(math.ceil(s / g), first + n_q + before + after)  # key groups after padding
-        kb = F.pad(k, (0, 0, pad_left * g, n_k * g - pad_left * g - s)).view(b, h, n_k, g, dk)  # [B, H, n_k, g, K]
-        vb = F.pad(v, (0, 0, pad_left * g, n_k * g - pad_left * g - s)).view(b, h, n_k, g, v.shape[-1])  # [B, H, n_k, g, V]
         blocks = range(first + pad_left, first + pad_left + before + after + 1)
-        k_loc = torch.cat([kb[:, :, o:o + n_q] for o in blocks], 3)  # [B, H, n_q, L, K], L = (before+after+1) g
-        v_loc = torch.cat([vb[:, :, o:o + n_q] for o in blocks], 3)  # [B, H, n_q, L, V]
+
+        def local(x: Tensor) -> Tensor:  # [B, H, S, *] -> [B, H, n_q, L, *], L = (before + after + 1) g
+            x = F.pad(x, (0, 0, pad_left * g, n_k * g - pad_left * g - s)).view(b, h, n_k, g, x.shape[-1])
+            return torch.cat([x[:, :, o:o + n_q] for o in blocks], 3)  # [B, H, n_k, g, *] -> [B, H, n_q, L, *]
+
+        k_loc, v_loc = local(k), local(v)  # [B, H, n_q, L, K], [B, H, n_q, L, V]
         ar = torch.arange(max(g * (before + after + 1), n_q), device=q.device)
         pos_q = ((q_group0 + ar[:n_q, None]) * g + ar[None, :g])[:, :, None]  # [n_q, g, 1]
         pos_k = ((q_group0 - before + ar[:n_q, None]) * g + ar[None, :g * (before + after + 1)])[:, None]  # [n_q, 1, L]
