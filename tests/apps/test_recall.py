@@ -108,6 +108,31 @@ def test_bad_training_mixture_fails_clearly(train_kv_pairs, message):
         MQARDataModule(train_kv_pairs=train_kv_pairs)
 
 
+def test_read_twice_repeats_the_context_and_shifts_the_queries():
+    kw = dict(vocab_size=64, seq_len=40, num_kv_pairs=5, seed=3)
+    once, twice = generate_mqar(20, **kw), generate_mqar(20, read_twice=True, **kw)
+    assert twice.inputs.shape == twice.targets.shape == (20, 50)
+    assert torch.equal(twice.inputs[:, :10], once.inputs[:, :10])  # the repeated block is the context
+    assert torch.equal(twice.inputs[:, 10:], once.inputs)  # then the example as read once, 2P positions later
+    assert torch.equal(twice.targets[:, 10:], once.targets) and (twice.targets[:, :10] == IGNORE_INDEX).all()
+
+
+def test_read_twice_datamodule_has_one_longer_length():
+    dm = MQARDataModule(seq_len=32, num_kv_pairs=4, train_kv_pairs=[2, 6], num_train=8, num_val=4, num_test=4,
+                        read_twice=True, seed=1)
+    dm.setup("fit")
+    assert dm.seq_len == 32 + 2 * 6  # the longest context, linked to the model's max_len
+    for split in ("train", "val", "test"):
+        inputs, targets = dm.splits[split].tensors
+        assert inputs.shape == targets.shape == (len(inputs), 44)
+        pairs = (targets != IGNORE_INDEX).sum(1)  # [N]
+        for row, p in zip(inputs, pairs.tolist()):
+            assert torch.equal(row[: 2 * p], row[2 * p : 4 * p])
+    plain = MQARDataModule(seq_len=32, num_kv_pairs=4, num_train=8, num_val=4, num_test=4, seed=1)
+    plain.setup("fit")
+    assert plain.seq_len == 32 and plain.splits["test"].tensors[0].shape == (4, 32)
+
+
 # ---------------------------------------------------------------- CLI fits
 def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()) -> tuple[dict[str, float], Path]:
     """fit then test through ``seqmix.cli.main``; the config's relative ``runs/`` paths land in ``tmp_path``.
@@ -148,6 +173,18 @@ def test_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch, capsys, config
     lines, decoded, forward = _generate(ckpt, capsys, "--examples", "3")  # greedy: equal to the forward, query by query
     assert decoded == forward and lines[-1].endswith("decoded = forward argmax on 12/12")
     assert [line.split(":")[0] for line in lines[1:4]] == ["example   0", "example   1", "example   2"]
+
+
+def test_tiny_read_twice_fit_and_generate(tmp_path, monkeypatch, capsys):
+    """JRT-Prompt through the CLI: the longer length reaches the model's max_len (learned positions
+    refuse a longer sequence), and generate draws its examples with the context read twice."""
+    monkeypatch.chdir(tmp_path)
+    metrics, ckpt = _fit_and_test(tmp_path, "gla.yaml", steps=2, extra=[
+        "--data.read_twice", "true", "--data.seq_len", "24", "--model.d_model", "16"])
+    assert torch.isfinite(torch.tensor(metrics["train/loss"])) and 0.0 <= metrics["test/acc"] <= 1.0
+    lines, decoded, forward = _generate(ckpt, capsys, "--examples", "2")
+    assert "T=32, 4 pairs, context read twice" in lines[0], lines[0]
+    assert decoded == forward and lines[-1].endswith("decoded = forward argmax on 8/8"), lines[-1]
 
 
 def test_tiny_softmax_model_learns_mqar(tmp_path, monkeypatch, capsys):

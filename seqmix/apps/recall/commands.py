@@ -10,7 +10,8 @@ Prints, per example, how many answers the decoding got right and how many the ar
 full forward over the whole sequence got right (the ``test`` metric), then the totals and how
 many decoded answers equal the forward's argmax: with ``--strategy greedy`` all of them, or
 the command fails (a mixer whose prefill differs from its forward). The examples are the
-first ``--examples`` of the checkpoint's test split (``--data_seed`` draws others).
+first ``--examples`` of the checkpoint's test split (``--data_seed`` draws others), built by the
+checkpoint's datamodule settings (its JRT-Prompt ``read_twice`` included).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import argparse
 import torch
 
 from seqmix.apps.module import load_trained
-from seqmix.apps.recall.data import IGNORE_INDEX, MQARBatch, generate_mqar
+from seqmix.apps.recall.data import IGNORE_INDEX, MQARBatch, MQARDataModule
 from seqmix.apps.recall.model import RecallLM
 from seqmix.core.decoding import STRATEGIES, generate
 
@@ -62,10 +63,10 @@ def generate_command(argv: list[str]) -> int:
     if args.examples < 1:
         raise ValueError(f"--examples must be >= 1, got {args.examples}")
     model, checkpoint = load_trained(RecallLM, args.ckpt, "recall", TRAIN_HINT, needs=("datamodule_hyper_parameters",))
-    data = checkpoint["datamodule_hyper_parameters"]
+    data = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k != "_instantiator"}
     data_seed = data["seed"] * 1000 + TEST_SPLIT_OFFSET if args.data_seed is None else args.data_seed
-    batch = generate_mqar(args.examples, vocab_size=data["vocab_size"], seq_len=data["seq_len"],
-                          num_kv_pairs=data["num_kv_pairs"], power_a=data["power_a"], seed=data_seed)
+    datamodule = MQARDataModule(**data)  # the examples as fit drew them (lengths, JRT-Prompt's repeated context)
+    batch = datamodule.examples(args.examples, data["num_kv_pairs"], seed=data_seed)
     decoded, forward = answer_queries(model, batch, strategy=args.strategy, temperature=args.temperature,
                                       top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                       num_beams=(4 if args.strategy == "beam" else 1) if args.num_beams is None
@@ -75,8 +76,9 @@ def generate_command(argv: list[str]) -> int:
     forward_right = ((forward == batch.targets) & queried).sum(1)  # [N]
     per_example = queried.sum(1)  # [N]
     mixer = type(model.stack.blocks[0].mixer).__name__
-    print(f"seqmix recall generate: {args.examples} MQAR examples (T={data['seq_len']}, {data['num_kv_pairs']} pairs, "
-          f"seed {data_seed}), {mixer} model, strategy {args.strategy}")
+    read = ", context read twice" if datamodule.hparams.read_twice else ""
+    print(f"seqmix recall generate: {args.examples} MQAR examples (T={datamodule.seq_len}, {data['num_kv_pairs']} "
+          f"pairs{read}, seed {data_seed}), {mixer} model, strategy {args.strategy}")
     for n in range(args.examples):
         print(f"example {n:3d}: decoded {int(decoded_right[n])}/{int(per_example[n])}, "
               f"full-forward argmax {int(forward_right[n])}/{int(per_example[n])}")

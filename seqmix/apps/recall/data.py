@@ -23,6 +23,14 @@ examples with 4 pairs, fewer with 8, 16, ...): the induction mechanism is learne
 easy ones and carries over. ``train_kv_pairs`` does the same at one sequence length: the
 training examples are split evenly over those pair counts, while validation and test use
 ``num_kv_pairs`` alone.
+
+JRT-Prompt (Arora et al. 2024, "Just read twice"): with ``read_twice`` the key-value block is
+repeated before the rest, ``k1 v1 .. kP vP k1 v1 .. kP vP | filler and queries``, so a recurrent
+model reads the context a second time knowing what it holds. The example grows by ``2P`` and
+every query and target moves ``2P`` positions later; the repeated block has no targets. The
+datamodule keeps one length for every example, ``seq_len + 2 * max(pair counts)`` (its
+``seq_len`` attribute, which the CLI links to the model's ``max_len``): an example with fewer
+pairs draws its queries over ``2 * (max - P)`` more positions.
 """
 
 from __future__ import annotations
@@ -73,8 +81,12 @@ def query_slot_probs(n_slots: int, power_a: float) -> Tensor:
 
 
 def generate_mqar(num_examples: int, *, vocab_size: int, seq_len: int, num_kv_pairs: int,
-                  power_a: float = 0.01, seed: int = 0) -> MQARBatch:
-    """``num_examples`` MQAR sequences, a pure function of its arguments (``seed`` included)."""
+                  power_a: float = 0.01, seed: int = 0, read_twice: bool = False) -> MQARBatch:
+    """``num_examples`` MQAR sequences, a pure function of its arguments (``seed`` included).
+
+    ``read_twice`` (JRT-Prompt): the same examples with the ``2 * num_kv_pairs`` context tokens repeated
+    in front, ``[N, seq_len + 2P]``.
+    """
     check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
     if num_examples < 1:
         raise ValueError(f"MQAR: num_examples must be >= 1, got {num_examples}")
@@ -96,19 +108,25 @@ def generate_mqar(num_examples: int, *, vocab_size: int, seq_len: int, num_kv_pa
     inputs.scatter_(1, query_pos, keys)
     targets = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.long)  # [N, T]
     targets.scatter_(1, query_pos, values)
+    if read_twice:
+        inputs = torch.cat((kv, inputs), 1)  # [N, 2P + T]: the pairs, then the example (which starts with them)
+        targets = torch.cat((torch.full_like(kv, IGNORE_INDEX), targets), 1)  # [N, 2P + T]
     return MQARBatch(inputs, targets)
 
 
 class MQARDataModule(SplitLoaders):
     """Train / val / test MQAR splits generated in ``setup`` from one seed (each split its own stream).
 
-    ``vocab_size`` and ``seq_len`` are read by the model through the CLI's links.
+    ``vocab_size`` and ``seq_len`` are read by the model through the CLI's links; with ``read_twice`` the
+    ``seq_len`` attribute is the longer length, ``seq_len + 2 * max(pair counts)``.
     """
 
     def __init__(self, vocab_size: int = 256, seq_len: int = 64, num_kv_pairs: int = 4, power_a: float = 0.01,
                  num_train: int = 20_000, num_val: int = 1_000, num_test: int = 1_000, seed: int = 0,
-                 batch_size: int = 64, num_workers: int = 0, train_kv_pairs: list[int] | None = None):
-        """``train_kv_pairs``: pair counts the training examples are spread over (default: ``num_kv_pairs`` only)."""
+                 batch_size: int = 64, num_workers: int = 0, train_kv_pairs: list[int] | None = None,
+                 read_twice: bool = False):
+        """``train_kv_pairs``: pair counts the training examples are spread over (default: ``num_kv_pairs`` only).
+        ``read_twice``: JRT-Prompt, the key-value context repeated before the queries (module docstring)."""
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
         for pairs in train_kv_pairs or []:
@@ -121,19 +139,25 @@ class MQARDataModule(SplitLoaders):
                 raise ValueError(f"MQARDataModule: {name} must be >= 1, got {value}")
         self.save_hyperparameters()
         self.vocab_size = vocab_size
-        self.seq_len = seq_len
+        self.seq_len = seq_len + 2 * max([num_kv_pairs, *(train_kv_pairs or [])]) if read_twice else seq_len
         self.splits: dict[str, TensorDataset] = {}
 
     def _make(self, split: str, count: int, offset: int) -> TensorDataset:
         h = self.hparams
         pair_counts = h.train_kv_pairs if split == "train" and h.train_kv_pairs else [h.num_kv_pairs]
         shares = [count // len(pair_counts) + (i < count % len(pair_counts)) for i in range(len(pair_counts))]
-        parts = [generate_mqar(share, vocab_size=h.vocab_size, seq_len=h.seq_len, num_kv_pairs=pairs,
-                               power_a=h.power_a, seed=h.seed * 1000 + offset + 100 * i)
+        parts = [self.examples(share, pairs, seed=h.seed * 1000 + offset + 100 * i)
                  for i, (pairs, share) in enumerate(zip(pair_counts, shares)) if share > 0]
         inputs = torch.cat([part.inputs for part in parts])  # [N, T]
         targets = torch.cat([part.targets for part in parts])  # [N, T]
         return TensorDataset(inputs, targets)
+
+    def examples(self, count: int, num_kv_pairs: int, *, seed: int) -> MQARBatch:
+        """``count`` examples with ``num_kv_pairs`` pairs, each ``self.seq_len`` long: ``[count, seq_len]``."""
+        h = self.hparams
+        length = self.seq_len - 2 * num_kv_pairs if h.read_twice else h.seq_len  # before the context is repeated
+        return generate_mqar(count, vocab_size=h.vocab_size, seq_len=length, num_kv_pairs=num_kv_pairs,
+                             power_a=h.power_a, seed=seed, read_twice=h.read_twice)
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
