@@ -91,15 +91,15 @@ def hip_attention_naive(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, block_
                                      value=-math.inf)  # [B, H, T, N * L]
     r = padded.unflatten(-1, (blocks, size)).amax(-1).tolist()  # [B, H, T, N] -> nested lists
     pos = torch.arange(s - t, s).tolist()
-    kept = torch.zeros(b, h, t, blocks, dtype=torch.bool)
+    kept = [[[[False] * blocks for _ in range(t)] for _ in range(h)] for _ in range(b)]  # [B, H, T, N]
     for bi in range(b):
         for hi in range(h):
             for i, p in enumerate(pos):
                 own = p // size
                 n = own if causal else blocks
                 for block in hip_select_naive(r[bi][hi][i][:n], top_k) + [own]:
-                    kept[bi, hi, i, block] = True
-    attended = kept.to(q.device).repeat_interleave(size, -1)[..., :s] & visible  # [B, H, T, N * L] -> [B, H, T, S]
+                    kept[bi][hi][i][block] = True
+    attended = torch.tensor(kept, device=q.device).repeat_interleave(size, -1)[..., :s] & visible  # [B, H, T, N * L] -> [B, H, T, S]
     weights = torch.softmax(scores.masked_fill(~attended, -math.inf), -1).nan_to_num(0.0)  # no visible key -> 0
     return weights @ v, attended
 
@@ -174,6 +174,14 @@ def _attend_group(q: Tensor, kb: Tensor, vb: Tensor, token_ok: Tensor, pos: Tens
     return o, ok.flatten(-2).sum(-1)
 
 
+def _count_visible(b: int, t: int, s: int, *, causal: bool, key_mask: Tensor | None) -> int:
+    """Keys the last ``t`` of ``s`` positions may see, summed over queries and the batch (no ``T x S`` mask)."""
+    keys = torch.ones(b, s, dtype=torch.long) if key_mask is None else key_mask.long().cpu()  # [B, S]
+    if not causal:
+        return int(keys.sum()) * t
+    return int(keys.cumsum(1)[:, s - t:].sum())  # query at position p sees the keys 0 .. p
+
+
 @register_mixer("hip")
 class HiPAttention(SoftmaxAttention):
     """Softmax attention with HiP's hierarchical top-k block pruning (training-free; softmax's parameters).
@@ -210,11 +218,10 @@ class HiPAttention(SoftmaxAttention):
         self.keys_visible = 0  # keys those queries could see (causality and key mask), summed the same way
 
     def attend(self, q, k, v, key_mask):
-        t, s = q.shape[-2], k.shape[-2]
-        visible = visible_keys_mask(t, s, causal=self.causal, key_mask=key_mask, device=q.device)  # [B|1, 1, T, S]
-        self.keys_visible += int(visible.sum()) * (q.shape[0] // visible.shape[0]) * q.shape[1]
+        visible = _count_visible(q.shape[0], q.shape[-2], k.shape[-2], causal=self.causal, key_mask=key_mask)
+        self.keys_visible += visible * q.shape[1]
         if not self.prune:
-            self.keys_attended += int(visible.sum()) * (q.shape[0] // visible.shape[0]) * q.shape[1]
+            self.keys_attended += visible * q.shape[1]
             return super().attend(q, k, v, key_mask)
         form = hip_attention_naive if self.resolve_impl(q) == "naive" else hip_attention_chunk
         o, attended = form(q, k, v, causal=self.causal, block_size=self.block_size, top_k=self.top_k,
