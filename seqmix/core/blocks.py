@@ -22,6 +22,7 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from seqmix.core.layers import srms_norm
 from seqmix.core.mixer import ContextCache, Mixer, State, build_mixer
 
 MixerFactory = Callable[[int], Mixer]
@@ -39,35 +40,38 @@ def mixer_factory(name: str, **arguments: object) -> MixerFactory:
     return partial(build_mixer, name, **arguments)
 
 
-def make_norm(kind: Literal["layernorm", "rmsnorm"], d_model: int) -> nn.Module:
+def make_norm(kind: Literal["layernorm", "rmsnorm", "srmsnorm"], d_model: int) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(d_model)
     if kind == "rmsnorm":
         return nn.RMSNorm(d_model)
-    raise ValueError(f"norm={kind!r} is unknown; choose 'layernorm' or 'rmsnorm'")
+    if kind == "srmsnorm":  # TransNormerLLM's simple RMSNorm: no learned scale
+        return srms_norm(d_model)
+    raise ValueError(f"norm={kind!r} is unknown; choose 'layernorm', 'rmsnorm' or 'srmsnorm'")
 
 
 class ChannelMixer(nn.Module):
-    """The position-wise feed-forward: ``"mlp"`` (Linear-GELU-Linear) or ``"glu"`` (SwiGLU)."""
+    """The position-wise feed-forward: ``"mlp"`` (Linear-GELU-Linear), ``"glu"`` (SwiGLU) or ``"sglu"``
+    (TransNormerLLM's simple GLU, no activation: ``(x W1 * x W2) W3``)."""
 
-    def __init__(self, d_model: int, *, hidden_ratio: float = 4.0, kind: Literal["mlp", "glu"] = "glu",
+    def __init__(self, d_model: int, *, hidden_ratio: float = 4.0, kind: Literal["mlp", "glu", "sglu"] = "glu",
                  dropout: float = 0.0):
         super().__init__()
-        if kind not in ("mlp", "glu"):
-            raise ValueError(f"channel mixer kind={kind!r} is unknown; choose 'mlp' or 'glu'")
+        if kind not in ("mlp", "glu", "sglu"):
+            raise ValueError(f"channel mixer kind={kind!r} is unknown; choose 'mlp', 'glu' or 'sglu'")
         hidden = int(d_model * hidden_ratio)
-        if kind == "glu":
+        if kind != "mlp":
             hidden = int(2 * hidden / 3)  # keep the parameter count of the plain MLP
         self.kind = kind
-        self.up = nn.Linear(d_model, 2 * hidden if kind == "glu" else hidden)
+        self.up = nn.Linear(d_model, hidden if kind == "mlp" else 2 * hidden)
         self.down = nn.Linear(hidden, d_model)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.up(x)
-        if self.kind == "glu":
+        if self.kind != "mlp":
             a, b = h.chunk(2, dim=-1)
-            h = nn.functional.silu(a) * b
+            h = (nn.functional.silu(a) if self.kind == "glu" else a) * b
         else:
             h = nn.functional.gelu(h)
         return self.down(self.dropout(h))

@@ -1,4 +1,4 @@
-"""Positional encodings shared by every model: sinusoidal (absolute) and rotary (relative)."""
+"""Positional encodings shared by every model: sinusoidal (absolute), rotary and LRPE-d (relative)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,33 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, H, T, K/2] each
         rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # [B, H, T, K/2, 2]
         return rotated.flatten(-2)  # [B, H, T, K]
+
+
+class LRPE(nn.Module):
+    """The rotation part of TransNormerLLM's LRPE-d (Qin et al. 2023), for linear attention.
+
+    The paper's score ``a_ts = q_t^T k_s lambda^(t-s) exp(i theta (t-s))`` in its real form: each
+    channel ``j`` of ``x: [B, T, H, K]`` at position ``t`` becomes the pair ``x_j cos(theta_j t)``,
+    ``x_j sin(theta_j t)``, ``[B, T, H, 2K]``, so that for encoded q and k
+
+        q~_t . k~_s = sum_j q_j k_j cos(theta_j (t - s))
+
+    depends on ``t - s`` only, and linear attention over q~, k~ stays a recurrence (the decay
+    ``lambda`` is the mixer's ``decay``). ``theta`` is fixed, one frequency per head and channel,
+    ``theta_{h,j} = base^(-(h K + j) / (H K))``; the paper's learnable variant is left out.
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if n_heads < 1 or head_dim < 1:
+            raise ValueError(f"LRPE: n_heads and head_dim must be >= 1, got {n_heads} and {head_dim}")
+        width = n_heads * head_dim
+        theta = base ** (-torch.arange(width, dtype=torch.float64) / width)  # [H*K]
+        self.register_buffer("theta", theta.view(n_heads, head_dim), persistent=False)  # [H*K] -> [H, K]
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """``x: [B, T, H, K]`` at positions ``offset .. offset + T - 1`` -> ``[B, T, H, 2K]``."""
+        t = x.shape[1]
+        position = torch.arange(offset, offset + t, dtype=torch.float64, device=x.device)  # [T]
+        angles = position[:, None, None] * self.theta  # [T, H, K], in float64: exact phases at long offsets
+        return torch.cat((x * angles.cos().to(x.dtype), x * angles.sin().to(x.dtype)), -1)  # [B, T, H, 2K]

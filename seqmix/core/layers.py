@@ -4,7 +4,7 @@ convolution (DeltaNet) and the depthwise convolution (MambaOut's gated CNN, BiFo
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,13 +48,23 @@ class QKVProjection(nn.Module):
         return q, k, v
 
 
-class HeadNormGate(nn.Module):
-    """The output path: per-head RMSNorm of ``o: [B, T, H, V]``, times ``swish(W_r x)`` when
-    gated (RetNet, GLA), then the output projection to ``d_model``."""
+def srms_norm(dim: int) -> nn.RMSNorm:
+    """TransNormerLLM's SRMSNorm (simple RMSNorm): ``x / (||x|| / sqrt(dim))`` over the last ``dim``
+    channels, with no learned scale (``x / sqrt(mean(x^2) + eps)``, eps the dtype's)."""
+    return nn.RMSNorm(dim, elementwise_affine=False)
 
-    def __init__(self, d_model: int, n_heads: int, value_dim: int, *, gate: bool):
+
+class HeadNormGate(nn.Module):
+    """The output path: per-head RMSNorm of ``o: [B, T, H, V]`` (``norm="srmsnorm"``: without its
+    learned scale, TransNormerLLM), times ``swish(W_r x)`` when gated (RetNet, GLA), then the
+    output projection to ``d_model``."""
+
+    def __init__(self, d_model: int, n_heads: int, value_dim: int, *, gate: bool,
+                 norm: Literal["rmsnorm", "srmsnorm"] = "rmsnorm"):
         super().__init__()
-        self.norm = nn.RMSNorm(value_dim // n_heads)
+        if norm not in ("rmsnorm", "srmsnorm"):
+            raise ValueError(f"HeadNormGate: norm={norm!r} is unknown; choose 'rmsnorm' or 'srmsnorm'")
+        self.norm = nn.RMSNorm(value_dim // n_heads) if norm == "rmsnorm" else srms_norm(value_dim // n_heads)
         self.gate = nn.Linear(d_model, value_dim, bias=False) if gate else None
         self.out = nn.Linear(value_dim, d_model, bias=False)
 

@@ -9,6 +9,14 @@ no denominator, a norm on the output), RetNet's retention (Sun et al. 2023: fixe
 :class:`LinearAttention` is the registered mixer; its output path (:class:`HeadNormGate`) and
 non-causal form (:func:`bidirectional`) are shared with GLA from :mod:`seqmix.core.layers`.
 
+TransNormerLLM's pieces (Qin et al. 2023) are options: ``positional="lrpe"`` encodes q and k with the
+rotation part of LRPE-d (:class:`seqmix.core.embeddings.LRPE`: ``q~_t . k~_s = sum_j q_j k_j
+cos(theta_j (t - s))``, so with a decay the score is the paper's ``q_t^T k_s lambda^(t-s) cos(theta (t-s))``;
+the keys are ``2K`` wide, the scale ``(2K)^-0.5``, the state ``[H, 2K, V]`` plus the position reached);
+``output_norm="srmsnorm"`` norms each head without a learned scale (SRMSNorm). With SGLU and SRMSNorm
+in the block (:mod:`seqmix.core.blocks`) this is the TNL layer; left out: TNL's own decay schedule
+(``decay="retnet"`` or ``"learned"`` stand in) and the norm over all heads at once (here per head).
+
 Patterns: ``causal_self`` (the recurrence, chunked), ``noncausal_self``: without decay
 the global form ``phi(q) (phi(K)^T V)``, with decay the bidirectional form (a forward and
 a backward scan, the token itself counted once, i.e. RetNet's symmetric
@@ -18,24 +26,34 @@ different sequences has no meaning.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, get_args
+from typing import Callable, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqmix.core.embeddings import LRPE
 from seqmix.core.layers import HeadNormGate, bidirectional
 from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
 from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn, linear_attn_global_chunk, linear_attn_global_naive
 
 FeatureMap = Literal["identity", "elu1", "silu"]
 Decay = Literal["none", "retnet", "learned"]
+Positional = Literal["none", "lrpe"]
+OutputNorm = Literal["rmsnorm", "srmsnorm"]
 
 FEATURE_MAPS: dict[str, Callable[[Tensor], Tensor]] = {
     "identity": lambda x: x,  # Lightning Attention / TransNormerLLM kernel form, RetNet
     "elu1": lambda x: F.elu(x) + 1.0,  # Katharopoulos et al.: positive features
     "silu": F.silu,  # TransNormerLLM's activation on q and k
 }
+
+
+class LRPEState(NamedTuple):
+    """The state with ``positional="lrpe"``: the memory over rotated keys and the position reached."""
+
+    memory: Tensor  # [B, H, 2K, V]
+    seen: int  # tokens read so far: the next token's position
 
 
 def retnet_log_decay(n_heads: int, device: torch.device | None = None) -> Tensor:
@@ -57,6 +75,8 @@ class LinearAttention(Mixer):
             decay per head, ``gamma = sigmoid(w)``, started at the RetNet schedule.
         output_gate: multiply the normed output by ``swish(W_r x)`` (RetNet, TransNormerLLM).
         chunk_size: tokens per chunk of the chunked kernel.
+        positional: ``"none"``; ``"lrpe"``: TransNormerLLM's LRPE-d rotation of q and k (module docstring).
+        output_norm: the per-head norm of the output: ``"rmsnorm"`` (learned scale) or ``"srmsnorm"`` (none).
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
@@ -69,19 +89,29 @@ class LinearAttention(Mixer):
         {"n_heads": 2, "chunk_size": 16},
         {"n_heads": 2, "chunk_size": 16, "decay": "retnet", "feature_map": "elu1"},
         {"n_heads": 4, "chunk_size": 16, "decay": "learned", "feature_map": "silu", "output_gate": False},
+        {"n_heads": 2, "chunk_size": 16, "decay": "retnet", "feature_map": "silu", "positional": "lrpe",
+         "output_norm": "srmsnorm"},  # the TNL layer
     )
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  feature_map: FeatureMap = "identity", decay: Decay = "none", output_gate: bool = True,
-                 chunk_size: int = 64):
+                 chunk_size: int = 64, positional: Positional = "none", output_norm: OutputNorm = "rmsnorm"):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"{name}: feature_map={feature_map!r} is unknown; choose one of {sorted(FEATURE_MAPS)}")
         if decay not in get_args(Decay):
             raise ValueError(f"{name}: decay={decay!r} is unknown; choose one of {list(get_args(Decay))}")
+        if positional not in get_args(Positional):
+            raise ValueError(f"{name}: positional={positional!r} is unknown; choose one of {list(get_args(Positional))}")
+        if output_norm not in get_args(OutputNorm):
+            raise ValueError(f"{name}: output_norm={output_norm!r} is unknown; choose one of {list(get_args(OutputNorm))}")
+        key_dim = 2 * self.head_dim if positional == "lrpe" else self.head_dim  # LRPE: [x cos, x sin]
         self.triton_refusal = LINEAR_ATTN.check(name, impl, chunk_size=chunk_size,
-                                                head_dims={"d_model / n_heads": self.head_dim})
+                                                head_dims={"d_model / n_heads": self.head_dim, "key dim": key_dim})
+        self.key_dim = key_dim
+        self.positional = positional
+        self.lrpe = LRPE(n_heads, self.head_dim) if positional == "lrpe" else None
         self.feature_map = feature_map
         self.decay = decay
         self.chunk_size = chunk_size
@@ -90,7 +120,7 @@ class LinearAttention(Mixer):
         if decay == "learned":
             gamma = retnet_log_decay(n_heads).exp()
             self.decay_logit = nn.Parameter(torch.log(gamma / (1 - gamma)))  # sigmoid(w) = gamma
-        self.output = HeadNormGate(d_model, n_heads, d_model, gate=output_gate)
+        self.output = HeadNormGate(d_model, n_heads, d_model, gate=output_gate, norm=output_norm)
 
     def log_decay(self, device: torch.device) -> Tensor | None:
         """``[H]`` log-decays (<= 0), or None without decay."""
@@ -105,12 +135,22 @@ class LinearAttention(Mixer):
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
         phi = FEATURE_MAPS[self.feature_map]
         q, k = phi(q), phi(k)
+        memory, seen = state, 0
+        if self.lrpe is not None:
+            if state is not None and not isinstance(state, LRPEState):
+                raise ValueError(f"{type(self).__name__}: with positional='lrpe' the state is an LRPEState (memory, "
+                                 f"position) from init_state or forward(..., return_state=True), got {type(state).__name__}")
+            if state is not None:
+                memory, seen = state
+            q, k = self.lrpe(q, seen), self.lrpe(k, seen)  # [B, T, H, 2K] each
         impl = self.resolve_impl(x)
         decay = self.log_decay(x.device)
         final = None
         if self.causal:
-            o, final = linear_attn(q, k, v, decay=decay, initial_state=state, output_final_state=return_state,
+            o, final = linear_attn(q, k, v, decay=decay, initial_state=memory, output_final_state=return_state,
                                    chunk_size=self.chunk_size, impl=impl)
+            if self.lrpe is not None and return_state:
+                final = LRPEState(final, seen + t)
         elif decay is None:  # the global form; "triton" has no kernel to add to two matmuls
             o = (linear_attn_global_naive if impl == "naive" else linear_attn_global_chunk)(q, k, v)
         else:
@@ -122,11 +162,13 @@ class LinearAttention(Mixer):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
-        return torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device,
-                           dtype=state_dtype(dtype))  # [B, H, K, V]
+        memory = torch.zeros(batch_size, self.n_heads, self.key_dim, self.head_dim, device=device,
+                             dtype=state_dtype(dtype))  # [B, H, K, V] (K = 2 head_dim with LRPE)
+        return memory if self.lrpe is None else LRPEState(memory, 0)
 
     def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.head_dim * self.head_dim  # S: [H, K, V], whatever the length
+        return self.n_heads * self.key_dim * self.head_dim  # S: [H, K, V], whatever the length
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, feature_map={self.feature_map!r}, decay={self.decay!r}"
+        return (f"{super().extra_repr()}, feature_map={self.feature_map!r}, decay={self.decay!r}, "
+                f"positional={self.positional!r}")
