@@ -35,6 +35,7 @@ def test_top_k_covering_every_block_is_softmax(causal, impl, assert_rel_close):
     assert_rel_close(pruned(x), softmax(x), 1e-6, "prune=False")
 
 
+@torch.no_grad()
 def test_pruned_step_equals_forward(assert_rel_close):
     _, pruned = _pair(True, rotary=False, block_size=2, top_k=2)
     x = torch.randn(1, 21, D)
