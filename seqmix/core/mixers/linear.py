@@ -100,12 +100,10 @@ class LinearAttention(Mixer):
         name = type(self).__name__
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"{name}: feature_map={feature_map!r} is unknown; choose one of {sorted(FEATURE_MAPS)}")
-        if decay not in get_args(Decay):
-            raise ValueError(f"{name}: decay={decay!r} is unknown; choose one of {list(get_args(Decay))}")
-        if positional not in get_args(Positional):
-            raise ValueError(f"{name}: positional={positional!r} is unknown; choose one of {list(get_args(Positional))}")
-        if output_norm not in get_args(OutputNorm):
-            raise ValueError(f"{name}: output_norm={output_norm!r} is unknown; choose one of {list(get_args(OutputNorm))}")
+        for argument, value, allowed in (("decay", decay, Decay), ("positional", positional, Positional),
+                                         ("output_norm", output_norm, OutputNorm)):
+            if value not in get_args(allowed):
+                raise ValueError(f"{name}: {argument}={value!r} is unknown; choose one of {list(get_args(allowed))}")
         key_dim = 2 * self.head_dim if positional == "lrpe" else self.head_dim  # LRPE: [x cos, x sin]
         self.triton_refusal = LINEAR_ATTN.check(name, impl, chunk_size=chunk_size,
                                                 head_dims={"d_model / n_heads": self.head_dim, "key dim": key_dim})
@@ -139,7 +137,8 @@ class LinearAttention(Mixer):
         if self.lrpe is not None:
             if state is not None and not isinstance(state, LRPEState):
                 raise ValueError(f"{type(self).__name__}: with positional='lrpe' the state is an LRPEState (memory, "
-                                 f"position) from init_state or forward(..., return_state=True), got {type(state).__name__}")
+                                 "position) from init_state or forward(..., return_state=True), "
+                                 f"got {type(state).__name__}")
             if state is not None:
                 memory, seen = state
             q, k = self.lrpe(q, seen), self.lrpe(k, seen)  # [B, T, H, 2K] each
