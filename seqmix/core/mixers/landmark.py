@@ -68,6 +68,15 @@ def retrieve_blocks(scores: Tensor, allowed: Tensor, k: int) -> tuple[Tensor, Te
     return index, top > -math.inf
 
 
+def gather_blocks(x: Tensor, index: Tensor, block_size: int) -> Tensor:
+    """The blocks ``index: [B, H, *, k]`` of ``x: [B, H, S, C]`` (contiguous) -> ``[B, H, *, k, L, C]``, read row
+    by row from the flat rows of ``x`` (no other block is touched, nor copied)."""
+    b, h, s, c = x.shape
+    start = torch.arange(b * h, device=x.device).view(b, h, *[1] * (index.dim() - 2)) * s  # [B, H, 1, .., 1]
+    rows = (start + index * block_size)[..., None] + torch.arange(block_size, device=x.device)  # [B, H, *, k, L]
+    return x.reshape(b * h * s, c).index_select(0, rows.flatten()).view(*rows.shape, c)  # [B*H*S, C] -> [.., L, C]
+
+
 def landmark_attention_naive(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor, *, block_size: int,
                              retrieval_k: int | None) -> Tensor:
     """The grouped-softmax formula as a dense ``[T, S]`` matrix, fp32 (fp64 for fp64).
@@ -112,8 +121,11 @@ def landmark_attention_chunk(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor,
     tail = blocks * size - (s - first * size)
     kb = F.pad(k[:, :, first * size:], (0, 0, 0, tail)).unflatten(2, (blocks, size))  # [B, H, nq, L, K]
     vb = F.pad(v[:, :, first * size:], (0, 0, 0, tail)).unflatten(2, (blocks, size))  # [B, H, nq, L, V]
-    most = first + blocks - 1 if retrieval_k is None else min(retrieval_k, first + blocks - 1)
-    step = max(1, _GROUP_ELEMENTS // (size * size * max(1, most)))  # query blocks per group
+    if retrieval_k is None:  # scores [L, n, L] per query block
+        per_block = size * size * max(1, first + blocks - 1)
+    else:  # gathered keys [L, k, L, K] per query block
+        per_block = size * size * max(1, min(retrieval_k, first + blocks - 1)) * dk
+    step = max(1, _GROUP_ELEMENTS // per_block)  # query blocks per group
     outs, read = [], 0
     for c in range(0, blocks, step):
         o, read = _attend_group(qb[:, :, c : c + step], kb[:, :, c : c + step], vb[:, :, c : c + step], k, v,
@@ -146,10 +158,8 @@ def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, land
         product = "bhcinj,bhnjv->bhciv"
     else:
         index, valid = retrieve_blocks(r, allowed, retrieval_k)  # [B, H, g, L, k]
-        bi = torch.arange(b, device=qg.device).view(b, 1, 1, 1, 1)
-        hi = torch.arange(h, device=qg.device).view(1, h, 1, 1, 1)
-        far_k, far_v = far_k[bi, hi, index], far_v[bi, hi, index]  # [B, H, g, L, k, L, K]: only the k blocks
-        s_far = torch.einsum("bhcik,bhcinjk->bhcinj", qg, far_k) * scale  # [B, H, g, L, k, L]
+        far_k, far_v = gather_blocks(k, index, size), gather_blocks(v, index, size)  # [B, H, g, L, k, L, K]
+        s_far = (far_k.flatten(4, 5) @ qg[..., None]).view(*index.shape, size) * scale  # [B, H, g, L, k, L]
         gate = r.gather(-1, index).masked_fill(~valid, -math.inf)  # [B, H, g, L, k]
         product = "bhcinj,bhcinjv->bhciv"
     log_z = torch.logsumexp(torch.cat([s_own, gate], -1), -1, keepdim=True)  # [B, H, g, L, 1]
