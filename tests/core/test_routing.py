@@ -67,7 +67,7 @@ def test_one_cluster_is_full_shared_qk_attention(causal, assert_rel_close):
         allowed = allowed.tril()
         allowed[0, 0] = True  # token 0 sees no other key
     scores = (math.sqrt(K) * k @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))  # [B, H, T, T]
-    expected = mixer.out((torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 11, D))
+    expected = mixer.out((torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 11, D))  # [B, T, D]
     for impl in ("naive", "chunk"):
         mixer.impl = impl
         with torch.no_grad():
@@ -116,7 +116,7 @@ def test_windows_holding_every_cluster_give_same_cluster_attention(causal, asser
                 allowed = allowed.tril()
             allowed = allowed | (torch.eye(23, dtype=torch.bool) & ~allowed.any(-1, keepdim=True))  # alone: itself
             scores = (math.sqrt(K) * k @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
-            expected = mixer.out((torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 23, D))
+            expected = mixer.out((torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 23, D))  # [B, T, D]
             for impl in ("naive", "chunk"):
                 mixer.impl = impl
                 outputs[window, impl] = mixer(x)

@@ -238,7 +238,7 @@ class RoutingAttention(Mixer):
 
         def windows(x: Tensor) -> Tensor:  # [B, L, S, *] -> [B, L, blocks, lo + n + hi, *]
             padded = F.pad(x[:, :, start:], (0, 0, front, back))  # [B, L, lo + blocks n + hi, *]
-            return padded.unfold(2, lo + n + hi, n).transpose(-1, -2)
+            return padded.unfold(2, lo + n + hi, n).transpose(-1, -2)  # [B, L, blocks, *, span] -> [.., span, *]
 
         pos = torch.arange(q0 - lo, q0 + blocks * n + hi, device=k.device)
         pos_k = pos.unfold(0, lo + n + hi, n)[:, None]  # [blocks, 1, span]
@@ -266,7 +266,8 @@ class RoutingAttention(Mixer):
 
         def gather(x: Tensor) -> Tensor:  # [B, R, S, *] -> [B, R, L / w, w, *], zeros in empty slots
             padded = F.pad(x, (0, 0, 0, 1))  # [B, R, S + 1, *]
-            return padded.gather(2, token[..., None].expand(-1, -1, -1, x.shape[-1])).view(b, r, -1, w, x.shape[-1])
+            slots = padded.gather(2, token[..., None].expand(-1, -1, -1, x.shape[-1]))  # [B, R, L, *]
+            return slots.view(b, r, -1, w, x.shape[-1])  # [B, R, L, *] -> [B, R, L / w, w, *]
 
         pos = token.view(b, r, -1, w)  # [B, R, L / w, w] each slot's position (s: empty)
         pos_q, pos_k = pos[..., :, None], pos[..., None, :]  # [B, R, n, w, 1], [B, R, n, 1, w]
