@@ -40,7 +40,11 @@ def mixer_factory(name: str, **arguments: object) -> MixerFactory:
     return partial(build_mixer, name, **arguments)
 
 
-def make_norm(kind: Literal["layernorm", "rmsnorm", "srmsnorm"], d_model: int) -> nn.Module:
+NormKind = Literal["layernorm", "rmsnorm", "srmsnorm"]  # srmsnorm: TransNormerLLM's simple RMSNorm (no scale)
+ChannelMixerKind = Literal["mlp", "glu", "sglu"]  # sglu: TransNormerLLM's simple GLU (no activation)
+
+
+def make_norm(kind: NormKind, d_model: int) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(d_model)
     if kind == "rmsnorm":
@@ -54,7 +58,7 @@ class ChannelMixer(nn.Module):
     """The position-wise feed-forward: ``"mlp"`` (Linear-GELU-Linear), ``"glu"`` (SwiGLU) or ``"sglu"``
     (TransNormerLLM's simple GLU, no activation: ``(x W1 * x W2) W3``)."""
 
-    def __init__(self, d_model: int, *, hidden_ratio: float = 4.0, kind: Literal["mlp", "glu", "sglu"] = "glu",
+    def __init__(self, d_model: int, *, hidden_ratio: float = 4.0, kind: ChannelMixerKind = "glu",
                  dropout: float = 0.0):
         super().__init__()
         if kind not in ("mlp", "glu", "sglu"):
@@ -113,8 +117,8 @@ class MixerBlock(nn.Module):
     """Pre-norm block: ``x + mixer(norm(x))`` [``+ cross(norm(x), context)``] ``+ mlp(norm(x))``."""
 
     def __init__(self, d_model: int, mixer: Mixer, *, cross_mixer: Mixer | None = None,
-                 mlp_ratio: float = 4.0, mlp: Literal["mlp", "glu"] = "glu", dropout: float = 0.0,
-                 norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+                 mlp_ratio: float = 4.0, mlp: ChannelMixerKind = "glu", dropout: float = 0.0,
+                 norm: NormKind = "layernorm",
                  gating: Literal["residual", "gru"] = "residual"):
         super().__init__()
         for role, m in (("mixer", mixer), ("cross_mixer", cross_mixer)):
@@ -210,8 +214,8 @@ class MixerStack(nn.Module):
 
     def __init__(self, d_model: int, n_layers: int, mixer: MixerFactory, *, causal: bool | None = None,
                  cross_mixer: MixerFactory | None = None, mlp_ratio: float = 4.0,
-                 mlp: Literal["mlp", "glu"] = "glu", dropout: float = 0.0,
-                 norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+                 mlp: ChannelMixerKind = "glu", dropout: float = 0.0,
+                 norm: NormKind = "layernorm",
                  gating: Literal["residual", "gru"] = "residual"):
         super().__init__()
         if n_layers < 1:

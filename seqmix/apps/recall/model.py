@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.apps.recall.data import IGNORE_INDEX
-from seqmix.core.blocks import MixerFactory, MixerStack
+from seqmix.core.blocks import ChannelMixerKind, MixerFactory, MixerStack, NormKind
 from seqmix.core.embeddings import SinusoidalPositionalEncoding
 from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress, weight_decay_groups
 
@@ -33,8 +33,8 @@ class RecallLM(StagedModule):
 
     def __init__(self, mixer: MixerFactory, vocab_size: int = 256, max_len: int = 64,
                  d_model: int = 64, n_layers: int = 2, positions: Literal["learned", "sinusoidal", "none"] = "learned",
-                 mlp_ratio: float = 4.0, mlp: Literal["mlp", "glu"] = "glu", dropout: float = 0.0,
-                 lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100,
+                 mlp_ratio: float = 4.0, mlp: ChannelMixerKind = "glu", norm: NormKind = "layernorm",
+                 dropout: float = 0.0, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100,
                  schedule: Literal["cosine", "constant"] = "cosine"):
         super().__init__()
         if positions not in ("learned", "sinusoidal", "none"):
@@ -52,7 +52,7 @@ class RecallLM(StagedModule):
             self.pos = SinusoidalPositionalEncoding(d_model, max_len=max_len)
         else:
             self.pos = None
-        self.stack = MixerStack(d_model, n_layers, mixer, causal=True, mlp_ratio=mlp_ratio, mlp=mlp,
+        self.stack = MixerStack(d_model, n_layers, mixer, causal=True, mlp_ratio=mlp_ratio, mlp=mlp, norm=norm,
                                 dropout=dropout)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.acc = stage_accuracies(vocab_size)
