@@ -112,7 +112,7 @@ def landmark_attention_chunk(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor,
     blocks read by the last query)``."""
     dtype = compute_dtype(q)
     q, k, v, landmarks = (x.to(dtype) for x in (q, k, v, landmarks))
-    b, h, t, dk = q.shape
+    t, dk = q.shape[2:]
     s, size = k.shape[2], block_size
     first = (s - t) // size  # the block of the first query
     front = s - t - first * size  # positions of that block before the first query
@@ -139,7 +139,7 @@ def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, land
                   first_block: int, seq_len: int, retrieval_k: int | None) -> tuple[Tensor, int]:
     """Queries ``qg: [B, H, g, L, K]`` of blocks ``first_block ...`` against their own blocks' keys
     ``kg`` / values ``vg`` (``[B, H, g, L, *]``) and the finished blocks of ``k``, ``v``, ``landmarks``."""
-    b, h, g, size, dk = qg.shape
+    g, size, dk = qg.shape[2:]
     scale = dk ** -0.5
     i = torch.arange(size, device=qg.device)
     block = first_block + torch.arange(g, device=qg.device)  # [g] the query blocks
@@ -148,15 +148,15 @@ def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, land
     n = first_block + g - 1  # finished blocks before the group's last block
     if n == 0:
         return torch.softmax(s_own, -1) @ vg, 0
-    far_k = k[:, :, : n * size].unflatten(2, (n, size))  # [B, H, S, K] -> [B, H, n, L, K], no copy
-    far_v = v[:, :, : n * size].unflatten(2, (n, size))  # [B, H, n, L, V]
     r = torch.einsum("bhcik,bhnk->bhcin", qg, landmarks[:, :, :n]) * scale  # [B, H, g, L, n]
     allowed = (torch.arange(n, device=qg.device)[None] < block[:, None])[:, None]  # [g, 1, n]: b < c(i)
-    if retrieval_k is None:
+    if retrieval_k is None:  # every finished block
+        far_k = k[:, :, : n * size].unflatten(2, (n, size))  # [B, H, S, K] -> [B, H, n, L, K], no copy
+        far_v = v[:, :, : n * size].unflatten(2, (n, size))  # [B, H, n, L, V]
         s_far = torch.einsum("bhcik,bhnjk->bhcinj", qg, far_k) * scale  # [B, H, g, L, n, L]
         gate = r.masked_fill(~allowed, -math.inf)
         product = "bhcinj,bhnjv->bhciv"
-    else:
+    else:  # only the k retrieved blocks
         index, valid = retrieve_blocks(r, allowed, retrieval_k)  # [B, H, g, L, k]
         far_k, far_v = gather_blocks(k, index, size), gather_blocks(v, index, size)  # [B, H, g, L, k, L, K]
         s_far = (far_k.flatten(4, 5) @ qg[..., None]).view(*index.shape, size) * scale  # [B, H, g, L, k, L]
