@@ -38,13 +38,16 @@ from benchmarks.common import (REPO_ROOT, Stopwatch, cpu_model, git_commit, head
                                utc_now, write_result)
 
 CONFIG_DIR = REPO_ROOT / "configs" / "recall"
-BASE_CONFIG = "base"  # configs/recall/base.yaml: the settings every mixer's config includes (`config: base.yaml`)
 DEMO_MIXERS = ("softmax", "gla")
 
 
 def configured_mixers() -> list[str]:
-    """Mixers that have a recall config (``configs/recall/<name>.yaml``, each complete: it includes base.yaml)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != BASE_CONFIG)
+    """Mixers that have a recall config named after them (``configs/recall/<mixer>.yaml``, each complete: it
+    includes base.yaml). Other configs there (``base.yaml``, variants such as ``tnl.yaml``) are no mixer's."""
+    from seqmix.core import list_mixers
+
+    registered = set(list_mixers())
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem in registered)
 
 
 def check_mixers(names: list[str]) -> None:
