@@ -1,7 +1,7 @@
 """Titans' neural long-term memory as a mixer (Behrouz, Zhong, Mirrokni 2024, "Titans: Learning to
 Memorize at Test Time"), in the MAL layout (memory as a layer).
 
-    q, k, v = SiLU(W_q x), SiLU(W_k x), SiLU(W_v x)      [B, T, H, K]; q, k l2-normalised per head
+    q, k, v = SiLU(W_q x), SiLU(W_k x), SiLU(W_v x)      [B, T, H, K]; q, k (and v: see below) l2-normalised per head
     eta_t, theta_t, alpha_t = sigmoid(W_eta x), max_lr * sigmoid(W_theta x), sigmoid(W_alpha x)   per head
     S_t = eta_t S_{t-1} - theta_t grad l(M; k_t, v_t) ,  l = ||M(k_t) - v_t||^2     (eqs. 10, 12)
     M_t = (1 - alpha_t) M_{t-1} + S_t                                               (eq. 13)
@@ -23,7 +23,9 @@ Layouts: only ``MAL`` exists here: the memory is one mixer, and the paper's MAL 
 mixer followed by a sliding-window attention mixer in the stack (``sliding_window``). ``MAC`` (memory
 as context: segment-wise attention over [persistent, retrieved memory, segment]) and ``MAG``
 (memory gated with sliding-window attention) are refused with a ValueError. Left out: the short
-depthwise convolutions after the q/k/v projections, and the paper's parallel associative scan for the
+depthwise convolutions after the q/k/v projections; unlike the paper, v is l2-normalised too (a deep
+memory's inner gradients grow with the targets and diverged on inputs of magnitude 100; the output's head
+RMSNorm discards the scale anyway); and the paper's parallel associative scan for the
 momentum (the chunk form loops over chunks and uses closed-form [C, C] decay matrices inside each).
 """
 
@@ -50,7 +52,10 @@ class TitansMemory(Mixer):
         memory_depth: layers of the per-head memory MLP (1: a linear memory; 2: the paper's deep memory).
         memory_expansion: hidden width of a deep memory as a multiple of the head dim.
         n_persistent: learned persistent-memory tokens read before every sequence (0: none).
-        max_lr: the inner learning rate's upper bound (theta_t = max_lr * sigmoid(.)); 0 freezes the memory.
+        max_lr: the inner learning rate's upper bound (theta_t = max_lr * sigmoid(.)); 0 stops the memory learning
+            (it then only decays by alpha). A chunk's gradients add up at one base, so the stable max_lr falls
+            with chunk_size; measured at T = 4096 (d_model 32, 2 heads): 0.1 with chunks of 16 stays finite, 0.1 with
+            chunks of 64 and 0.2 with chunks of 16 diverge.
         chunk_size: tokens whose gradients share one base memory (1: exact per-token descent).
         layout: "MAL" (memory as a layer); "MAC" and "MAG" are not implemented.
     """
@@ -60,13 +65,10 @@ class TitansMemory(Mixer):
     recurrent = True
     paper = "Behrouz, Zhong, Mirrokni 2024, Titans: Learning to Memorize at Test Time"
     complexity = "O(T C D + T D E)"
-    test_configs = (
-        {"n_heads": 2, "chunk_size": 32},
-        {"n_heads": 2, "chunk_size": 32, "memory_depth": 1, "n_persistent": 3},
-    )
+    test_configs = ({"n_heads": 2, "chunk_size": 16, "n_persistent": 3, "memory_expansion": 1},)  # depth 1, small chunks: test_titans.py
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 memory_depth: int = 2, memory_expansion: int = 2, n_persistent: int = 4, max_lr: float = 1.0,
+                 memory_depth: int = 2, memory_expansion: int = 2, n_persistent: int = 4, max_lr: float = 0.1,
                  chunk_size: int = 16, layout: Literal["MAL", "MAC", "MAG"] = "MAL"):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
@@ -82,10 +84,11 @@ class TitansMemory(Mixer):
         if not isinstance(n_persistent, int) or n_persistent < 0:
             raise ValueError(f"{name}: n_persistent must be an int >= 0, got {n_persistent!r}")
         if not (isinstance(max_lr, (int, float)) and 0 <= max_lr <= 1):
-            raise ValueError(f"{name}: max_lr must be in [0, 1] (keys are unit vectors: larger steps diverge), "
-                             f"got {max_lr!r}")
+            raise ValueError(f"{name}: max_lr must be in [0, 1] (keys are unit vectors and a chunk's gradients add up "
+                             f"at one base: larger steps diverge; 0.1 is the default), got {max_lr!r}")
         TITANS.check(name, impl, chunk_size=chunk_size)
-        self.memory_depth, self.n_persistent, self.max_lr, self.chunk_size = memory_depth, n_persistent, max_lr, chunk_size
+        self.memory_depth, self.n_persistent, self.max_lr = memory_depth, n_persistent, max_lr
+        self.chunk_size = chunk_size
         self.layout = layout
         k = self.head_dim
         widths = [k, *([memory_expansion * k] * (memory_depth - 1)), k]  # in and out of each memory layer
@@ -95,7 +98,7 @@ class TitansMemory(Mixer):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.gates = nn.Linear(d_model, 3 * n_heads)  # eta, theta, alpha logits per head
         with torch.no_grad():
-            self.gates.bias.copy_(torch.tensor([2.0, -2.0, -4.0]).repeat_interleave(n_heads))
+            self.gates.bias.copy_(torch.tensor([2.0, 0.0, -6.0]).repeat_interleave(n_heads))
         self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
         self.output = HeadNormGate(d_model, n_heads, d_model, gate=True)
 
@@ -103,7 +106,7 @@ class TitansMemory(Mixer):
         """``x: [B, T, D]`` -> q, k, v ``[B, T, H, K]`` and log eta, theta, log(1 - alpha) ``[B, T, H]``."""
         b, t, _ = x.shape
         q, k, v = F.silu(self.qkv(x)).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        q, k, v = F.normalize(q, dim=-1), F.normalize(k, dim=-1), F.normalize(v, dim=-1)
         eta, theta, alpha = self.gates(x).float().view(b, t, 3, self.n_heads).unbind(2)  # [B, T, H] each
         return q, k, v, F.logsigmoid(eta), self.max_lr * torch.sigmoid(theta), F.logsigmoid(-alpha)
 

@@ -43,10 +43,22 @@ def _silu_grad(h: Tensor) -> Tensor:
     return s * (1 + h * (1 - s))
 
 
-def _chunk(q: Tensor, k: Tensor, v: Tensor, log_eta: Tensor, theta: Tensor, log_keep: Tensor,
+def _gate_terms(log_eta: Tensor, theta: Tensor, log_keep: Tensor) -> tuple[Tensor, ...]:
+    """What a chunk needs from its gates alone, for chunks ``[B, H, N, C]`` at once: ``A [.., C(t), C(s)]``,
+    ``beta, c [.., C, 1]``, ``P [.., C]`` and the momentum's coefficients ``theta_s P_t / P_s [.., C(t), C(s)]``."""
+    decay_keep = segment_sums(log_keep).exp()  # [B, H, N, C(t), C(j)]: prod (1 - alpha) over (j, t]
+    decay_eta = segment_sums(log_eta).exp()  # [B, H, N, C(j), C(s)]: prod eta over (s, j]
+    a = (decay_keep @ decay_eta) * theta[..., None, :]  # [B, H, N, C(t), C(s)]
+    p = log_eta.cumsum(-1).exp()  # [B, H, N, C]
+    beta = log_keep.cumsum(-1).exp()[..., None]  # [B, H, N, C, 1]
+    return a, beta, decay_keep @ p[..., None], p, decay_eta * theta[..., None, :]
+
+
+def _chunk(q: Tensor, k: Tensor, v: Tensor, a: Tensor, beta: Tensor, c: Tensor, p: Tensor, m: Tensor,
            weights: tuple[Tensor, ...], momentum: tuple[Tensor, ...], base: tuple[Tensor, ...]
            ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """One chunk (or the rest of one): ``q, k: [B, H, L, K]``, ``v: [B, H, L, V]``, gates ``[B, H, L]``."""
+    """One chunk (or the rest of one) of L tokens: ``q, k: [B, H, L, K]``, ``v: [B, H, L, V]`` and its
+    :func:`_gate_terms` cut to L."""
     layers = len(base)
     inputs, pre = [k], []  # x^l_s and h^l_s at the keys, under the base memory
     for i, w in enumerate(base):
@@ -57,18 +69,12 @@ def _chunk(q: Tensor, k: Tensor, v: Tensor, log_eta: Tensor, theta: Tensor, log_
     deltas = [2 * (h - v)]  # delta^L: [B, H, L, V]
     for i in range(layers - 2, -1, -1):
         deltas.insert(0, (deltas[0] @ base[i + 1].transpose(-1, -2)) * _silu_grad(pre[i]))  # [B, H, L, hidden]
-    decay_keep = segment_sums(log_keep).exp()  # [B, H, L(t), L(j)]: prod (1 - alpha) over (j, t]
-    decay_eta = segment_sums(log_eta).exp()  # [B, H, L(j), L(s)]: prod eta over (s, j]
-    a = (decay_keep @ decay_eta) * theta[..., None, :]  # [B, H, L(t), L(s)]
-    beta = log_keep.cumsum(-1).exp()[..., None]  # [B, H, L, 1]
-    p = log_eta.cumsum(-1).exp()  # [B, H, L]
-    c = decay_keep @ p[..., None]  # [B, H, L, 1]
     z = q
     for i, (w, s, x, d) in enumerate(zip(weights, momentum, inputs, deltas)):
         z = beta * (z @ w) + c * (z @ s) - (a * (z @ x.transpose(-1, -2))) @ d  # [B, H, L, out]
         if i < layers - 1:
             z = F.silu(z)
-    last_a, last_m = a[..., -1, :], decay_eta[..., -1, :] * theta  # [B, H, L]: the chunk's end
+    last_a, last_m = a[..., -1, :], m[..., -1, :]  # [B, H, L]: the chunk's end
     new_weights = tuple(beta[:, :, -1, :, None] * w + c[:, :, -1, :, None] * s
                         - torch.einsum("bhs,bhsi,bhso->bhio", last_a, x, d)
                         for w, s, x, d in zip(weights, momentum, inputs, deltas))
@@ -81,19 +87,28 @@ def titans_chunk(q: Tensor, k: Tensor, v: Tensor, log_eta: Tensor, theta: Tensor
                  state: MemoryState, chunk_size: int) -> tuple[Tensor, MemoryState]:
     """The chunked form; the arguments and results of :func:`seqmix.kernels.titans.titans_memory`."""
     dtype = compute_dtype(q)
-    q, k, v, log_eta, theta, log_keep = (t.to(dtype).transpose(1, 2) for t in (q, k, v, log_eta, theta, log_keep))
+    q, k, v, *gates = (t.to(dtype).transpose(1, 2) for t in (q, k, v, log_eta, theta, log_keep))
     # [B, T, H, K] -> [B, H, T, K]; gates [B, T, H] -> [B, H, T]
     weights, momentum, base, position = state
     weights, momentum, base = (tuple(w.to(dtype) for w in ws) for ws in (weights, momentum, base))
-    outputs, start, length = [], 0, q.shape[2]
-    while start < length:
-        offset = (position + start) % chunk_size
-        if offset == 0:
-            base = weights
-        end = min(length, start + chunk_size - offset)
-        o, weights, momentum = _chunk(*(t[:, :, start:end] for t in (q, k, v, log_eta, theta, log_keep)),
-                                      weights, momentum, base)
+    b, h, length = gates[0].shape
+    lead = min(length, -position % chunk_size)  # the rest of a chunk that an earlier piece began
+    n = -(-(length - lead) // chunk_size)
+    body = (F.pad(g[..., lead:], (0, n * chunk_size - length + lead)).view(b, h, n, chunk_size) for g in gates)
+    # [B, H, T - lead] -> [B, H, N, C], zero-padded: padded gates are exp(0) = 1 and theta 0, never read
+    terms = list(zip(*(t.unbind(2) for t in _gate_terms(*body))))  # per chunk (unbind, not slices: a slice's
+    # backward writes into a zero tensor of the whole, once per chunk)
+    if lead:
+        terms.insert(0, tuple(t[:, :, 0] for t in _gate_terms(*(g[..., None, :lead] for g in gates))))
+    pieces = zip(*(([t[:, :, :lead]] if lead else []) + list(t[:, :, lead:].split(chunk_size, 2)) for t in (q, k, v)))
+    outputs, start = [], 0
+    for (q_n, k_n, v_n), (a, beta, c, p, m) in zip(pieces, terms):
+        if (position + start) % chunk_size == 0:
+            base = weights  # a new chunk: its gradients are taken at the memory it starts from
+        cut = q_n.shape[2]
+        o, weights, momentum = _chunk(q_n, k_n, v_n, a[..., :cut, :cut], beta[..., :cut, :], c[..., :cut, :],
+                                      p[..., :cut], m[..., :cut, :cut], weights, momentum, base)
         outputs.append(o)
-        start = end
+        start += cut
     o = torch.cat(outputs, 2).transpose(1, 2)  # [B, H, T, V] -> [B, T, H, V]
     return o, MemoryState(weights, momentum, base, position + length)
