@@ -65,7 +65,8 @@ class TitansMemory(Mixer):
     recurrent = True
     paper = "Behrouz, Zhong, Mirrokni 2024, Titans: Learning to Memorize at Test Time"
     complexity = "O(T C D + T D E)"
-    test_configs = ({"n_heads": 2, "chunk_size": 16, "n_persistent": 3, "memory_expansion": 1},)  # depth 1, small chunks: test_titans.py
+    # one tiny config (a deep memory, persistent tokens); depth 1 and small chunks: tests/core/test_titans.py
+    test_configs = ({"n_heads": 2, "chunk_size": 16, "n_persistent": 3, "memory_expansion": 1},)
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  memory_depth: int = 2, memory_expansion: int = 2, n_persistent: int = 4, max_lr: float = 0.1,

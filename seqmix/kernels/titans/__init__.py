@@ -37,8 +37,8 @@ def titans_memory(q: Tensor, k: Tensor, v: Tensor, log_eta: Tensor, theta: Tenso
     for name, gate in (("log_eta", log_eta), ("theta", theta), ("log_keep", log_keep)):
         if gate.shape != (b, t, h):
             raise ValueError(f"titans_memory: {name} must be [B, T, H] = {(b, t, h)}, got {tuple(gate.shape)}")
-    w = state.weights
-    if (not w or w[0].shape[:3] != (b, h, dk) or w[-1].shape[-1] != v.shape[-1]
+    w = state.weights if isinstance(state, MemoryState) else ()
+    if (not isinstance(w, tuple) or not w or w[0].shape[:3] != (b, h, dk) or w[-1].shape[-1] != v.shape[-1]
             or len(state.momentum) != len(w) or len(state.base) != len(w)):
         raise ValueError(f"titans_memory: state must hold per layer [B={b}, H={h}, in, out] weights, momentum and "
                          f"base, the first in = K = {dk}, the last out = V = {v.shape[-1]}; build it with the "
