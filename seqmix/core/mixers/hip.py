@@ -131,11 +131,10 @@ def hip_attention_chunk(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, block_
 
 
 def _gather(x: Tensor, index: Tensor) -> Tensor:
-    """``x: [B, H, N, ...]`` at block ``index: [B, H, g, m]`` -> ``[B, H, g, m, ...]``."""
-    b, h = x.shape[:2]
-    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    hi = torch.arange(h, device=x.device).view(1, h, 1, 1)
-    return x[bi, hi, index]
+    """``x: [B, H, N, ...]`` at block ``index: [B, H, g, m]`` -> ``[B, H, g, m, ...]`` (one ``index_select``)."""
+    b, h, n = x.shape[:3]
+    flat = (torch.arange(b * h, device=x.device).view(b, h, 1, 1) * n + index).flatten()  # [B H g m] into [B H N]
+    return x.flatten(0, 2).index_select(0, flat).view(*index.shape, *x.shape[3:])
 
 
 def _attend_group(q: Tensor, kb: Tensor, vb: Tensor, token_ok: Tensor, pos: Tensor, *, causal: bool,
@@ -147,24 +146,28 @@ def _attend_group(q: Tensor, kb: Tensor, vb: Tensor, token_ok: Tensor, pos: Tens
     scale = dk ** -0.5
     own = pos // size  # [g]
     n = own if causal else torch.full_like(own, blocks)  # [g] candidate blocks 0 .. n - 1
-    bi = torch.arange(b, device=q.device).view(b, 1, 1, 1)
+    token_ok = token_ok[:, None].expand(b, h, blocks, size)  # [B, H, N, L]
     key_pos = torch.arange(blocks * size, device=q.device).view(blocks, size)  # [N, L]
 
     def allowed(index: Tensor) -> Tensor:  # [B, H, g, m] -> [B, H, g, m, L]: tokens query may see in those blocks
-        ok = token_ok[bi, index]  # [B, H, g, m, L]
+        ok = _gather(token_ok, index)
         return ok & (key_pos[index] <= pos[:, None, None]) if causal else ok
 
+    def score(start: Tensor, end: Tensor) -> Tensor:  # nodes [B, H, g, m] -> r_i(first block) [B, H, g, m]
+        first = start.clamp(max=blocks - 1)
+        r = torch.einsum("bhgk,bhgmlk->bhgml", q.detach(), _gather(kb, first).detach()) * scale  # [B, H, g, m, L]
+        r = r.masked_fill(~allowed(first), -math.inf).amax(-1).clamp(min=torch.finfo(r.dtype).min)
+        return r.masked_fill(end <= start, -math.inf)  # a block with every key masked > an empty node
+
     start, end = (x.expand(b, h, g, top_k) for x in _first_nodes(n, top_k))  # [B, H, g, k]
+    r = score(start, end)
     while bool(((end - start) > 1).any()):
         mid = start + (end - start + 1) // 2
         c_start = torch.stack([start, mid], -1).flatten(-2)  # [B, H, g, k, 2] -> [B, H, g, 2k]
         c_end = torch.stack([mid, end], -1).flatten(-2)  # [B, H, g, 2k]
-        first = c_start.clamp(max=blocks - 1)
-        r = torch.einsum("bhgk,bhgmlk->bhgml", q.detach(), _gather(kb, first).detach()) * scale  # [B, H, g, 2k, L]
-        r = r.masked_fill(~allowed(first), -math.inf).amax(-1)  # [B, H, g, 2k]
-        r = r.clamp(min=torch.finfo(r.dtype).min).masked_fill(c_end <= c_start, -math.inf)  # empty child < any block
-        index = r.topk(top_k, -1).indices  # [B, H, g, k]
-        start, end = c_start.gather(-1, index), c_end.gather(-1, index)
+        c_r = torch.stack([r.masked_fill(mid <= start, -math.inf), score(mid, end)], -1).flatten(-2)  # left: parent's
+        index = c_r.topk(top_k, -1).indices  # [B, H, g, k]
+        start, end, r = c_start.gather(-1, index), c_end.gather(-1, index), c_r.gather(-1, index)
     chosen = (end > start) & (start != own[:, None])  # [B, H, g, k]: a real block, not the own block twice
     index = torch.cat([start.clamp(max=blocks - 1), own[:, None].expand(b, h, g, 1)], -1)  # [B, H, g, k + 1]
     ok = allowed(index) & torch.cat([chosen, chosen.new_ones(b, h, g, 1)], -1)[..., None]  # [B, H, g, k + 1, L]
