@@ -25,6 +25,7 @@ def _mixer(seed=0, **arguments):
     ({"max_lr": 1.5}, "max_lr must be in \\[0, 1\\]"),
     ({"n_persistent": -1}, "n_persistent must be an int >= 0"),
     ({"memory_expansion": 0}, "memory_expansion must be a positive int"),
+    ({"memory_depth": 1, "memory_expansion": 4}, "a linear memory \\(memory_depth=1\\) has none"),
     ({"chunk_size": 0}, "chunk_size must be a positive int"),
     ({"causal": False}, "supports only \\['causal_self'\\]"),
 ])

@@ -50,7 +50,8 @@ class TitansMemory(Mixer):
 
     Args:
         memory_depth: layers of the per-head memory MLP (1: a linear memory; 2: the paper's deep memory).
-        memory_expansion: hidden width of a deep memory as a multiple of the head dim.
+        memory_expansion: hidden width of a deep memory as a multiple of the head dim (None: 2; refused with
+            memory_depth=1).
         n_persistent: learned persistent-memory tokens read before every sequence (0: none).
         max_lr: the inner learning rate's upper bound (theta_t = max_lr * sigmoid(.)); 0 stops the memory learning
             (it then only decays by alpha). A chunk's gradients add up at one base, so the stable max_lr falls
@@ -69,7 +70,7 @@ class TitansMemory(Mixer):
     test_configs = ({"n_heads": 2, "chunk_size": 16, "n_persistent": 3, "memory_expansion": 1},)
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 memory_depth: int = 2, memory_expansion: int = 2, n_persistent: int = 4, max_lr: float = 0.1,
+                 memory_depth: int = 2, memory_expansion: int | None = None, n_persistent: int = 4, max_lr: float = 0.1,
                  chunk_size: int = 16, layout: Literal["MAL", "MAC", "MAG"] = "MAL"):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
@@ -80,6 +81,10 @@ class TitansMemory(Mixer):
                              "stack titans with a sliding_window mixer for the paper's MAL block")
         if not isinstance(memory_depth, int) or memory_depth not in (1, 2):
             raise ValueError(f"{name}: memory_depth must be 1 (linear memory) or 2 (MLP), got {memory_depth!r}")
+        if memory_expansion is not None and memory_depth == 1:
+            raise ValueError(f"{name}: memory_expansion sizes a deep memory's hidden layer; a linear memory "
+                             "(memory_depth=1) has none: leave it None")
+        memory_expansion = 2 if memory_expansion is None else memory_expansion
         if not isinstance(memory_expansion, int) or memory_expansion < 1:
             raise ValueError(f"{name}: memory_expansion must be a positive int, got {memory_expansion!r}")
         if not isinstance(n_persistent, int) or n_persistent < 0:
