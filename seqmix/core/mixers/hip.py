@@ -99,7 +99,8 @@ def hip_attention_naive(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, block_
                 n = own if causal else blocks
                 for block in hip_select_naive(r[bi][hi][i][:n], top_k) + [own]:
                     kept[bi][hi][i][block] = True
-    attended = torch.tensor(kept, device=q.device).repeat_interleave(size, -1)[..., :s] & visible  # [B, H, T, N * L] -> [B, H, T, S]
+    kept_keys = torch.tensor(kept, device=q.device).repeat_interleave(size, -1)  # [B, H, T, N] -> [B, H, T, N * L]
+    attended = kept_keys[..., :s] & visible  # [B, H, T, S]
     weights = torch.softmax(scores.masked_fill(~attended, -math.inf), -1).nan_to_num(0.0)  # no visible key -> 0
     return weights @ v, attended
 
