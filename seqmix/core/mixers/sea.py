@@ -131,7 +131,7 @@ def sea_attention_chunk(q: Tensor, k: Tensor, v: Tensor, estimator: Tensor, *, c
 
 @register_mixer("sea")
 class SEAAttention(SoftmaxAttention):
-    """Softmax attention over the top-k keys of a learned linear-attention estimate (softmax's parameters + ``estimator``).
+    """Softmax attention over the top-k keys of a learned linear-attention estimate (softmax's parameters and an estimator).
 
     Args:
         top_k: keys each query attends, >= 1; ``top_k >=`` the sequence length is softmax attention.
@@ -184,8 +184,8 @@ class SEAAttention(SoftmaxAttention):
             q, k = q.float(), k.float()  # [B, H, T, K], [B, H, T, K]
             t = q.shape[2]
             visible = visible_keys_mask(t, t, causal=self.causal, key_mask=key_mask, device=q.device)  # [B|1,1,T,T]
-            teacher = torch.log_softmax((q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(~visible, -math.inf),
-                                        -1)  # [B, H, T, T]
+            scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # [B, H, T, T]
+            teacher = torch.log_softmax(scores.masked_fill(~visible, -math.inf), -1)  # [B, H, T, T]
         est = sea_log_scores(sea_features(q, self.estimator), sea_features(k, self.estimator))  # [B, H, T, T]
         student = torch.log_softmax(est.masked_fill(~visible, -math.inf), -1)  # [B, H, T, T]
         visible = visible.expand_as(est)  # [B, H, T, T]
