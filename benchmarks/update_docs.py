@@ -45,6 +45,21 @@ HEADLINES = (
     Headline("MQAR recall, `make demo` (T=64, 4 pairs, d=64): test accuracy", "mqar_demo",
              r"^\| gla \| 64 \| (?P<gla>[\d.]+) \|.*?^\| softmax \| 64 \| (?P<softmax>[\d.]+) \|",
              "softmax {softmax}, GLA {gla}", "-", "MQAR recall"),
+    Headline("MQAR recall, second-wave mixers (T=64, 4 pairs, d=64, 600 steps): test accuracy", "mqar_wave2",
+             r"^\| mlstm \| 64 \| (?P<mlstm>[\d.]+) \|.*?^\| softmax \| 64 \| (?P<softmax>[\d.]+) \|"
+             r".*?^\| softplus \| 64 \| (?P<softplus>[\d.]+) \|",
+             "mLSTM {mlstm}, softplus attention {softplus} (softmax {softmax}); the others in the table",
+             "-", "MQAR recall"),
+    Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
+             r"the sparsest setting that meets it: (?P<setting>L=\d+, top_k=\d+): accuracy (?P<acc>[\d.]+) vs dense "
+             r"(?P<dense>[\d.]+), (?P<frac>[\d.]+) of the visible keys",
+             "{acc} vs dense {dense} at {frac} of the keys ({setting})", "within 2 points at <= 0.5 of the keys",
+             "MQAR recall"),
+    Headline("SEA on the `make demo` softmax model, estimator distilled: accuracy and keys attended", "sea",
+             r"the sparsest distilled setting that meets it: (?P<setting>top_k=\d+): accuracy (?P<acc>[\d.]+) vs "
+             r"dense (?P<dense>[\d.]+), (?P<frac>[\d.]+) of the visible keys",
+             "{acc} vs dense {dense} at {frac} of the keys ({setting})", "within 2 points at <= 0.5 of the keys",
+             "MQAR recall"),
     Headline("CPU forward+backward at T=8192, speed-up over softmax (SDPA)", "mixers_cpu_issue2",
              r"\| linear_attention \| [^|]*= (?P<la>[\d.]+x) \|.*?\| gla \| [^|]*= (?P<gla>[\d.]+x) \|"
              r".*?\| deltanet \| [^|]*= (?P<dn>[\d.]+x) \|",
