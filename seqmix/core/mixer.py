@@ -88,6 +88,15 @@ class ContextCache(NamedTuple):
     key_mask: Tensor | None  # [B, S] bool, True = attend (the context's padding); None: every key
 
 
+def check_int(owner: str, argument: str, value: object, *, minimum: int = 1, meaning: str = "") -> int:
+    """``value`` if it is an int (not a bool) ``>= minimum``, else a ``ValueError`` naming ``owner``'s argument,
+    its range and ``meaning`` (what it counts, e.g. ``"keys per block, e.g. 16"``): the size check of every mixer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{owner}: {argument} must be an int >= {minimum}{what}, got {value!r}")
+    return value
+
+
 def _pattern(causal: bool, cross: bool) -> str:
     return ("causal" if causal else "noncausal") + ("_cross" if cross else "_self")
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.layers import QKVProjection, merge_heads
-from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.mixer import Mixer, check_int, register_mixer
 from seqmix.kernels.common import compute_dtype
 
 
@@ -86,9 +86,8 @@ class CoreContextAwareAttention(Mixer):
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  group_size: int = 16, local_window: int = 64):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
-        for name, value in (("group_size", group_size), ("local_window", local_window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {value!r}")
+        for argument, value in (("group_size", group_size), ("local_window", local_window)):
+            check_int(type(self).__name__, argument, value)
         self.group_size = group_size
         self.local_window = local_window
         self.qkv = QKVProjection(d_model, n_heads)

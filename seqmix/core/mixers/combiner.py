@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.layers import merge_heads
-from seqmix.core.mixer import register_mixer
+from seqmix.core.mixer import check_int, register_mixer
 from seqmix.core.mixers.softmax import CachedAttention
 from seqmix.kernels.common import compute_dtype
 
@@ -162,9 +162,7 @@ class CombinerAttention(CachedAttention):
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  span: int = 64):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
-        if isinstance(span, bool) or not isinstance(span, int) or span < 1:
-            raise ValueError(f"CombinerAttention: span must be an int >= 1 (tokens per span, about sqrt(T)), "
-                             f"got {span!r}")
+        check_int(type(self).__name__, "span", span, meaning="tokens per span, about sqrt(T)")
         self.span = span
         self.span_query = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # [H, K] w of q(j | Omega_r)
 

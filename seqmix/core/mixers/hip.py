@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from seqmix.core.mixer import register_mixer
+from seqmix.core.mixer import check_int, register_mixer
 from seqmix.core.mixers.softmax import SoftmaxAttention
 from seqmix.kernels.attention import visible_keys_mask
 from seqmix.kernels.common import compute_dtype
@@ -208,11 +208,8 @@ class HiPAttention(SoftmaxAttention):
                  rotary: bool = False, block_size: int = 16, top_k: int = 4, prune: bool = True):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary)
         name = type(self).__name__
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"{name}: block_size must be an int >= 1 (keys per block, e.g. 16), got {block_size!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"{name}: top_k must be an int >= 1 (blocks kept per query besides its own), "
-                             f"got {top_k!r}")
+        check_int(name, "block_size", block_size, meaning="keys per block, e.g. 16")
+        check_int(name, "top_k", top_k, meaning="blocks kept per query besides its own")
         if not isinstance(prune, bool):
             raise ValueError(f"{name}: prune must be True (HiP pruning) or False (dense softmax), got {prune!r}")
         self.block_size = block_size

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.layers import QKVProjection, merge_heads
-from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.mixer import Mixer, check_int, register_mixer
 from seqmix.kernels.common import compute_dtype
 
 _GROUP_ELEMENTS = 1 << 22  # the chunk form's [queries, blocks read, L] scores per sequence and head, at most
@@ -188,9 +188,7 @@ class LandmarkAttention(Mixer):
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  block_size: int = 64, retrieval_k: int | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"{type(self).__name__}: block_size must be an int >= 1 (tokens per landmark block, "
-                             f"e.g. 64), got {block_size!r}")
+        check_int(type(self).__name__, "block_size", block_size, meaning="tokens per landmark block, e.g. 64")
         self.block_size = block_size
         self.retrieval_k = retrieval_k  # checked by the property
         self.qkv = QKVProjection(d_model, n_heads)

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.layers import merge_heads, split_heads
-from seqmix.core.mixer import Mixer, register_mixer
+from seqmix.core.mixer import Mixer, check_int, register_mixer
 from seqmix.kernels.attention import visible_keys_mask
 from seqmix.kernels.common import compute_dtype
 
@@ -123,8 +123,7 @@ class RoutingAttention(Mixer):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         for arg, value in (("n_clusters", n_clusters), ("window", window), ("local_window", local_window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: {arg} must be an int >= 1, got {value!r}")
+            check_int(name, arg, value)
         if isinstance(local_heads, bool) or not isinstance(local_heads, int) or not 0 <= local_heads <= n_heads:
             raise ValueError(f"{name}: local_heads must be an int in 0 .. n_heads={n_heads}, got {local_heads!r}")
         if isinstance(centroid_decay, bool) or not isinstance(centroid_decay, (int, float)) \

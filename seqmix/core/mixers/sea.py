@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from seqmix.core.mixer import register_mixer
+from seqmix.core.mixer import check_int, register_mixer
 from seqmix.core.mixers.hip import _count_visible
 from seqmix.core.mixers.softmax import SoftmaxAttention
 from seqmix.kernels.attention import visible_keys_mask
@@ -150,11 +150,8 @@ class SEAAttention(SoftmaxAttention):
                  rotary: bool = False, top_k: int = 16, features: int = 32, sparse: bool = True):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary)
         name = type(self).__name__
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"{name}: top_k must be an int >= 1 (keys attended per query, e.g. 16), got {top_k!r}")
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"{name}: features must be an int >= 1 (the estimator's random features per head, "
-                             f"e.g. 32), got {features!r}")
+        check_int(name, "top_k", top_k, meaning="keys attended per query, e.g. 16")
+        check_int(name, "features", features, meaning="the estimator's random features per head, e.g. 32")
         if not isinstance(sparse, bool):
             raise ValueError(f"{name}: sparse must be True (SEA's top-k) or False (dense softmax), got {sparse!r}")
         self.top_k = top_k
