@@ -38,14 +38,20 @@ HINT = "run `make demo` (it trains runs/recall/demo/version_N/softmax.ckpt) or p
 TARGET_POINTS, TARGET_FRACTION = 2.0, 0.5  # issue 29: within 2 points of dense softmax, at most half of the keys
 
 
+def softmax_blocks(model: RecallLM) -> list:
+    """The model's blocks, each checked to hold a softmax mixer (whose state dict HiP and SEA take)."""
+    for block in model.stack.blocks:
+        if not isinstance(block.mixer, SoftmaxAttention):
+            raise ValueError(f"hip_sea: the checkpoint's mixer is {type(block.mixer).__name__}, not SoftmaxAttention; "
+                             "pass a softmax recall checkpoint (--ckpt)")
+    return list(model.stack.blocks)
+
+
 def swap_in_hip(model: RecallLM, *, block_size: int, top_k: int) -> list[HiPAttention]:
     """Replace every block's softmax mixer by a HiP mixer with its state dict (strict load); return the new mixers."""
     mixers = []
-    for block in model.stack.blocks:
+    for block in softmax_blocks(model):
         softmax = block.mixer
-        if not isinstance(softmax, SoftmaxAttention):
-            raise ValueError(f"hip_sea: the checkpoint's mixer is {type(softmax).__name__}, not SoftmaxAttention; "
-                             "pass a softmax recall checkpoint (--ckpt)")
         hip = HiPAttention(softmax.d_model, n_heads=softmax.n_heads, causal=softmax.causal,
                            rotary=softmax.rotary is not None, block_size=block_size, top_k=top_k)
         hip.load_state_dict(softmax.state_dict())
@@ -101,11 +107,8 @@ def swap_in_sea(model: RecallLM, *, top_k: int, features: int) -> list[SEAAttent
     """Replace every block's softmax mixer by a SEA mixer with its state dict (``strict=False``: the estimator is
     the only new parameter, checked); return the new mixers."""
     mixers = []
-    for block in model.stack.blocks:
+    for block in softmax_blocks(model):
         softmax = block.mixer
-        if not isinstance(softmax, SoftmaxAttention):
-            raise ValueError(f"hip_sea: the checkpoint's mixer is {type(softmax).__name__}, not SoftmaxAttention; "
-                             "pass a softmax recall checkpoint (--ckpt)")
         sea = SEAAttention(softmax.d_model, n_heads=softmax.n_heads, causal=softmax.causal,
                            rotary=softmax.rotary is not None, top_k=top_k, features=features)
         missing, unexpected = sea.load_state_dict(softmax.state_dict(), strict=False)
