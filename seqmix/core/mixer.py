@@ -259,6 +259,12 @@ class Mixer(nn.Module):
         raise ValueError(f"{type(self).__name__}: has no state: it supports {sorted(self.patterns)}, none of which "
                          "steps (causal_self or noncausal_cross); use forward over the whole sequence")
 
+    def refuse_context(self, context: Tensor | None, context_mask: Tensor | None) -> None:
+        """For the ``init_state`` of a mixer without cross attention: a ``context`` is a clear error."""
+        if context is not None or context_mask is not None:
+            raise ValueError(f"{type(self).__name__}: has no cross attention, it is self attention only (patterns "
+                             f"{sorted(self.patterns)}); pass context=None and context_mask=None")
+
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One token ``x_t: [B, D]`` -> ``(y_t: [B, D], new_state)``.
 

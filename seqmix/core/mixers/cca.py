@@ -121,9 +121,7 @@ class CoreContextAwareAttention(Mixer):
                    dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
                    context_mask: Tensor | None = None) -> CCACache:
         """An empty :class:`CCACache` (no core token, no key)."""
-        if context is not None or context_mask is not None:
-            raise ValueError(f"{type(self).__name__}: is self attention only (patterns {sorted(self.patterns)}); "
-                             "pass context=None and context_mask=None")
+        self.refuse_context(context, context_mask)
         empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)  # [B, H, 0, K]
         return CCACache(empty, empty, empty, empty, 0)
 

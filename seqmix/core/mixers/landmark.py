@@ -211,9 +211,7 @@ class LandmarkAttention(Mixer):
                    dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
                    context_mask: Tensor | None = None) -> LandmarkCache:
         """An empty :class:`LandmarkCache` (landmark attention is self attention only)."""
-        if context is not None or context_mask is not None:
-            raise ValueError(f"{type(self).__name__}: has no cross attention (it supports {sorted(self.patterns)}); "
-                             "pass context=None")
+        self.refuse_context(context, context_mask)
         empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)  # [B, H, 0, K]
         return LandmarkCache(empty, empty, empty)
 

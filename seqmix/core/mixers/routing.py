@@ -160,9 +160,7 @@ class RoutingAttention(Mixer):
                    dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
                    context_mask: Tensor | None = None) -> RoutingCache:
         """An empty :class:`RoutingCache` (no token; every cluster without members)."""
-        if context is not None or context_mask is not None:
-            raise ValueError(f"{type(self).__name__}: is self attention only (patterns {sorted(self.patterns)}); "
-                             "pass context=None and context_mask=None")
+        self.refuse_context(context, context_mask)
         b, h, r = batch_size, self.n_heads, self.routed_heads
         empty = torch.zeros(b, h, 0, self.head_dim, device=device, dtype=dtype)  # [B, H, 0, K]
         routes = torch.zeros(b, r, 0, device=device, dtype=torch.long)  # [B, R, 0]
