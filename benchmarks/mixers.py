@@ -134,6 +134,28 @@ def targets(points: dict[tuple[str, int], dict]) -> list[list[str]]:
     return rows
 
 
+def growth_rows(points: dict[tuple[str, int], dict], mixers: list[str], longest: int) -> list[list[str]]:
+    """Every mixer's time growth from T=4096 to 8192 (what a declared complexity allows: linear <= 2.5x,
+    T log T <= 2.7x, T^1.5 <= 3.2x) and, at the longest T, its time and memory against softmax (SDPA)."""
+
+    def measured(name: str, t: int) -> dict | None:
+        p = points.get((name, t))
+        return None if p is None or "error" in p else p
+
+    rows = []
+    base = measured(BASELINE, longest)
+    for name in mixers:
+        t4, t8, tl = measured(name, PREV_T), measured(name, TARGET_T), measured(name, longest)
+        growth = f"{t8['median_s'] / t4['median_s']:.2f}x" if t4 and t8 else "not measured"
+        if tl and base:
+            versus = (f"time {base['median_s'] / tl['median_s']:.2f}x, memory "
+                      f"{base['peak_bytes'] / max(tl['peak_bytes'], 1):.2f}x")
+        else:
+            versus = f"not measured ({name} {cell(points.get((name, longest)))}, {BASELINE} {cell(base)})"
+        rows.append([name, growth, versus])
+    return rows
+
+
 def plot(points: dict[tuple[str, int], dict], mixers: list[str]):
     from seqmix.apps.files import pyplot
 
@@ -230,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
              f"a mixer's longer lengths are skipped once one length took over {args.cap:g} s, or when the "
              f"previous length's memory grown as T^2 would exceed {args.mem_cap:g} GB"]
     text = header("Mixers on the CPU: forward+backward time / peak extra memory", notes=notes)
-    text += table + "\n## Issue 2 targets\n\n"
-    text += markdown_table(["target", "mixer", "measured", "result"], target_rows)
+    growth = growth_rows(points, mixers, lengths[-1])
+    growth_header = ["mixer", f"time growth T={PREV_T}->{TARGET_T}",
+                     f"{BASELINE} (SDPA) / mixer at T={lengths[-1]} (> 1: the mixer is cheaper)"]
+    text += table + "\n## Growth and the longest length against softmax\n\n" + markdown_table(growth_header, growth)
+    if any(m in mixers for m in TARGET_MIXERS):
+        text += "\n## Issue 2 targets\n\n" + markdown_table(["target", "mixer", "measured", "result"], target_rows)
     text += f"\n![time vs T]({args.name}.png)\n"
     write_result(args.name, text)
     save_figure(plot(points, mixers), args.name)
