@@ -109,7 +109,8 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
                  "data.vocab_size": args.vocab_size, "data.batch_size": args.batch_size,
                  "data.num_train": args.num_train, "trainer.max_steps": args.max_steps, "model.lr": args.lr,
                  "model.mlp_ratio": args.mlp_ratio, "model.positions": args.positions,
-                 "data.train_kv_pairs": None if args.train_kv_pairs is None else json.dumps(args.train_kv_pairs)}
+                 "data.train_kv_pairs": None if args.train_kv_pairs is None else json.dumps(args.train_kv_pairs),
+                 "data.read_twice": "true" if args.read_twice else None}
     for key, value in overrides.items():
         if value is not None:
             argv += [f"--{key}", str(value)]
@@ -135,7 +136,7 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
         "params": sum(p.numel() for p in model.parameters()), "train_s": train_s, "steps": trainer.global_step,
         "seq_len": seq_len, "kv_pairs": data.hparams.num_kv_pairs, "vocab": data.hparams.vocab_size,
         "batch": data.hparams.batch_size, "lr": model.hparams.lr, "mlp_ratio": model.hparams.mlp_ratio,
-        "train_kv_pairs": data.hparams.train_kv_pairs,
+        "train_kv_pairs": data.hparams.train_kv_pairs, "read_twice": bool(data.hparams.read_twice),
         "positions": model.hparams.positions, "max_steps": args.max_steps, "seed": args.seed,
         "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2),
         "cpu": cpu_model(), "commit": git_commit(), "date": utc_now(),  # points merge across runs and machines
@@ -195,6 +196,17 @@ def provenance(rows: list[dict[str, object]]) -> str:
     return "points ran: " + "; ".join(parts)
 
 
+def point_key(row: dict[str, object]) -> tuple[str, int, bool]:
+    """What tells one stored point from another of the same setting: mixer, width, and whether the example's
+    context was read twice (JRT-Prompt; points stored before the option are read once)."""
+    return row["mixer"], row["d_model"], bool(row.get("read_twice", False))
+
+
+def series(row: dict[str, object]) -> str:
+    """A mixer's name, marked when its context was read twice (JRT-Prompt)."""
+    return f"{row['mixer']} (read twice)" if row.get("read_twice") else str(row["mixer"])
+
+
 def plot(rows: list[dict[str, object]], title: str):
     from seqmix.apps.files import pyplot
 
@@ -203,8 +215,8 @@ def plot(rows: list[dict[str, object]], title: str):
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = "osD^v<>pPX*hH8d"
     colors = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
-    for i, mixer in enumerate(sorted({r["mixer"] for r in rows})):
-        pts = sorted((r["state"], r["acc"], r["d_model"]) for r in rows if r["mixer"] == mixer)
+    for i, mixer in enumerate(sorted({series(r) for r in rows})):
+        pts = sorted((r["state"], r["acc"], r["d_model"]) for r in rows if series(r) == mixer)
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         ax.plot(xs, ys, marker=markers[i % len(markers)], color=colors[i % len(colors)], label=mixer, linewidth=1)
         for x, y, d in pts:
@@ -221,7 +233,7 @@ def plot(rows: list[dict[str, object]], title: str):
 
 
 def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, title: str, skipped: list[str]) -> str:
-    rows = sorted(rows, key=lambda r: (r["mixer"], r["d_model"]))
+    rows = sorted(rows, key=point_key)
     r0 = rows[0]
     budget = (f"budget: {args.max_steps if args.max_steps is not None else 'each config'} steps per point "
               f"(steps actually run are in the table), batch {r0['batch']}, T={r0['seq_len']}, "
@@ -243,7 +255,7 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
     table = markdown_table(
         ["mixer", "d_model", "test acc", "state (floats)", "params", "steps", "lr", "train time (s)", "threads",
          "load", "seed"],
-        [[r["mixer"], r["d_model"], f"{r['acc']:.4f}", f"{r['state']:,}", f"{r['params']:,}", r["steps"],
+        [[series(r), r["d_model"], f"{r['acc']:.4f}", f"{r['state']:,}", f"{r['params']:,}", r["steps"],
           f"{r['lr']:g}", f"{r['train_s']:.0f}", r.get("threads", "–"), r.get("load_1min", "–"), r["seed"]]
          for r in rows])
     text = header(title, seeds=[args.seed], notes=notes) + table
@@ -274,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                              "settings); test stays at --kv-pairs")
     parser.add_argument("--positions", choices=["learned", "sinusoidal", "none"], default=None,
                         help="override every config's position encoding")
+    parser.add_argument("--read-twice", action="store_true",
+                        help="JRT-Prompt (Arora et al. 2024): every example's key-value context is read twice "
+                             "(data.read_twice); stored beside the read-once points of the same setting")
     parser.add_argument("--render", action="store_true", help="only render the table from the stored points")
     parser.add_argument("--note", action="append", default=[],
                         help="a line added to the results file's notes (e.g. how the sweep was run); repeatable")
@@ -300,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
 
     points_file = Path(__file__).resolve().parent / "results" / f"{name}_points.jsonl"
     setting = setting_of(args)
-    done = {(r["mixer"], r["d_model"]) for r in load_points(points_file, setting, args.lr)} if not args.demo else set()
-    points = [(m, w) for m in mixers for w in widths if (m, w) not in done]
+    done = {point_key(r) for r in load_points(points_file, setting, args.lr)} if not args.demo else set()
+    points = [(m, w) for m in mixers for w in widths if (m, w, args.read_twice) not in done]
     if done and not args.render:
         print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
               f"{len(points)} left to run")
@@ -309,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     total = Stopwatch().start()
     for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
-        if not args.demo and (mixer, width) in {(r["mixer"], r["d_model"]) for r in load_points(points_file, setting, args.lr)}:
+        if not args.demo and (mixer, width, args.read_twice) in {point_key(r) for r in load_points(points_file, setting,
+                                                                                                   args.lr)}:
             continue  # another process of the same sweep stored it meanwhile
         row = run_point(mixer, width, args, keep)
         rows.append(row)

@@ -20,3 +20,11 @@ def test_provenance_counts_points_per_cpu_and_commit_with_their_dates(bench):
         "1 point on CPU not recorded at commit not recorded; "
         "2 points on Intel Xeon at abc1234, 2026-11-30 09:00 UTC to 2026-11-30 10:00 UTC")
 
+
+
+def test_read_twice_points_stand_beside_the_read_once_ones(bench):
+    once = {"mixer": "gla", "d_model": 64}  # stored before the option: read once
+    twice = {"mixer": "gla", "d_model": 64, "read_twice": True}
+    assert bench.point_key(once) != bench.point_key(twice)
+    assert bench.point_key(once) == bench.point_key({**once, "read_twice": False})
+    assert (bench.series(once), bench.series(twice)) == ("gla", "gla (read twice)")
