@@ -171,7 +171,7 @@ def load_points(path: Path, setting: dict[str, object], lr: float | None) -> lis
             rows.append(row)
     first = {}  # two processes may finish the same point: the first stored one counts
     for row in rows:
-        first.setdefault((row["mixer"], row["d_model"], row["lr"]), row)
+        first.setdefault((*point_key(row), row["lr"]), row)
     return list(first.values())
 
 

@@ -28,3 +28,16 @@ def test_read_twice_points_stand_beside_the_read_once_ones(bench):
     assert bench.point_key(once) != bench.point_key(twice)
     assert bench.point_key(once) == bench.point_key({**once, "read_twice": False})
     assert (bench.series(once), bench.series(twice)) == ("gla", "gla (read twice)")
+
+
+def test_stored_read_twice_points_load_beside_the_read_once_ones(bench, tmp_path):
+    import json
+
+    setting = {"seq_len": 64}
+    rows = [{"mixer": "gla", "d_model": 64, "lr": 0.003, "seq_len": 64, "acc": 0.2},
+            {"mixer": "gla", "d_model": 64, "lr": 0.003, "seq_len": 64, "acc": 0.3, "read_twice": True},
+            {"mixer": "gla", "d_model": 64, "lr": 0.003, "seq_len": 64, "acc": 0.9}]  # a second copy: the first counts
+    path = tmp_path / "points.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = bench.load_points(path, setting, None)
+    assert sorted((bench.series(r), r["acc"]) for r in loaded) == [("gla", 0.2), ("gla (read twice)", 0.3)]
