@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from seqmix.core.mixer import check_int, register_mixer
-from seqmix.core.mixers.softmax import SoftmaxAttention
+from seqmix.core.mixers.softmax import KeySelectingAttention
 from seqmix.kernels.attention import visible_keys_mask
 from seqmix.kernels.common import compute_dtype
 
@@ -178,16 +178,8 @@ def _attend_group(q: Tensor, kb: Tensor, vb: Tensor, token_ok: Tensor, pos: Tens
     return o, ok.flatten(-2).sum(-1)
 
 
-def _count_visible(b: int, t: int, s: int, *, causal: bool, key_mask: Tensor | None) -> int:
-    """Keys the last ``t`` of ``s`` positions may see, summed over queries and the batch (no ``T x S`` mask)."""
-    keys = torch.ones(b, s, dtype=torch.long) if key_mask is None else key_mask.long().cpu()  # [B, S]
-    if not causal:
-        return int(keys.sum()) * t
-    return int(keys.cumsum(1)[:, s - t:].sum())  # query at position p sees the keys 0 .. p
-
-
 @register_mixer("hip")
-class HiPAttention(SoftmaxAttention):
+class HiPAttention(KeySelectingAttention):
     """Softmax attention with HiP's hierarchical top-k block pruning (training-free; softmax's parameters).
 
     Args:
@@ -215,20 +207,13 @@ class HiPAttention(SoftmaxAttention):
         self.block_size = block_size
         self.top_k = top_k
         self.prune = prune
-        self.keys_attended = 0  # keys attended, summed over queries, heads and calls
-        self.keys_visible = 0  # keys those queries could see (causality and key mask), summed the same way
 
-    def attend(self, q, k, v, key_mask):
-        visible = _count_visible(q.shape[0], q.shape[-2], k.shape[-2], causal=self.causal, key_mask=key_mask)
-        self.keys_visible += visible * q.shape[1]
-        if not self.prune:
-            self.keys_attended += visible * q.shape[1]
-            return super().attend(q, k, v, key_mask)
+    def selecting(self) -> bool:
+        return self.prune
+
+    def attend_selected(self, q, k, v, key_mask):
         form = hip_attention_naive if self.resolve_impl(q) == "naive" else hip_attention_chunk
-        o, attended = form(q, k, v, causal=self.causal, block_size=self.block_size, top_k=self.top_k,
-                           key_mask=key_mask)
-        self.keys_attended += int(attended.sum())
-        return o.to(q.dtype)
+        return form(q, k, v, causal=self.causal, block_size=self.block_size, top_k=self.top_k, key_mask=key_mask)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, block_size={self.block_size}, top_k={self.top_k}, prune={self.prune}"

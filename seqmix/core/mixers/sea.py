@@ -44,8 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from seqmix.core.mixer import check_int, register_mixer
-from seqmix.core.mixers.hip import _count_visible
-from seqmix.core.mixers.softmax import SoftmaxAttention
+from seqmix.core.mixers.softmax import KeySelectingAttention
 from seqmix.kernels.attention import visible_keys_mask
 from seqmix.kernels.common import compute_dtype
 
@@ -130,7 +129,7 @@ def sea_attention_chunk(q: Tensor, k: Tensor, v: Tensor, estimator: Tensor, *, c
 
 
 @register_mixer("sea")
-class SEAAttention(SoftmaxAttention):
+class SEAAttention(KeySelectingAttention):
     """Softmax attention over the top-k keys of a learned linear-attention estimate (softmax's parameters and an estimator).
 
     Args:
@@ -157,19 +156,13 @@ class SEAAttention(SoftmaxAttention):
         self.top_k = top_k
         self.sparse = sparse
         self.estimator = nn.Parameter(torch.randn(n_heads, self.head_dim, features))  # [H, K, R] Performer's init
-        self.keys_attended = 0  # keys attended, summed over queries, heads and calls
-        self.keys_visible = 0  # keys those queries could see (causality and key mask), summed the same way
 
-    def attend(self, q, k, v, key_mask):
-        visible = _count_visible(q.shape[0], q.shape[-2], k.shape[-2], causal=self.causal, key_mask=key_mask)
-        self.keys_visible += visible * q.shape[1]
-        if not self.sparse:
-            self.keys_attended += visible * q.shape[1]
-            return super().attend(q, k, v, key_mask)
+    def selecting(self) -> bool:
+        return self.sparse
+
+    def attend_selected(self, q, k, v, key_mask):
         form = sea_attention_naive if self.resolve_impl(q) == "naive" else sea_attention_chunk
-        o, attended = form(q, k, v, self.estimator, causal=self.causal, top_k=self.top_k, key_mask=key_mask)
-        self.keys_attended += int(attended.sum())
-        return o.to(q.dtype)
+        return form(q, k, v, self.estimator, causal=self.causal, top_k=self.top_k, key_mask=key_mask)
 
     def estimator_loss(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Distillation loss of the estimator on ``x: [B, T, D]`` (``mask: [B, T]`` key padding, True = keep):

@@ -137,6 +137,48 @@ class SoftmaxAttention(AttentionMixer):
         return o.masked_fill(~visible.any(-1, keepdim=True), 0.0)  # queries that see no key -> 0
 
 
+def count_visible_keys(b: int, t: int, s: int, *, causal: bool, key_mask: Tensor | None) -> int:
+    """Keys the last ``t`` of ``s`` positions may see, summed over queries and the batch (no ``T x S`` mask)."""
+    keys = torch.ones(b, s, dtype=torch.long) if key_mask is None else key_mask.long().cpu()  # [B, S]
+    if not causal:
+        return int(keys.sum()) * t
+    return int(keys.cumsum(1)[:, s - t:].sum())  # query at position p sees the keys 0 .. p
+
+
+class KeySelectingAttention(SoftmaxAttention):
+    """Softmax attention in which each query attends to keys it selects (HiP's blocks, SEA's top-k): a base,
+    not registered. Softmax's parameters (a trained softmax state dict loads), the selection switchable at
+    inference (off: dense softmax, :meth:`selecting`), and counters over calls of the keys attended and
+    the keys the queries could see (``keys_attended / keys_visible``: the fraction a benchmark reports).
+
+    Subclasses implement ``selecting()`` and ``attend_selected(q, k, v, key_mask) -> (o, attended)``,
+    ``attended`` counting the keys each query attended (summed by the counter).
+    """
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
+                 rotary: bool = False):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary)
+        self.keys_attended = 0  # keys attended, summed over queries, heads and calls
+        self.keys_visible = 0  # keys those queries could see (causality and key mask), summed the same way
+
+    def selecting(self) -> bool:
+        raise NotImplementedError
+
+    def attend_selected(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def attend(self, q, k, v, key_mask):
+        visible = count_visible_keys(q.shape[0], q.shape[-2], k.shape[-2], causal=self.causal,
+                                     key_mask=key_mask) * q.shape[1]  # times the heads
+        self.keys_visible += visible
+        if not self.selecting():
+            self.keys_attended += visible
+            return super().attend(q, k, v, key_mask)
+        o, attended = self.attend_selected(q, k, v, key_mask)
+        self.keys_attended += int(attended.sum())
+        return o.to(q.dtype)
+
+
 @register_mixer("sigmoid_attention")
 class SigmoidAttention(AttentionMixer):
     """``sigmoid(q.k / sqrt(K) - log n)``: no normalisation across keys, so no attention sink."""
