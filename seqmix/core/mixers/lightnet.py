@@ -1,0 +1,242 @@
+"""LightNet's additive linear recurrence (Qin, Mao, Shen, Sun, Zhong et al. 2024, "You Only Scan Once:
+Efficient Multi-dimension Sequential Modeling with LightNet"), with its MD-LRPE positional encoding.
+
+The multiplicative recurrence of GLA / Mamba, ``S_t = lambda_t S_{t-1} + k_t v_t^T``, weighs a pair
+``s < t`` by the product of the decays between them, so the weight depends on the scan order and a
+2-D input needs several scans (rows, columns, both directions). LightNet's additive form draws the
+decay from a cumulative sum of input-dependent terms ``exp(f_t)``, per head and key channel:
+
+    q_t = silu(W_q x_t),  f_t = W_k x_t,  v_t = W_v x_t          [B, T, H, K], [B, T, H, K], [B, T, H, V]
+    z_t = z_{t-1} + exp(f_t)                                      the cumulative normaliser (z_0 = 0)
+    lambda_t = z_{t-1} / z_t,   k~_t = 1 - lambda_t = exp(f_t) / z_t    the decay and the key are tied
+    S_t = diag(lambda_t) S_{t-1} + k~_t^T v_t                     so  S_t = sum_{s <= t} exp(f_s) v_s^T / z_t
+    o_t = q_t S_t / sqrt(K'),   y = W_o ( RMSNorm_head(o) * swish(W_r x) )
+
+``S_t`` is a softmax-weighted mean of the values seen so far (the weights ``exp(f_s) / z_t`` of a
+pair do not depend on the tokens between them), which is why one scan serves any order. Computed
+in log space: ``log z_t = logcumsumexp(f)_t``; the gate ``log lambda_t = -softplus(f_t - log z_{t-1})``
+and the key ``k~_t = sigmoid(f_t - log z_{t-1})`` are both taken from the one difference
+``f_t - log z_{t-1}`` (never as ``log z_{t-1} - log z_t``, whose digits cancel once z is large), and
+at the first token (``z_0 = 0``) the gate is ``0`` and the key ``1`` (:func:`additive_decay`).
+After that frontend the recurrence IS gated linear attention with a per-channel data-dependent
+decay, so the three forms are GLA's (:func:`seqmix.kernels.gla.chunk_gla`): ``impl="naive"`` its
+token-by-token loop, ``"chunk"`` its stable chunked form, ``"triton"`` its GPU kernel.
+
+The state a piece carries is ``S`` and ``log z`` (and the position reached, for the encoding):
+constant in size (:class:`LightNetState`).
+
+Non-causal (``causal=False``, the ViT's pattern): every token reads the whole sequence, normalised
+by the total, ``S = sum_s exp(f_s) v_s^T / sum_s exp(f_s)`` (a softmax over all tokens per key
+channel), ``o_t = q_t S / sqrt(K')``: the causal state at the last token, shared by every query, so
+it is order-free, "one scan" for a 2-D grid. ``impl="naive"`` is the quadratic form (each query
+against each normalised key), ``"chunk"`` (and ``"triton"``, which has no kernel to add to two
+matmuls) the two matmuls through ``S``.
+
+MD-LRPE (``positional="md_lrpe"``): LRPE's rotation (:class:`seqmix.core.embeddings.LRPE`, one fixed
+frequency ``theta_j`` per head and channel) with a position per axis: token ``t`` of a raster-ordered
+grid ``grid_width`` wide sits at ``(row, col) = (t // W, t % W)``; even key channels turn with the
+row, odd ones with the column (:class:`MDLRPE`), so ``q~_t . k~_s = sum_j q_j k_j cos(theta_j
+(p_t - p_s)_axis(j))`` depends on the 2-D offset only. Keys widen to ``K' = 2K`` (``[x cos, x sin]``)
+and the gate is repeated over both halves. Without ``grid_width`` the grid is one row (1-D LRPE).
+
+Left out: MD-TPE (the paper's multi-dimensional Toeplitz positional encoding, a relative-position
+convolution over the grid), the paper's short convolution and low-rank output gate (the gate here is
+a full ``swish(W_r x)``), its group norm over heads (per-head RMSNorm here), and the learnable LRPE
+frequencies. No cross attention: the normaliser runs over one sequence's tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmix.core.embeddings import LRPE
+from seqmix.core.layers import HeadNormGate
+from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
+from seqmix.kernels.common import compute_dtype
+from seqmix.kernels.gla import GLA, chunk_gla
+
+Positional = Literal["none", "md_lrpe"]
+
+
+class LightNetState(NamedTuple):
+    """What a piece carries: the memory, the log-normaliser and the position reached (constant size)."""
+
+    memory: Tensor  # [B, H, K', V]  S_t (K' = 2K with MD-LRPE)
+    log_z: Tensor  # [B, H, K]  log z_t, -inf before the first token
+    seen: int  # tokens read so far: the next token's raster position
+
+
+def additive_decay(f: Tensor, log_z0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """LightNet's decay from the terms ``f: [B, T, H, K]`` (fp32/fp64) after ``log_z0: [B, H, K]``.
+
+    Returns ``key = exp(f_t) / z_t = 1 - lambda_t``, ``log_decay = log lambda_t = log(z_{t-1} / z_t)``
+    and ``log_z = log z_t``, each ``[B, T, H, K]``, with ``z_t = z_0 + sum_{s <= t} exp(f_s)``;
+    ``log_z0=None`` (or ``-inf``) is ``z_0 = 0``: where ``z_{t-1} = 0`` the gate is 0 and the key 1.
+    """
+    log_z = f.logcumsumexp(1)  # [B, T, H, K]
+    if log_z0 is not None:
+        log_z = torch.logaddexp(log_z, log_z0[:, None].to(f.dtype))  # [B, T, H, K]
+        first = log_z0[:, None].to(f.dtype)  # [B, 1, H, K]
+    else:
+        first = torch.full_like(f[:, :1], float("-inf"))  # [B, 1, H, K]
+    previous = torch.cat([first, log_z[:, :-1]], 1)  # [B, T, H, K]: log z_{t-1}
+    empty = torch.isneginf(previous)  # nothing read yet: S_{t-1} = 0, any gate will do
+    ratio = f - torch.where(empty, torch.zeros_like(previous), previous)  # log(exp(f_t) / z_{t-1})
+    log_decay = torch.where(empty, torch.zeros_like(f), -F.softplus(ratio))  # log(z_{t-1} / z_t) <= 0
+    key = torch.where(empty, torch.ones_like(f), torch.sigmoid(ratio))  # exp(f_t) / z_t in (0, 1]
+    return key, log_decay, log_z
+
+
+class MDLRPE(nn.Module):
+    """MD-LRPE: LRPE's rotation with one position per axis of a grid (LightNet's multi-dimensional LRPE).
+
+    Channel ``j`` of ``x: [B, T, H, K]`` turns by ``theta_{h,j} p_{axis(j)}`` with ``axis(j) = j mod A``
+    (``A`` axes; the frequencies are :class:`~seqmix.core.embeddings.LRPE`'s), giving ``[x cos, x sin]``,
+    ``[B, T, H, 2K]``: encoded q and k meet as ``sum_j q_j k_j cos(theta_j (p_t - p_s)_{axis(j)})``,
+    a function of the offset only. With one axis it is LRPE itself.
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, n_axes: int):
+        super().__init__()
+        self.n_axes = check_int("MDLRPE", "n_axes", n_axes, meaning="axes of the grid, e.g. 2 for images")
+        self.lrpe = LRPE(n_heads, head_dim)  # its theta: [H, K] float64
+        self.register_buffer("axis", torch.arange(head_dim) % n_axes, persistent=False)  # [K]
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """``x: [B, T, H, K]`` at ``positions: [T, A]`` (float64) -> ``[B, T, H, 2K]``."""
+        if positions.dim() != 2 or positions.shape != (x.shape[1], self.n_axes):
+            raise ValueError(f"MDLRPE: positions must be [T={x.shape[1]}, axes={self.n_axes}], "
+                             f"got {tuple(positions.shape)}")
+        angles = positions[:, None, self.axis] * self.lrpe.theta  # [T, 1, K] * [H, K] -> [T, H, K]
+        return torch.cat((x * angles.cos().to(x.dtype), x * angles.sin().to(x.dtype)), -1)  # [B, T, H, 2K]
+
+
+def grid_positions(start: int, t: int, grid_width: int | None, device: torch.device | None = None) -> Tensor:
+    """Raster positions ``start .. start + t - 1`` as ``[T, 2]`` (row, column) of a grid ``grid_width``
+    wide, or ``[T, 1]`` (the index) without a grid; float64, exact at long offsets."""
+    p = torch.arange(start, start + t, dtype=torch.float64, device=device)  # [T]
+    if grid_width is None:
+        return p[:, None]  # [T, 1]
+    return torch.stack((torch.div(p, grid_width, rounding_mode="floor"), torch.remainder(p, grid_width)), -1)  # [T, 2]
+
+
+@register_mixer("lightnet")
+class LightNet(Mixer):
+    """LightNet's additive-recurrence token mixer (module docstring), optionally with MD-LRPE.
+
+    Args:
+        expand_k / expand_v: key / value widths over heads as multiples of ``d_model``.
+        positional: ``"none"`` or ``"md_lrpe"`` (rotations by row and column of the grid).
+        grid_width: with ``"md_lrpe"``, the width of the raster-ordered grid the tokens come from (the
+            ViT's patches per row, e.g. 7 for 28x28 images in 4x4 patches); None: a 1-D sequence.
+        chunk_size: tokens per chunk of GLA's chunked kernel (a power of two; Triton: 16 to 128).
+    """
+
+    patterns = frozenset({"causal_self", "noncausal_self"})
+    impls = GLA.impls
+    recurrent = True
+    paper = "Qin et al. 2024, You Only Scan Once: Efficient Multi-dimension Sequential Modeling with LightNet"
+    complexity = "O(T C D + T D K)"
+    test_configs = (
+        {"n_heads": 2, "chunk_size": 16},
+        {"n_heads": 2, "chunk_size": 16, "expand_k": 1.0, "positional": "md_lrpe", "grid_width": 7},
+    )
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
+                 expand_k: float = 0.5, expand_v: float = 1.0, positional: Positional = "none",
+                 grid_width: int | None = None, chunk_size: int = 64):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        name = type(self).__name__
+        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
+        for arg, value, width in (("expand_k", expand_k, self.key_dim), ("expand_v", expand_v, self.value_dim)):
+            if width < n_heads or width % n_heads:
+                raise ValueError(
+                    f"{name}: {arg}={value} gives a width int(d_model * {arg}) = {width} that n_heads={n_heads} "
+                    "does not divide into heads; pick it so the width is a positive multiple of n_heads"
+                )
+        if positional not in get_args(Positional):
+            raise ValueError(f"{name}: positional={positional!r} is unknown; choose one of {list(get_args(Positional))}")
+        if grid_width is not None:
+            check_int(name, "grid_width", grid_width, meaning="tokens per row of the grid, e.g. 7 for a 7x7 ViT")
+            if positional == "none":
+                raise ValueError(f"{name}: grid_width={grid_width} places the tokens for positional='md_lrpe', "
+                                 "but positional='none'; set positional='md_lrpe' or drop grid_width")
+        head_k = self.key_dim // n_heads
+        self.rotated_k = 2 * head_k if positional == "md_lrpe" else head_k  # MD-LRPE: [x cos, x sin]
+        self.triton_refusal = GLA.check(name, impl, chunk_size=chunk_size,
+                                        head_dims={"key dim": self.rotated_k, "value_dim / n_heads":
+                                                   self.value_dim // n_heads})
+        self.positional, self.grid_width, self.chunk_size = positional, grid_width, chunk_size
+        self.mdlrpe = (MDLRPE(n_heads, head_k, 1 if grid_width is None else 2)
+                       if positional == "md_lrpe" else None)
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.f_proj = nn.Linear(d_model, self.key_dim, bias=False)  # the additive terms f_t (LightNet's k)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.output = HeadNormGate(d_model, n_heads, self.value_dim, gate=True)
+
+    # ------------------------------------------------------------------ the recurrence
+    def encode(self, q: Tensor, key: Tensor, seen: int) -> tuple[Tensor, Tensor]:
+        """MD-LRPE of ``q`` and ``key`` (``[B, T, H, K]``) from raster position ``seen``, or both unchanged."""
+        if self.mdlrpe is None:
+            return q, key
+        positions = grid_positions(seen, q.shape[1], self.grid_width, q.device)  # [T, A]
+        return self.mdlrpe(q, positions), self.mdlrpe(key, positions)  # [B, T, H, 2K] each
+
+    def attend(self, q: Tensor, f: Tensor, v: Tensor, *, state: LightNetState | None = None,
+               return_state: bool = False, impl: str = "chunk") -> tuple[Tensor, LightNetState | None]:
+        """``q, f: [B, T, H, K]``, ``v: [B, T, H, V]`` -> ``o: [B, T, H, V]`` (and the final state):
+        the causal recurrence from ``state``, or with ``causal=False`` the normalised global sum."""
+        dtype = compute_dtype(q)
+        f = f.to(dtype)
+        if not self.causal:
+            key = torch.softmax(f, 1).to(q.dtype)  # [B, T, H, K]: exp(f_s) / sum_s exp(f_s) per channel
+            q, key = self.encode(q, key, 0)  # [B, T, H, K'] each
+            scale = q.shape[-1] ** -0.5
+            if impl == "naive":  # the quadratic form: each query against each normalised key
+                scores = torch.einsum("bthk,bshk->bhts", q.to(dtype), key.to(dtype))  # [B, H, T, S]
+                o = torch.einsum("bhts,bshv->bthv", scores, v.to(dtype)) * scale  # [B, T, H, V]
+            else:  # through the one state S = sum_s key_s^T v_s
+                memory = torch.einsum("bshk,bshv->bhkv", key.to(dtype), v.to(dtype))  # [B, H, K', V]
+                o = torch.einsum("bthk,bhkv->bthv", q.to(dtype), memory) * scale  # [B, T, H, V]
+            return o.to(q.dtype), None
+        memory, log_z0, seen = (None, None, 0) if state is None else state
+        key, log_decay, log_z = additive_decay(f, log_z0)  # [B, T, H, K] each
+        q, key = self.encode(q, key.to(q.dtype), seen)  # [B, T, H, K'] each
+        if self.mdlrpe is not None:
+            log_decay = torch.cat((log_decay, log_decay), -1)  # [B, T, H, 2K]: both halves of a channel decay alike
+        o, final = chunk_gla(q, key, v, log_decay, initial_state=memory, output_final_state=return_state,
+                             chunk_size=self.chunk_size, impl=impl)
+        if not return_state:
+            return o, None
+        return o, LightNetState(final, log_z[:, -1].to(state_dtype(q.dtype)), seen + q.shape[1])
+
+    def _forward(self, x, *, context, mask, state, return_state):
+        b, t, _ = x.shape
+        h = self.n_heads
+        if state is not None and not isinstance(state, LightNetState):
+            raise ValueError(f"{type(self).__name__}: the state is a LightNetState (memory, log_z, seen) from "
+                             f"init_state or forward(..., return_state=True), got {type(state).__name__}")
+        q = F.silu(self.q_proj(x)).view(b, t, h, -1)  # [B, T, H*K] -> [B, T, H, K]
+        f = self.f_proj(x).float().view(b, t, h, -1)  # [B, T, H, K]
+        v = self.v_proj(x).view(b, t, h, -1)  # [B, T, H, V]
+        o, final = self.attend(q, f, v, state=state, return_state=return_state, impl=self.resolve_impl(x))
+        y = self.output(o.to(x.dtype), x)
+        return (y, final) if return_state else y
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> State:
+        h, dtype = self.n_heads, state_dtype(dtype)
+        memory = torch.zeros(batch_size, h, self.rotated_k, self.value_dim // h, device=device, dtype=dtype)
+        log_z = torch.full((batch_size, h, self.key_dim // h), float("-inf"), device=device, dtype=dtype)
+        return LightNetState(memory, log_z, 0)  # [B, H, K', V], [B, H, K]: z_0 = 0
+
+    def state_size(self, seq_len: int) -> int:
+        return self.n_heads * self.rotated_k * (self.value_dim // self.n_heads) + self.key_dim  # S and log z
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}, "
+                f"positional={self.positional!r}, grid_width={self.grid_width}")
