@@ -12,6 +12,12 @@ Decoding: a block's state is its mixer's state, or for a decoder block (one with
 mixer) a :class:`DecoderBlockState` that also holds the cross mixer's projected context.
 ``MixerStack.forward(..., return_state=True)`` prefills a prompt, ``MixerStack.step``
 continues token by token; ``seqmix.core.decoding.generate`` drives both.
+
+EchoAtt (Rajabzadeh et al. 2024, "Attend, Copy, then Adjust"): ``MixerStack(share_attention={2: 1, 3: 1})``
+makes layers 2 and 3 reuse the softmax probabilities of layer 1 (each applies them to its own values; its
+q/k projections are deleted), in ``forward`` and in ``step`` (the shared layers cache their values only).
+The paper's distillation loss from the unshared teacher is :func:`seqmix.core.distill.echo_distill_loss`;
+``MixerStack.hidden_states`` gives the per-layer outputs it compares. docs/echoatt.md.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from seqmix.core.layers import srms_norm
-from seqmix.core.mixer import ContextCache, Mixer, State, build_mixer
+from seqmix.core.mixer import ContextCache, Mixer, State, build_mixer, check_int
 
 MixerFactory = Callable[[int], Mixer]
 
@@ -166,8 +172,25 @@ class MixerBlock(nn.Module):
 
         With ``return_state=True`` a decoder block's state holds the context projected once.
         """
+        x, state, _ = self.forward_echo(x, context=context, mask=mask, context_mask=context_mask, state=state,
+                                        return_state=return_state)
+        return (x, state) if return_state else x
+
+    def forward_echo(self, x: Tensor, *, probs: Tensor | None = None, return_probs: bool = False,
+                     context: Tensor | None = None, mask: Tensor | None = None,
+                     context_mask: Tensor | None = None, state: State | None = None,
+                     return_state: bool = False) -> tuple[Tensor, State | None, Tensor | None]:
+        """:meth:`forward` with EchoAtt's probabilities: ``(x [B, T, D], state or None, probs or None)``.
+
+        ``probs: [B, H, T, S]``: a source layer's softmax probabilities, which this block's shared mixer applies
+        to its own values; ``return_probs``: this block's own probabilities (it is a source layer).
+        """
         own, cross = self._split_state(state)
-        if return_state or state is not None:
+        carry = return_state or state is not None
+        if probs is not None or return_probs:
+            y, probs, own = self.mixer.forward_echo(self.norm_mix(x), probs=probs, mask=mask, state=own,
+                                                    return_state=carry)
+        elif carry:
             y, own = self.mixer(self.norm_mix(x), mask=mask, state=own, return_state=True)
         else:
             y = self.mixer(self.norm_mix(x), mask=mask)
@@ -187,22 +210,33 @@ class MixerBlock(nn.Module):
         if self.mlp is not None:
             x = self.res_mlp(x, self.mlp(self.norm_mlp(x)))
         if not return_state:
-            return x
-        return x, own if self.cross_mixer is None else DecoderBlockState(own, cross)
+            return x, None, probs
+        return x, own if self.cross_mixer is None else DecoderBlockState(own, cross), probs
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One token ``x_t: [B, D]`` through the block (self mixer, cross mixer, MLP)."""
+        x_t, state, _ = self.step_echo(x_t, state)
+        return x_t, state
+
+    def step_echo(self, x_t: Tensor, state: State, *, probs: Tensor | None = None,
+                  return_probs: bool = False) -> tuple[Tensor, State, Tensor | None]:
+        """:meth:`step` with EchoAtt's probabilities of this token, ``probs: [B, H, 1, S]`` (see :meth:`forward_echo`)."""
         own, cross = self._split_state(state)
         if self.cross_mixer is not None and cross is None:
             raise ValueError("this block has a cross mixer: step needs the state of init_state(context=...)")
-        y, own = self.mixer.step(self.norm_mix(x_t), own)
+        if probs is not None or return_probs:
+            y, probs, own = self.mixer.forward_echo(self.norm_mix(x_t)[:, None], probs=probs, state=own,
+                                                    return_state=True)  # [B, D] -> [B, 1, D]
+            y = y[:, 0]  # [B, 1, D] -> [B, D]
+        else:
+            y, own = self.mixer.step(self.norm_mix(x_t), own)
         x_t = self.res_mix(x_t, y)
         if self.cross_mixer is not None:
             y, cross = self.cross_mixer.step(self.norm_cross(x_t), cross)
             x_t = self.res_cross(x_t, y)
         if self.mlp is not None:
             x_t = self.res_mlp(x_t, self.mlp(self.norm_mlp(x_t)))
-        return x_t, own if self.cross_mixer is None else DecoderBlockState(own, cross)
+        return x_t, own if self.cross_mixer is None else DecoderBlockState(own, cross), probs
 
 
 class MixerStack(nn.Module):
@@ -210,13 +244,19 @@ class MixerStack(nn.Module):
 
     ``causal`` is checked against each mixer the factory builds, so a config that asks
     for a causal decoder with a non-causal mixer fails here with a clear message.
+
+    ``share_attention`` (EchoAtt, Rajabzadeh et al. 2024): ``{layer: source layer}`` (0-based), e.g.
+    ``{2: 1, 3: 1}``: layers 2 and 3 apply layer 1's softmax probabilities to their own values and own no
+    q/k projections. A source is an earlier, unshared layer; both mixers are :class:`SoftmaxAttention` of
+    the same ``n_heads``, causality and window. YAML: ``share_attention: {2: 1, 3: 1}``.
     """
 
     def __init__(self, d_model: int, n_layers: int, mixer: MixerFactory, *, causal: bool | None = None,
                  cross_mixer: MixerFactory | None = None, mlp_ratio: float = 4.0,
                  mlp: ChannelMixerKind = "glu", dropout: float = 0.0,
                  norm: NormKind = "layernorm",
-                 gating: Literal["residual", "gru"] = "residual"):
+                 gating: Literal["residual", "gru"] = "residual",
+                 share_attention: dict[int, int] | None = None):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -232,21 +272,40 @@ class MixerStack(nn.Module):
                                      mlp_ratio=mlp_ratio, mlp=mlp, dropout=dropout, norm=norm, gating=gating))
         self.blocks = nn.ModuleList(blocks)
         self.norm = make_norm(norm, d_model)
+        self.share_attention = check_share_attention(share_attention, [b.mixer for b in blocks])
+        self.attention_sources = frozenset(self.share_attention.values())  # layers whose probabilities are reused
+        for layer in self.share_attention:
+            self.blocks[layer].mixer.drop_queries_and_keys()
+
+    def _run(self, x: Tensor, *, context: Tensor | None, mask: Tensor | None, context_mask: Tensor | None,
+             states: list[State] | None, carry: bool) -> tuple[list[Tensor], list[State]]:
+        """Every block's output ``[B, T, D]`` (before the final norm) and, when ``carry``, every block's state."""
+        outputs, new_states, probs = [], [], {}
+        for i, block in enumerate(self.blocks):
+            source = self.share_attention.get(i)
+            x, s, p = block.forward_echo(x, probs=None if source is None else probs[source],
+                                         return_probs=i in self.attention_sources, context=context, mask=mask,
+                                         context_mask=context_mask, state=None if states is None else states[i],
+                                         return_state=carry)
+            if i in self.attention_sources:
+                probs[i] = p
+            outputs.append(x)
+            new_states.append(s)
+        return outputs, new_states
 
     def forward(self, x: Tensor, *, context: Tensor | None = None, mask: Tensor | None = None,
                 context_mask: Tensor | None = None, states: list[State] | None = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, list[State]]:
-        carry = return_state or states is not None
-        new_states = []
-        for i, block in enumerate(self.blocks):
-            if carry:
-                x, s = block(x, context=context, mask=mask, context_mask=context_mask,
-                             state=None if states is None else states[i], return_state=True)
-                new_states.append(s)
-            else:
-                x = block(x, context=context, mask=mask, context_mask=context_mask)
-        x = self.norm(x)
+        outputs, new_states = self._run(x, context=context, mask=mask, context_mask=context_mask, states=states,
+                                        carry=return_state or states is not None)
+        x = self.norm(outputs[-1])
         return (x, new_states) if return_state else x
+
+    def hidden_states(self, x: Tensor, *, context: Tensor | None = None, mask: Tensor | None = None,
+                      context_mask: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        """``(forward's output [B, T, D], each block's output [B, T, D])``: what distillation compares layer by layer."""
+        outputs, _ = self._run(x, context=context, mask=mask, context_mask=context_mask, states=None, carry=False)
+        return self.norm(outputs[-1]), outputs
 
     def init_states(self, batch_size: int, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
@@ -256,9 +315,58 @@ class MixerStack(nn.Module):
                 for b in self.blocks]
 
     def step(self, x_t: Tensor, states: list[State]) -> tuple[Tensor, list[State]]:
-        """One token ``x_t: [B, D]`` through every block, layer by layer: ``(y_t: [B, D], new states)``."""
-        new_states = []
-        for block, s in zip(self.blocks, states):
-            x_t, s = block.step(x_t, s)
+        """One token ``x_t: [B, D]`` through every block, layer by layer: ``(y_t: [B, D], new states)``.
+
+        A shared layer (``share_attention``) applies its source layer's probabilities of this token."""
+        new_states, probs = [], {}
+        for i, (block, s) in enumerate(zip(self.blocks, states)):
+            source = self.share_attention.get(i)
+            x_t, s, p = block.step_echo(x_t, s, probs=None if source is None else probs[source],
+                                        return_probs=i in self.attention_sources)
+            if i in self.attention_sources:
+                probs[i] = p
             new_states.append(s)
         return self.norm(x_t), new_states
+
+
+def check_share_attention(share_attention: dict[int, int] | None, mixers: list[Mixer]) -> dict[int, int]:
+    """EchoAtt's ``{layer: source layer}`` checked against the stack's ``mixers``: a plain dict, or a
+    ``ValueError`` that names the layer and the fix."""
+    if share_attention is None:
+        return {}
+    from seqmix.core.mixers.softmax import SoftmaxAttention  # here: seqmix.core.mixers imports this module
+
+    owner = "MixerStack"
+    if not isinstance(share_attention, dict):
+        raise ValueError(f"{owner}: share_attention must be a dict {{layer: source layer}} such as {{2: 1, 3: 1}} "
+                         f"(layers 2 and 3 reuse layer 1's attention), got {share_attention!r}")
+    n = len(mixers)
+    checked = {}
+    for layer, source in share_attention.items():
+        layer = check_int(owner, "share_attention's layer", layer, minimum=1,
+                          meaning=f"a 0-based layer index; layer 0 has no earlier layer to share from")
+        source = check_int(owner, f"share_attention[{layer}]", source, minimum=0, meaning="the source layer index")
+        if layer >= n:
+            raise ValueError(f"{owner}: share_attention names layer {layer}, but the stack has n_layers={n} "
+                             f"(layers 0..{n - 1}); drop it or raise n_layers")
+        if source >= layer:
+            raise ValueError(f"{owner}: share_attention[{layer}]={source}: a layer reuses the attention of an "
+                             f"earlier layer; choose a source in 0..{layer - 1}")
+        checked[layer] = source
+    for layer, source in checked.items():
+        if source in checked:
+            raise ValueError(f"{owner}: share_attention[{layer}]={source}, but layer {source} itself shares layer "
+                             f"{checked[source]}'s attention; set share_attention[{layer}]={checked[source]}")
+        for role, index in (("layer", layer), ("source layer", source)):
+            m = mixers[index]
+            if type(m) is not SoftmaxAttention:
+                raise ValueError(f"{owner}: share_attention: {role} {index} has a {type(m).__name__} mixer; EchoAtt "
+                                 "shares softmax probabilities, so both layers need SoftmaxAttention "
+                                 "(class_path: seqmix.core.mixers.softmax.SoftmaxAttention)")
+        a, b = mixers[source], mixers[layer]
+        for what in ("n_heads", "causal", "window"):
+            if getattr(a, what) != getattr(b, what):
+                raise ValueError(f"{owner}: share_attention[{layer}]={source}: layer {layer} has {what}="
+                                 f"{getattr(b, what)!r} but its source has {getattr(a, what)!r}; give both the same "
+                                 f"{what}")
+    return dict(sorted(checked.items()))

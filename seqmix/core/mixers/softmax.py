@@ -118,12 +118,97 @@ class AttentionMixer(CachedAttention):
 
 @register_mixer("softmax")
 class SoftmaxAttention(AttentionMixer):
-    """Standard softmax attention; ``impl="sdpa"`` is PyTorch's fused kernel (flash on GPU)."""
+    """Standard softmax attention; ``impl="sdpa"`` is PyTorch's fused kernel (flash on GPU).
+
+    EchoAtt (Rajabzadeh et al. 2024, attention sharing; driven by ``MixerStack(share_attention=...)`` in
+    ``core/blocks.py``): :meth:`forward_echo` gives the layer's softmax probabilities ``P = softmax(Q K^T /
+    sqrt(K))`` beside its output (a *source* layer), or, once :meth:`drop_queries_and_keys` made it a *shared*
+    layer, applies a source layer's ``P`` to its own values: ``y = (P (x W_v)) W_o``, with no q/k projections
+    (their parameters and FLOPs are the saving). A shared layer's state is a :class:`KVCache` whose keys are
+    ``[B, H, S, 0]``: it caches its values only.
+    """
 
     impls = ("naive", "sdpa")
     paper = "Vaswani et al. 2017, Attention Is All You Need"
     complexity = "O(T^2 D)"
     test_configs = ({"n_heads": 2}, {"n_heads": 2, "rotary": True})
+    shares_attention: bool = False  # True: an EchoAtt shared layer (no q/k; it applies another layer's probabilities)
+
+    def drop_queries_and_keys(self) -> None:
+        """Make this an EchoAtt shared layer: delete its q/k projections (it will only apply probabilities)."""
+        self.qkv.q = None
+        self.qkv.k = None
+        self.rotary = None  # positions enter through the source layer's probabilities
+        self.shares_attention = True
+
+    def _refuse_shared(self) -> None:
+        if self.shares_attention:
+            raise ValueError(f"{type(self).__name__}: this layer shares another layer's attention (EchoAtt) and has "
+                             "no q/k projections; run it inside its MixerStack (which passes the probabilities), "
+                             "or build the stack without share_attention")
+
+    def _forward(self, x, *, context, mask, state, return_state):
+        self._refuse_shared()
+        return super()._forward(x, context=context, mask=mask, state=state, return_state=return_state)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32, *, context: Tensor | None = None,
+                   context_mask: Tensor | None = None) -> KVCache | ContextCache:
+        """As :meth:`CachedAttention.init_state`; a shared layer's empty cache has keys ``[B, H, 0, 0]``."""
+        if not self.shares_attention:
+            return super().init_state(batch_size, device, dtype, context=context, context_mask=context_mask)
+        self.refuse_context(context, context_mask)
+        keys = torch.zeros(batch_size, self.n_heads, 0, 0, device=device, dtype=dtype)  # [B, H, 0, 0]: no keys
+        values = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)  # [B, H, 0, V]
+        return KVCache(keys, values, None, 0)
+
+    def state_size(self, seq_len: int) -> int:
+        full = super().state_size(seq_len)
+        return full // 2 if self.shares_attention else full  # a shared layer caches its values only
+
+    def attention_probs(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> Tensor:
+        """``P = softmax(q k^T / sqrt(K))`` over the visible keys: ``[B, H, T, K] x [B, H, S, K] -> [B, H, T, S]``
+        (causality, window and key mask as :meth:`attend`; a query that sees no key gets a row of zeros)."""
+        t, s = q.shape[-2], k.shape[-2]
+        visible = visible_keys_mask(t, s, causal=self.causal, window=self.window, key_mask=key_mask,
+                                    device=q.device)  # [B|1, 1, T, S]
+        scores = torch.einsum("bhtk,bhsk->bhts", q, k) * q.shape[-1] ** -0.5  # [B, H, T, S]
+        return torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+
+    def forward_echo(self, x: Tensor, *, probs: Tensor | None = None, mask: Tensor | None = None,
+                     state: State | None = None,
+                     return_state: bool = False) -> tuple[Tensor, Tensor, State | None]:
+        """EchoAtt self attention over ``x: [B, T, D]``: ``(y [B, T, D], probs [B, H, T, S], state or None)``.
+
+        ``probs=None`` (a source layer): its own probabilities, computed explicitly (no fused kernel: they are
+        what the shared layers reuse). ``probs`` given (a shared layer): a source layer's probabilities over the
+        same keys (``S``: its cache and ``x``), applied to this layer's values; ``mask`` is then already in them.
+        """
+        self.check_input(x, mask=mask, state=state, return_state=return_state)
+        if probs is None:
+            self._refuse_shared()
+            q, k, v, key_mask, state = self.queries_and_keys(x, context=None, mask=mask, state=state,
+                                                             return_state=return_state)
+            probs = self.attention_probs(q, k, key_mask)  # [B, H, T, S]
+        else:
+            if not self.shares_attention:
+                raise ValueError(f"{type(self).__name__}: got another layer's probabilities but owns q/k; call "
+                                 "drop_queries_and_keys() first (MixerStack(share_attention=...) does)")
+            v = split_heads(self.qkv.v(x), self.n_heads)  # [B, T, D] -> [B, H, T, V]
+            if state is not None or return_state:
+                cache = state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
+                keys = v.new_zeros(*v.shape[:3], 0)  # [B, H, T, 0]: a shared layer keeps no keys
+                cache = cache.append(keys, v, mask)
+                v = cache.values  # [B, H, S, V]
+                state = cache if self.cache_window is None else cache.last(self.cache_window)
+            b, h, t, s = x.shape[0], self.n_heads, x.shape[1], v.shape[2]
+            if tuple(probs.shape) != (b, h, t, s):
+                raise ValueError(f"{type(self).__name__}: the shared probabilities are {tuple(probs.shape)} but this "
+                                 f"layer has [B={b}, H={h}, T={t}, S={s}]; the source layer must see the same "
+                                 "tokens, cache and n_heads")
+        o = torch.einsum("bhts,bhsv->bhtv", probs.to(v.dtype), v)  # [B, H, T, V]
+        y = self.out(merge_heads(o))  # [B, H, T, V] -> [B, T, D]
+        return y, probs, state if (return_state or state is not None) else None
 
     def attend(self, q, k, v, key_mask):
         if self.resolve_impl(q) == "naive":
