@@ -43,8 +43,22 @@ MODEL_NAMES = {"informer_etth1": "Informer (ProbSparse)", "informer_gla": "Infor
                "transformer": "Transformer", "transformer_revin": "Transformer + RevIN", "dlinear": "DLinear",
                "dlinear_revin": "DLinear + RevIN (no mixer)", "patchtst": "PatchTST (softmax) + RevIN",
                "last_value": "last value", "training_mean": "training mean (zero when scaled)"}
+# PatchTST with its softmax attention swapped for each newer mixer (configs/forecasting/patchtst_<mixer>.yaml;
+# the causal-only ones in the Bidirectional wrapper), compared in one section at one seed and horizon;
+# patchtst_softmax is patchtst.yaml under its own name, run at that section's epoch cap
+MIXER_SWAPS = {"patchtst_softmax": "softmax", "patchtst_routing": "routing", "patchtst_combiner": "combiner",
+               "patchtst_hip": "hip", "patchtst_sea": "sea", "patchtst_cca": "cca", "patchtst_flow": "flow",
+               "patchtst_softplus": "softplus", "patchtst_tnl": "TNL (linear_attention)",
+               "patchtst_landmark": "landmark (bidirectional)", "patchtst_tcnca": "tcnca (bidirectional)",
+               "patchtst_jrt_rnn": "jrt_rnn (bidirectional)", "patchtst_lmu": "lmu (bidirectional)",
+               "patchtst_mamba": "mamba (bidirectional)", "patchtst_mlstm": "mlstm (bidirectional)",
+               "patchtst_titans": "titans (bidirectional)", "patchtst_lightnet": "lightnet"}
+MODEL_NAMES.update({m: f"PatchTST ({mixer}) + RevIN" for m, mixer in MIXER_SWAPS.items()})
+# the section's setting: ETTh1, lookback 96, one horizon and seed, and an epoch cap for every row (the slowest
+# mixers, 5-6x softmax's time per batch on CPU, cannot run the config's 20 epochs on the shared machine)
+SWAP_PROTOCOL, SWAP_DATASET, SWAP_HORIZON, SWAP_SEED = "modern", "ETTh1", 96, 0
 # the models built on a seqmix token mixer: the lookback-96 target is for the best of these
-MIXER_MODELS = ("informer_etth1", "informer_gla", "transformer", "transformer_revin", "patchtst")
+MIXER_MODELS = ("informer_etth1", "informer_gla", "transformer", "transformer_revin", "patchtst", *MIXER_SWAPS)
 
 # published test MSE (scaled data). Informer: Zhou et al. AAAI 2021, Table 3 (multivariate).
 # Lookback 96: the iTransformer paper's (Liu et al., ICLR 2024) table of baselines.
@@ -139,6 +153,7 @@ def run_one(model: str, dataset: str, seq_len: int, label_len: int, pred_len: in
             "val_mse_best": None if best_val is None else float(best_val),
             "test_mse": result["test/mse"], "test_mae": result["test/mae"],
             "test_mse_orig": result["test/mse_orig"], "test_mae_orig": result["test/mae_orig"],
+            "params": sum(p.numel() for p in cli.model.parameters() if p.requires_grad),
             "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "threads": torch.get_num_threads(),
             "train_epoch_wall_s": timer.wall, "train_epoch_cpu_s": timer.cpu, "load_avg": os.getloadavg()[0],
             "config_sha256": config_digest(model), "cpu": cpu_model(), "commit": git_commit(), "date": utc_now(),
@@ -249,6 +264,8 @@ def plot(runs: dict) -> None:
     for ax, protocol, ds in ((axes[0], "informer", "ETTh1"), (axes[1], "modern", "ETTh1")):
         horizons = list(PROTOCOLS[protocol])
         for model, name in MODEL_NAMES.items():
+            if model in MIXER_SWAPS:  # one horizon each: their own section's table
+                continue
             cells = [(h, [r["test_mse"] for r in collect(runs, protocol, ds, model, h)]) for h in horizons]
             cells = [(h, mses) for h, mses in cells if mses]
             if cells:  # the mean over seeds, and their standard deviation as a bar (none for one seed)
@@ -337,8 +354,65 @@ def stale_lines(stale: dict) -> list[str]:
             for (protocol, ds, m), by_h in sorted(groups.items())]
 
 
+def params_of(model: str) -> int:
+    """Trainable parameters of ``configs/forecasting/<model>.yaml`` built at the swap section's setting."""
+    from seqmix.apps.forecasting.app import APP
+    from seqmix.cli import app_cli
+
+    seq_len, label_len = MODERN_LENGTHS[SWAP_HORIZON]
+    with tempfile.TemporaryDirectory(prefix="seqmix_fc_") as tmp:
+        cli = app_cli(APP, ["--config", str(CONFIGS / f"{model}.yaml"), "--data.dataset", SWAP_DATASET,
+                            "--data.seq_len", str(seq_len), "--data.label_len", str(label_len),
+                            "--data.pred_len", str(SWAP_HORIZON), "--trainer.logger", "false",
+                            "--trainer.default_root_dir", tmp], run=False)
+        return sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
+
+
+def mixer_swaps(runs: dict) -> str:
+    """The section "PatchTST with each mixer": test MSE / MAE, parameters, CPU seconds and epochs of every
+    patchtst_<mixer> run at the section's dataset, horizon and seed, beside PatchTST (softmax)."""
+    title = (f"## 3. PatchTST with each mixer ({SWAP_DATASET}, lookback 96, H={SWAP_HORIZON}, seed {SWAP_SEED})\n\n")
+    key = lambda m: run_key(SWAP_PROTOCOL, SWAP_DATASET, m, SWAP_HORIZON, SWAP_SEED)  # noqa: E731
+    got = {m: runs[key(m)] for m in MIXER_SWAPS if key(m) in runs}
+    if not got:
+        return title + "No run yet: `python -m benchmarks.forecasting --protocol modern --datasets ETTh1 --horizons 96 " \
+                       "--seeds 0 --max-epochs 2 --models " + " ".join(MIXER_SWAPS) + "`\n\n"
+    caps = sorted({(r["max_epochs"], r["limit_train_batches"]) for r in got.values()})
+    rows = []
+    reference = runs.get(key("patchtst"))
+    if reference is not None:
+        rows.append([f"{MODEL_NAMES['patchtst']} (patchtst.yaml, up to {reference['max_epochs']} epochs)",
+                     f"{reference['test_mse']:.3f}", f"{reference['test_mae']:.3f}", f"{reference.get('params') or params_of('patchtst'):,}",
+                     f"{reference['cpu_s']:.0f}", str(reference["epochs_run"]), fmt(reference["val_mse_best"])])
+    for m, r in sorted(got.items(), key=lambda kv: kv[1]["test_mse"]):
+        rows.append([f"{MODEL_NAMES[m]} ({m}.yaml)", f"{r['test_mse']:.3f}", f"{r['test_mae']:.3f}",
+                     f"{r.get('params') or params_of(m):,}", f"{r['cpu_s']:.0f}", str(r["epochs_run"]), fmt(r["val_mse_best"])])
+    cols = ["model", "test MSE", "test MAE", "params", "CPU s", "epochs", "best val MSE"]
+    not_run = [m for m in MIXER_SWAPS if m not in got]
+    cpus = sorted({r.get("cpu", "not recorded") for r in got.values()})
+    loads = ", ".join(f"{r['load_avg']:.1f}" for r in got.values())
+    text = (title + "PatchTST (`configs/forecasting/patchtst.yaml`: 12 patch tokens, d_model 16, 4 heads, 3 layers, "
+            "RevIN) with only its mixer swapped (`configs/forecasting/patchtst_<mixer>.yaml`; the causal-only mixers "
+            "run in `seqmix.core.mixers.bidirectional.Bidirectional`: a forward and a reversed instance, summed). "
+            f"Every row of this section ran under one cap (max epochs, train fraction): {caps}, early stopping "
+            "(patience 3) as the config, the best-validation checkpoint tested; `PatchTST (softmax)` of "
+            "patchtst_softmax.yaml is patchtst.yaml under its own name at that cap, and the first row is "
+            "patchtst.yaml's own run at its config's 20 epochs (section 2), for scale. Test MSE / MAE on the "
+            "scaled data; CPU s of the whole run (fit + test) at "
+            f"{sorted({r['threads'] for r in got.values()})} torch thread(s) on {cpus}, on a shared machine (its "
+            f"1-minute load average when each run ended: {loads}): CPU seconds "
+            "compare only roughly. At 12 tokens the sparse mixers (routing, combiner, hip, sea, cca, landmark, "
+            "tcnca) are close to dense attention: see each config's comment for the block and window sizes.\n\n")
+    text += markdown_table(cols, rows) + "\n"
+    if not_run:
+        text += "Not run: " + ", ".join(not_run) + ".\n"
+    return text + "\n"
+
+
 def report(all_runs: dict) -> None:
     runs, stale = split_stale(all_runs)
+    swaps = {k: r for k, r in runs.items() if r["model"] in MIXER_SWAPS}
+    runs = {k: r for k, r in runs.items() if k not in swaps}  # sections 1, 2 and the targets: the protocol models
     informer_models = ["informer_etth1", "informer_gla", "transformer", "dlinear", "last_value", "training_mean"]
     modern_models = ["patchtst", "transformer_revin", "dlinear_revin", "dlinear", "last_value", "training_mean"]
     t1, miss1 = table(runs, "informer", ["ETTh1", "ETTh2"], informer_models)
@@ -366,7 +440,8 @@ def report(all_runs: dict) -> None:
     text += ("## 2. Lookback 96, horizons 96-720\n\n"
              f"Runs: {seeds_and_epochs(runs, 'modern')}.\n"
              f"Published ETTh1 means over 96-720: {PAPER_MEANS_ETTH1}.\n\n" + t2 + "\n")
-    commands = sorted({r.get("command", "?") for r in runs.values()})
+    text += mixer_swaps({**runs, **swaps})
+    commands = sorted({r.get("command", "?") for r in {**runs, **swaps}.values()})
     text += "## Commands that produced the cached runs\n\n" + "\n".join(f"- `{c}`" for c in commands) + "\n\n"
     text += "## Not run\n\n" + ("\n".join(f"- {m}" for m in miss1 + miss2) or "- nothing") + "\n\n"
     text += ("## Stale runs (their config file changed since; kept in the cache, left out of every table above)\n\n"
