@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqmix.apps.recall.data import IGNORE_INDEX, MQARDataModule, generate_mqar, query_slot_probs
+from seqmix.apps.recall.data import IGNORE_INDEX, MQARDataModule, generate_mqar, query_slot_probs, repeated_part
 from seqmix.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "recall"
@@ -117,6 +117,45 @@ def test_read_twice_repeats_the_context_and_shifts_the_queries():
     assert torch.equal(twice.targets[:, 10:], once.targets) and (twice.targets[:, :10] == IGNORE_INDEX).all()
 
 
+def test_read_twice_context_is_the_old_true():
+    kw = dict(vocab_size=64, seq_len=40, num_kv_pairs=5, seed=3)
+    old, named = generate_mqar(6, read_twice=True, **kw), generate_mqar(6, read_twice="context", **kw)
+    assert torch.equal(old.inputs, named.inputs) and torch.equal(old.targets, named.targets)
+    assert [repeated_part(v) for v in (False, True, "context", "prompt")] == ["none", "context", "context", "prompt"]
+
+
+def test_read_twice_prompt_repeats_the_whole_example():
+    """The paper's A(C, Q, C, Q): the example read once without targets, then again with them."""
+    kw = dict(vocab_size=64, seq_len=40, num_kv_pairs=5, seed=3)
+    once, twice = generate_mqar(20, **kw), generate_mqar(20, read_twice="prompt", **kw)
+    assert twice.inputs.shape == twice.targets.shape == (20, 80)
+    assert torch.equal(twice.inputs[:, :40], once.inputs) and torch.equal(twice.inputs[:, 40:], once.inputs)
+    assert (twice.targets[:, :40] == IGNORE_INDEX).all() and torch.equal(twice.targets[:, 40:], once.targets)
+
+
+@pytest.mark.parametrize("bad", ["twice", "none", 2])
+def test_read_twice_unknown_setting_fails_clearly(bad):
+    with pytest.raises(ValueError, match="is not a JRT-Prompt setting; use false"):
+        generate_mqar(2, vocab_size=64, seq_len=40, num_kv_pairs=5, read_twice=bad)
+    with pytest.raises(ValueError, match="is not a JRT-Prompt setting"):
+        MQARDataModule(read_twice=bad)
+
+
+def test_read_twice_prompt_datamodule_doubles_every_example():
+    dm = MQARDataModule(seq_len=32, num_kv_pairs=4, train_kv_pairs=[2, 6], num_train=8, num_val=4, num_test=4,
+                        read_twice="prompt", seed=1)
+    dm.setup("fit")
+    assert dm.seq_len == 64
+    for split in ("train", "val", "test"):
+        inputs, targets = dm.splits[split].tensors
+        assert inputs.shape == targets.shape == (len(inputs), 64)
+        assert torch.equal(inputs[:, :32], inputs[:, 32:]) and (targets[:, :32] == IGNORE_INDEX).all()
+        assert ((targets[:, 32:] != IGNORE_INDEX).sum(1) > 0).all()
+    plain = MQARDataModule(seq_len=32, num_kv_pairs=4, num_test=4, seed=1)
+    plain.setup("test")
+    assert torch.equal(dm.splits["test"].tensors[0][:, 32:], plain.splits["test"].tensors[0])
+
+
 def test_read_twice_datamodule_has_one_longer_length():
     dm = MQARDataModule(seq_len=32, num_kv_pairs=4, train_kv_pairs=[2, 6], num_train=8, num_val=4, num_test=4,
                         read_twice=True, seed=1)
@@ -175,15 +214,17 @@ def test_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch, capsys, config
     assert [line.split(":")[0] for line in lines[1:4]] == ["example   0", "example   1", "example   2"]
 
 
-def test_tiny_read_twice_fit_and_generate(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("read_twice, described", [("true", "T=32, 4 pairs, context read twice"),
+                                                     ("prompt", "T=48, 4 pairs, whole prompt read twice")])
+def test_tiny_read_twice_fit_and_generate(tmp_path, monkeypatch, capsys, read_twice, described):
     """JRT-Prompt through the CLI: the longer length reaches the model's max_len (learned positions
-    refuse a longer sequence), and generate draws its examples with the context read twice."""
+    refuse a longer sequence), and generate draws its examples with the context (or prompt) read twice."""
     monkeypatch.chdir(tmp_path)
     metrics, ckpt = _fit_and_test(tmp_path, "gla.yaml", steps=2, extra=[
-        "--data.read_twice", "true", "--data.seq_len", "24", "--model.d_model", "16"])
+        "--data.read_twice", read_twice, "--data.seq_len", "24", "--model.d_model", "16"])
     assert torch.isfinite(torch.tensor(metrics["train/loss"])) and 0.0 <= metrics["test/acc"] <= 1.0
     lines, decoded, forward = _generate(ckpt, capsys, "--examples", "2")
-    assert "T=32, 4 pairs, context read twice" in lines[0], lines[0]
+    assert described in lines[0], lines[0]
     assert decoded == forward and lines[-1].endswith("decoded = forward argmax on 8/8"), lines[-1]
 
 

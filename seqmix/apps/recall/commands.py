@@ -21,7 +21,7 @@ import argparse
 import torch
 
 from seqmix.apps.module import load_trained
-from seqmix.apps.recall.data import IGNORE_INDEX, MQARBatch, MQARDataModule
+from seqmix.apps.recall.data import IGNORE_INDEX, MQARBatch, MQARDataModule, repeated_part
 from seqmix.apps.recall.model import RecallLM
 from seqmix.core.decoding import STRATEGIES, generate
 
@@ -76,7 +76,8 @@ def generate_command(argv: list[str]) -> int:
     forward_right = ((forward == batch.targets) & queried).sum(1)  # [N]
     per_example = queried.sum(1)  # [N]
     mixer = type(model.stack.blocks[0].mixer).__name__
-    read = ", context read twice" if datamodule.hparams.read_twice else ""
+    read = {"none": "", "context": ", context read twice",
+            "prompt": ", whole prompt read twice"}[repeated_part(datamodule.hparams.read_twice)]
     print(f"seqmix recall generate: {args.examples} MQAR examples (T={datamodule.seq_len}, {data['num_kv_pairs']} "
           f"pairs{read}, seed {data_seed}), {mixer} model, strategy {args.strategy}")
     for n in range(args.examples):

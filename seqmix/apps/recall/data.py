@@ -24,18 +24,32 @@ easy ones and carries over. ``train_kv_pairs`` does the same at one sequence len
 training examples are split evenly over those pair counts, while validation and test use
 ``num_kv_pairs`` alone.
 
-JRT-Prompt (Arora et al. 2024, "Just read twice"): with ``read_twice`` the key-value block is
-repeated before the rest, ``k1 v1 .. kP vP k1 v1 .. kP vP | filler and queries``, so a recurrent
-model reads the context a second time knowing what it holds. The example grows by ``2P`` and
-every query and target moves ``2P`` positions later; the repeated block has no targets. The
-datamodule keeps one length for every example, ``seq_len + 2 * max(pair counts)`` (its
-``seq_len`` attribute, which the CLI links to the model's ``max_len``): an example with fewer
-pairs draws its queries over ``2 * (max - P)`` more positions.
+JRT-Prompt (Arora et al. 2024, "Just read twice", Sec. 3.2): the paper repeats the prompt before
+the answer, ``A(C, Q, C, Q)`` for a context ``C`` and a question ``Q``, so that in its second
+reading of ``C`` a recurrent model knows the whole context (and the question). ``read_twice``
+chooses what an MQAR example repeats (``C`` = the key-value block, ``Q`` = the filler and queries):
+
+- ``False``: read once, ``C Q``.
+- ``True`` or ``"context"``: the key-value block alone is repeated, ``C C Q``:
+  ``k1 v1 .. kP vP k1 v1 .. kP vP | filler and queries``. The example grows by ``2P`` and every
+  query and target moves ``2P`` positions later. The datamodule keeps one length for every example,
+  ``seq_len + 2 * max(pair counts)``: an example with fewer pairs draws its queries over
+  ``2 * (max - P)`` more positions. (``True`` is kept for the configs and checkpoints written
+  before ``"prompt"`` existed.)
+- ``"prompt"``: the whole example is repeated, ``C Q C Q``, the paper's equation: the first copy
+  of the queries has no targets (their values are never in the input, so nothing is given away)
+  and the second copy, ``seq_len`` positions later, is scored. Every example is ``2 * seq_len``.
+
+In both repeated forms the first copy has no targets. The datamodule's ``seq_len`` attribute is the
+length after repeating, which the CLI links to the model's ``max_len``. Left out: the paper's
+question-first variants of its released prompts (e.g. SQuAD's ``Q C C Q``) and repeating more
+than twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -44,6 +58,20 @@ from torch.utils.data import TensorDataset
 from seqmix.apps.data import Split, SplitLoaders
 
 IGNORE_INDEX = -100
+ReadTwice = bool | Literal["context", "prompt"]  # False: read once; True == "context" (module docstring)
+
+
+def repeated_part(read_twice: ReadTwice) -> Literal["none", "context", "prompt"]:
+    """What JRT-Prompt repeats for a ``read_twice`` setting: ``"none"``, ``"context"`` or ``"prompt"``."""
+    if read_twice is False:
+        return "none"
+    if read_twice is True or read_twice == "context":
+        return "context"
+    if read_twice == "prompt":
+        return "prompt"
+    raise ValueError(f"MQAR: read_twice={read_twice!r} is not a JRT-Prompt setting; use false (read once), "
+                     "true or 'context' (the key-value block repeated, C C Q) or 'prompt' (the whole example "
+                     "repeated, C Q C Q)")
 
 
 @dataclass(frozen=True)
@@ -81,12 +109,14 @@ def query_slot_probs(n_slots: int, power_a: float) -> Tensor:
 
 
 def generate_mqar(num_examples: int, *, vocab_size: int, seq_len: int, num_kv_pairs: int,
-                  power_a: float = 0.01, seed: int = 0, read_twice: bool = False) -> MQARBatch:
+                  power_a: float = 0.01, seed: int = 0, read_twice: ReadTwice = False) -> MQARBatch:
     """``num_examples`` MQAR sequences, a pure function of its arguments (``seed`` included).
 
     ``read_twice`` (JRT-Prompt): the same examples with the ``2 * num_kv_pairs`` context tokens repeated
-    in front, ``[N, seq_len + 2P]``.
+    in front (``True`` / ``"context"``, ``[N, seq_len + 2P]``) or the whole example repeated (``"prompt"``,
+    ``[N, 2 * seq_len]``); the first copy has no targets.
     """
+    repeated = repeated_part(read_twice)
     check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
     if num_examples < 1:
         raise ValueError(f"MQAR: num_examples must be >= 1, got {num_examples}")
@@ -108,9 +138,12 @@ def generate_mqar(num_examples: int, *, vocab_size: int, seq_len: int, num_kv_pa
     inputs.scatter_(1, query_pos, keys)
     targets = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.long)  # [N, T]
     targets.scatter_(1, query_pos, values)
-    if read_twice:
+    if repeated == "context":
         inputs = torch.cat((kv, inputs), 1)  # [N, 2P + T]: the pairs, then the example (which starts with them)
         targets = torch.cat((torch.full_like(kv, IGNORE_INDEX), targets), 1)  # [N, 2P + T]
+    elif repeated == "prompt":
+        inputs = torch.cat((inputs, inputs), 1)  # [N, 2T]: the example read once without targets, then again
+        targets = torch.cat((torch.full_like(targets, IGNORE_INDEX), targets), 1)  # [N, 2T]
     return MQARBatch(inputs, targets)
 
 
@@ -118,16 +151,19 @@ class MQARDataModule(SplitLoaders):
     """Train / val / test MQAR splits generated in ``setup`` from one seed (each split its own stream).
 
     ``vocab_size`` and ``seq_len`` are read by the model through the CLI's links; with ``read_twice`` the
-    ``seq_len`` attribute is the longer length, ``seq_len + 2 * max(pair counts)``.
+    ``seq_len`` attribute is the longer length: ``seq_len + 2 * max(pair counts)`` when the context is
+    repeated, ``2 * seq_len`` when the whole example is.
     """
 
     def __init__(self, vocab_size: int = 256, seq_len: int = 64, num_kv_pairs: int = 4, power_a: float = 0.01,
                  num_train: int = 20_000, num_val: int = 1_000, num_test: int = 1_000, seed: int = 0,
                  batch_size: int = 64, num_workers: int = 0, train_kv_pairs: list[int] | None = None,
-                 read_twice: bool = False):
+                 read_twice: ReadTwice = False):
         """``train_kv_pairs``: pair counts the training examples are spread over (default: ``num_kv_pairs`` only).
-        ``read_twice``: JRT-Prompt, the key-value context repeated before the queries (module docstring)."""
+        ``read_twice``: JRT-Prompt, ``true`` / ``"context"`` repeats the key-value context before the queries,
+        ``"prompt"`` repeats the whole example (module docstring)."""
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        repeated = repeated_part(read_twice)
         check_mqar_settings(vocab_size, seq_len, num_kv_pairs, power_a)
         for pairs in train_kv_pairs or []:
             check_mqar_settings(vocab_size, seq_len, pairs, power_a)
@@ -139,7 +175,8 @@ class MQARDataModule(SplitLoaders):
                 raise ValueError(f"MQARDataModule: {name} must be >= 1, got {value}")
         self.save_hyperparameters()
         self.vocab_size = vocab_size
-        self.seq_len = seq_len + 2 * max([num_kv_pairs, *(train_kv_pairs or [])]) if read_twice else seq_len
+        longest_context = 2 * max([num_kv_pairs, *(train_kv_pairs or [])])
+        self.seq_len = {"none": seq_len, "context": seq_len + longest_context, "prompt": 2 * seq_len}[repeated]
         self.splits: dict[str, TensorDataset] = {}
 
     def _make(self, split: str, count: int, offset: int) -> TensorDataset:
@@ -155,7 +192,8 @@ class MQARDataModule(SplitLoaders):
     def examples(self, count: int, num_kv_pairs: int, *, seed: int) -> MQARBatch:
         """``count`` examples with ``num_kv_pairs`` pairs, each ``self.seq_len`` long: ``[count, seq_len]``."""
         h = self.hparams
-        length = self.seq_len - 2 * num_kv_pairs if h.read_twice else h.seq_len  # before the context is repeated
+        # the length before repeating: the context-repeated form gives a shorter context's queries more room
+        length = self.seq_len - 2 * num_kv_pairs if repeated_part(h.read_twice) == "context" else h.seq_len
         return generate_mqar(count, vocab_size=h.vocab_size, seq_len=length, num_kv_pairs=num_kv_pairs,
                              power_a=h.power_a, seed=seed, read_twice=h.read_twice)
 
