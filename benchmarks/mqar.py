@@ -110,7 +110,7 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
                  "data.num_train": args.num_train, "trainer.max_steps": args.max_steps, "model.lr": args.lr,
                  "model.mlp_ratio": args.mlp_ratio, "model.positions": args.positions,
                  "data.train_kv_pairs": None if args.train_kv_pairs is None else json.dumps(args.train_kv_pairs),
-                 "data.read_twice": "true" if args.read_twice else None}
+                 "data.read_twice": args.read_twice}
     for key, value in overrides.items():
         if value is not None:
             argv += [f"--{key}", str(value)]
@@ -136,7 +136,7 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
         "params": sum(p.numel() for p in model.parameters()), "train_s": train_s, "steps": trainer.global_step,
         "seq_len": seq_len, "kv_pairs": data.hparams.num_kv_pairs, "vocab": data.hparams.vocab_size,
         "batch": data.hparams.batch_size, "lr": model.hparams.lr, "mlp_ratio": model.hparams.mlp_ratio,
-        "train_kv_pairs": data.hparams.train_kv_pairs, "read_twice": bool(data.hparams.read_twice),
+        "train_kv_pairs": data.hparams.train_kv_pairs, "read_twice": STORED_READ[read_mode(data.hparams.read_twice)],
         "positions": model.hparams.positions, "max_steps": args.max_steps, "seed": args.seed,
         "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2),
         "cpu": cpu_model(), "commit": git_commit(), "date": utc_now(),  # points merge across runs and machines
@@ -196,15 +196,53 @@ def provenance(rows: list[dict[str, object]]) -> str:
     return "points ran: " + "; ".join(parts)
 
 
-def point_key(row: dict[str, object]) -> tuple[str, int, bool]:
-    """What tells one stored point from another of the same setting: mixer, width, and whether the example's
-    context was read twice (JRT-Prompt; points stored before the option are read once)."""
-    return row["mixer"], row["d_model"], bool(row.get("read_twice", False))
+READ_MODES = ("once", "context", "prompt")
+STORED_READ = {"once": False, "context": True, "prompt": "prompt"}  # a point's "read_twice" (older points: bool)
+READ_LABELS = {"once": "", "context": " (read twice)", "prompt": " (prompt read twice)"}
+
+
+def read_mode(read_twice: object) -> str:
+    """``"once"``, ``"context"`` (the key-value block read twice) or ``"prompt"`` (the whole example read twice,
+    the paper's A(C, Q, C, Q)) for a point's or a datamodule's ``read_twice`` (JRT-Prompt; see recall/data.py)."""
+    if read_twice is None or read_twice is False:
+        return "once"
+    if read_twice is True or read_twice == "context":
+        return "context"
+    if read_twice == "prompt":
+        return "prompt"
+    raise SystemExit(f"mqar.py: read_twice={read_twice!r} is not a JRT-Prompt setting (false, true, 'context', "
+                     "'prompt'); fix or delete that stored point")
+
+
+def point_key(row: dict[str, object]) -> tuple[str, int, str]:
+    """What tells one stored point from another of the same setting: mixer, width, and what of the example
+    was read twice (JRT-Prompt; points stored before the option are read once)."""
+    return row["mixer"], row["d_model"], read_mode(row.get("read_twice", False))
 
 
 def series(row: dict[str, object]) -> str:
-    """A mixer's name, marked when its context was read twice (JRT-Prompt)."""
-    return f"{row['mixer']} (read twice)" if row.get("read_twice") else str(row["mixer"])
+    """A mixer's name, marked when its context (or whole prompt) was read twice (JRT-Prompt)."""
+    return str(row["mixer"]) + READ_LABELS[read_mode(row.get("read_twice", False))]
+
+
+def jrt_table(rows: list[dict[str, object]]) -> str:
+    """Read once and read twice side by side per (mixer, width), with the change; "" without read-twice points."""
+    acc = {point_key(r): r["acc"] for r in rows}
+    modes = [m for m in READ_MODES[1:] if any(k[2] == m for k in acc)]
+    if not modes:
+        return ""
+    names = {"context": "context read twice", "prompt": "prompt read twice"}
+    body = []
+    for mixer, width in sorted({k[:2] for k in acc}):
+        once = acc.get((mixer, width, "once"))
+        cells = [mixer, width, "–" if once is None else f"{once:.4f}"]
+        for mode in modes:
+            twice = acc.get((mixer, width, mode))
+            cells.append("–" if twice is None else f"{twice:.4f}")
+            cells.append("–" if once is None or twice is None else f"{twice - once:+.4f}")
+        body.append(cells)
+    head = ["mixer", "d_model", "read once"] + [h for m in modes for h in (names[m], "change")]
+    return markdown_table(head, body)
 
 
 def plot(rows: list[dict[str, object]], title: str):
@@ -259,6 +297,10 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
           f"{r['lr']:g}", f"{r['train_s']:.0f}", r.get("threads", "–"), r.get("load_1min", "–"), r["seed"]]
          for r in rows])
     text = header(title, seeds=[args.seed], notes=notes) + table
+    side_by_side = jrt_table(rows)
+    if side_by_side:
+        text += ("\n## JRT-Prompt: read once and read twice, the same budget\n\n"
+                 "Test accuracy of the rows above; change = read twice - read once.\n\n" + side_by_side)
     text += f"\n![accuracy vs state size]({name}.png)\n"
     write_result(name, text)
     save_figure(plot(rows, f"{title}\nT={r0['seq_len']}, {r0['kv_pairs']} pairs"), name)
@@ -286,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                              "settings); test stays at --kv-pairs")
     parser.add_argument("--positions", choices=["learned", "sinusoidal", "none"], default=None,
                         help="override every config's position encoding")
-    parser.add_argument("--read-twice", action="store_true",
-                        help="JRT-Prompt (Arora et al. 2024): every example's key-value context is read twice "
+    parser.add_argument("--read-twice", nargs="?", const="context", default=None, choices=["context", "prompt"],
+                        help="JRT-Prompt (Arora et al. 2024): every example's key-value context (alone or "
+                             "'context', C C Q) or whole example ('prompt', C Q C Q) is read twice "
                              "(data.read_twice); stored beside the read-once points of the same setting")
     parser.add_argument("--render", action="store_true", help="only render the table from the stored points")
     parser.add_argument("--note", action="append", default=[],
@@ -316,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     points_file = Path(__file__).resolve().parent / "results" / f"{name}_points.jsonl"
     setting = setting_of(args)
     done = {point_key(r) for r in load_points(points_file, setting, args.lr)} if not args.demo else set()
-    points = [(m, w) for m in mixers for w in widths if (m, w, args.read_twice) not in done]
+    points = [(m, w) for m in mixers for w in widths if (m, w, read_mode(args.read_twice)) not in done]
     if done and not args.render:
         print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
               f"{len(points)} left to run")
@@ -324,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     total = Stopwatch().start()
     for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
-        if not args.demo and (mixer, width, args.read_twice) in {point_key(r) for r in load_points(points_file, setting,
+        if not args.demo and (mixer, width, read_mode(args.read_twice)) in {point_key(r) for r in load_points(points_file, setting,
                                                                                                    args.lr)}:
             continue  # another process of the same sweep stored it meanwhile
         row = run_point(mixer, width, args, keep)

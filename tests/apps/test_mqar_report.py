@@ -41,3 +41,19 @@ def test_stored_read_twice_points_load_beside_the_read_once_ones(bench, tmp_path
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     loaded = bench.load_points(path, setting, None)
     assert sorted((bench.series(r), r["acc"]) for r in loaded) == [("gla", 0.2), ("gla (read twice)", 0.3)]
+
+
+def test_prompt_read_twice_points_stand_apart_and_show_side_by_side(bench):
+    rows = [{"mixer": "gla", "d_model": 64, "acc": 0.25},
+            {"mixer": "gla", "d_model": 64, "acc": 0.5, "read_twice": True},
+            {"mixer": "gla", "d_model": 64, "acc": 0.125, "read_twice": "prompt"},
+            {"mixer": "mamba", "d_model": 64, "acc": 0.0625}]
+    assert len({bench.point_key(r) for r in rows}) == 4
+    assert bench.series(rows[2]) == "gla (prompt read twice)"
+    lines = bench.jrt_table(rows).splitlines()
+    assert lines[0].startswith("| mixer | d_model | read once | context read twice | change | prompt read twice")
+    assert lines[2] == "| gla | 64 | 0.2500 | 0.5000 | +0.2500 | 0.1250 | -0.1250 |", lines[2]
+    assert lines[3] == "| mamba | 64 | 0.0625 | – | – | – | – |", lines[3]
+    assert bench.jrt_table(rows[:1] + rows[3:]) == ""  # read once only: no side-by-side table
+    with pytest.raises(SystemExit, match="is not a JRT-Prompt setting"):
+        bench.point_key({"mixer": "gla", "d_model": 64, "read_twice": "twice"})
