@@ -14,18 +14,19 @@ from seqmix.kernels.lmu import lmu_memory, shifted_legendre
 def test_parallel_form_equals_recurrence_with_state(assert_rel_close):
     torch.manual_seed(0)
     mixer = build_mixer("lmu", 16, n_heads=2, order=8, theta=20.0)
-    x = torch.randn(2, 70, 16)  # 70 >= FFT_FROM: the FFT convolution
+    x = torch.randn(2, 70, 16)  # 70 tokens: three chunks of the chunk form
     s0 = torch.randn(2, 2, 8)
     results = {}
-    for impl in ("naive", "chunk"):
+    for impl in ("naive", "chunk", "fft"):
         mixer.impl = impl
         mixer.zero_grad()
         xi, si = x.clone().requires_grad_(), s0.clone().requires_grad_()
         y, final = mixer(xi, state=si, return_state=True)
         (y.sin().sum() + final.sum()).backward()
         results[impl] = [y.detach(), final.detach(), xi.grad, si.grad, *(p.grad for p in mixer.parameters())]
-    for i, (got, want) in enumerate(zip(results["chunk"], results["naive"])):
-        assert_rel_close(got, want, 1e-5, f"chunk vs naive, result {i}")
+    for impl in ("chunk", "fft"):
+        for i, (got, want) in enumerate(zip(results[impl], results["naive"])):
+            assert_rel_close(got, want, 1e-5, f"{impl} vs naive, result {i}")
 
 
 @pytest.mark.parametrize("r", [0.5, 1.0])

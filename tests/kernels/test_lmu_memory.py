@@ -1,6 +1,8 @@
-"""lmu_memory: the parallel form (impulse-response convolution: Toeplitz matmul below FFT_FROM tokens,
-FFT from there) against the token-by-token recurrence, outputs, final states and the gradients of u
-and the initial state, at odd lengths; the system's construction; the input checks."""
+"""lmu_memory: the parallel forms (chunk: the impulse-response convolution blocked into matmuls with a
+scan over chunk states; fft: one FFT convolution) against the token-by-token recurrence, outputs, final
+states and the gradients of u and the initial state, at odd lengths and around the chunk size; the
+gradients of a learnable system; the table cache following in-place changes; the system's
+construction; the input checks."""
 
 import functools
 
@@ -8,11 +10,12 @@ import pytest
 import torch
 
 from seqmix.kernels.lmu import legendre_delay, lmu_memory, zero_order_hold
-from seqmix.kernels.lmu.chunk import FFT_FROM
+from seqmix.kernels.lmu.chunk import CHUNK_SIZE
 
-RATIO = 1e-5  # relative RMS error allowed between chunk and naive in fp32 (the FFT's rounding is ~3e-7)
+RATIO = 1e-5  # relative RMS error allowed between a parallel form and naive in fp32 (measured: ~1e-6)
 
-lmu_naive, lmu_chunk = (functools.partial(lmu_memory, impl=impl) for impl in ("naive", "chunk"))
+lmu_naive = functools.partial(lmu_memory, impl="naive")
+PARALLEL = ("chunk", "fft")
 SYSTEM = zero_order_hold(*legendre_delay(12, 40.0))
 
 
@@ -25,22 +28,50 @@ def outputs_and_grads(fn, u, s0):
     return [m.detach(), final.detach(), *torch.autograd.grad(loss, inputs)]
 
 
-@pytest.mark.parametrize("t", [1, 37, FFT_FROM - 1, FFT_FROM, 301])
+@pytest.mark.parametrize("impl", PARALLEL)
+@pytest.mark.parametrize("t", [1, 37, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 301])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_lmu_chunk_equals_naive(t, with_state, assert_rel_close):
+def test_lmu_parallel_equals_naive(impl, t, with_state, assert_rel_close):
     gen = torch.Generator().manual_seed(t)
     u = torch.randn(2, t, 3, generator=gen).requires_grad_()
     s0 = torch.randn(2, 3, 12, generator=gen).requires_grad_() if with_state else None
     expected = outputs_and_grads(lmu_naive, u, s0)
-    for name, got, want in zip(("m", "final", "du", "ds0"), outputs_and_grads(lmu_chunk, u, s0), expected):
-        assert_rel_close(got, want, RATIO, f"T={t} state={with_state}: {name}")
+    got = outputs_and_grads(functools.partial(lmu_memory, impl=impl), u, s0)
+    for name, got, want in zip(("m", "final", "du", "ds0"), got, expected):
+        assert_rel_close(got, want, RATIO, f"{impl} T={t} state={with_state}: {name}")
 
 
-def test_lmu_fp64_is_exact_to_rounding(assert_rel_close):
+@pytest.mark.parametrize("impl", PARALLEL)
+def test_lmu_fp64_is_exact_to_rounding(impl, assert_rel_close):
     u, s0 = torch.randn(1, 150, 2, dtype=torch.float64), torch.randn(1, 2, 12, dtype=torch.float64)
-    got, want = (fn(u, *SYSTEM, initial_state=s0)[0] for fn in (lmu_chunk, lmu_naive))
+    got, want = (lmu_memory(u, *SYSTEM, initial_state=s0, impl=i)[0] for i in (impl, "naive"))
     assert got.dtype == torch.float64
-    assert_rel_close(got, want, 1e-12, "fp64 chunk vs naive")
+    assert_rel_close(got, want, 1e-12, f"fp64 {impl} vs naive")
+
+
+@pytest.mark.parametrize("impl", PARALLEL)
+def test_learnable_system_gets_the_recurrence_gradients(impl, assert_rel_close):
+    """The tables are cached only for fixed systems: a system that needs a gradient is rebuilt with its graph."""
+    u = torch.randn(1, 70, 2, dtype=torch.float64)
+    grads = {}
+    for form in ("naive", impl):
+        a, b = (s.clone().requires_grad_() for s in SYSTEM)
+        m, _ = lmu_memory(u, a, b, impl=form)
+        grads[form] = torch.autograd.grad(m.sin().sum(), (a, b))
+    for name, got, want in zip(("a_bar", "b_bar"), grads[impl], grads["naive"]):
+        assert_rel_close(got, want, 1e-10, f"{impl}: gradient of {name}")
+
+
+@pytest.mark.parametrize("impl", PARALLEL)
+def test_cached_tables_follow_in_place_changes(impl, assert_rel_close):
+    a, b = (s.clone() for s in SYSTEM)
+    u = torch.randn(1, 40, 2, dtype=torch.float64)
+    lmu_memory(u, a, b, impl=impl)  # fills the cache for (a, b)
+    with torch.no_grad():
+        a.mul_(0.5)
+        b.mul_(2.0)
+    got, want = (lmu_memory(u, a, b, impl=i)[0] for i in (impl, "naive"))
+    assert_rel_close(got, want, 1e-12, f"{impl} after changing the system in place")
 
 
 def test_legendre_delay_matches_the_paper():

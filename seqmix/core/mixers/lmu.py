@@ -15,8 +15,11 @@ Per head h (``n_heads`` memories, each of ``order`` N Legendre coefficients):
 ``(A, B)`` is the Legendre delay system of window ``theta`` tokens, discretised once in float64
 (:mod:`seqmix.kernels.lmu`): fixed buffers, not parameters, and kept in float64 when the module is
 cast (``.to(torch.bfloat16)`` casts the projections only). The memory runs through
-:func:`seqmix.kernels.lmu.lmu_memory`: ``naive`` is the recurrence loop, ``chunk`` the causal
-convolution with the impulse response (FFT for long T). ``step`` is the recurrence, one token.
+:func:`seqmix.kernels.lmu.lmu_memory`: ``naive`` is the recurrence loop; ``chunk`` (``"auto"``'s form)
+the causal convolution with the impulse response blocked into matmuls over chunks (linear in T);
+``fft`` the same convolution by one FFT (LMU-FFT's form). ``step`` is the recurrence, one token.
+``W_h [m_t ; x_t]`` is computed as ``W_h^m m_t + W_h^x x_t`` (column blocks of the one ``hidden`` weight),
+without building the concatenation.
 
 Choices and what is left out: the input is projected per head (H scalars, not one per channel:
 the memory is ``H N`` floats and ``W_h`` is ``(H N + D) x D``); ``u`` is linear (Voelker's encoder
@@ -84,8 +87,19 @@ class LegendreMemoryUnit(Mixer):
         u = self.u_proj(x)  # [B, T, H]
         m, final = lmu_memory(u, self.a_bar, self.b_bar, initial_state=state, output_final_state=return_state,
                               impl=self.resolve_impl(x))  # [B, T, H, N]
-        y = F.relu(self.hidden(torch.cat([m.reshape(b, t, -1), x], -1)))  # [B, T, H, N] -> [B, T, H*N + D] -> [B, T, D]
+        y = self._read(m.reshape(b, t, -1), x)  # [B, T, H, N] -> [B, T, H*N] -> [B, T, D]
         return (y, final) if return_state else y
+
+    def _read(self, m: Tensor, x: Tensor) -> Tensor:
+        """``ReLU(W_h [m ; x] + b_h)`` for ``m: [..., H*N]``, ``x: [..., D]``, without the concatenation."""
+        weight, split = self.hidden.weight, self.n_heads * self.order
+        return F.relu(F.linear(x, weight[:, split:], self.hidden.bias) + F.linear(m, weight[:, :split]))
+
+    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """The recurrence for one token ``x_t: [B, D]`` (whatever ``impl``: one matmul, no tables)."""
+        m, final = lmu_memory(self.u_proj(x_t)[:, None], self.a_bar, self.b_bar, initial_state=state,
+                              output_final_state=True, impl="naive")  # [B, 1, H] -> [B, 1, H, N]
+        return self._read(m.reshape(x_t.shape[0], -1), x_t), final  # [B, 1, H, N] -> [B, H*N] -> [B, D]
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:

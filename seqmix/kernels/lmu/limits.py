@@ -2,4 +2,4 @@
 
 from seqmix.kernels.common import KernelOp
 
-LMU = KernelOp("lmu", impls=("naive", "chunk"))
+LMU = KernelOp("lmu", impls=("naive", "chunk", "fft"))
