@@ -6,10 +6,13 @@ Tolerances: relative RMS 1e-6 where SEA must equal softmax attention (the same f
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from seqmix.core.mixers.sea import SEAAttention, sea_attention_chunk, sea_attention_naive, sea_features, sea_log_scores
+from seqmix.core.mixers.sea import (SEAAttention, sea_attention_chunk, sea_attention_naive, sea_features, sea_log_scores,
+                                   sea_node_scores)
 from seqmix.core.mixers.softmax import SoftmaxAttention
 
 D = 16
@@ -33,22 +36,53 @@ def test_top_k_covering_every_key_is_softmax(causal, impl, assert_rel_close):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_each_query_attends_its_top_k_estimated_keys(causal):
+    """Blocks of one key, one query per query block, a compressed width over every key: each query attends the
+    top-k keys of the estimate among its candidates (causal: the keys before it) and itself."""
     torch.manual_seed(1)
     q, k, v = torch.randn(1, 2, 23, 8), torch.randn(1, 2, 23, 8), torch.randn(1, 2, 23, 3)
     estimator = torch.randn(2, 8, 4)
     key_mask = torch.ones(1, 23, dtype=torch.bool)
     key_mask[0, 3] = False
-    _, attended = sea_attention_naive(q, k, v, estimator, causal=causal, top_k=5, key_mask=key_mask)
+    per_key = dict(causal=causal, top_k=5, key_mask=key_mask, block_size=1, query_block=1, width=64)
+    _, attended = sea_attention_naive(q, k, v, estimator, **per_key)
     est = sea_log_scores(sea_features(q, estimator), sea_features(k, estimator))  # [1, 2, 23, 23]
-    visible = torch.ones(23, 23, dtype=torch.bool).tril() if causal else torch.ones(23, 23, dtype=torch.bool)
-    visible = visible & key_mask[0]
     for h in range(2):
         for i in range(23):
-            keys = visible[i].nonzero().flatten()
-            wanted = keys[est[0, h, i, keys].argsort(descending=True)[:5]]
-            assert set(attended[0, h, i].nonzero().flatten().tolist()) == set(wanted.tolist())
-    _, counts = sea_attention_chunk(q, k, v, estimator, causal=causal, top_k=5, key_mask=key_mask)
+            keys = torch.tensor([j for j in range(i if causal else 23) if key_mask[0, j]], dtype=torch.long)
+            wanted = set(keys[est[0, h, i, keys].argsort(descending=True)[:5]].tolist()) | {i}
+            assert set(attended[0, h, i].nonzero().flatten().tolist()) == wanted - {3}, (h, i)
+    _, counts = sea_attention_chunk(q, k, v, estimator, **per_key)
     assert torch.equal(counts, attended.sum(-1))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_naive_and_chunk_select_the_same_blocks(causal, assert_rel_close):
+    torch.manual_seed(2)
+    q, k, v = torch.randn(2, 2, 41, 8), torch.randn(2, 2, 41, 8), torch.randn(2, 2, 41, 3)
+    estimator = torch.randn(2, 8, 6)
+    key_mask = torch.rand(2, 41) > 0.2
+    blocks = dict(causal=causal, top_k=2, key_mask=key_mask, block_size=3, query_block=4, width=3)
+    o_naive, attended = sea_attention_naive(q, k, v, estimator, **blocks)
+    o_chunk, counts = sea_attention_chunk(q, k, v, estimator, **blocks)
+    assert torch.equal(counts, attended.sum(-1))
+    assert_rel_close(o_chunk, o_naive, 1e-5, f"causal={causal}")
+    assert int(counts.max()) <= (2 + 3) * 3  # top_k blocks + at most 3 local blocks of 3 keys
+
+
+def test_compressed_estimate_is_the_sum_of_the_per_key_estimate(assert_rel_close):
+    """A node's score is log sum over its keys of phi(q) . phi(k): the per-key estimate pooled, from prefix sums."""
+    torch.manual_seed(3)
+    q, k, estimator = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 24, 8), torch.randn(2, 8, 4)
+    token_ok = torch.ones(1, 6, 4, dtype=torch.bool)
+    token_ok[0, 2, 1] = False  # a masked key is not counted
+    score = sea_node_scores(estimator)(k.unflatten(2, (6, 4)), token_ok)
+    start, end = torch.tensor([[[[0, 1, 2, 5]]]]).expand(1, 2, 1, 4), torch.tensor([[[[6, 3, 3, 5]]]]).expand(1, 2, 1, 4)
+    got = score(q[:, :, 0][:, :, None], start, end)  # [1, 2, 1, 4]
+    est = sea_log_scores(sea_features(q, estimator), sea_features(k, estimator))[:, :, 0]  # [1, 2, 24]
+    est[..., 9] = -math.inf
+    for node, (a, b) in enumerate([(0, 6), (1, 3), (2, 3)]):
+        assert_rel_close(got[:, :, 0, node], est[..., 4 * a: 4 * b].logsumexp(-1).double(), 1e-6, f"node {a}-{b}")
+    assert torch.isneginf(got[..., 3]).all()  # an empty node
 
 
 def _recall(teacher: SEAAttention, x: torch.Tensor, k: int) -> float:
@@ -95,7 +129,7 @@ def test_estimator_loss_is_a_kl_divergence():
 
 
 @pytest.mark.parametrize("argument, value", [("top_k", 0), ("top_k", 2.5), ("top_k", True), ("features", 0),
-                                             ("sparse", 1)])
+                                             ("sparse", 1), ("block_size", 0), ("query_block", 0), ("width", 0)])
 def test_bad_arguments_fail_in_init(argument, value):
     with pytest.raises(ValueError, match=argument):
         SEAAttention(D, n_heads=2, **{argument: value})

@@ -41,151 +41,96 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from seqmix.core.mixer import check_int, register_mixer
-from seqmix.core.mixers.softmax import KeySelectingAttention
+from seqmix.core.mixers.key_blocks import (BlockSelectingAttention, NodeScore, block_sparse_attention, first_queries,
+                                           gather_blocks, query_block_layout, select_blocks_naive)
 from seqmix.kernels.attention import visible_keys_mask
 from seqmix.kernels.common import compute_dtype
-
-_GROUP_ELEMENTS = 1 << 22  # the chunk form's gathered keys [queries, blocks, L, K] per sequence and head, at most
-
-
-def _first_nodes(n: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` chunks that split ``[0, n)`` evenly: ``(start, end)``, each ``[..., k]`` for ``n: [...]``."""
-    c = torch.arange(k + 1, device=n.device)
-    bounds = c * n[..., None] // k  # [..., k + 1]
-    return bounds[..., :-1], bounds[..., 1:]
 
 
 def hip_select_naive(block_scores: list[float], k: int) -> list[int]:
     """The blocks kept by the hierarchical selection for one query, written as a plain loop.
 
     ``block_scores[b]`` is ``r_i(b)`` for the candidate blocks ``0 .. n - 1``; returns the kept blocks.
+    A node is scored by its first block.
     """
-    n = len(block_scores)
-    nodes = [(int(c * n // k), int((c + 1) * n // k)) for c in range(k)]
-    nodes = [(s, e) for s, e in nodes if e > s]
-    while any(e - s > 1 for s, e in nodes):
-        children = []
-        for s, e in nodes:
-            m = s + (e - s + 1) // 2
-            children += [(s, m), (m, e)] if e > m else [(s, m)]
-        children.sort(key=lambda node: -block_scores[node[0]])  # stable: ties keep the earlier block
-        nodes = children[:k]
-    return sorted(s for s, _ in nodes)
+    return select_blocks_naive(lambda start, end: block_scores[start], len(block_scores), width=k, k=k)
 
 
 def hip_attention_naive(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, block_size: int, top_k: int,
-                        key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+                        key_mask: Tensor | None, query_block: int = 1,
+                        lead: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """HiP attention by its definition: ``q: [B, H, T, K]`` (the last ``T`` of ``S`` positions), ``k: [B, H, S, K]``,
-    ``v: [B, H, S, V]``, ``key_mask: [B, S] | None`` -> ``(o: [B, H, T, V] fp32, attended: [B, H, T, S] bool)``."""
-    dtype = compute_dtype(q)
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    b, h, t, _ = q.shape
-    s, size = k.shape[2], block_size
-    blocks = -(-s // size)
-    visible = visible_keys_mask(t, s, causal=causal, key_mask=key_mask, device=q.device).expand(b, h, t, s)
-    scores = torch.einsum("bhtk,bhsk->bhts", q, k) * q.shape[-1] ** -0.5  # [B, H, T, S]
-    padded = torch.nn.functional.pad(scores.detach().masked_fill(~visible, -math.inf), (0, blocks * size - s),
-                                     value=-math.inf)  # [B, H, T, N * L]
-    r = padded.unflatten(-1, (blocks, size)).amax(-1).tolist()  # [B, H, T, N] -> nested lists
-    pos = torch.arange(s - t, s).tolist()
-    kept = [[[[False] * blocks for _ in range(t)] for _ in range(h)] for _ in range(b)]  # [B, H, T, N]
-    for bi in range(b):
-        for hi in range(h):
-            for i, p in enumerate(pos):
-                own = p // size
-                n = own if causal else blocks
-                for block in hip_select_naive(r[bi][hi][i][:n], top_k) + [own]:
-                    kept[bi][hi][i][block] = True
-    kept_keys = torch.tensor(kept, device=q.device).repeat_interleave(size, -1)  # [B, H, T, N] -> [B, H, T, N * L]
-    attended = kept_keys[..., :s] & visible  # [B, H, T, S]
-    weights = torch.softmax(scores.masked_fill(~attended, -math.inf), -1).nan_to_num(0.0)  # no visible key -> 0
-    return weights @ v, attended
-
-
-def hip_attention_chunk(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, block_size: int, top_k: int,
-                        key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The same attention, the selection vectorised over queries and the kept blocks gathered.
-    Arguments as :func:`hip_attention_naive`; returns ``(o: [B, H, T, V] fp32, attended per query: [B, H, T])``."""
+    ``v: [B, H, S, V]``, ``key_mask: [B, S] | None``, ``lead: [B, H, K] | None`` (the first query of a query block
+    begun before ``q``) -> ``(o: [B, H, T, V] fp32, attended: [B, H, T, S] bool)``."""
     dtype = compute_dtype(q)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     b, h, t, dk = q.shape
     s, size = k.shape[2], block_size
     blocks = -(-s // size)
-    pad = blocks * size - s
-    kb = torch.nn.functional.pad(k, (0, 0, 0, pad)).unflatten(2, (blocks, size))  # [B, H, N, L, K]
-    vb = torch.nn.functional.pad(v, (0, 0, 0, pad)).unflatten(2, (blocks, size))  # [B, H, N, L, V]
-    token_ok = torch.arange(blocks * size, device=q.device) < s  # [N * L]
-    token_ok = token_ok if key_mask is None else token_ok & torch.nn.functional.pad(key_mask, (0, pad))  # [B|, NL]
-    token_ok = token_ok.expand(b, blocks * size).unflatten(1, (blocks, size))  # [B, N, L]
-    group = max(1, _GROUP_ELEMENTS // (2 * (top_k + 1) * size * dk))
-    outs, counts = [], []
-    for start in range(0, t, group):
-        stop = min(t, start + group)
-        pos = torch.arange(s - t + start, s - t + stop, device=q.device)  # [g] positions on the key axis
-        o, count = _attend_group(q[:, :, start:stop], kb, vb, token_ok, pos, causal=causal, top_k=top_k)
-        outs.append(o)
-        counts.append(count)
-    return torch.cat(outs, 2), torch.cat(counts, 2)
+    visible = visible_keys_mask(t, s, causal=causal, key_mask=key_mask, device=q.device).expand(b, h, t, s)
+    scores = torch.einsum("bhtk,bhsk->bhts", q, k) * dk ** -0.5  # [B, H, T, S]
+    layout = query_block_layout(t, s, query_block)
+    reps = first_queries(q, layout, query_block, None if lead is None else lead.to(dtype))  # [B, H, nq, K]
+    rep_scores = torch.einsum("bhck,bhsk->bhcs", reps, k).detach() * dk ** -0.5  # [B, H, nq, S]
+    if key_mask is not None:
+        rep_scores = rep_scores.masked_fill(~key_mask[:, None, None], -math.inf)
+    padded = F.pad(rep_scores, (0, blocks * size - s), value=-math.inf)  # [B, H, nq, N L]
+    r = padded.unflatten(-1, (blocks, size)).amax(-1).tolist()  # [B, H, nq, N] -> nested lists
+    kept = torch.zeros(b, h, layout.count, blocks, dtype=torch.bool)  # [B, H, nq, N]
+    for c in range(layout.count):
+        p0 = (layout.first + c) * query_block
+        n = p0 // size if causal else blocks
+        local = range(p0 // size, min(p0 + query_block - 1, s - 1) // size + 1)  # blocks under the query block
+        for bi in range(b):
+            for hi in range(h):
+                for block in [*hip_select_naive(r[bi][hi][c][:n], top_k), *local]:
+                    kept[bi, hi, c, block] = True
+    which = (torch.arange(s - t, s) // query_block - layout.first).to(q.device)  # [T] each query's block
+    kept_keys = kept.to(q.device)[:, :, which].repeat_interleave(size, -1)  # [B, H, T, N] -> [B, H, T, N L]
+    attended = kept_keys[..., :s] & visible  # [B, H, T, S]
+    weights = torch.softmax(scores.masked_fill(~attended, -math.inf), -1).nan_to_num(0.0)  # no visible key -> 0
+    return weights @ v, attended
 
 
-def _gather(x: Tensor, index: Tensor) -> Tensor:
-    """``x: [B, H, N, ...]`` at block ``index: [B, H, g, m]`` -> ``[B, H, g, m, ...]`` (one ``index_select``)."""
-    b, h, n = x.shape[:3]
-    flat = (torch.arange(b * h, device=x.device).view(b, h, 1, 1) * n + index).flatten()  # [B H g m] into [B H N]
-    return x.flatten(0, 2).index_select(0, flat).view(*index.shape, *x.shape[3:])
+def hip_node_scores(kb: Tensor, token_ok: Tensor) -> NodeScore:
+    """HiP's node score over the key blocks ``kb: [B, H, N, L, K]`` (``token_ok: [B, N, L]``): a node scores
+    ``r(first block) = max_{j in it} rep . k_j / sqrt(K)``; a block with every key masked ranks above an empty node."""
+    b, h, blocks, size, dk = kb.shape
+    ok = token_ok[:, None].expand(b, h, blocks, size)  # [B, H, N, L]
+
+    def score(reps: Tensor, start: Tensor, end: Tensor) -> Tensor:
+        first = start.clamp(max=blocks - 1)  # [B, H, g, m]
+        r = torch.einsum("bhgk,bhgmlk->bhgml", reps, gather_blocks(kb, first)) * dk ** -0.5  # [B, H, g, m, L]
+        r = r.masked_fill(~gather_blocks(ok, first), -math.inf).amax(-1).clamp(min=torch.finfo(r.dtype).min)
+        return r.masked_fill(end <= start, -math.inf)  # [B, H, g, m]
+
+    return score
 
 
-def _attend_group(q: Tensor, kb: Tensor, vb: Tensor, token_ok: Tensor, pos: Tensor, *, causal: bool,
-                  top_k: int) -> tuple[Tensor, Tensor]:
-    """Queries ``q: [B, H, g, K]`` at key positions ``pos: [g]`` against the blocks ``kb``/``vb``
-    (``[B, H, N, L, *]``, tokens allowed by ``token_ok: [B, N, L]``) -> ``(o [B, H, g, V], attended [B, H, g])``."""
-    b, h, g, dk = q.shape
-    blocks, size = kb.shape[2], kb.shape[3]
-    scale = dk ** -0.5
-    own = pos // size  # [g]
-    n = own if causal else torch.full_like(own, blocks)  # [g] candidate blocks 0 .. n - 1
-    token_ok = token_ok[:, None].expand(b, h, blocks, size)  # [B, H, N, L]
-    key_pos = torch.arange(blocks * size, device=q.device).view(blocks, size)  # [N, L]
-
-    def allowed(index: Tensor) -> Tensor:  # [B, H, g, m] -> [B, H, g, m, L]: tokens query may see in those blocks
-        ok = _gather(token_ok, index)
-        return ok & (key_pos[index] <= pos[:, None, None]) if causal else ok
-
-    def score(start: Tensor, end: Tensor) -> Tensor:  # nodes [B, H, g, m] -> r_i(first block) [B, H, g, m]
-        first = start.clamp(max=blocks - 1)
-        r = torch.einsum("bhgk,bhgmlk->bhgml", q.detach(), _gather(kb, first).detach()) * scale  # [B, H, g, m, L]
-        r = r.masked_fill(~allowed(first), -math.inf).amax(-1).clamp(min=torch.finfo(r.dtype).min)
-        return r.masked_fill(end <= start, -math.inf)  # a block with every key masked > an empty node
-
-    start, end = (x.expand(b, h, g, top_k) for x in _first_nodes(n, top_k))  # [B, H, g, k]
-    r = score(start, end)
-    while bool(((end - start) > 1).any()):
-        mid = start + (end - start + 1) // 2
-        c_start = torch.stack([start, mid], -1).flatten(-2)  # [B, H, g, k, 2] -> [B, H, g, 2k]
-        c_end = torch.stack([mid, end], -1).flatten(-2)  # [B, H, g, 2k]
-        c_r = torch.stack([r.masked_fill(mid <= start, -math.inf), score(mid, end)], -1).flatten(-2)  # left: parent's
-        index = c_r.topk(top_k, -1).indices  # [B, H, g, k]
-        start, end, r = c_start.gather(-1, index), c_end.gather(-1, index), c_r.gather(-1, index)
-    chosen = (end > start) & (start != own[:, None])  # [B, H, g, k]: a real block, not the own block twice
-    index = torch.cat([start.clamp(max=blocks - 1), own[:, None].expand(b, h, g, 1)], -1)  # [B, H, g, k + 1]
-    ok = allowed(index) & torch.cat([chosen, chosen.new_ones(b, h, g, 1)], -1)[..., None]  # [B, H, g, k + 1, L]
-    scores = torch.einsum("bhgk,bhgmlk->bhgml", q, _gather(kb, index)) * scale  # [B, H, g, k + 1, L]
-    weights = torch.softmax(scores.masked_fill(~ok, -math.inf).flatten(-2), -1).nan_to_num(0.0)  # [B, H, g, (k+1) L]
-    o = torch.einsum("bhgm,bhgmv->bhgv", weights, _gather(vb, index).flatten(3, 4))  # [B, H, g, (k+1) L, V] -> o
-    return o, ok.flatten(-2).sum(-1)
+def hip_attention_chunk(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, block_size: int, top_k: int,
+                        key_mask: Tensor | None, query_block: int = 1,
+                        lead: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The same attention, the selection vectorised over query blocks and the kept blocks gathered once per
+    query block. Arguments as :func:`hip_attention_naive`; returns ``(o: [B, H, T, V] fp32, attended per query:
+    [B, H, T])``."""
+    return block_sparse_attention(q, k, v, prepare=hip_node_scores, causal=causal, block_size=block_size,
+                                  query_block=query_block, width=top_k, top_k=top_k, key_mask=key_mask, lead=lead)
 
 
 @register_mixer("hip")
-class HiPAttention(KeySelectingAttention):
+class HiPAttention(BlockSelectingAttention):
     """Softmax attention with HiP's hierarchical top-k block pruning (training-free; softmax's parameters).
 
     Args:
         block_size: ``L``, keys per block (the unit the pruning keeps), >= 1.
-        top_k: blocks each query keeps besides its own block, >= 1; ``top_k >=`` the number of blocks is
-            softmax attention.
+        top_k: blocks each query block keeps besides its local blocks, >= 1; ``top_k >=`` the number of
+            blocks is softmax attention.
+        query_block: ``b_q``, queries sharing one selection (made by the block's first query), >= 1;
+            None: ``block_size``. 1: every query selects its own blocks.
         prune: False: dense softmax attention (the same parameters); settable on a trained model.
         rotary: rotary positions on queries and keys, as :class:`SoftmaxAttention`'s.
     """
@@ -193,18 +138,19 @@ class HiPAttention(KeySelectingAttention):
     patterns = frozenset({"causal_self", "noncausal_self"})
     impls = ("naive", "chunk")
     paper = "Lee et al. 2024, HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning"
-    complexity = "O(T k L log(T / L) D) (k blocks of L kept per query)"
-    test_configs = ({"n_heads": 2, "block_size": 4, "top_k": 2},)
+    complexity = "O(T k L D (1 + log(T / L) / b_q)) (k blocks of L kept per query block of b_q)"
+    test_configs = ({"n_heads": 2, "block_size": 4, "top_k": 2}, {"n_heads": 2, "block_size": 3, "top_k": 2,
+                                                                  "query_block": 1})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 rotary: bool = False, block_size: int = 16, top_k: int = 4, prune: bool = True):
-        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary)
+                 rotary: bool = False, block_size: int = 16, top_k: int = 4, query_block: int | None = None,
+                 prune: bool = True):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary, block_size=block_size,
+                         query_block=query_block)
         name = type(self).__name__
-        check_int(name, "block_size", block_size, meaning="keys per block, e.g. 16")
-        check_int(name, "top_k", top_k, meaning="blocks kept per query besides its own")
+        check_int(name, "top_k", top_k, meaning="blocks kept per query block besides its local blocks")
         if not isinstance(prune, bool):
             raise ValueError(f"{name}: prune must be True (HiP pruning) or False (dense softmax), got {prune!r}")
-        self.block_size = block_size
         self.top_k = top_k
         self.prune = prune
 
@@ -213,7 +159,8 @@ class HiPAttention(KeySelectingAttention):
 
     def attend_selected(self, q, k, v, key_mask):
         form = hip_attention_naive if self.resolve_impl(q) == "naive" else hip_attention_chunk
-        return form(q, k, v, causal=self.causal, block_size=self.block_size, top_k=self.top_k, key_mask=key_mask)
+        return form(q, k, v, causal=self.causal, block_size=self.block_size, top_k=self.top_k, key_mask=key_mask,
+                    query_block=self.query_block, lead=self._lead)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, block_size={self.block_size}, top_k={self.top_k}, prune={self.prune}"
+        return f"{super().extra_repr()}, top_k={self.top_k}, prune={self.prune}"

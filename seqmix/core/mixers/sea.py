@@ -41,14 +41,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.mixer import check_int, register_mixer
-from seqmix.core.mixers.softmax import KeySelectingAttention
+from seqmix.core.mixers.key_blocks import (BlockSelectingAttention, NodeScore, block_sparse_attention, first_queries,
+                                           query_block_layout, select_blocks_naive)
 from seqmix.kernels.attention import visible_keys_mask
 from seqmix.kernels.common import compute_dtype
-
-_GROUP_ELEMENTS = 1 << 22  # the chunk form's estimate [queries, keys, R] per sequence and head, at most
 
 
 def sea_features(x: Tensor, estimator: Tensor) -> Tensor:
@@ -68,72 +68,101 @@ def sea_log_scores(fq: Tensor, fk: Tensor) -> Tensor:
     return dots.clamp(min=torch.finfo(dots.dtype).tiny).log() + mq + mk.transpose(-1, -2)
 
 
-def _top_keys(est: Tensor, visible: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
-    """The ``top_k`` visible keys by estimate: ``est, visible: [..., S]`` -> ``(index [..., m], kept [..., m])``."""
-    m = min(top_k, est.shape[-1])
-    index = est.masked_fill(~visible, -math.inf).topk(m, -1).indices  # [..., m]
-    return index, visible.gather(-1, index)
+def _log_add(a: list[float]) -> float:
+    top = max(a)
+    return top if top == -math.inf else top + math.log(sum(math.exp(x - top) for x in a))
 
 
 def sea_attention_naive(q: Tensor, k: Tensor, v: Tensor, estimator: Tensor, *, causal: bool, top_k: int,
-                        key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+                        key_mask: Tensor | None, block_size: int, query_block: int, width: int,
+                        lead: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """SEA by its definition: ``q: [B, H, T, K]`` (the last ``T`` of ``S`` positions), ``k: [B, H, S, K]``,
-    ``v: [B, H, S, V]``, ``estimator: [H, K, R]``, ``key_mask: [B, S] | None``
-    -> ``(o: [B, H, T, V] fp32, attended: [B, H, T, S] bool)``."""
+    ``v: [B, H, S, V]``, ``estimator: [H, K, R]``, ``key_mask: [B, S] | None``, ``lead: [B, H, K] | None`` (the
+    first query of a query block begun before ``q``) -> ``(o: [B, H, T, V] fp32, attended: [B, H, T, S] bool)``.
+
+    The estimated mass of a node of blocks is the sum of ``phi(q_rep) . phi(k_j)`` over its unmasked keys (fp64)."""
     dtype = compute_dtype(q)
     q, k, v = (x.to(dtype) for x in (q, k, v))
-    b, h, t, _ = q.shape
-    s = k.shape[2]
+    b, h, t, dk = q.shape
+    s, size = k.shape[2], block_size
+    blocks = -(-s // size)
     visible = visible_keys_mask(t, s, causal=causal, key_mask=key_mask, device=q.device).expand(b, h, t, s)
+    layout = query_block_layout(t, s, query_block)
     with torch.no_grad():
-        est = sea_log_scores(sea_features(q, estimator), sea_features(k, estimator))  # [B, H, T, S]
-        index, kept = _top_keys(est, visible, top_k)  # [B, H, T, m]
-        attended = torch.zeros_like(visible).scatter(-1, index, kept)  # [B, H, T, S]
-    scores = torch.einsum("bhtk,bhsk->bhts", q, k) * q.shape[-1] ** -0.5  # [B, H, T, S]
+        reps = first_queries(q, layout, query_block, None if lead is None else lead.to(dtype))  # [B, H, nq, K]
+        est = sea_log_scores(sea_features(reps.double(), estimator.double()),
+                             sea_features(k.double(), estimator.double()))  # [B, H, nq, S] per key
+        if key_mask is not None:
+            est = est.masked_fill(~key_mask[:, None, None], -math.inf)
+        mass = F.pad(est, (0, blocks * size - s), value=-math.inf).unflatten(-1, (blocks, size)).logsumexp(-1)
+        mass = mass.tolist()  # [B, H, nq, N] -> nested lists: log estimated mass per block
+    kept = torch.zeros(b, h, layout.count, blocks, dtype=torch.bool)  # [B, H, nq, N]
+    for c in range(layout.count):
+        p0 = (layout.first + c) * query_block
+        n = p0 // size if causal else blocks
+        local = range(p0 // size, min(p0 + query_block - 1, s - 1) // size + 1)  # blocks under the query block
+        for bi in range(b):
+            for hi in range(h):
+                row = mass[bi][hi][c]
+                chosen = select_blocks_naive(lambda start, end: _log_add(row[start:end]), n, width=width, k=top_k)
+                for block in [*chosen, *local]:
+                    kept[bi, hi, c, block] = True
+    which = (torch.arange(s - t, s) // query_block - layout.first).to(q.device)  # [T] each query's block
+    attended = kept.to(q.device)[:, :, which].repeat_interleave(size, -1)[..., :s] & visible  # [B, H, T, S]
+    scores = torch.einsum("bhtk,bhsk->bhts", q, k) * dk ** -0.5  # [B, H, T, S]
     weights = torch.softmax(scores.masked_fill(~attended, -math.inf), -1).nan_to_num(0.0)  # no visible key -> 0
     return weights @ v, attended
 
 
+def sea_node_scores(estimator: Tensor):
+    """SEA's node score for :func:`~seqmix.core.mixers.key_blocks.block_sparse_attention`: the estimated mass
+    ``log sum_{j in node} phi(rep) . phi(k_j)`` from prefix sums over blocks of ``sum_{j in b} phi(k_j)`` (fp64,
+    in log space): ``O(N L R)`` once, then ``O(R)`` per node."""
+
+    def prepare(kb: Tensor, token_ok: Tensor) -> NodeScore:
+        b, h, blocks, size, _ = kb.shape
+        fk = sea_features(kb.flatten(2, 3).double(), estimator.double())  # [B, H, N L, R]
+        fk = fk.masked_fill(~token_ok.flatten(1)[:, None, :, None], -math.inf)  # [B, H, N L, R]
+        per_block = fk.unflatten(2, (blocks, size)).logsumexp(3)  # [B, H, N, L, R] -> [B, H, N, R]
+        prefix = F.pad(per_block.logcumsumexp(2), (0, 0, 1, 0), value=-math.inf)  # [B, H, N + 1, R]
+        r = prefix.shape[-1]
+
+        def score(reps: Tensor, start: Tensor, end: Tensor) -> Tensor:
+            fq = sea_features(reps.double(), estimator.double())  # [B, H, g, R]
+            at = lambda i: prefix.gather(2, i.flatten(2)[..., None].expand(-1, -1, -1, r)).view(*i.shape, r)  # noqa: E731
+            hi, lo = at(end), at(start)  # [B, H, g, m, R] log prefix sums
+            inside = torch.where(hi > lo, hi + torch.log1p(-torch.exp(lo - hi)), -math.inf)  # log(P[end] - P[start])
+            mass = (fq[..., None, :] + inside).logsumexp(-1)  # [B, H, g, m]
+            return mass.masked_fill(end <= start, -math.inf)
+
+        return score
+
+    return prepare
+
+
 def sea_attention_chunk(q: Tensor, k: Tensor, v: Tensor, estimator: Tensor, *, causal: bool, top_k: int,
-                        key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The same attention in groups of queries, the kept keys gathered. Arguments as :func:`sea_attention_naive`;
-    returns ``(o: [B, H, T, V] fp32, attended per query: [B, H, T])``."""
-    dtype = compute_dtype(q)
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    b, h, t, dk = q.shape
-    s = k.shape[2]
-    with torch.no_grad():
-        fk = sea_features(k, estimator)  # [B, H, S, R]
-    group = max(1, _GROUP_ELEMENTS // (s * max(fk.shape[-1], dk)))
-    outs, counts = [], []
-    for start in range(0, t, group):
-        stop = min(t, start + group)
-        g = stop - start
-        qg = q[:, :, start:stop]  # [B, H, g, K]
-        pos = torch.arange(s - t + start, s - t + stop, device=q.device)[:, None]  # [g, 1] positions on the key axis
-        visible = torch.arange(s, device=q.device) <= pos if causal else pos.new_ones(g, s, dtype=torch.bool)  # [g, S]
-        if key_mask is not None:
-            visible = visible & key_mask[:, None, None, :]  # [B, 1, g, S]
-        visible = visible.expand(b, h, g, s)
-        with torch.no_grad():
-            est = sea_log_scores(sea_features(qg, estimator), fk)  # [B, H, g, S]
-            index, kept = _top_keys(est, visible, top_k)  # [B, H, g, m]
-        flat = index.flatten(2)[..., None]  # [B, H, g m, 1]
-        kg = k.gather(2, flat.expand(-1, -1, -1, dk)).unflatten(2, index.shape[2:])  # [B, H, g, m, K]
-        vg = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).unflatten(2, index.shape[2:])  # [B, H, g, m, V]
-        scores = torch.einsum("bhgk,bhgmk->bhgm", qg, kg) * dk ** -0.5  # [B, H, g, m]
-        weights = torch.softmax(scores.masked_fill(~kept, -math.inf), -1).nan_to_num(0.0)  # [B, H, g, m]
-        outs.append(torch.einsum("bhgm,bhgmv->bhgv", weights, vg))  # [B, H, g, V]
-        counts.append(kept.sum(-1))
-    return torch.cat(outs, 2), torch.cat(counts, 2)
+                        key_mask: Tensor | None, block_size: int, query_block: int, width: int,
+                        lead: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The same attention: the selection vectorised over query blocks (prefix sums of the key features), the
+    kept blocks gathered once per query block. Arguments as :func:`sea_attention_naive`; returns
+    ``(o: [B, H, T, V] fp32, attended per query: [B, H, T])``."""
+    return block_sparse_attention(q, k, v, prepare=sea_node_scores(estimator.detach()), causal=causal,
+                                  block_size=block_size, query_block=query_block, width=width, top_k=top_k,
+                                  key_mask=key_mask, lead=lead)
 
 
 @register_mixer("sea")
-class SEAAttention(KeySelectingAttention):
-    """Softmax attention over the top-k keys of a learned linear-attention estimate (softmax's parameters and an estimator).
+class SEAAttention(BlockSelectingAttention):
+    """Softmax attention over the top-k key blocks of a learned linear-attention estimate (softmax's parameters
+    and an estimator).
 
     Args:
-        top_k: keys each query attends, >= 1; ``top_k >=`` the sequence length is softmax attention.
+        top_k: key blocks each query block attends besides its local blocks, >= 1; ``top_k >=`` the number of
+            blocks is softmax attention.
+        block_size: ``L``, keys per block (the unit selected and gathered), >= 1.
+        query_block: ``b_q``, queries sharing one selection (made by the block's first query), >= 1;
+            None: ``block_size``.
+        width: ``W``, columns of the compressed estimate (the candidate blocks split into ``W`` spans), >= 1.
         features: ``R``, the estimator's random features per head, >= 1.
         sparse: False: dense softmax attention (the same parameters); settable on a trained model.
         rotary: rotary positions on queries and keys, as :class:`SoftmaxAttention`'s.
@@ -142,18 +171,23 @@ class SEAAttention(KeySelectingAttention):
     patterns = frozenset({"causal_self", "noncausal_self"})
     impls = ("naive", "chunk")
     paper = "Lee et al. 2023, SEA: Sparse Linear Attention with Estimated Attention Mask"
-    complexity = "O(T^2 R) estimate + O(T k D) attention (R features, k keys per query)"
-    test_configs = ({"n_heads": 2, "top_k": 5, "features": 4},)
+    complexity = "O(T R (W + k log(T / (W L))) / b_q) estimate + O(T k L D) attention (k blocks of L per query)"
+    test_configs = ({"n_heads": 2, "top_k": 2, "block_size": 4, "width": 4, "features": 4},
+                    {"n_heads": 2, "top_k": 5, "block_size": 1, "query_block": 1, "width": 64, "features": 4})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 rotary: bool = False, top_k: int = 16, features: int = 32, sparse: bool = True):
-        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary)
+                 rotary: bool = False, top_k: int = 4, block_size: int = 16, query_block: int | None = None,
+                 width: int = 64, features: int = 32, sparse: bool = True):
+        super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl, rotary=rotary, block_size=block_size,
+                         query_block=query_block)
         name = type(self).__name__
-        check_int(name, "top_k", top_k, meaning="keys attended per query, e.g. 16")
+        check_int(name, "top_k", top_k, meaning="key blocks attended per query block, e.g. 4")
+        check_int(name, "width", width, meaning="columns of the compressed estimate, e.g. 64")
         check_int(name, "features", features, meaning="the estimator's random features per head, e.g. 32")
         if not isinstance(sparse, bool):
             raise ValueError(f"{name}: sparse must be True (SEA's top-k) or False (dense softmax), got {sparse!r}")
         self.top_k = top_k
+        self.width = width
         self.sparse = sparse
         self.estimator = nn.Parameter(torch.randn(n_heads, self.head_dim, features))  # [H, K, R] Performer's init
 
@@ -162,7 +196,8 @@ class SEAAttention(KeySelectingAttention):
 
     def attend_selected(self, q, k, v, key_mask):
         form = sea_attention_naive if self.resolve_impl(q) == "naive" else sea_attention_chunk
-        return form(q, k, v, self.estimator, causal=self.causal, top_k=self.top_k, key_mask=key_mask)
+        return form(q, k, v, self.estimator, causal=self.causal, top_k=self.top_k, key_mask=key_mask,
+                    block_size=self.block_size, query_block=self.query_block, width=self.width, lead=self._lead)
 
     def estimator_loss(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Distillation loss of the estimator on ``x: [B, T, D]`` (``mask: [B, T]`` key padding, True = keep):
@@ -184,5 +219,5 @@ class SEAAttention(KeySelectingAttention):
         return terms.sum(-1)[rows].mean()
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, top_k={self.top_k}, features={self.estimator.shape[-1]}, "
-                f"sparse={self.sparse}")
+        return (f"{super().extra_repr()}, top_k={self.top_k}, width={self.width}, "
+                f"features={self.estimator.shape[-1]}, sparse={self.sparse}")
