@@ -1,11 +1,15 @@
-"""Positional encodings shared by every model: sinusoidal (absolute), rotary and LRPE-d (relative)."""
+"""Embeddings shared by every model: positional encodings, sinusoidal (absolute), rotary and LRPE-d
+(relative); LMUFormer's convolutional patch embedding (:class:`ConvPatchEmbedding`)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from seqmix.core.mixer import check_int
 
 
 def sinusoidal_table(length: int, dim: int, *, base: float = 10000.0) -> Tensor:
@@ -83,3 +87,69 @@ class LRPE(nn.Module):
         position = torch.arange(offset, offset + t, dtype=torch.float64, device=x.device)  # [T]
         angles = position[:, None, None] * self.theta  # [T, H, K], in float64: exact phases at long offsets
         return torch.cat((x * angles.cos().to(x.dtype), x * angles.sin().to(x.dtype)), -1)  # [B, T, H, 2K]
+
+
+class ConvPatchEmbedding(nn.Module):
+    """LMUFormer's convolutional patch embedding (Liu et al. 2024), made causal: raw ``[B, T, C_in]``
+    -> ``[B, T // stride, D]`` tokens for a stack of LMU (or any causal) blocks.
+
+    ``n_layers`` 1-D convolutions of ``kernel_size`` k, each followed by BatchNorm, ReLU between them
+    (the last layer ends at its BatchNorm: the tokens are the blocks' residual stream). The widths
+    grow as LMUFormer's, doubling up to ``d_model`` (``ceil(D / 2^(n_layers-1-i))`` channels after layer i).
+    The first layer has stride s and is left padded by ``k - s``: token j is its patch
+    ``x[j s .. (j + 1) s - 1]`` and the ``k - s`` steps before it, so it is complete as soon as its
+    patch is (the ``T mod s`` steps after the last whole patch make no token). The later layers have
+    stride 1 and are left padded by ``k - 1``. Left padding only: token j depends on inputs before
+    ``(j + 1) s`` alone, so the LMU stack after it stays streaming (on a buffer of
+    :attr:`receptive_field` inputs). BatchNorm is causal in eval mode (running statistics); in training
+    its batch statistics span the batch, as everywhere.
+
+    Left out: LMUFormer's relative-position convolution after the stack and the spiking (LIF) neurons
+    of its spiking variant; its symmetric padding (not causal) is replaced by left padding.
+
+    Args:
+        in_channels: C_in, features per input step (e.g. 1 for a raw waveform, 40 for filterbanks).
+        d_model: D, the token width.
+        kernel_size: k of every layer (>= stride, so that every input step is seen).
+        n_layers: convolutions in the stack.
+        stride: s, input steps per token (the first layer's stride).
+    """
+
+    def __init__(self, in_channels: int, d_model: int, *, kernel_size: int = 3, n_layers: int = 4, stride: int = 1):
+        super().__init__()
+        name = type(self).__name__
+        check_int(name, "in_channels", in_channels, meaning="features per input step")
+        check_int(name, "d_model", d_model, meaning="the token width")
+        check_int(name, "n_layers", n_layers, meaning="convolutions in the stack, e.g. 4")
+        check_int(name, "stride", stride, meaning="input steps per token")
+        check_int(name, "kernel_size", kernel_size, minimum=stride,
+                  meaning=f"at least stride={stride}, so that every input step is seen")
+        self.in_channels, self.d_model, self.kernel_size, self.stride = in_channels, d_model, kernel_size, stride
+        widths = [in_channels] + [-(-d_model // 2 ** (n_layers - 1 - i)) for i in range(n_layers)]
+        self.convs = nn.ModuleList(nn.Conv1d(c_in, c_out, kernel_size, stride=stride if i == 0 else 1, bias=False)
+                                   for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(c) for c in widths[1:])
+
+    @property
+    def receptive_field(self) -> int:
+        """Input steps one token depends on: its ``k`` first-layer steps, ``(k - 1) s`` more per later layer."""
+        return self.kernel_size + (len(self.convs) - 1) * (self.kernel_size - 1) * self.stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: [B, T, C_in]`` -> ``[B, T // stride, D]``."""
+        name = type(self).__name__
+        if x.dim() != 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"{name}: x must be [batch, time, in_channels={self.in_channels}], got {tuple(x.shape)}")
+        if x.shape[1] < self.stride:
+            raise ValueError(f"{name}: a sequence of {x.shape[1]} steps is shorter than one patch "
+                             f"(stride={self.stride}); give at least {self.stride} steps")
+        h = x.transpose(1, 2)  # [B, T, C_in] -> [B, C_in, T]
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            h = norm(conv(F.pad(h, (conv.kernel_size[0] - conv.stride[0], 0))))  # [B, C_i, T_i] -> [B, C_i+1, T // s]
+            if i < len(self.convs) - 1:
+                h = F.relu(h)
+        return h.transpose(1, 2)  # [B, D, T // s] -> [B, T // s, D]
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, d_model={self.d_model}, kernel_size={self.kernel_size}, " \
+               f"n_layers={len(self.convs)}, stride={self.stride}"
