@@ -1,7 +1,8 @@
 """Vision benchmark -> ``benchmarks/results/vision.md``: Fashion-MNIST test accuracy, parameters,
 GFLOPs (multiply-adds, fvcore's convention, counted with ``torch.utils.flop_counter``) and CPU
 images/s (inference and training) of BiFormer-T (scaled), MambaOut-Femto (scaled), ViT(softmax),
-ViT(GLA), ViT(linear), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same configuration.
+ViT(GLA), ViT(LightNet), ViT(linear), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same
+configuration.
 
     # the targets: 30 minutes of training each, one after the other with the 2 cores each (BiFormer as
     # 2 data-parallel processes of 1 thread), each run also writing checkpoints/vision/<model>.ckpt
@@ -10,6 +11,7 @@ ViT(GLA), ViT(linear), and our MambaOut-Femto beside timm's own ``mambaout_femto
     python -m benchmarks.vision --models 'MambaOut-Femto (scaled)' --threads 2 --max-minutes 30 --save-checkpoints
     # the ViT rows, the cross-mixer comparison: 20 minutes each at 1 thread, one core each (taskset), two at a time
     python -m benchmarks.vision --models 'ViT(softmax)' --max-minutes 20 --threads 1   # also 'ViT(GLA)', 'ViT(linear)'
+    python -m benchmarks.vision --models 'ViT(LightNet)' --max-minutes 20 --threads 1
     # timm's mambaout_femto beside ours at the paper's configuration (sizes and throughput)
     python -m benchmarks.vision --models 'MambaOut-Femto (ours, paper config)' 'timm mambaout_femto (paper config)' \
         --no-train --threads 1
@@ -71,6 +73,9 @@ MODELS = {
     "MambaOut-Femto (scaled)": partial(MambaOut, **without_sizes(FEMTO_28)),
     "ViT(softmax)": partial(ViT, mixer=mixer_factory("softmax", n_heads=4, causal=False)),
     "ViT(GLA)": partial(ViT, mixer=mixer_factory("gla", n_heads=4, causal=False)),
+    # LightNet: one non-causal pass over the 7 x 7 patch grid (28 / 4), MD-LRPE by patch row and column
+    "ViT(LightNet)": partial(ViT, mixer=mixer_factory("lightnet", n_heads=4, causal=False, positional="md_lrpe",
+                                                      grid_width=7)),
     "ViT(linear)": partial(ViT, mixer=mixer_factory("linear_attention", n_heads=4, causal=False)),
     "MambaOut-Femto (ours, paper config)": partial(MambaOut, **FEMTO),
     "timm mambaout_femto (paper config)": timm_mambaout_femto,

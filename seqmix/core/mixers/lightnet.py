@@ -159,7 +159,8 @@ class LightNet(Mixer):
                     "does not divide into heads; pick it so the width is a positive multiple of n_heads"
                 )
         if positional not in get_args(Positional):
-            raise ValueError(f"{name}: positional={positional!r} is unknown; choose one of {list(get_args(Positional))}")
+            raise ValueError(f"{name}: positional={positional!r} is unknown; "
+                             f"choose one of {list(get_args(Positional))}")
         if grid_width is not None:
             check_int(name, "grid_width", grid_width, meaning="tokens per row of the grid, e.g. 7 for a 7x7 ViT")
             if positional == "none":
