@@ -282,13 +282,15 @@ class MixerStack(nn.Module):
         """Every block's output ``[B, T, D]`` (before the final norm) and, when ``carry``, every block's state."""
         outputs, new_states, probs = [], [], {}
         for i, block in enumerate(self.blocks):
-            source = self.share_attention.get(i)
-            x, s, p = block.forward_echo(x, probs=None if source is None else probs[source],
-                                         return_probs=i in self.attention_sources, context=context, mask=mask,
-                                         context_mask=context_mask, state=None if states is None else states[i],
-                                         return_state=carry)
-            if i in self.attention_sources:
-                probs[i] = p
+            source, state = self.share_attention.get(i), None if states is None else states[i]
+            if source is None and i not in self.attention_sources:  # no sharing here: the block's own call
+                out = block(x, context=context, mask=mask, context_mask=context_mask, state=state, return_state=carry)
+                x, s = out if carry else (out, None)
+            else:
+                x, s, probs[i] = block.forward_echo(x, probs=None if source is None else probs[source],
+                                                    return_probs=i in self.attention_sources, context=context,
+                                                    mask=mask, context_mask=context_mask, state=state,
+                                                    return_state=carry)
             outputs.append(x)
             new_states.append(s)
         return outputs, new_states
@@ -321,10 +323,11 @@ class MixerStack(nn.Module):
         new_states, probs = [], {}
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             source = self.share_attention.get(i)
-            x_t, s, p = block.step_echo(x_t, s, probs=None if source is None else probs[source],
-                                        return_probs=i in self.attention_sources)
-            if i in self.attention_sources:
-                probs[i] = p
+            if source is None and i not in self.attention_sources:
+                x_t, s = block.step(x_t, s)
+            else:
+                x_t, s, probs[i] = block.step_echo(x_t, s, probs=None if source is None else probs[source],
+                                                   return_probs=i in self.attention_sources)
             new_states.append(s)
         return self.norm(x_t), new_states
 
