@@ -25,8 +25,9 @@ Choices and what is left out: the input is projected per head (H scalars, not on
 the memory is ``H N`` floats and ``W_h`` is ``(H N + D) x D``); ``u`` is linear (Voelker's encoder
 ``e_x^T x``; LMU-FFT's ReLU on u is dropped, it would let the memory see only positive input); no
 encoders from ``h_{t-1}`` or ``m_{t-1}`` into u (LMU-FFT drops them too: they would make the memory
-non-linear and sequential); LMUFormer's convolutional patch embedding, its channel mixer and the
-spiking variant are not part of the mixer. Only ``causal_self``: the memory is a causal system.
+non-linear and sequential); LMUFormer's convolutional patch embedding
+(:class:`seqmix.core.embeddings.ConvPatchEmbedding`, before the first block), its channel mixer and
+the spiking variant are not part of the mixer. Only ``causal_self``: the memory is a causal system.
 """
 
 from __future__ import annotations
