@@ -1,15 +1,20 @@
 """The titans mixer: its arguments, persistent memory as a learned prefix, a frozen memory, a linear memory with
-small chunks (chunk = naive outputs and gradients, step = forward across chunk boundaries), constant state."""
+small chunks (chunk = naive outputs and gradients, step = forward across chunk boundaries), constant state; the MAG
+and MAC layouts against their equations written out, causal to the gradient, steps and pieces across segments."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seqmix.core import build_mixer
+from seqmix.core.layers import merge_heads, split_heads
+from seqmix.kernels.attention import attention_naive
 from seqmix.kernels.titans import memory_apply
 
 D = 16
+LAYOUTS = {"MAL": {}, "MAG": {"window": 5}, "MAC": {"segment_size": 6}}
 
 
 def _mixer(seed=0, **arguments):
@@ -18,9 +23,12 @@ def _mixer(seed=0, **arguments):
 
 
 @pytest.mark.parametrize("arguments,match", [
-    ({"layout": "MAC"}, "layout='MAC' is not implemented; only 'MAL'"),
-    ({"layout": "MAG"}, "layout='MAG' is not implemented; only 'MAL'"),
     ({"layout": "mal"}, "layout must be one of"),
+    ({"window": 8}, "window sizes MAG's sliding-window attention; layout='MAL' has none"),
+    ({"layout": "MAC", "window": 8}, "layout='MAC' has none: leave it None or set layout='MAG'"),
+    ({"layout": "MAG", "segment_size": 8}, "layout='MAG' has none: leave it None or set layout='MAC'"),
+    ({"layout": "MAG", "window": 0}, "window must be an int >= 1"),
+    ({"layout": "MAC", "segment_size": 0}, "segment_size must be an int >= 1"),
     ({"memory_depth": 3}, "memory_depth must be 1 .* or 2"),
     ({"max_lr": 1.5}, "max_lr must be in \\[0, 1\\]"),
     ({"n_persistent": -1}, "n_persistent must be an int >= 0"),
@@ -47,12 +55,17 @@ def test_persistent_tokens_are_a_learned_prefix(assert_rel_close):
     assert mixer.persistent.grad is not None and mixer.persistent.grad.abs().sum() > 0
 
 
-def test_learning_rate_zero_and_no_forgetting_is_a_fixed_mlp(assert_rel_close):
-    """max_lr 0 and alpha 0 (its gate forced shut): the memory stays its learned initial MLP."""
-    mixer = _mixer(max_lr=0.0, n_persistent=0)
+def _freeze_memory(mixer):
+    """max_lr is 0 already; shut the forgetting gate: alpha = 0, so the memory stays its learned initial MLP."""
     with torch.no_grad():
         mixer.gates.weight[2 * 2 :] = 0  # the alpha logits: rows [2H, 3H)
         mixer.gates.bias[2 * 2 :] = -200.0  # log(1 - alpha) = logsigmoid(200) = 0 in fp32
+
+
+def test_learning_rate_zero_and_no_forgetting_is_a_fixed_mlp(assert_rel_close):
+    """max_lr 0 and alpha 0 (its gate forced shut): the memory stays its learned initial MLP."""
+    mixer = _mixer(max_lr=0.0, n_persistent=0)
+    _freeze_memory(mixer)
     x = torch.randn(2, 11, D)
     y, state = mixer(x, return_state=True)
     q = mixer._memory_inputs(x)[0]  # [B, T, H, K]
@@ -60,6 +73,20 @@ def test_learning_rate_zero_and_no_forgetting_is_a_fixed_mlp(assert_rel_close):
     assert_rel_close(y.detach(), mixer.output(fixed, x).detach(), 1e-6, "frozen memory")
     for w, w0 in zip(state.weights, mixer.memory):
         assert torch.equal(w[0], w0.detach())
+
+
+@pytest.mark.parametrize("layout", ["MAG", "MAC"])
+def test_learning_rate_zero_freezes_the_memory_in_every_layout(layout):
+    """MAG and MAC with max_lr 0 and no forgetting: the memory after a sequence is still the initial MLP, while a
+    learning memory moves."""
+    frozen = _mixer(max_lr=0.0, n_persistent=2, layout=layout, **LAYOUTS[layout])
+    _freeze_memory(frozen)
+    x = torch.randn(2, 13, D)
+    _, state = frozen(x, return_state=True)
+    _, learning = _mixer(n_persistent=2, layout=layout, **LAYOUTS[layout])(x, return_state=True)
+    for w, moved, w0 in zip(state.memory.weights, learning.memory.weights, frozen.memory):
+        assert torch.equal(w[0], w0.detach())
+        assert not torch.allclose(moved[0], w0.detach())
 
 
 def test_linear_memory_small_chunks_chunk_equals_naive_and_steps(assert_rel_close):
@@ -84,6 +111,119 @@ def test_linear_memory_small_chunks_chunk_equals_naive_and_steps(assert_rel_clos
             steps.append(y_t)
         assert_rel_close(torch.stack(steps, 1), results["chunk"][0], 1e-5, "step vs forward")
     assert state.position == 2 + 19
+
+
+# ------------------------------------------------------------------------------ MAG and MAC
+def _mag_written_out(mixer, x):
+    """Eqs. 26-28: y = SW-Attn([P, x]) and M([P, x]) over the prefixed sequence, the prefix's outputs dropped."""
+    b, n = x.shape[0], mixer.n_persistent
+    prefixed = torch.cat([mixer.persistent.expand(b, n, D), x], 1)  # [B, N + T, D]
+    q, k, v = mixer.attention.qkv(prefixed)  # [B, H, N + T, K] each
+    y = mixer.attention.out(merge_heads(attention_naive(q, k, v, causal=True, window=mixer.window)))[:, n:]
+    m, _ = mixer._run(prefixed, mixer.memory_state(b))  # [B, N + T, H, V]
+    return mixer.output(m[:, n:], y)
+
+
+def _mac_written_out(mixer, x):
+    """Eqs. 21-25 segment by segment, the attention one query at a time over [P, h_<=t, x_<=t]."""
+    b, h, size = x.shape[0], mixer.n_heads, mixer.segment_size
+    memory, outputs = mixer.memory_state(b), []
+    p = mixer.persistent.expand(b, -1, -1)  # [B, N, D]
+    for start in range(0, x.shape[1], size):
+        segment = x[:, start : start + size]  # [B, L, D]
+        q = mixer._memory_queries(segment).transpose(1, 2)  # [B, T, H, K] -> [B, H, L, K]
+        retrieved = merge_heads(memory_apply(memory.weights, q))  # eq. 21: M_{i-1}(q), [B, H, L, V] -> [B, L, D]
+        ys = []
+        for t in range(segment.shape[1]):
+            context = torch.cat([p, retrieved[:, : t + 1], segment[:, : t + 1]], 1)  # [B, N + 2 (t + 1), D]
+            query = split_heads(mixer.attention.q(segment[:, t : t + 1]), h)  # [B, H, 1, K]
+            keys, values = split_heads(mixer.attention.k(context), h), split_heads(mixer.attention.v(context), h)
+            weights = torch.softmax(query @ keys.transpose(-1, -2) / keys.shape[-1] ** 0.5, -1)  # [B, H, 1, S]
+            ys.append(mixer.attention_out(merge_heads(weights @ values)))  # [B, H, 1, V] -> [B, 1, D]
+        y = torch.cat(ys, 1)  # eqs. 22-23: [B, L, D]
+        m, memory = mixer._run(y, memory)  # eq. 24
+        outputs.append(mixer.output(m, y))  # eq. 25
+    return torch.cat(outputs, 1)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+@pytest.mark.parametrize("layout,written_out", [("MAG", _mag_written_out), ("MAC", _mac_written_out)])
+def test_layout_equals_its_equations_written_out(layout, written_out, impl, assert_rel_close):
+    """T = 17 over windows of 5 / segments of 6 (a partial last segment), memory chunks of 4 (MAC: chunks that
+    straddle segments): the mixer equals its equations written out, outputs and every parameter's gradient."""
+    mixer = _mixer(n_persistent=3, layout=layout, impl=impl, **LAYOUTS[layout])
+    x = torch.randn(2, 17, D)
+    cotangent = torch.cos(torch.arange(2 * 17 * D, dtype=x.dtype)).view(2, 17, D)
+    grads = {}
+    for name, run in (("mixer", mixer), ("written out", lambda x: written_out(mixer, x))):
+        mixer.zero_grad()
+        y = run(x)
+        y.backward(cotangent)
+        grads[name] = y.detach(), {n: p.grad.clone() for n, p in mixer.named_parameters() if p.grad is not None}
+    (y, g), (y_ref, g_ref) = grads["mixer"], grads["written out"]
+    assert_rel_close(y, y_ref, 1e-5, f"{layout} {impl} output")
+    assert g.keys() == g_ref.keys() and "persistent" in g and "memory.0" in g
+    for n in g_ref:
+        assert_rel_close(g[n], g_ref[n], 1e-5, f"{layout} {impl} grad {n}")
+
+
+@pytest.mark.parametrize("layout", ["MAG", "MAC"])
+def test_layout_chunk_equals_naive_with_a_linear_memory(layout, assert_rel_close):
+    """A linear memory in chunks of 4, T = 19: the chunked memory = the per-token autograd loop, outputs and all
+    gradients (input included)."""
+    mixer = _mixer(memory_depth=1, n_persistent=2, layout=layout, **LAYOUTS[layout])
+    x = torch.randn(2, 19, D)
+    results = {}
+    for impl in ("naive", "chunk"):
+        mixer.impl = impl
+        mixer.zero_grad()
+        xi = x.clone().requires_grad_()
+        y = mixer(xi)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+        results[impl] = y.detach(), {"x": xi.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()}}
+    assert_rel_close(results["chunk"][0], results["naive"][0], 1e-5, f"{layout} output")
+    for n, g in results["naive"][1].items():
+        assert_rel_close(results["chunk"][1][n], g, 1e-5, f"{layout} grad {n}")
+
+
+@pytest.mark.parametrize("layout", ["MAL", "MAG", "MAC"])
+def test_layout_steps_and_pieces_equal_forward(layout, assert_rel_close):
+    """Step token by token, and pieces cut mid-segment and mid-chunk (5 + 8 + 6), equal one forward; the state
+    keeps at most a segment (MAC) and holds what state_size says."""
+    mixer = _mixer(n_persistent=2, layout=layout, **LAYOUTS[layout]).eval()
+    x = torch.randn(2, 19, D)
+    with torch.no_grad():
+        y = mixer(x)
+        state, steps = mixer.init_state(2), []
+        for t in range(x.shape[1]):
+            y_t, state = mixer.step(x[:, t], state)
+            steps.append(y_t)
+            if layout == "MAC":
+                assert state.keys.shape[3] == t % 6 + 1  # the segment's tokens so far, never more
+        assert_rel_close(torch.stack(steps, 1), y, 1e-5, f"{layout} step vs forward")
+        pieces, state = [], mixer.init_state(2)
+        for start, stop in ((0, 5), (5, 13), (13, 19)):
+            y_piece, state = mixer(x[:, start:stop], state=state, return_state=True)
+            pieces.append(y_piece)
+        assert_rel_close(torch.cat(pieces, 1), y, 1e-5, f"{layout} pieces vs forward")
+    if layout == "MAC":
+        _, full = mixer(x[:, :18], return_state=True)  # a whole segment of keys kept (the largest state)
+        floats = sum(t.numel() for t in (*full.memory.weights, *full.memory.momentum, *full.memory.base,
+                                          *full.retrieval, full.keys, full.values))
+        assert mixer.state_size(19) == mixer.state_size(1900) == floats // 2  # floats per sequence, B = 2
+
+
+@pytest.mark.parametrize("layout", ["MAL", "MAG", "MAC"])
+def test_layout_has_no_future_leak(layout):
+    """The gradient of output t w.r.t. every later input is exactly zero, and w.r.t. input t not: for t at a
+    segment's start, middle and end (MAC's retrieved tokens h_j read x_j, a later token, if attended too early)."""
+    mixer = _mixer(n_persistent=2, layout=layout, **LAYOUTS[layout])
+    x = torch.randn(1, 14, D, requires_grad=True)
+    y = mixer(x)
+    for t in (0, 3, 5, 6, 8, 12):
+        (grad,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        assert grad[0, t + 1 :].abs().max() == 0, f"{layout}: output {t} depends on later inputs"
+        assert grad[0, t].abs().max() > 0, f"{layout}: output {t} ignores its own input"
 
 
 def test_state_size_counts_the_state():

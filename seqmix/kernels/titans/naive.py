@@ -61,7 +61,9 @@ def titans_naive(q: Tensor, k: Tensor, v: Tensor, log_eta: Tensor, theta: Tensor
         for t in range(q.shape[2]):
             if (position + t) % chunk_size == 0:
                 base = weights  # a new chunk: its gradients are taken at the memory it starts from
-            at = tuple(w if outer_grad and w.requires_grad else w.detach().requires_grad_() for w in base)
+            at = tuple(w.clone() if outer_grad and w.requires_grad else w.detach().requires_grad_() for w in base)
+            # a copy: the partial derivative in the weights, also when k, v depend on them (MAC's keys come from
+            # attention over tokens read from the memory); the outer gradient passes through the copy
             loss = (memory_apply(at, k[:, :, t : t + 1]) - v[:, :, t : t + 1]).square().sum()
             grads = torch.autograd.grad(loss, at, create_graph=outer_grad)
             momentum = tuple(eta[:, :, t] * s - theta[:, :, t] * g for s, g in zip(momentum, grads))
