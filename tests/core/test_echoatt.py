@@ -113,6 +113,21 @@ def test_step_equals_forward_for_a_shared_causal_stack(assert_rel_close, mixer_a
     assert stack.blocks[2].mixer.state_size(10) * 2 == stack.blocks[1].mixer.state_size(10)
 
 
+def test_a_shared_decoder_steps_like_its_forward(assert_rel_close):
+    """Sharing touches the self mixers only: a decoder's cross mixers keep their context."""
+    torch.manual_seed(0)
+    stack = MixerStack(D, 3, mixer_factory("softmax", n_heads=H), causal=True, share_attention={2: 0},
+                       cross_mixer=mixer_factory("softmax", n_heads=H, causal=False), mlp_ratio=2.0).eval()
+    x, ctx = torch.randn(2, 6, D), torch.randn(2, 5, D)
+    with torch.no_grad():
+        y = stack(x, context=ctx)
+        states, outs = stack.init_states(2, context=ctx), []
+        for t in range(6):
+            y_t, states = stack.step(x[:, t], states)
+            outs.append(y_t[:, None])
+    assert_rel_close(torch.cat(outs, 1), y, 1e-5, "decoder steps")
+
+
 @pytest.mark.parametrize("share, message", [
     ({0: 0}, "layer 0 has no earlier layer"),
     ({4: 1}, "n_layers=4"),
