@@ -196,3 +196,21 @@ def test_vit_config_and_benchmark_row_build_the_same_mixer_on_the_patch_grid():
     torch.nn.functional.cross_entropy(logits, torch.tensor([3, 7])).backward()
     assert logits.shape == (2, 10)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vit.parameters())
+
+
+def test_triton_form_equals_naive_through_the_interpreter(assert_rel_close):
+    """GLA's Triton kernel under LightNet's frontend (TRITON_INTERPRET=1 on the CPU, conftest): MD-LRPE keys,
+    a state carried from a prefix, outputs and every gradient."""
+    results = {}
+    for impl in ("naive", "triton"):
+        torch.manual_seed(0)
+        mixer = build_mixer("lightnet", 16, n_heads=2, positional="md_lrpe", grid_width=3, chunk_size=16, impl=impl)
+        x = torch.randn(1, 21, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        _, state = mixer(x[:, :4], return_state=True)
+        y = mixer(x[:, 4:], state=state)
+        y.square().sum().backward()
+        results[impl] = (y.detach(), {"x": x.grad, **{n: p.grad for n, p in mixer.named_parameters()}})
+    (y_ref, g_ref), (y, g) = results["naive"], results["triton"]
+    assert_rel_close(y, y_ref, 1e-5, "triton vs naive output")
+    for name in g_ref:
+        assert_rel_close(g[name], g_ref[name], 1e-5, f"triton vs naive grad {name}")
