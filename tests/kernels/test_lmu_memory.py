@@ -74,6 +74,17 @@ def test_cached_tables_follow_in_place_changes(impl, assert_rel_close):
     assert_rel_close(got, want, 1e-12, f"{impl} after changing the system in place")
 
 
+@pytest.mark.parametrize("impl", PARALLEL)
+def test_tables_from_inference_mode_do_not_reach_training(impl):
+    """Lightning validates under torch.inference_mode: the tables cached there cannot be saved for backward."""
+    a, b = (s.clone() for s in SYSTEM)
+    with torch.inference_mode():
+        lmu_memory(torch.randn(1, 40, 2), a, b, impl=impl)
+    u = torch.randn(1, 40, 2, requires_grad=True)
+    lmu_memory(u, a, b, impl=impl)[0].sum().backward()
+    assert u.grad is not None and u.grad.abs().sum() > 0
+
+
 def test_legendre_delay_matches_the_paper():
     """A_ij = (2i+1)/theta * (-1 if i < j else (-1)^(i-j+1)), B_i = (2i+1)(-1)^i / theta; ZOH of one step."""
     a, b = legendre_delay(3, 2.0)

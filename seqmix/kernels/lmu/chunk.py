@@ -80,10 +80,12 @@ _TABLES: dict[tuple, tuple[weakref.ref, weakref.ref, ChunkTables]] = {}
 
 def cached_tables(a_bar: Tensor, b_bar: Tensor, chunk: int, depth: int, dtype: torch.dtype) -> ChunkTables:
     """:func:`chunk_tables`, cached while the same ``a_bar``, ``b_bar`` tensors live unchanged (their
-    version counters are in the key); built afresh, with their graph, when either needs a gradient."""
+    version counters are in the key); built afresh, with their graph, when either needs a gradient.
+    Tables built under ``torch.inference_mode`` are kept apart (autograd cannot save them)."""
     if torch.is_grad_enabled() and (a_bar.requires_grad or b_bar.requires_grad):
         return chunk_tables(a_bar, b_bar, chunk, depth, dtype)
-    key = (id(a_bar), id(b_bar), a_bar._version, b_bar._version, chunk, depth, dtype, a_bar.device)
+    key = (id(a_bar), id(b_bar), a_bar._version, b_bar._version, chunk, depth, dtype, a_bar.device,
+           torch.is_inference_mode_enabled())
     hit = _TABLES.get(key)
     if hit is not None and hit[0]() is a_bar and hit[1]() is b_bar:
         return hit[2]

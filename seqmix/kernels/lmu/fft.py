@@ -29,13 +29,15 @@ _SPECTRA: dict[tuple, tuple[weakref.ref, weakref.ref, Tensor]] = {}
 
 def response_spectrum(a_bar: Tensor, b_bar: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """``rfft(H_k, n)`` over k < n / 2, ``[N, n / 2 + 1]`` complex (``H`` in float64, then ``dtype``); cached
-    while the same ``a_bar``, ``b_bar`` live unchanged, built with its graph when either needs a gradient."""
+    while the same ``a_bar``, ``b_bar`` live unchanged (apart under ``torch.inference_mode``: autograd
+    cannot save those), built with its graph when either needs a gradient."""
     def build(a: Tensor, b: Tensor) -> Tensor:
         return torch.fft.rfft(powers(a.double(), b.double(), n // 2).to(dtype).T, n=n)  # [N, T'] -> [N, n/2 + 1]
 
     if torch.is_grad_enabled() and (a_bar.requires_grad or b_bar.requires_grad):
         return build(a_bar, b_bar)
-    key = (id(a_bar), id(b_bar), a_bar._version, b_bar._version, n, dtype, a_bar.device)
+    key = (id(a_bar), id(b_bar), a_bar._version, b_bar._version, n, dtype, a_bar.device,
+           torch.is_inference_mode_enabled())
     hit = _SPECTRA.get(key)
     if hit is not None and hit[0]() is a_bar and hit[1]() is b_bar:
         return hit[2]
