@@ -439,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                                                          "naive_lengths": None, "name": "mixers_cpu"}
     impls = args.impls or preset["impls"]
     lengths = sorted(args.lengths or preset["lengths"])
-    naive_lengths = args.naive_lengths or preset["naive_lengths"] or lengths
+    naive_lengths = sorted(args.naive_lengths or [t for t in preset["naive_lengths"] or lengths if t in lengths]
+                           or lengths[:1])  # the preset's T=4096 when swept, else the shortest length
+    if not set(naive_lengths) <= set(lengths):
+        raise SystemExit(f"mixers.py: --naive-lengths {naive_lengths} must be among --lengths {lengths}")
     args.name = args.name or preset["name"]
     skipped: list[str] = []
     try:

@@ -55,6 +55,8 @@ def test_main_refuses_bad_mixers_before_any_worker_runs(monkeypatch):
         bench.main(["--mixers", "landmark[retrieval_k=0]", *tiny])
     with pytest.raises(SystemExit, match=r"softmax \(impl=chunk\) cannot be built: .*impl='chunk' is unknown"):
         bench.main(["--mixers", "softmax", "--impls", "chunk", *tiny])
+    with pytest.raises(SystemExit, match=r"--naive-lengths \[32\] must be among --lengths \[16\]"):
+        bench.main(["--mixers", "lmu", "--impls", "naive", "--naive-lengths", "32", *tiny])
 
 
 def test_default_list_skips_unregistered_names_with_a_note():
@@ -111,9 +113,8 @@ def test_chunk_vs_naive_sweep_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     monkeypatch.setattr("benchmarks.common.RESULTS_DIR", tmp_path)
     monkeypatch.setattr(bench, "run_point", lambda spec, impl, t, args: bench.worker(spec.text, t, impl, args))
     threads = str(torch.get_num_threads())
-    assert bench.main(["--chunk-vs-naive", "--mixers", "lmu[order=4]", "--lengths", "16", "32", "--naive-lengths",
-                       "16", "--d-model", "16", "--heads", "2", "--repeats", "1", "--threads", threads,
-                       "--name", "tiny"]) == 0
+    assert bench.main(["--chunk-vs-naive", "--mixers", "lmu[order=4]", "--lengths", "16", "32", "--d-model", "16",
+                       "--heads", "2", "--repeats", "1", "--threads", threads, "--name", "tiny"]) == 0
     text = (tmp_path / "tiny.md").read_text()
     assert "| lmu (order=4, impl=naive) | naive |" in text and "| lmu (order=4, impl=chunk) | chunk |" in text
     assert "## Chunk vs naive (issue 30)" in text and "here at T=16 -> 32" in text
@@ -122,7 +123,7 @@ def test_chunk_vs_naive_sweep_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     assert len(cells) == 7 and cells[3].endswith("x") and cells[5].endswith("x")
     assert cells[-1] in ("PASS", "FAIL (speed-up < 5x)", "FAIL (growth > 2.5x)",
                          "FAIL (speed-up < 5x, growth > 2.5x)")
-    assert "impl=naive only at T in [16]" in text
+    assert "impl=naive only at T in [16]" in text  # the shortest length when T=4096 is not swept
     assert (tmp_path / "tiny.png").stat().st_size > 0
 
 
