@@ -4,7 +4,7 @@ Memorize at Test Time"), in the three layouts of the paper's section 4: MAL, MAG
 The memory (every layout):
 
     q, k, v = SiLU(W_q x), SiLU(W_k x), SiLU(W_v x)      [B, T, H, K]; q, k (and v: see below) l2-normalised per head
-    eta_t, theta_t, alpha_t = sigmoid(W_eta x), max_lr * sigmoid(W_theta x), sigmoid(W_alpha x)   per head
+    eta_t, alpha_t = sigmoid(W_eta x), sigmoid(W_alpha x); theta_t = max_lr sigmoid(W_theta x) (1 - eta_t)  per head
     S_t = eta_t S_{t-1} - theta_t grad l(M; k_t, v_t) ,  l = ||M(k_t) - v_t||^2     (eqs. 10, 12)
     M_t = (1 - alpha_t) M_{t-1} + S_t                                               (eq. 13)
     M(x)_t = M_t(q_t)   (the memory after token t's update)                          (eq. 15)
@@ -35,7 +35,12 @@ the memory's read normalised per head with a learned scale, times a learned SiLU
   segment's start and the attention keys and values of the segment so far (at most ``2 * segment_size``
   tokens, the persistent ones recomputed from the parameters): constant in T.
 
-Left out / changed: the short depthwise convolutions after the q/k/v projections; unlike the paper, v is
+Left out / changed: the short depthwise convolutions after the q/k/v projections; the inner step theta_t is
+dampened by ``1 - eta_t`` (still a data-dependent step, so within the paper's family of theta_t): momentum alone
+multiplies the steady step by ``1 / (1 - eta)``, 8 at the initial eta, and a chunk adds its gradients at one base, so
+undamped a chunk of aligned keys overshot and the memory diverged (the d_model 64 MQAR run: NaN at step ~126);
+dampened, a chunk moves the memory by at most about ``2 max_lr chunk_size`` along a key, stable for ``max_lr *
+chunk_size <= 1`` whatever eta learns (docs/titans.md, "Stability"); unlike the paper, v is
 l2-normalised too (a deep memory's inner gradients grow with the targets and diverged on inputs of magnitude 100;
 the output's head RMSNorm discards the scale anyway); the paper's parallel associative scan for the momentum (the
 chunk form loops over chunks and uses closed-form [C, C] decay matrices inside each). MAC: the paper lets every
@@ -88,10 +93,11 @@ class TitansMemory(Mixer):
             memory_depth=1).
         n_persistent: learned persistent-memory tokens (0: none): read by the memory before every sequence
             (MAL, MAG), and the first keys of the attention (MAG: of its window; MAC: of every segment).
-        max_lr: the inner learning rate's upper bound (theta_t = max_lr * sigmoid(.)); 0 stops the memory learning
-            (it then only decays by alpha). A chunk's gradients add up at one base, so the stable max_lr falls
-            with chunk_size; measured at T = 4096 (d_model 32, 2 heads): 0.1 with chunks of 16 stays finite, 0.1 with
-            chunks of 64 and 0.2 with chunks of 16 diverge.
+        max_lr: the inner learning rate's upper bound (theta_t = max_lr * sigmoid(.) * (1 - eta_t)); 0 stops the
+            memory learning (it then only decays by alpha). A chunk's gradients add up at one base, so the stable
+            max_lr falls with chunk_size: keep max_lr * chunk_size <= 1 when keys may align (measured, T = 256, every
+            key the same, the step gate open: 0.1 with chunks of 8 stays bounded for eta 0.5 to 0.98; 0.1 with chunks
+            of 16 grows without bound at eta 0.5 for a linear memory).
         chunk_size: tokens whose gradients share one base memory (1: exact per-token descent).
         layout: "MAL" (memory as a layer), "MAG" (memory gated with sliding-window attention) or "MAC" (memory
             as the context of segment-wise attention).
@@ -257,7 +263,7 @@ class TitansMemory(Mixer):
         values = torch.cat([values.to(x.dtype), torch.stack([split_heads(self.attention.v(s), h)
                                                              for s in (retrieved, x)], 2)], 3)  # [B, H, 2, n + T, V]
         n = keys.shape[3] - t  # the segment's tokens before this piece
-        seen = torch.ones(t, n + t, dtype=torch.bool, device=x.device).tril(n)  # [T, n + T]: token n + i sees j <= n + i
+        seen = torch.ones(t, n + t, dtype=torch.bool, device=x.device).tril(n)  # [T, n + T]: n + i sees j <= n + i
         visible = torch.cat([seen, seen], 1)  # [T, 2 (n + T)]: h_j and x_j alike
         k_all, v_all = keys.flatten(2, 3), values.flatten(2, 3)  # [B, H, 2 (n + T), K]: the h block, then the x block
         if self.persistent is not None:
