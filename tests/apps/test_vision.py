@@ -423,3 +423,12 @@ def test_data_parallel_ranks_follow_one_time_based_schedule():
             if attempt == 1:
                 raise
     assert trainer.state.finished
+
+
+def test_vit_refuses_a_2d_positional_mixer_built_for_another_grid():
+    ok = timm.create_model("seqmix_vit_28", depth=1, d_model=32, patch=4,
+                           mixer=mixer_factory("lightnet", n_heads=2, causal=False, positional="md_lrpe", grid_width=7))
+    assert ok(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(ValueError, match="grid_width=7 but the image gives a 14 x 14 grid.*set grid_width: 14"):
+        timm.create_model("seqmix_vit_28", depth=1, d_model=32, patch=2,
+                          mixer=mixer_factory("lightnet", n_heads=2, causal=False, positional="md_lrpe", grid_width=7))

@@ -32,6 +32,12 @@ class ViT(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], d_model))  # [1, T, D]
         trunc_normal_(self.pos, std=0.02)
         self.blocks = MixerStack(d_model, depth, mixer, causal=False, mlp_ratio=mlp_ratio, mlp="mlp", dropout=dropout)
+        for block in self.blocks.blocks:  # a 2-D positional mixer (lightnet's md_lrpe) must see this grid
+            width = getattr(block.mixer, "grid_width", None)
+            if width is not None and width != self.grid[1]:
+                raise ValueError(f"ViT: the mixer's grid_width={width} but the image gives a {self.grid[0]} x "
+                                 f"{self.grid[1]} grid of patches (img_size {img_size} / patch {patch}); set "
+                                 f"grid_width: {self.grid[1]} in the mixer's init_args")
         self.head = nn.Linear(d_model, num_classes)
         self.apply(init_weights)
 
