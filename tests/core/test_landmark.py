@@ -83,7 +83,7 @@ def test_mixer_is_the_formula_with_landmark_keys_from_the_block_mean(impl, retri
     torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
     _, state = mixer(x, return_state=True)
     assert isinstance(state, LandmarkCache) and state.landmarks.shape == (2, 2, 3, 4)
-    assert sum(t[0].numel() for t in state) == mixer.state_size(11)  # KV cache + one landmark per finished block
+    assert sum(t[0].numel() for t in state) == mixer.state_size(11)  # KV cache, a landmark per finished block, a query
 
 
 def test_a_decode_step_reads_only_the_k_retrieved_blocks():
@@ -109,7 +109,8 @@ def test_a_decode_step_reads_only_the_k_retrieved_blocks():
         for n in range(2):
             keep |= (torch.arange(20) // 3)[None, None] == chosen[..., n, None]
         poisoned = LandmarkCache(state.keys.masked_fill(~keep[..., None], math.nan),
-                                 state.values.masked_fill(~keep[..., None], math.nan), state.landmarks)
+                                 state.values.masked_fill(~keep[..., None], math.nan), state.landmarks,
+                                 state.lead)
         assert torch.equal(mixer.step(x_t, poisoned)[0], mixer.step(x_t, state)[0])
 
         mixer.retrieval_k = None  # training mode reads every finished block
@@ -118,10 +119,64 @@ def test_a_decode_step_reads_only_the_k_retrieved_blocks():
         assert mixer.blocks_read - before == 6
 
 
+def shared_reference(q, k, v, landmarks, block_size, retrieval_k, lead=None):
+    """Shared retrieval by its definition: each query's R_i is what its block's first query retrieves (the
+    per-query reference with the retrieval made by that query), the gate and tokens its own."""
+    s_, t_ = k.shape[2], q.shape[2]
+    o = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype)
+    for t in range(t_):
+        i = s_ - t_ + t
+        p0 = i // block_size * block_size
+        rep = q[:, :, p0 - (s_ - t_)] if p0 >= s_ - t_ else (lead if lead is not None else q[:, :, 0])  # [B, H, K]
+        c = i // block_size
+        r = torch.einsum("bhk,bhnk->bhn", rep, landmarks[:, :, :c])  # [B, H, c]: the first query's scores
+        for b in range(q.shape[0]):
+            for h in range(q.shape[1]):
+                chosen = r[b, h].argsort(descending=True)[:retrieval_k].tolist()
+                dk = q.shape[-1]
+                sc = k[b, h, : i + 1] @ q[b, h, t] / math.sqrt(dk)
+                lm = landmarks[b, h, :c] @ q[b, h, t] / math.sqrt(dk)
+                own = range(c * block_size, i + 1)
+                z = sum(sc[j].exp() for j in own) + sum(lm[n].exp() for n in chosen)
+                out = sum(sc[j].exp() / z * v[b, h, j] for j in own)
+                for n in chosen:
+                    members = range(n * block_size, (n + 1) * block_size)
+                    inside = sum(sc[j].exp() for j in members)
+                    out = out + lm[n].exp() / z * sum(sc[j].exp() / inside * v[b, h, j] for j in members)
+                o[b, h, t] = out
+    return o
+
+
+@pytest.mark.parametrize("t,s", [(13, 13), (5, 13), (1, 9)])
+def test_shared_retrieval_is_the_grouped_softmax_over_the_first_querys_blocks(t, s):
+    q, k, v, landmarks = random_inputs(t, s, 3)
+    lead = torch.randn(2, 2, 4, dtype=torch.float64)  # the first query of a block begun before q
+    expected = shared_reference(q, k, v, landmarks, 3, 2, lead)
+    naive = landmark_attention_naive(q, k, v, landmarks, block_size=3, retrieval_k=2, shared=True, lead=lead)
+    chunk, _ = landmark_attention_chunk(q, k, v, landmarks, block_size=3, retrieval_k=2, shared=True, lead=lead)
+    torch.testing.assert_close(naive, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(chunk, expected, rtol=1e-10, atol=1e-12)
+    full, _ = landmark_attention_chunk(q, k, v, landmarks, block_size=3, retrieval_k=9, shared=True, lead=lead)
+    training, _ = landmark_attention_chunk(q, k, v, landmarks, block_size=3, retrieval_k=None)
+    torch.testing.assert_close(full, training, rtol=1e-12, atol=1e-12)  # k >= blocks: training mode
+
+
+def test_shared_retrieval_fwd_bwd_matches_per_block_gradients():
+    """The checkpointed chunk form gives the naive form's gradients (retrieval: the blocks are recomputed)."""
+    q, k, v, landmarks = (x.requires_grad_() for x in random_inputs(20, 20, 4, seed=3))
+    grads = []
+    for form in (landmark_attention_naive, lambda *a, **kw: landmark_attention_chunk(*a, **kw)[0]):
+        o = form(q, k, v, landmarks, block_size=4, retrieval_k=2, shared=True)
+        grads.append(torch.autograd.grad(o.sin().sum(), (q, k, v, landmarks)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("argument,value", [("block_size", 0), ("block_size", -2), ("block_size", 2.5),
-                                            ("block_size", True), ("retrieval_k", 0), ("retrieval_k", 1.5)])
+                                            ("block_size", True), ("retrieval_k", 0), ("retrieval_k", 1.5),
+                                            ("shared_retrieval", 1)])
 def test_bad_arguments_name_themselves(argument, value):
-    with pytest.raises(ValueError, match=f"{argument} must be an int >= 1"):
+    with pytest.raises(ValueError, match=f"{argument} must be"):
         build_mixer("landmark", 8, n_heads=2, **{argument: value})
 
 

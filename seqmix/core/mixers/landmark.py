@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from seqmix.core.layers import QKVProjection, merge_heads
 from seqmix.core.mixer import Mixer, check_int, register_mixer
@@ -57,6 +58,7 @@ class LandmarkCache(NamedTuple):
     keys: Tensor  # [B, H, S, K]
     values: Tensor  # [B, H, S, V]
     landmarks: Tensor  # [B, H, S // L, K]
+    lead: Tensor  # [B, H, K]: the first query of the newest block (shared retrieval chooses with it)
 
 
 def retrieve_blocks(scores: Tensor, allowed: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -77,12 +79,24 @@ def gather_blocks(x: Tensor, index: Tensor, block_size: int) -> Tensor:
     return x.reshape(b * h * s, c).index_select(0, rows.flatten()).view(*rows.shape, c)  # [B*H*S, C] -> [.., L, C]
 
 
+def block_first_queries(q: Tensor, seq_len: int, block_size: int, lead: Tensor | None) -> Tensor:
+    """For each query of ``q: [B, H, T, K]`` (the last ``T`` of ``seq_len`` positions) the first query of its block,
+    ``[B, H, T, K]``; a block begun before ``q`` takes ``lead: [B, H, K]`` (without one, the first query present)."""
+    t = q.shape[2]
+    start = torch.arange(seq_len - t, seq_len, device=q.device) // block_size * block_size - (seq_len - t)  # [T]
+    head = q[:, :, 0] if lead is None else lead.to(q.dtype)  # [B, H, K]
+    q_ext = torch.cat([head[:, :, None], q], 2)  # [B, H, 1 + T, K]
+    return q_ext[:, :, (start + 1).clamp(min=0)]  # [B, H, T, K]
+
+
 def landmark_attention_naive(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor, *, block_size: int,
-                             retrieval_k: int | None) -> Tensor:
+                             retrieval_k: int | None, shared: bool = False, lead: Tensor | None = None) -> Tensor:
     """The grouped-softmax formula as a dense ``[T, S]`` matrix, fp32 (fp64 for fp64).
 
     ``q: [B, H, T, K]`` are the last ``T`` of ``S`` positions, ``k: [B, H, S, K]``, ``v: [B, H, S, V]``,
-    ``landmarks: [B, H, S // block_size, K]`` -> ``o: [B, H, T, V]`` (fp32, fp64 for fp64).
+    ``landmarks: [B, H, S // block_size, K]`` -> ``o: [B, H, T, V]`` (fp32, fp64 for fp64). ``shared``: the queries
+    of a block retrieve the blocks their block's first query retrieves (``lead``: that query for a block begun
+    before ``q``).
     """
     dtype = compute_dtype(q)
     q, k, v, landmarks = (x.to(dtype) for x in (q, k, v, landmarks))
@@ -95,7 +109,11 @@ def landmark_attention_naive(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor,
     s_tok = torch.einsum("bhtk,bhsk->bhts", q, k) * scale  # [B, H, T, S]
     r = torch.einsum("bhtk,bhnk->bhtn", q, landmarks) * scale  # [B, H, T, N]
     if retrieval_k is not None:
-        index, valid = retrieve_blocks(r, earlier, retrieval_k)  # [B, H, T, k]
+        chooser = r
+        if shared:  # each query retrieves by its block's first query
+            reps = block_first_queries(q, s, block_size, lead)  # [B, H, T, K]
+            chooser = torch.einsum("bhtk,bhnk->bhtn", reps, landmarks) * scale  # [B, H, T, N]
+        index, valid = retrieve_blocks(chooser, earlier, retrieval_k)  # [B, H, T, k]
         earlier = torch.zeros_like(r, dtype=torch.bool).scatter(-1, index, valid)  # [B, H, T, N], the set R_i
     group = torch.cat([s_tok.masked_fill(~own, -math.inf), r.masked_fill(~earlier, -math.inf)], -1)
     g = torch.softmax(group, -1)  # [B, H, T, S + N]: exp(s_ij) / Z_i and exp(r_ib) / Z_i
@@ -106,7 +124,8 @@ def landmark_attention_naive(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor,
 
 
 def landmark_attention_chunk(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor, *, block_size: int,
-                             retrieval_k: int | None) -> tuple[Tensor, int]:
+                             retrieval_k: int | None, shared: bool = False,
+                             lead: Tensor | None = None) -> tuple[Tensor, int]:
     """The same attention, queries grouped by block, reading each earlier block whole or (retrieval) only
     the ``k`` retrieved ones. Arguments as :func:`landmark_attention_naive`; returns ``(o: [B, H, T, V],
     blocks read by the last query)``."""
@@ -123,22 +142,40 @@ def landmark_attention_chunk(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor,
     vb = F.pad(v[:, :, first * size:], (0, 0, 0, tail)).unflatten(2, (blocks, size))  # [B, H, nq, L, V]
     if retrieval_k is None:  # scores [L, n, L] per query block
         per_block = size * size * max(1, first + blocks - 1)
-    else:  # gathered keys [L, k, L, K] per query block
-        per_block = size * size * max(1, min(retrieval_k, first + blocks - 1)) * dk
+    else:  # gathered keys [L | 1, k, L, K] per query block
+        per_block = (1 if shared else size) * size * max(1, min(retrieval_k, first + blocks - 1)) * dk
+    reps = None
+    if retrieval_k is not None and shared:  # the first query of each query block chooses its blocks
+        reps = qb[:, :, :, 0]  # [B, H, nq, K]
+        if front > 0:  # the first block began before q
+            head = q[:, :, 0] if lead is None else lead.to(dtype)  # [B, H, K]
+            reps = torch.cat([head[:, :, None], reps[:, :, 1:]], 2)  # [B, H, nq, K]
     step = max(1, _GROUP_ELEMENTS // per_block)  # query blocks per group
     outs, read = [], 0
+    lean = retrieval_k is not None and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, landmarks))
     for c in range(0, blocks, step):
-        o, read = _attend_group(qb[:, :, c : c + step], kb[:, :, c : c + step], vb[:, :, c : c + step], k, v,
-                                landmarks, first_block=first + c, seq_len=s, retrieval_k=retrieval_k)
+        group = (qb[:, :, c : c + step], kb[:, :, c : c + step], vb[:, :, c : c + step], k, v, landmarks,
+                 None if reps is None else reps[:, :, c : c + step])
+        options = dict(first_block=first + c, seq_len=s, retrieval_k=retrieval_k)
+        if lean:  # the gathered blocks are recomputed in the backward, not kept: memory O(T (T / L + k L))
+            o = checkpoint(_attend_group_output, *group, **options, use_reentrant=False)
+            read = min(retrieval_k, first + c + min(step, blocks - c) - 1)
+        else:
+            o, read = _attend_group(*group, **options)
         outs.append(o)
     o = torch.cat(outs, 2).flatten(2, 3)[:, :, front : front + t]  # [B, H, nq, L, V] -> [B, H, T, V]
     return o, read
 
 
-def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, landmarks: Tensor, *,
-                  first_block: int, seq_len: int, retrieval_k: int | None) -> tuple[Tensor, int]:
+def _attend_group_output(*args, **kwargs) -> Tensor:
+    return _attend_group(*args, **kwargs)[0]
+
+
+def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, landmarks: Tensor, reps: Tensor | None,
+                  *, first_block: int, seq_len: int, retrieval_k: int | None) -> tuple[Tensor, int]:
     """Queries ``qg: [B, H, g, L, K]`` of blocks ``first_block ...`` against their own blocks' keys
-    ``kg`` / values ``vg`` (``[B, H, g, L, *]``) and the finished blocks of ``k``, ``v``, ``landmarks``."""
+    ``kg`` / values ``vg`` (``[B, H, g, L, *]``) and the finished blocks of ``k``, ``v``, ``landmarks``;
+    ``reps: [B, H, g, K]``: shared retrieval, each block's blocks chosen by that query (None: per query)."""
     g, size, dk = qg.shape[2:]
     scale = dk ** -0.5
     i = torch.arange(size, device=qg.device)
@@ -155,16 +192,27 @@ def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, land
         far_v = v[:, :, : n * size].unflatten(2, (n, size))  # [B, H, n, L, V]
         s_far = torch.einsum("bhcik,bhnjk->bhcinj", qg, far_k) * scale  # [B, H, g, L, n, L]
         gate = r.masked_fill(~allowed, -math.inf)
-        product = "bhcinj,bhnjv->bhciv"
+    elif reps is not None:  # the k blocks retrieved by each query block's first query, gathered once per block
+        r_rep = torch.einsum("bhck,bhnk->bhcn", reps, landmarks[:, :, :n]) * scale  # [B, H, g, n]
+        index, valid = retrieve_blocks(r_rep, allowed[:, 0], retrieval_k)  # [B, H, g, k]
+        far_k, far_v = gather_blocks(k, index, size), gather_blocks(v, index, size)  # [B, H, g, k, L, K]
+        s_far = (qg @ far_k.flatten(3, 4).transpose(-1, -2)).unflatten(-1, (index.shape[-1], size)) * scale
+        index = index[:, :, :, None].expand(-1, -1, -1, size, -1)  # [B, H, g, k] -> [B, H, g, L, k]
+        gate = r.gather(-1, index).masked_fill(~valid[:, :, :, None], -math.inf)  # [B, H, g, L, k]
     else:  # only the k retrieved blocks
         index, valid = retrieve_blocks(r, allowed, retrieval_k)  # [B, H, g, L, k]
         far_k, far_v = gather_blocks(k, index, size), gather_blocks(v, index, size)  # [B, H, g, L, k, L, K]
         s_far = (far_k.flatten(4, 5) @ qg[..., None]).view(*index.shape, size) * scale  # [B, H, g, L, k, L]
         gate = r.gather(-1, index).masked_fill(~valid, -math.inf)  # [B, H, g, L, k]
-        product = "bhcinj,bhcinjv->bhciv"
     log_z = torch.logsumexp(torch.cat([s_own, gate], -1), -1, keepdim=True)  # [B, H, g, L, 1]
     w_far = torch.exp(gate - log_z)[..., None] * torch.softmax(s_far, -1)  # [B, H, g, L, n | k, L]
-    o = torch.exp(s_own - log_z) @ vg + torch.einsum(product, w_far, far_v)  # [B, H, g, L, V]
+    if retrieval_k is None:
+        o_far = torch.einsum("bhcinj,bhnjv->bhciv", w_far, far_v)  # [B, H, g, L, V]
+    elif reps is not None:
+        o_far = w_far.flatten(-2) @ far_v.flatten(3, 4)  # [B, H, g, L, k L] @ [B, H, g, k L, V]
+    else:
+        o_far = (w_far.flatten(-2)[..., None, :] @ far_v.flatten(4, 5))[..., 0, :]  # per query [1, k L] @ [k L, V]
+    o = torch.exp(s_own - log_z) @ vg + o_far  # [B, H, g, L, V]
     return o, far_k.shape[-3]
 
 
@@ -177,20 +225,28 @@ class LandmarkAttention(Mixer):
         retrieval_k: None: training mode (every earlier block, gated by its landmark); an int >= 1:
             each query reads only the ``k`` earlier blocks with the largest landmark scores
             (settable on a trained model: ``mixer.retrieval_k = 4``).
+        shared_retrieval: False: every query retrieves its own blocks (the paper); True: the queries of a
+            block read the blocks retrieved by the block's first query (gathered once per block: the fast form
+            of retrieval on a CPU). Settable on a trained model.
     """
 
     patterns = frozenset({"causal_self"})
     impls = ("naive", "chunk")
     paper = "Mohtashami & Jaggi 2023, Landmark Attention: Random-Access Infinite Context Length for Transformers"
     complexity = "O(T^2 D) training; O(T (T/L + k L) D) with retrieval_k = k"
-    test_configs = ({"n_heads": 1, "block_size": 16}, {"n_heads": 2, "block_size": 3, "retrieval_k": 2})
+    test_configs = ({"n_heads": 1, "block_size": 16}, {"n_heads": 2, "block_size": 3, "retrieval_k": 2},
+                    {"n_heads": 2, "block_size": 4, "retrieval_k": 2, "shared_retrieval": True})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 block_size: int = 64, retrieval_k: int | None = None):
+                 block_size: int = 64, retrieval_k: int | None = None, shared_retrieval: bool = False):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         check_int(type(self).__name__, "block_size", block_size, meaning="tokens per landmark block, e.g. 64")
         self.block_size = block_size
         self.retrieval_k = retrieval_k  # checked by the property
+        if not isinstance(shared_retrieval, bool):
+            raise ValueError(f"{type(self).__name__}: shared_retrieval must be True (a block's queries share its first "
+                             f"query's blocks) or False (every query retrieves its own), got {shared_retrieval!r}")
+        self.shared_retrieval = shared_retrieval
         self.qkv = QKVProjection(d_model, n_heads)
         self.landmark = nn.Parameter(torch.randn(d_model) * 0.02)  # e, the learned landmark embedding
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -213,7 +269,8 @@ class LandmarkAttention(Mixer):
         """An empty :class:`LandmarkCache` (landmark attention is self attention only)."""
         self.refuse_context(context, context_mask)
         empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)  # [B, H, 0, K]
-        return LandmarkCache(empty, empty, empty)
+        lead = torch.zeros(batch_size, self.n_heads, self.head_dim, device=device, dtype=dtype)  # [B, H, K]
+        return LandmarkCache(empty, empty, empty, lead)
 
     def landmark_keys(self, keys: Tensor, start: int, stop: int) -> Tensor:
         """``l_b = W_k e + mean_{j in b} k_j`` for the blocks ``start <= b < stop`` of ``keys: [B, H, S, K]``."""
@@ -231,19 +288,26 @@ class LandmarkAttention(Mixer):
         done = state.landmarks.shape[2]
         landmarks = torch.cat([state.landmarks.to(k.dtype),
                                self.landmark_keys(keys, done, keys.shape[2] // self.block_size)], 2)  # [B, H, N, K]
+        lead = state.lead if state.keys.shape[2] > 0 else None  # the first query of a block begun earlier
+        options = dict(block_size=self.block_size, retrieval_k=self.retrieval_k, shared=self.shared_retrieval,
+                       lead=lead)
         if self.resolve_impl(x) == "naive":
-            o = landmark_attention_naive(q, keys, values, landmarks, block_size=self.block_size,
-                                         retrieval_k=self.retrieval_k)
+            o = landmark_attention_naive(q, keys, values, landmarks, **options)
             read = landmarks.shape[2]  # the dense formula reads every block
         else:
-            o, read = landmark_attention_chunk(q, keys, values, landmarks, block_size=self.block_size,
-                                               retrieval_k=self.retrieval_k)
+            o, read = landmark_attention_chunk(q, keys, values, landmarks, **options)
         self.blocks_read += read
         y = self.out(merge_heads(o.to(x.dtype)))  # [B, H, T, V] -> [B, T, D]
-        return (y, LandmarkCache(keys, values, landmarks)) if return_state else y
+        if not return_state:
+            return y
+        s, t = keys.shape[2], q.shape[2]
+        newest = (s - 1) // self.block_size * self.block_size  # the newest block's first position
+        lead = q[:, :, newest - (s - t)] if newest >= s - t else state.lead.to(q.dtype)  # [B, H, K]
+        return y, LandmarkCache(keys, values, landmarks, lead)
 
     def state_size(self, seq_len: int) -> int:
-        return 2 * seq_len * self.d_model + (seq_len // self.block_size) * self.d_model  # KV cache + landmarks
+        return (2 * seq_len + seq_len // self.block_size + 1) * self.d_model  # KV cache, landmarks, a block's query
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, block_size={self.block_size}, retrieval_k={self.retrieval_k}"
+        return (f"{super().extra_repr()}, block_size={self.block_size}, retrieval_k={self.retrieval_k}, "
+                f"shared_retrieval={self.shared_retrieval}")
