@@ -99,3 +99,24 @@ def test_the_wrapped_mixers_are_the_causal_only_ones():
         cls = by_path[path]
         assert get_mixer_class(cls.registry_name) is cls
         assert wrapped == ("noncausal_self" not in cls.patterns), config.name
+
+
+def test_the_report_section_lists_each_mixer_beside_softmax_and_names_the_missing():
+    from benchmarks.forecasting import MIXER_SWAPS, mixer_swaps, run_key
+
+    def run(model: str, mse: float, max_epochs: int = 2) -> dict:
+        return {"model": model, "test_mse": mse, "test_mae": mse + 0.01, "params": 1234, "cpu_s": 56.0,
+                "epochs_run": max_epochs, "val_mse_best": 0.7, "max_epochs": max_epochs, "limit_train_batches": 1.0,
+                "threads": 1, "cpu": "test CPU", "load_avg": 1.0}
+
+    runs = {run_key("modern", "ETTh1", m, 96, 0): run(m, mse) for m, mse in
+            (("patchtst_softmax", 0.395), ("patchtst_mamba", 0.390), ("patchtst_hip", 0.401))}
+    runs[run_key("modern", "ETTh1", "patchtst", 96, 0)] = run("patchtst", 0.384, max_epochs=20)
+    runs[run_key("modern", "ETTh1", "patchtst_lmu", 96, 1)] = run("patchtst_lmu", 0.1)  # another seed: left out
+    text = mixer_swaps(runs)
+    rows = [line for line in text.splitlines() if line.startswith("| PatchTST")]
+    assert [r.split("|")[2].strip() for r in rows] == ["0.384", "0.390", "0.395", "0.401"]  # reference, then by MSE
+    assert "up to 20 epochs" in rows[0] and "patchtst_mamba.yaml" in rows[1] and "1,234" in rows[1]
+    assert "[(2, 1.0)]" in text  # the one cap of the section's rows
+    missing = text.split("Not run: ")[1].split(".\n")[0].split(", ")
+    assert set(missing) == set(MIXER_SWAPS) - {"patchtst_softmax", "patchtst_mamba", "patchtst_hip"}
