@@ -95,6 +95,40 @@ def test_naive_and_chunk_attend_the_same_keys_with_a_key_mask(causal, assert_rel
     assert int(counts.max()) <= 3 * 3  # top_k blocks + its own, of 3 keys each
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_query_block_attends_what_its_first_query_selects(causal, assert_rel_close):
+    """b_q = 5 queries over blocks of 2 keys: every query of a query block attends the blocks that
+    hip_select_naive picks from its first query's block scores, plus the blocks under the query block."""
+    torch.manual_seed(2)
+    q, k, v = torch.randn(1, 2, 31, 8), torch.randn(1, 2, 31, 8), torch.randn(1, 2, 31, 8)
+    arguments = dict(causal=causal, block_size=2, top_k=2, key_mask=None, query_block=5)
+    o_naive, attended = hip_attention_naive(q, k, v, **arguments)
+    o_chunk, counts = hip_attention_chunk(q, k, v, **arguments)
+    assert torch.equal(attended.sum(-1), counts)
+    assert_rel_close(o_chunk, o_naive, 1e-5, f"query blocks, causal={causal}")
+    r = q @ k.transpose(-1, -2) / 8 ** 0.5  # [1, 2, 31, 31]
+    r = torch.nn.functional.pad(r, (0, 1), value=-float("inf")).unflatten(-1, (16, 2)).amax(-1)  # [1, 2, 31, 16]
+    for h in range(2):
+        for i in range(31):
+            p0 = i // 5 * 5
+            n = p0 // 2 if causal else 16
+            local = set(range(p0 // 2, min(p0 + 4, 30) // 2 + 1))
+            blocks = set(hip_select_naive(r[0, h, p0, :n].tolist(), 2)) | local
+            keys = {j for b in blocks for j in (2 * b, 2 * b + 1) if j < 31 and (j <= i or not causal)}
+            assert set(attended[0, h, i].nonzero().flatten().tolist()) == keys, (h, i)
+
+
+def test_a_piece_after_a_cache_uses_the_carried_first_query(assert_rel_close):
+    torch.manual_seed(3)
+    q, k, v = torch.randn(2, 2, 30, 8), torch.randn(2, 2, 30, 8), torch.randn(2, 2, 30, 8)
+    arguments = dict(causal=True, block_size=3, top_k=2, key_mask=None, query_block=4)
+    whole, _ = hip_attention_chunk(q, k, v, **arguments)
+    lead = q[:, :, 16]  # the piece starts at 18, inside the query block [16, 20)
+    for form in (hip_attention_naive, hip_attention_chunk):
+        piece, _ = form(q[:, :, 18:], k, v, **arguments, lead=lead)
+        assert_rel_close(piece, whole[:, :, 18:], 1e-5, form.__name__)
+
+
 def test_counts_attended_and_visible_keys():
     _, pruned = _pair(True, rotary=False, block_size=4, top_k=1)
     pruned(torch.randn(3, 40, D))
@@ -108,6 +142,7 @@ def test_counts_attended_and_visible_keys():
     ({"block_size": 2.5}, "block_size"),
     ({"top_k": 0}, "top_k"),
     ({"top_k": True}, "top_k"),
+    ({"query_block": 0}, "query_block"),
     ({"prune": "yes"}, "prune"),
     ({"impl": "sdpa"}, "impl"),
 ])

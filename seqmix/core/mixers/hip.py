@@ -1,14 +1,16 @@
 """HiP attention (Lee et al. 2024, "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical
 Attention Pruning"): a trained softmax attention, pruned at inference without retraining.
 
-The parameters are :class:`~seqmix.core.mixers.softmax.SoftmaxAttention`'s (this class is its
-subclass), so a trained softmax mixer's ``state_dict`` loads unchanged. Keys are cut into blocks of
-``L = block_size`` tokens (block ``b`` = positions ``[bL, bL + L)``). For each query ``i`` at position
-``p`` the candidate blocks are ``0 .. n - 1`` (causal: the finished blocks before ``p``'s own block,
-``n = floor(p / L)``; non-causal: every block). The block's score against the query is the paper's
-block-sparse representative score, the max over the block's tokens:
+The parameters are :class:`~seqmix.core.mixers.softmax.SoftmaxAttention`'s (this class subclasses it through
+:class:`~seqmix.core.mixers.key_blocks.BlockSelectingAttention`), so a trained softmax mixer's ``state_dict``
+loads unchanged. Keys are cut into blocks of ``L = block_size`` tokens (block ``b`` = positions
+``[bL, bL + L)``), queries into query blocks of ``b_q = query_block`` (the paper's ``b_q``; default ``L``).
+A query block's selection is made by its first query ``q0`` at position ``p0`` (the only query all its
+members may depend on, see ``key_blocks.py``) among the candidate blocks ``0 .. n - 1`` (causal: the
+blocks finished before ``p0``'s block, ``n = floor(p0 / L)``; non-causal: every block). A block's score
+is the paper's block-sparse representative score, the max over the block's tokens:
 
-    r_i(b) = max_{j in block b, j visible} q_i . k_j / sqrt(K)
+    r(b) = max_{j in block b, j unmasked} q0 . k_j / sqrt(K)
 
 The hierarchical top-k mask selection (the paper's Algorithm 1, with the first block of a chunk as
 its representative):
@@ -16,23 +18,27 @@ its representative):
     nodes <- k chunks splitting [0, n) evenly              (chunk c = [floor(c n / k), floor((c + 1) n / k)))
     repeat until every node is one block:
         branch: node [s, e) -> children [s, m), [m, e) with m = s + ceil((e - s) / 2)   (a one-block node: itself)
-        score:  child [s', e') scores r_i(s'), its first block
+        score:  child [s', e') scores r(s'), its first block
         select: keep the k children with the largest scores
 
-then softmax attention over the kept blocks' keys plus the query's own block (always kept, as the
-paper keeps the diagonal; causal: its keys up to ``p``). ``log2(n / k)`` levels of ``2k`` block scores
-each: ``O(T k L log(T / L) D)``, i.e. ``O(T log T)`` for fixed ``k`` and ``L``. With
-``top_k >= n`` every block is kept and it is softmax attention exactly; ``prune=False`` (settable on a
-trained model) is softmax attention too. The selection is not differentiated (a mask), the attention
-over the kept keys is.
+then each query of the block attends with exact softmax the kept blocks' keys plus the local blocks
+(those overlapping ``[p0, p0 + b_q)``, as the paper keeps the diagonal; causal: keys up to the query).
+Per query block ``log2(n / k)`` levels of ``2k`` block scores: ``O(T k L D log(T / L) / b_q)`` for the
+selection, ``O(T k L D)`` for the attention. With ``top_k >=`` the number of blocks every key is kept and
+it is softmax attention exactly; ``prune=False`` (settable on a trained model) is softmax attention too.
+``query_block=1``: every query selects its own blocks (the per-query rule of this module before
+``b_q``). The selection is not differentiated (a mask), the attention over the kept keys is.
 
-Left out: query blocks sharing one mask (the paper's ``b_q``; here every query selects its own, so a
-decoding step equals the forward), sink and sliding-window blocks of the later HiP versions, the
-paper's KV-cache offloading and its GPU kernels; cross attention and windows (the patterns say so).
+Differs from the paper: the paper scores a query block by the max over all its queries (during prefill
+a query's mask then depends on later queries); here its first query scores, so the mixer stays causal
+and a decoding step (the first query carried in a ``BlockCache``) equals the forward. Left out: sink and
+sliding-window blocks of the later HiP versions, the paper's KV-cache offloading and its GPU kernels;
+cross attention and windows (the patterns say so).
 
-``impl="naive"``: every query's selection by the loop above in plain Python, then the dense masked
-softmax (fp32). ``impl="chunk"`` (auto): the same selection vectorised over queries (in groups that
-bound memory), the block keys gathered, never a ``T x S`` matrix. ``keys_attended`` /
+``impl="naive"``: every query block's selection by the loop above in plain Python, then the dense masked
+softmax (fp32). ``impl="chunk"`` (auto): the selection vectorised over query blocks, the kept blocks'
+keys gathered once per query block ``[B, H, n_qblocks, k + local, L, K]`` and attended with block-local
+matrix products, in groups recomputed in the backward; never a ``T x S`` matrix. ``keys_attended`` /
 ``keys_visible`` count, summed over calls, the keys each query attended and could have attended.
 """
 

@@ -17,7 +17,12 @@ Training mode (``retrieval_k=None``): ``R_i`` = every block before ``c(i)``. Ret
 (``retrieval_k=k``, the paper's inference): ``R_i`` = the ``k`` blocks before ``c(i)`` with the
 largest landmark scores ``r_ib`` (per query and head), and the same grouped softmax over them, so
 with ``k >=`` the number of earlier blocks it is training mode exactly. A query reads its own block
-and ``k`` retrieved blocks: ``O(T (T / L + k L) D)`` instead of ``O(T^2 D)``.
+and ``k`` retrieved blocks: ``O(T (T / L + k L) D)`` instead of ``O(T^2 D)``. Shared retrieval
+(``shared_retrieval=True``, with ``retrieval_k``): the queries of block ``c`` use the ``R`` retrieved by the
+block's first query (its landmark scores choose; each query's own scores still gate), so the ``k``
+blocks are gathered once per block and read with block-by-block matrix products (the per-query form
+gathers ``k L`` keys per query, which on a CPU costs more than dense attention). Not the paper's
+per-token retrieval; causal, and the first query is carried in the cache so a step equals the forward.
 
 The landmark key (a choice: in the paper the landmark is a token inserted after each block whose
 hidden state carries its block's content from the earlier layers; one mixer has no such token):
@@ -30,9 +35,11 @@ another memory; cross attention and the non-causal form (the mechanism is causal
 
 ``impl="naive"``: the dense ``T x S`` formula above, written out (fp32). ``impl="chunk"``
 (auto): queries grouped by block; each group reads its own block and, through the landmark
-scores, the earlier blocks (all, or the ``k`` retrieved ones, gathered), in groups of blocks that
-bound memory. Decoding carries a :class:`LandmarkCache` (the KV cache and one landmark key per
-finished block); ``blocks_read`` counts the earlier blocks whose keys and values were read.
+scores, the earlier blocks (all, or the ``k`` retrieved ones, gathered per query or, shared, per
+block), in groups of blocks that bound memory; in retrieval each group is recomputed in the backward
+(``torch.utils.checkpoint``), so no gathered block outlives its group. Decoding carries a
+:class:`LandmarkCache` (the KV cache, one landmark key per finished block, the newest block's first
+query); ``blocks_read`` counts the earlier blocks whose keys and values were read.
 """
 
 from __future__ import annotations

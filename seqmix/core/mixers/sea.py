@@ -1,12 +1,16 @@
 """SEA (Lee et al. 2023, "SEA: Sparse Linear Attention with Estimated Attention Mask"): a linear-attention
-estimate of the attention matrix picks, per query, the top-k keys; exact softmax attention runs over those.
+estimate of the attention matrix, compressed to a fixed width, picks per query block the top-k key blocks;
+exact softmax attention runs over those.
 
-The parameters are :class:`~seqmix.core.mixers.softmax.SoftmaxAttention`'s (this class is its subclass) plus
-the estimator's projection ``estimator: [H, K, R]``. A trained softmax mixer's ``state_dict`` loads with
-``strict=False``: the only missing key is ``estimator``, which keeps its initialisation (Performer's random
-features, below) until :meth:`SEAAttention.estimator_loss` distils it.
+The parameters are :class:`~seqmix.core.mixers.softmax.SoftmaxAttention`'s (this class subclasses it through
+:class:`~seqmix.core.mixers.key_blocks.BlockSelectingAttention`) plus the estimator's projection
+``estimator: [H, K, R]``. A trained softmax mixer's ``state_dict`` loads with ``strict=False``: the only
+missing key is ``estimator``, which keeps its initialisation (Performer's random features, below) until
+:meth:`SEAAttention.estimator_loss` distils it.
 
-What is built, per head (``q_i, k_j`` the projected, rotated query and key, ``K`` the head size):
+What is built, per head (``q_i, k_j`` the projected, rotated query and key, ``K`` the head size; keys in
+blocks of ``L = block_size``, queries in query blocks of ``b_q = query_block`` whose first query ``q0``
+selects for the block, as in ``key_blocks.py``):
 
 1. the estimator's feature map, Performer's positive random features (FAVOR+) through a learned
    projection ``W = estimator[h]`` (``R`` features, initialised ``N(0, 1)``, where the estimate is
@@ -14,25 +18,34 @@ What is built, per head (``q_i, k_j`` the projected, rotated query and key, ``K`
 
        phi(x) = exp(x~ W - |x~|^2 / 2),   x~ = x / K^(1/4)
 
-2. the estimated attention row, kernel linear attention's weights (in log space, per query)::
+2. the estimated attention of ``q0``, kernel linear attention's weights, compressed: the estimated mass of
+   a span of blocks ``[s, e)`` is ``A^(s, e) = phi(q0) . sum_{j in blocks s .. e-1} phi(k_j)`` (the per-key
+   estimate summed over the span, from prefix sums of ``phi(k)`` over blocks: ``O(R)`` per span). The
+   compressed row is ``W_c = width`` spans splitting the candidate blocks ``0 .. n - 1`` evenly (causal:
+   the blocks finished before ``q0``'s);
+3. the mask: the ``top_k`` spans of the compressed row, refined to blocks (each kept span halved and the
+   ``top_k`` children by estimated mass kept, until every span is one block; with ``width >= n`` it is the
+   exact top-k of the blocks' estimated masses), not differentiated;
+4. sparse softmax attention of each query of the block over the kept blocks and the local blocks (those
+   overlapping ``[p0, p0 + b_q)``; causal: keys up to the query).
 
-       log A^_ij = log(phi(q_i) . phi(k_j)) - log sum_{j' visible} phi(q_i) . phi(k_j')
-
-3. the mask: the ``top_k`` visible keys of ``A^_i`` (all visible keys when fewer), not differentiated;
-4. sparse softmax attention over the mask: ``o_i = sum_{j in M_i} softmax_j(q_i . k_j / sqrt(K)) v_j``.
+``O(T R (W + k log(T / (W L))) / b_q)`` for the estimate and the mask, ``O(T k L D)`` for the attention.
 
 Distillation (:meth:`SEAAttention.estimator_loss`): ``KL(A_i || A^_i)`` between the teacher's softmax rows
-(the mixer's own q/k, frozen) and the estimated rows, averaged over queries; only ``estimator`` learns.
+(the mixer's own q/k, frozen) and the per-key estimated rows, averaged over queries; only ``estimator`` learns.
 
-Left out: the paper's compression of the estimate to ``T x K'`` columns by a CNN decoder and its
-interpolation back to ``T x T`` (here the estimate is formed per key, ``O(T S R)`` for ``R`` features, in
-groups of queries that bound memory, so the estimate is quadratic with a small constant while the exact
-attention is ``O(T k D)``), the paper's per-layer ``k`` schedule, and cross attention / windows (the
-patterns say so). Every query selects its own keys among those it may see, so a decoding step with the KV
-cache equals the forward.
+Differs from the paper: the paper decodes the linear-attention output of every query into a ``T x K'``
+compressed row with a CNN and interpolates its top-k back to ``T x T``; here the compressed row is the
+estimate pooled over spans of blocks (no decoder), refined to key blocks, and shared by a query block
+(chosen by its first query: causal, and a decoding step equals the forward). ``block_size=1,
+query_block=1, width >= T`` is the per-key rule: each query attends the top-k keys of its estimate among
+the keys before it, and itself. Left out: the paper's per-layer ``k`` schedule, cross attention and windows
+(the patterns say so).
 
-``impl="naive"``: the dense estimate, top-k, and the dense masked softmax (fp32). ``impl="chunk"`` (auto):
-the same estimate and top-k in groups of queries, the kept keys gathered, never a ``T x S`` softmax.
+``impl="naive"``: the per-key estimate, pooled per block and per span, the selection by a plain loop, the
+dense masked softmax (fp32). ``impl="chunk"`` (auto): the span masses from prefix sums (fp64, log space),
+the selection vectorised over query blocks, the kept blocks gathered once per query block and attended with
+block-local matrix products, in groups recomputed in the backward: never a ``T x S`` estimate or softmax.
 ``keys_attended`` / ``keys_visible`` count, summed over calls, the keys each query attended and could have.
 """
 
