@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from seqmix.core.mixers.sea import (SEAAttention, sea_attention_chunk, sea_attention_naive, sea_features, sea_log_scores,
-                                   sea_node_scores)
+from seqmix.core.mixers.sea import (SEAAttention, sea_attention_chunk, sea_attention_naive, sea_features,
+                                   sea_log_scores, sea_node_scores)
 from seqmix.core.mixers.softmax import SoftmaxAttention
 
 D = 16
@@ -76,7 +76,8 @@ def test_compressed_estimate_is_the_sum_of_the_per_key_estimate(assert_rel_close
     token_ok = torch.ones(1, 6, 4, dtype=torch.bool)
     token_ok[0, 2, 1] = False  # a masked key is not counted
     score = sea_node_scores(estimator)(k.unflatten(2, (6, 4)), token_ok)
-    start, end = torch.tensor([[[[0, 1, 2, 5]]]]).expand(1, 2, 1, 4), torch.tensor([[[[6, 3, 3, 5]]]]).expand(1, 2, 1, 4)
+    start = torch.tensor([0, 1, 2, 5]).expand(1, 2, 1, 4)  # [B, H, g, m] nodes: blocks 0-5, 1-2, 2, none
+    end = torch.tensor([6, 3, 3, 5]).expand(1, 2, 1, 4)
     got = score(q[:, :, 0][:, :, None], start, end)  # [1, 2, 1, 4]
     est = sea_log_scores(sea_features(q, estimator), sea_features(k, estimator))[:, :, 0]  # [1, 2, 24]
     est[..., 9] = -math.inf

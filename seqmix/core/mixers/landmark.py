@@ -192,7 +192,9 @@ def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, land
     n = first_block + g - 1  # finished blocks before the group's last block
     if n == 0:
         return torch.softmax(s_own, -1) @ vg, 0
-    r = torch.einsum("bhcik,bhnk->bhcin", qg, landmarks[:, :, :n]) * scale  # [B, H, g, L, n]
+    r = None  # the landmark scores of every query and block [B, H, g, L, n] (shared retrieval: only the chosen)
+    if reps is None:
+        r = torch.einsum("bhcik,bhnk->bhcin", qg, landmarks[:, :, :n]) * scale  # [B, H, g, L, n]
     allowed = (torch.arange(n, device=qg.device)[None] < block[:, None])[:, None]  # [g, 1, n]: b < c(i)
     if retrieval_k is None:  # every finished block
         far_k = k[:, :, : n * size].unflatten(2, (n, size))  # [B, H, S, K] -> [B, H, n, L, K], no copy
@@ -204,8 +206,8 @@ def _attend_group(qg: Tensor, kg: Tensor, vg: Tensor, k: Tensor, v: Tensor, land
         index, valid = retrieve_blocks(r_rep, allowed[:, 0], retrieval_k)  # [B, H, g, k]
         far_k, far_v = gather_blocks(k, index, size), gather_blocks(v, index, size)  # [B, H, g, k, L, K]
         s_far = (qg @ far_k.flatten(3, 4).transpose(-1, -2)).unflatten(-1, (index.shape[-1], size)) * scale
-        index = index[:, :, :, None].expand(-1, -1, -1, size, -1)  # [B, H, g, k] -> [B, H, g, L, k]
-        gate = r.gather(-1, index).masked_fill(~valid[:, :, :, None], -math.inf)  # [B, H, g, L, k]
+        chosen = gather_blocks(landmarks, index, 1)[..., 0, :]  # [B, H, g, k, 1, K] -> [B, H, g, k, K]
+        gate = (qg @ chosen.transpose(-1, -2) * scale).masked_fill(~valid[:, :, :, None], -math.inf)  # [B, H, g, L, k]
     else:  # only the k retrieved blocks
         index, valid = retrieve_blocks(r, allowed, retrieval_k)  # [B, H, g, L, k]
         far_k, far_v = gather_blocks(k, index, size), gather_blocks(v, index, size)  # [B, H, g, L, k, L, K]

@@ -142,8 +142,8 @@ def sea_node_scores(estimator: Tensor):
 
         def score(reps: Tensor, start: Tensor, end: Tensor) -> Tensor:
             fq = sea_features(reps.double(), estimator.double())  # [B, H, g, R]
-            at = lambda i: prefix.gather(2, i.flatten(2)[..., None].expand(-1, -1, -1, r)).view(*i.shape, r)  # noqa: E731
-            hi, lo = at(end), at(start)  # [B, H, g, m, R] log prefix sums
+            hi, lo = (prefix.gather(2, i.flatten(2)[..., None].expand(-1, -1, -1, r)).view(*i.shape, r)
+                      for i in (end, start))  # [B, H, g, m, R] log prefix sums at the ends and starts
             inside = torch.where(hi > lo, hi + torch.log1p(-torch.exp(lo - hi)), -math.inf)  # log(P[end] - P[start])
             mass = (fq[..., None, :] + inside).logsumexp(-1)  # [B, H, g, m]
             return mass.masked_fill(end <= start, -math.inf)
