@@ -381,7 +381,9 @@ def mixer_swaps(runs: dict) -> str:
     rows = []
     reference = runs.get(key("patchtst"))
     if reference is not None:
-        rows.append([f"{MODEL_NAMES['patchtst']} (patchtst.yaml, up to {reference['max_epochs']} epochs)",
+        other_cpu = {reference.get("cpu", "not recorded")} - {r.get("cpu", "not recorded") for r in got.values()}
+        where = f", on {other_cpu.pop()}" if other_cpu else ""  # its CPU seconds then compare with none below
+        rows.append([f"{MODEL_NAMES['patchtst']} (patchtst.yaml, up to {reference['max_epochs']} epochs{where})",
                      f"{reference['test_mse']:.3f}", f"{reference['test_mae']:.3f}", f"{reference.get('params') or params_of('patchtst'):,}",
                      f"{reference['cpu_s']:.0f}", str(reference["epochs_run"]), fmt(reference["val_mse_best"])])
     for m, r in sorted(got.items(), key=lambda kv: kv[1]["test_mse"]):
