@@ -113,6 +113,21 @@ def test_the_pointer_learns_to_point_at_the_highlights_then_stop():
     assert pointer.decode(states, mask) == [[1, 4], [0]]
 
 
+def test_positions_count_places_within_each_section_from_both_ends(datamodule):
+    net = highlighter(datamodule)
+    batch = next(iter(datamodule.loader("val")))
+    start, end = net.places(batch)
+    for i in range(len(batch.paper_ids)):
+        n = int(batch.sentence_mask[i].sum())
+        sections = batch.sections[i, :n].tolist()
+        for j in range(n):
+            same = [k for k in range(n) if sections[k] == sections[j]]
+            assert int(start[i, j]) == min(same.index(j), 15)
+            assert int(end[i, j]) == min(len(same) - 1 - same.index(j), 15)
+    shuffled = highlighter(datamodule, positions=False).eval()  # without them a sentence's score ignores its place
+    assert shuffled.from_start is None and net.from_start is not None
+
+
 def test_highlighter_refuses_bad_arguments(datamodule):
     with pytest.raises(ValueError, match="selection='beam' is unknown; choose 'top_k' or 'pointer'"):
         highlighter(datamodule, selection="beam")

@@ -2,9 +2,14 @@
 paper for one aspect and selecting the summary's sentences.
 
     z        = HierarchicalEncoder(paper, aspect)                [B, S, D]  (the aspect is an encoder input)
-    score_s  = w . GELU(W z_s + b) + c                           [B, S]     one logit per sentence
+    p_s      = P_first[min(i_s, 15)] + P_last[min(j_s, 15)]      [B, S, D]  i_s / j_s: the sentence's place from
+                                                                            the start / end of its section
+    score_s  = w . GELU(W (z_s + p_s) + b) + c                   [B, S]     one logit per sentence
     L_high   = BCE(score, highlight; pos_weight)                 masked mean over the kept sentences
 
+The encoder's mixers see no order (a softmax sentence mixer is permutation-equivariant), yet where a sentence
+stands says much (the challenge is often the abstract's first sentence, the outcome its last): ``positions``
+adds learned embeddings of the place within the section, from its start and from its end (capped at 15).
 ``pos_weight`` weighs the positives' term (ACLSum highlights about 5 of 38 sentences per aspect: a weight
 near 38 / 5 - 1 balances them). Selection:
 
@@ -33,6 +38,8 @@ from seqmix.apps.summarization.pointer import PointerDecoder
 from seqmix.core.blocks import MixerFactory, mixer_factory
 from seqmix.core.mixer import check_int
 
+MAX_PLACE = 15  # places within a section beyond this share one embedding
+
 
 class Highlighter(SummarizationNetwork):
     """Sentence scores per aspect, trained against the gold highlights (module docstring).
@@ -45,6 +52,7 @@ class Highlighter(SummarizationNetwork):
         selection: ``top_k`` by score, or ``pointer`` (a Pointer Network decoder, trained beside the scores).
         top_k: sentences selected with ``selection: top_k``.
         max_select: the most sentences the pointer picks (``selection: pointer``).
+        positions: add the within-section position embeddings to the sentence states (module docstring).
     """
 
     def __init__(self, vocab_words: list[str], d_model: int = 128,
@@ -52,7 +60,7 @@ class Highlighter(SummarizationNetwork):
                  sentence_mixer: MixerFactory = mixer_factory("softmax", n_heads=4, causal=False),
                  word_layers: int = 1, sentence_layers: int = 2, glove: bool = True, dropout: float = 0.1,
                  pos_weight: float = 6.0, selection: Literal["top_k", "pointer"] = "top_k", top_k: int = 1,
-                 max_select: int = 3):
+                 max_select: int = 3, positions: bool = True):
         super().__init__()
         if selection not in ("top_k", "pointer"):
             raise ValueError(f"Highlighter: selection={selection!r} is unknown; choose 'top_k' or 'pointer'")
@@ -64,10 +72,23 @@ class Highlighter(SummarizationNetwork):
                                            sentence_layers, glove, dropout)
         self.score = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
         self.pointer = PointerDecoder(d_model, max_select) if selection == "pointer" else None
+        self.from_start = nn.Embedding(MAX_PLACE + 1, d_model) if positions else None
+        self.from_end = nn.Embedding(MAX_PLACE + 1, d_model) if positions else None
+
+    def places(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Each sentence's place in its section from the start and from the end, capped: ``[B, S]`` each."""
+        sections, mask = batch.sections, batch.sentence_mask
+        same = (sections[:, :, None] == sections[:, None, :]) & mask[:, None, :] & mask[:, :, None]  # [B, S, S]
+        before = torch.ones_like(same).tril(-1) & same  # [B, S, S]: j < i in the same section
+        after = torch.ones_like(same).triu(1) & same
+        return before.sum(2).clamp(max=MAX_PLACE), after.sum(2).clamp(max=MAX_PLACE)
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Sentence logits ``[B, S]`` (-inf on padding) and the sentence states ``[B, S, D]``."""
         z = self.encoder(batch).sentences  # [B, S, D]
+        if self.from_start is not None:
+            start, end = self.places(batch)
+            z = z + self.from_start(start) + self.from_end(end)  # [B, S, D]
         logits = self.score(z).squeeze(-1)  # [B, S]
         return logits.masked_fill(~batch.sentence_mask, float("-inf")), z
 
