@@ -39,7 +39,7 @@ from seqmix.core.mixer import KVCache, check_int
 from seqmix.core.mixers.softmax import KeySelectingAttention
 from seqmix.kernels.common import compute_dtype
 
-_GROUP_ELEMENTS = 1 << 24  # a group's gathered keys / scores, [B, H, g, b_q | K, m, L], at most (64 MB in fp32)
+_GROUP_ELEMENTS = 1 << 22  # a group's gathered keys / scores, [B, H, g, b_q | K, m, L], at most (16 MB in fp32)
 
 # score(rep [B, H, g, K], start [B, H, g, m], end [B, H, g, m]) -> node scores [B, H, g, m] (empty node: -inf)
 NodeScore = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -75,10 +75,15 @@ def query_block_layout(t: int, s: int, query_block: int) -> QueryBlockLayout:
     return QueryBlockLayout(first, count, front, count * query_block - front - t)
 
 
+def pad_rows(x: Tensor, front: int, back: int) -> Tensor:
+    """``x: [B, H, T, C]`` with ``front`` / ``back`` zero rows on the sequence axis (itself, no copy, when none)."""
+    return x if front == back == 0 else F.pad(x, (0, 0, front, back))
+
+
 def first_queries(q: Tensor, layout: QueryBlockLayout, query_block: int, lead: Tensor | None) -> Tensor:
     """The first query of each query block, ``[B, H, nq, K]``; a block begun before ``q`` takes ``lead``
     (the carried first query; without one, the first query present)."""
-    qb = F.pad(q, (0, 0, layout.front, layout.back)).unflatten(2, (layout.count, query_block))  # [B, H, nq, b_q, K]
+    qb = pad_rows(q, layout.front, layout.back).unflatten(2, (layout.count, query_block))  # [B, H, nq, b_q, K]
     reps = qb[:, :, :, 0]  # [B, H, nq, K]
     if layout.front > 0:
         head = lead if lead is not None else q[:, :, 0]  # [B, H, K]
@@ -160,14 +165,14 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, *, prepare: Callable
     s, size = k.shape[2], block_size
     blocks = -(-s // size)
     pad = blocks * size - s
-    kb = F.pad(k, (0, 0, 0, pad)).unflatten(2, (blocks, size))  # [B, H, N, L, K]
-    vb = F.pad(v, (0, 0, 0, pad)).unflatten(2, (blocks, size))  # [B, H, N, L, V]
+    kb = pad_rows(k, 0, pad).unflatten(2, (blocks, size)).contiguous()  # [B, H, N, L, K], gathered from
+    vb = pad_rows(v, 0, pad).unflatten(2, (blocks, size)).contiguous()  # [B, H, N, L, V]
     token_ok = torch.arange(blocks * size, device=q.device) < s  # [N L]
     if key_mask is not None:
         token_ok = token_ok & F.pad(key_mask, (0, pad))  # [B, N L]
     token_ok = token_ok.expand(b, blocks * size).unflatten(1, (blocks, size))  # [B, N, L]
     layout = query_block_layout(t, s, query_block)
-    qb = F.pad(q, (0, 0, layout.front, layout.back)).unflatten(2, (layout.count, query_block))  # [B, H, nq, b_q, K]
+    qb = pad_rows(q, layout.front, layout.back).unflatten(2, (layout.count, query_block))  # [B, H, nq, b_q, K]
     with torch.no_grad():
         reps = first_queries(q.detach(), layout, query_block, lead)  # [B, H, nq, K]
         score = prepare(kb.detach(), token_ok)
@@ -180,7 +185,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, *, prepare: Callable
     local_valid = local <= local_last[:, None]  # [nq, n_local]
     n = local_first if causal else torch.full_like(local_first, blocks)  # [nq] candidates 0 .. n - 1
     m = top_k + n_local
-    group = max(1, _GROUP_ELEMENTS // (b * h * m * size * max(query_block, dk)))
+    group = max(1, _GROUP_ELEMENTS // (b * h * max(m, 2 * top_k) * size * max(query_block, dk)))
     key_pos = torch.arange(blocks * size, device=q.device).view(blocks, size)  # [N, L]
     outs, counts = [], []
     for c in range(0, layout.count, group):

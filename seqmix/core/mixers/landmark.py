@@ -149,8 +149,10 @@ def landmark_attention_chunk(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor,
     vb = F.pad(v[:, :, first * size:], (0, 0, 0, tail)).unflatten(2, (blocks, size))  # [B, H, nq, L, V]
     if retrieval_k is None:  # scores [L, n, L] per query block
         per_block = size * size * max(1, first + blocks - 1)
-    else:  # gathered keys [L | 1, k, L, K] per query block
-        per_block = (1 if shared else size) * size * max(1, min(retrieval_k, first + blocks - 1)) * dk
+    elif shared:  # gathered keys [k, L, K] and scores [L, k, L] per query block, every sequence and head
+        per_block = q.shape[0] * q.shape[1] * size * max(1, min(retrieval_k, first + blocks - 1)) * max(dk, size)
+    else:  # gathered keys [L, k, L, K] per query block
+        per_block = size * size * max(1, min(retrieval_k, first + blocks - 1)) * dk
     reps = None
     if retrieval_k is not None and shared:  # the first query of each query block chooses its blocks
         reps = qb[:, :, :, 0]  # [B, H, nq, K]
