@@ -244,7 +244,7 @@ class LandmarkAttention(Mixer):
     patterns = frozenset({"causal_self"})
     impls = ("naive", "chunk")
     paper = "Mohtashami & Jaggi 2023, Landmark Attention: Random-Access Infinite Context Length for Transformers"
-    complexity = "O(T^2 D) training; O(T (T/L + k L) D) with retrieval_k = k"
+    complexity = "O(T^2 D) training; O(T (T/L + k L) D) with retrieval_k = k; O(T (T/L^2 + k L) D) shared"
     test_configs = ({"n_heads": 1, "block_size": 16}, {"n_heads": 2, "block_size": 3, "retrieval_k": 2},
                     {"n_heads": 2, "block_size": 4, "retrieval_k": 2, "shared_retrieval": True})
 
