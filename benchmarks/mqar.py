@@ -13,7 +13,9 @@ the linear family and RNNs).
 Every finished point is appended to ``benchmarks/results/<name>_points.jsonl`` with its full
 setting; a rerun with the same setting skips the points already there, so a long sweep can be
 stopped and resumed, or split over processes (``--mixers`` subsets, same ``--name``). The table
-is rendered from every stored point of the current setting (``--render`` renders only).
+is rendered from every stored point of the current setting (``--render`` renders only). A point made
+stale by a change of its mixer is rerun with ``--replace``: its stored line is dropped when the new one
+is written (the stale point stays if the rerun fails).
 
 Writes ``benchmarks/results/mqar.md`` and ``mqar.png`` (``mqar_demo.*`` with ``--demo``). The demo
 also keeps its trained models in a new ``runs/recall/demo/version_N/`` folder (``<mixer>.ckpt``) and
@@ -34,8 +36,8 @@ import pytorch_lightning as pl
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import (REPO_ROOT, Stopwatch, cpu_model, git_commit, header, markdown_table, save_figure,
-                               utc_now, write_result)
+from benchmarks.common import (REPO_ROOT, Stopwatch, atomic_write_text, cpu_model, git_commit, header, markdown_table,
+                               results_lock, save_figure, utc_now, write_result)
 
 CONFIG_DIR = REPO_ROOT / "configs" / "recall"
 DEMO_MIXERS = ("softmax", "gla")
@@ -180,6 +182,29 @@ def append_point(path: Path, row: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def replace_point(path: Path, row: dict[str, object], setting: dict[str, object], lr: float | None) -> int:
+    """Store ``row`` in place of the stored points it reruns (same setting, mixer, width and read-twice mode, and
+    the same lr when ``lr`` overrides it); every other line is kept as it is. The file is rewritten under its
+    lock and renamed into place: a process appending to it without ``--replace`` at that moment may lose its
+    line (run ``--replace`` alone on a points file). Returns the number of lines dropped."""
+    kept, dropped = [], 0
+    with results_lock(path.name):
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines:
+            try:
+                old = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                old = None  # not a point: kept (load_points names it)
+            if (old is not None and matches(old, setting) and point_key(old) == point_key(row)
+                    and (lr is None or old["lr"] == lr)):
+                dropped += 1
+                continue
+            if line.strip():
+                kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in [*kept, json.dumps(row)]))
+    return dropped
 
 
 def provenance(rows: list[dict[str, object]]) -> str:
@@ -333,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                              "'context', C C Q) or whole example ('prompt', C Q C Q) is read twice "
                              "(data.read_twice); stored beside the read-once points of the same setting")
     parser.add_argument("--render", action="store_true", help="only render the table from the stored points")
+    parser.add_argument("--replace", action="store_true",
+                        help="rerun the --mixers x --widths points even if stored (e.g. after a change of the mixer) "
+                             "and drop the stored points of the same setting they replace; without it stored points "
+                             "are skipped. Run it alone on its points file (it rewrites the file)")
     parser.add_argument("--note", action="append", default=[],
                         help="a line added to the results file's notes (e.g. how the sweep was run); repeatable")
     parser.add_argument("--seed", type=int, default=0)
@@ -352,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         mixers, widths = args.mixers or configured_mixers(), args.widths
         name, title = args.name or "mqar", "MQAR recall vs state size"
     check_mixers(mixers)
+    if args.replace and (args.render or args.demo or not args.mixers):
+        raise SystemExit("mqar.py: --replace reruns the stored points of the named --mixers; pass --mixers and "
+                         "drop --render / --demo (they store or run no points)")
     skipped = [] if args.mixers or args.demo else sorted(set(list_mixers()) - set(configured_mixers()))
     if skipped:
         print(f"mqar.py: registered mixers without configs/recall/<name>.yaml, not run: {skipped}")
@@ -359,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     points_file = Path(__file__).resolve().parent / "results" / f"{name}_points.jsonl"
     setting = setting_of(args)
     done = {point_key(r) for r in load_points(points_file, setting, args.lr)} if not args.demo else set()
+    if args.replace:
+        stale = [k for k in done if (k[0], k[1]) in {(m, w) for m in mixers for w in widths}
+                 and k[2] == read_mode(args.read_twice)]
+        print(f"mqar.py: --replace: {len(stale)} stored point(s) of this setting will be rerun and replaced: "
+              f"{sorted(stale)}")
+        done -= set(stale)
     points = [(m, w) for m in mixers for w in widths if (m, w, read_mode(args.read_twice)) not in done]
     if done and not args.render:
         print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
@@ -367,12 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     total = Stopwatch().start()
     for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
-        if not args.demo and (mixer, width, read_mode(args.read_twice)) in {point_key(r) for r in load_points(points_file, setting,
-                                                                                                   args.lr)}:
+        if not args.demo and not args.replace and (mixer, width, read_mode(args.read_twice)) in {
+                point_key(r) for r in load_points(points_file, setting, args.lr)}:
             continue  # another process of the same sweep stored it meanwhile
         row = run_point(mixer, width, args, keep)
         rows.append(row)
-        if not args.demo:
+        if args.replace:
+            dropped = replace_point(points_file, row, setting, args.lr)
+            tqdm.write(f"mqar.py: {mixer} d={width}: replaced {dropped} stored point(s)")
+        elif not args.demo:
             append_point(points_file, row)
         tqdm.write(f"{row['mixer']:>18} d={row['d_model']:<4} acc {row['acc']:.4f}  state {row['state']:>10,}  "
                    f"{row['train_s']:.0f} s")
