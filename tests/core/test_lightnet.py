@@ -11,7 +11,8 @@ import torch
 
 from seqmix.core import build_mixer
 from seqmix.core.embeddings import LRPE
-from seqmix.core.mixers.lightnet import MDLRPE, LightNet, LightNetState, additive_decay, grid_positions
+from seqmix.core.mixers.lightnet import (MDLRPE, LightNet, LightNetState, additive_decay, additive_decay_chunked,
+                                         chunked_log_z, grid_positions)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,6 +61,38 @@ def test_additive_decay_is_precise_where_z_is_large():
     for what, (precise, single) in (("gate", values), ("gradient", grads)):
         err = (single - precise).norm() / precise.norm()
         assert err < 1e-5, f"float32 {what} off by {err:.2e} relative"
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16, 64])
+def test_chunked_front_end_equals_additive_decay(chunk):
+    """The chunked log z (odd length 23, with and without log z_0) gives additive_decay's key, gate and
+    log z, values and the gradient of f, in float64 and (at 1e-5) in float32."""
+    _, f, _ = _qfv()
+    log_z0 = torch.randn(2, 2, 4, dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        for start in (None, log_z0.to(dtype)):
+            outs, grads = [], []
+            for fn in (lambda x: additive_decay(x, start), lambda x: additive_decay_chunked(x, start, chunk)):
+                fi = f.to(dtype).clone().requires_grad_()
+                key, log_decay, log_z = fn(fi)
+                weights = torch.linspace(-1, 1, key.numel(), dtype=dtype).view_as(key)
+                ((key + log_decay + 0.1 * log_z) * weights).sum().backward()
+                outs.append(torch.cat([key, log_decay, log_z]).detach())
+                grads.append(fi.grad)
+            for what, (ref, got) in (("values", outs), ("grad", grads)):
+                err = (got - ref).norm() / ref.norm()
+                assert err < tol, f"{dtype} chunk={chunk} start={start is not None}: {what} off by {err:.2e}"
+
+
+def test_chunked_log_z_declines_a_jump_it_cannot_hold_and_the_front_end_falls_back():
+    """f jumping 200 nats above log z inside a chunk would underflow the chunk's sums: chunked_log_z
+    returns None and additive_decay_chunked gives additive_decay's exact result."""
+    f = torch.zeros(1, 8, 1, 1)
+    f[0, 4] = 200.0
+    assert chunked_log_z(f, None, 8) is None
+    assert chunked_log_z(f, None, 4) is not None  # the jump opens a chunk: nothing before it in the chunk
+    for got, ref in zip(additive_decay_chunked(f, None, 8), additive_decay(f)):
+        assert torch.equal(got, ref)
 
 
 @pytest.mark.parametrize("impl", ["naive", "chunk"])

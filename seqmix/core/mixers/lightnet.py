@@ -91,6 +91,60 @@ def additive_decay(f: Tensor, log_z0: Tensor | None = None) -> tuple[Tensor, Ten
     return key, log_decay, log_z
 
 
+def chunked_log_z(f: Tensor, log_z0: Tensor | None, chunk: int) -> Tensor | None:
+    """``log z_t = logaddexp(log_z0, logcumsumexp(f)_t)`` (``f: [B, T, H, K]``) by chunks of ``chunk``
+    tokens, without ``logcumsumexp`` over T (the slow part of the front end: one ``logaddexp`` per
+    token, and two more scans in its backward).
+
+    Chunk n starts from ``c_n = log z`` before it (a ``logcumsumexp`` over the N chunk totals only) and
+    takes a reference ``r_n = max(c_n, max_{s in n} f_s)`` (detached: the result does not depend on it)::
+
+        log z_t = r_n + log( exp(c_n - r_n) + sum_{s <= t in n} exp(f_s - r_n) )      every exponent <= 0
+
+    The sum ``P_t`` is at most C + 1 and as precise as a cumulative sum of C positive terms (relative
+    error ~ C eps, the log's absolute error the same). It underflows only where ``f`` jumps far above
+    ``log z`` inside a chunk (``P_t`` under ``sqrt(tiny)``, e.g. > 43 nats in fp32): then None is
+    returned and the caller takes the exact ``logcumsumexp`` (:func:`additive_decay`).
+    """
+    b, t, h, k = f.shape
+    n = -(-t // chunk)
+    fc = F.pad(f, (0, 0, 0, 0, 0, n * chunk - t), value=float("-inf")).view(b, n, chunk, h, k)  # [B, N, C, H, K]
+    totals = fc.logsumexp(2)  # [B, N, H, K]: log of each chunk's sum of exp(f)
+    before = totals.logcumsumexp(1)[:, :-1]  # [B, N - 1, H, K]: log z at the end of chunks 0 .. N-2
+    if log_z0 is not None:
+        before = torch.logaddexp(before, log_z0[:, None].to(f.dtype))  # [B, N - 1, H, K]
+        first = log_z0[:, None].to(f.dtype)  # [B, 1, H, K]
+    else:
+        first = torch.full_like(totals[:, :1], float("-inf"))  # [B, 1, H, K]: z_0 = 0
+    carry = torch.cat([first, before], 1)[:, :, None]  # [B, N, 1, H, K]: log z before each chunk
+    ref = torch.maximum(carry, fc.amax(2, keepdim=True)).detach()  # [B, N, 1, H, K], finite
+    partial = torch.exp(carry - ref) + torch.exp(fc - ref).cumsum(2)  # [B, N, C, H, K]: P_t, in (0, C + 1]
+    if bool((partial < torch.finfo(f.dtype).tiny ** 0.5).any()):
+        return None
+    return (ref + partial.log()).view(b, n * chunk, h, k)[:, :t]  # [B, N, C, H, K] -> [B, T, H, K]
+
+
+def additive_decay_chunked(f: Tensor, log_z0: Tensor | None, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`additive_decay` with ``log z`` by chunks (:func:`chunked_log_z`), the fast front end of the
+    chunked form: same arguments, results and maths (the gate and key from ``f_t - log z_{t-1}``).
+
+    Only the first token can find ``z_{t-1} = 0`` (``log z_t >= f_t`` is finite after it), so the
+    ``where`` of :func:`additive_decay` is taken on that token alone; falls back to
+    :func:`additive_decay` where :func:`chunked_log_z` declines (a huge jump of ``f``).
+    """
+    log_z = chunked_log_z(f, log_z0, chunk)
+    if log_z is None:
+        return additive_decay(f, log_z0)
+    ratio = f[:, 1:] - log_z[:, :-1]  # [B, T - 1, H, K]: log(exp(f_t) / z_{t-1}), z_{t-1} > 0
+    if log_z0 is None:  # z_0 = 0: the first token keeps nothing, gate 0 (log 0 = any) and key 1
+        key0, log_decay0 = torch.ones_like(f[:, :1]), torch.zeros_like(f[:, :1])  # [B, 1, H, K] each
+    else:
+        key0, log_decay0, _ = additive_decay(f[:, :1], log_z0)  # [B, 1, H, K] each
+    key = torch.cat([key0, torch.sigmoid(ratio)], 1)  # [B, T, H, K]
+    log_decay = torch.cat([log_decay0, -F.softplus(ratio)], 1)  # [B, T, H, K]
+    return key, log_decay, log_z
+
+
 class MDLRPE(nn.Module):
     """MD-LRPE: LRPE's rotation with one position per axis of a grid (LightNet's multi-dimensional LRPE).
 
@@ -205,7 +259,10 @@ class LightNet(Mixer):
                 o = torch.einsum("bthk,bhkv->bthv", q.to(dtype), memory) * scale  # [B, T, H, V]
             return o.to(q.dtype), None
         memory, log_z0, seen = (None, None, 0) if state is None else state
-        key, log_decay, log_z = additive_decay(f, log_z0)  # [B, T, H, K] each
+        if impl == "naive":  # the reference: logcumsumexp over the whole sequence
+            key, log_decay, log_z = additive_decay(f, log_z0)  # [B, T, H, K] each
+        else:  # the same by chunks (chunk / triton)
+            key, log_decay, log_z = additive_decay_chunked(f, log_z0, self.chunk_size)  # [B, T, H, K] each
         q, key = self.encode(q, key.to(q.dtype), seen)  # [B, T, H, K'] each
         if self.mdlrpe is not None:
             log_decay = torch.cat((log_decay, log_decay), -1)  # [B, T, H, 2K]: both halves of a channel decay alike
