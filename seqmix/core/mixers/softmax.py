@@ -34,11 +34,14 @@ class CachedAttention(Mixer):
     carrying a state: prefill and ``step``). Subclasses say how queries meet those keys.
     """
 
-    rotary: RotaryEmbedding | None = None  # rotary positions for self attention (AttentionMixer's option)
+    # rotary positions for self attention (AttentionMixer's option), set in __init__: a class-level None would
+    # shadow the submodule that nn.Module keeps in _modules (the rotary of `rotary=True` would never run)
+    rotary: RotaryEmbedding | None
     cache_window: int | None = None  # a causal window: the cache keeps only the last this many keys
 
     def __init__(self, d_model: int, *, n_heads: int, causal: bool, impl: str):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
+        self.rotary = None
         self.qkv = QKVProjection(d_model, n_heads)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
