@@ -130,3 +130,23 @@ def test_selective_scan_chunks_stepping_in_groups_match_naive(monkeypatch, asser
     actual = outputs_and_grads(make_inputs(100, with_state=True), output_final_state=True, chunk_size=8, impl="chunk")
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert_rel_close(a, e, RATIO, f"groups of 3 chunks, result {i}")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_selective_scan_channel_runs_in_threads_match_naive(threads, assert_rel_close):
+    """The channels are scanned in one run per torch thread (channel_parts, which cover every channel
+    once); 1 run and 3 runs give the naive results, outputs and every gradient."""
+    assert [(p.start, p.stop) for p in selective_scan_chunk_module.channel_parts(7, 3)] == [(0, 2), (2, 5), (5, 7)]
+    assert len(selective_scan_chunk_module.channel_parts(2, 8)) == 2  # never an empty run
+    assert [(p.start, p.stop) for p in selective_scan_chunk_module.channel_parts(E, threads)] == (
+        [(0, E)] if threads == 1 else [(0, 2), (2, 4), (4, 6)])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = outputs_and_grads(make_inputs(100, with_state=True), output_final_state=True, chunk_size=8,
+                                   impl="chunk")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    for i, (a, e) in enumerate(zip(actual, naive_results(100, True, True, -1.0))):
+        assert_rel_close(a, e, RATIO, f"{threads} channel runs, result {i}")

@@ -28,6 +28,7 @@ to share out, and with 2 threads on a busy machine the scan ran 7x slower. It ke
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 
 import torch
@@ -73,18 +74,18 @@ def row_groups(rows: int, width: int) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
-def local_states(A: Tensor, delta: Tensor, x: Tensor, B: Tensor) -> Tensor:
+def local_states(A2: Tensor, delta: Tensor, x: Tensor, B: Tensor) -> Tensor:
     """The state each chunk leaves when it starts from zero: ``[G, N_s, E]`` from ``delta, x: [C, G, E]``,
-    ``B: [C, G, N_s]``."""
+    ``B: [C, G, N_s]``; ``A2 = A log2(e)``, so a decay is ``exp2(A2 delta) = exp(A delta)``."""
     deltas, xs, Bs = delta[:, :, None, :].unbind(0), x[:, :, None, :].unbind(0), B[..., None].unbind(0)
-    decay = torch.empty_like(A.expand(delta.shape[1], *A.shape))  # [G, N_s, E]
+    decay = torch.empty_like(A2.expand(delta.shape[1], *A2.shape))  # [G, N_s, E]
     local = Bs[0] * xs[0]  # [G, N_s, E]
     for i in range(1, len(deltas)):
-        local.mul_(torch.mul(A, deltas[i], out=decay).exp_()).addcmul_(Bs[i], xs[i])
+        local.mul_(torch.mul(A2, deltas[i], out=decay).exp2_()).addcmul_(Bs[i], xs[i])
     return local
 
 
-def scan(A: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, entering: Tensor, states: Tensor,
+def scan(A2: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, entering: Tensor, states: Tensor,
          y: Tensor) -> None:
     """The scan from the true ``entering: [G, N_s, E]`` states, written into ``states: [C, G, N_s, E]``
     and ``y: [C, G, 1, E]``."""
@@ -92,49 +93,118 @@ def scan(A: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, entering: Te
     Bs, Cs = B[..., None].unbind(0), C[:, :, None, :].unbind(0)  # [G, N_s, 1], [G, 1, N_s]
     decay, previous = torch.empty_like(entering), entering
     for i, (state, y_i) in enumerate(zip(states.unbind(0), y.unbind(0))):
-        torch.mul(torch.mul(A, deltas[i], out=decay).exp_(), previous, out=state).addcmul_(Bs[i], xs[i])
+        torch.mul(torch.mul(A2, deltas[i], out=decay).exp2_(), previous, out=state).addcmul_(Bs[i], xs[i])
         torch.bmm(Cs[i], state, out=y_i)  # [G, 1, N_s] @ [G, N_s, E]
         previous = state
 
 
-def local_gradients(A: Tensor, delta: Tensor, C: Tensor, dy: Tensor) -> Tensor:
+def local_gradients(A2: Tensor, delta: Tensor, C: Tensor, dy: Tensor) -> Tensor:
     """The gradient each chunk's own outputs send to its entering state: ``[G, N_s, E]``."""
     deltas, Cs, dys = delta[:, :, None, :].unbind(0), C[..., None].unbind(0), dy[:, :, None, :].unbind(0)
-    decay = torch.empty_like(A.expand(delta.shape[1], *A.shape))  # [G, N_s, E]
+    decay = torch.empty_like(A2.expand(delta.shape[1], *A2.shape))  # [G, N_s, E]
     local = Cs[-1] * dys[-1]  # [G, N_s, E]
     for i in range(len(deltas) - 2, -1, -1):
-        local.mul_(torch.mul(A, deltas[i + 1], out=decay).exp_()).addcmul_(Cs[i], dys[i])
-    return local.mul_(torch.mul(A, deltas[0], out=decay).exp_())
+        local.mul_(torch.mul(A2, deltas[i + 1], out=decay).exp2_()).addcmul_(Cs[i], dys[i])
+    return local.mul_(torch.mul(A2, deltas[0], out=decay).exp2_())
 
 
-def scan_backward(A: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, dy: Tensor, entering: Tensor,
-                  states: Tensor, d_state: Tensor, grads: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+def scan_backward(A: Tensor, A2: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, dy: Tensor,
+                  entering: Tensor, states: Tensor, d_state: Tensor,
+                  grads: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
     """The reverse scan from ``d_state: [G, N_s, E]`` (the gradient arriving at each chunk's last state),
-    writing ``grads = (dx [C, G, 1, E], d_delta [C, G, E], dB [C, G, N_s, 1], dC [C, G, N_s, 1])``;
-    returns this group's ``dA: [N_s, E]``."""
-    deltas, xs = delta[:, :, None, :].unbind(0), x[..., None].unbind(0)  # [G, 1, E], [G, E, 1]
+    writing ``grads = (dx [C, G, 1, E], d_delta [C, G, E], dB [C, G, 1, N_s], dC [C, G, 1, N_s])``;
+    returns this group's ``dA: [N_s, E]``. The sums over E are ``[G, 1, E] @ [G, E, N_s]`` products
+    (a row against the transposed state: ~10x faster on the CPU than ``[G, N_s, E] @ [G, E, 1]``)."""
+    deltas, xs = delta[:, :, None, :].unbind(0), x[:, :, None, :].unbind(0)  # [G, 1, E] each
     Bs, Cs = B[:, :, None, :].unbind(0), C[..., None].unbind(0)  # [G, 1, N_s], [G, N_s, 1]
-    dys, dys_col = dy[:, :, None, :].unbind(0), dy[..., None].unbind(0)  # [G, 1, E], [G, E, 1]
+    dys = dy[:, :, None, :].unbind(0)  # [G, 1, E]
     dx, d_delta, dB, dC = grads
     decay, z, dA = torch.empty_like(d_state), torch.empty_like(d_state), torch.zeros_like(d_state)
     for i in range(len(deltas) - 1, -1, -1):
         if i < len(deltas) - 1:
             d_state.mul_(decay)  # the decay of position i + 1
         d_state.addcmul_(Cs[i], dys[i])
-        torch.bmm(states[i], dys_col[i], out=dC[i])  # [G, N_s, E] @ [G, E, 1]
+        torch.bmm(dys[i], states[i].transpose(1, 2), out=dC[i])  # [G, 1, E] @ [G, E, N_s]
         torch.bmm(Bs[i], d_state, out=dx[i])  # [G, 1, N_s] @ [G, N_s, E]
-        torch.bmm(d_state, xs[i], out=dB[i])  # [G, N_s, E] @ [G, E, 1]
-        torch.mul(A, deltas[i], out=decay).exp_()
+        torch.bmm(xs[i], d_state.transpose(1, 2), out=dB[i])  # [G, 1, E] @ [G, E, N_s]
+        torch.mul(A2, deltas[i], out=decay).exp2_()
         torch.mul(d_state, decay, out=z).mul_(states[i - 1] if i > 0 else entering)
         dA.addcmul_(z, deltas[i])
         torch.sum(z.mul_(A), 1, out=d_delta[i])
     return dA.sum(0)
 
 
+LOG2_E = math.log2(math.e)
+
+
+def channel_parts(e: int, threads: int) -> list[slice]:
+    """The channels ``[0, E)`` cut into ``min(threads, E)`` near-equal runs: the scan of one channel
+    never reads another's, so each run is scanned by its own thread (:func:`over_channels`)."""
+    bounds = torch.linspace(0, e, min(threads, e) + 1).round().long().tolist()
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def over_channels(fn, parts: list[slice]) -> list:
+    """``[fn(part) for part in parts]``, the parts in threads of their own when there are several (torch
+    ops release the GIL; each op runs on its calling thread, as :func:`single_threaded` leaves one
+    intra-op thread): the channel-parallel scan, without a barrier per small op."""
+    if len(parts) == 1:
+        return [fn(parts[0])]
+    grad = torch.is_grad_enabled()  # thread-local: a new thread would record the in-place ops
+
+    def in_thread(part):
+        with torch.set_grad_enabled(grad):
+            return fn(part)
+
+    with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(in_thread, parts))
+
+
+def forward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor,
+                 batch: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """The forward of :class:`_ChunkScan` on one run of channels (``u, delta: [C, M, E_p]``, ``A: [N_s, E_p]``,
+    ``h0: [B, N_s, E_p]``): ``y [C, M, E_p]``, ``h_T [B, N_s, E_p]`` and what the backward needs."""
+    (c, m, e), n = u.shape, A.shape[0]
+    A2 = A * LOG2_E  # [N_s, E_p]: exp(A delta) = exp2(A2 delta), exp2 is ~3x cheaper than exp on the CPU
+    x = delta * u  # [C, M, E_p]
+    groups = row_groups(m, n * e)
+    local = torch.cat([local_states(A2, delta[:, r], x[:, r], B[:, r]) for r in groups])  # [M, N_s, E_p]
+    chunk_decays = torch.exp2(A2 * delta.sum(0)[:, None, :])  # [M, N_s, E_p] exp(L_n)
+    entering, final = carry(chunk_decays.view(batch, -1, n, e), local.view(batch, -1, n, e), h0)
+    entering = entering.view(m, n, e)  # [B, N, N_s, E_p] -> [M, N_s, E_p]
+    states, y = u.new_empty(c, m, n, e), u.new_empty(c, m, 1, e)  # every state is kept for the backward
+    for r in groups:
+        scan(A2, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], states[:, r], y[:, r])
+    return y.view(c, m, e), final, (entering, chunk_decays, states)
+
+
+def backward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, saved: tuple[Tensor, ...],
+                  dy: Tensor, d_last: Tensor, batch: int) -> tuple[Tensor, ...]:
+    """The backward of :class:`_ChunkScan` on one run of channels (the shapes of :func:`forward_part`,
+    ``dy: [C, M, E_p]``, ``d_last: [B, N_s, E_p]``): ``du, d_delta, dA, dB, dC, dh0`` (dB, dC: this run's share)."""
+    entering, chunk_decays, states = saved
+    (c, m, e), n = u.shape, A.shape[0]
+    A2 = A * LOG2_E  # [N_s, E_p]
+    x = delta * u  # [C, M, E_p]
+    groups = row_groups(m, n * e)
+    local = torch.cat([local_gradients(A2, delta[:, r], C[:, r], dy[:, r]) for r in groups])  # [M, N_s, E_p]
+    # carried backwards over the chunks: the gradient arriving at each chunk's last state
+    arriving, d_h0 = carry(chunk_decays.view(batch, -1, n, e).flip(1), local.view(batch, -1, n, e).flip(1), d_last)
+    arriving = arriving.flip(1).reshape(m, n, e)  # [B, N, N_s, E_p] -> [M, N_s, E_p], a copy
+    dx, d_delta = u.new_empty(c, m, 1, e), u.new_empty(c, m, e)
+    dB, dC = B.new_empty(c, m, 1, n), C.new_empty(c, m, 1, n)
+    dA = sum(scan_backward(A, A2, delta[:, r], x[:, r], B[:, r], C[:, r], dy[:, r], entering[r], states[:, r],
+                           arriving[r], (dx[:, r], d_delta[:, r], dB[:, r], dC[:, r])) for r in groups)
+    dx = dx.view(c, m, e)
+    return dx * delta, d_delta.addcmul_(dx, u), dA, dB.view(c, m, n), dC.view(c, m, n), d_h0
+
+
 class _ChunkScan(torch.autograd.Function):
     """The chunked scan on chunked inputs: ``u, delta: [C, M, E]`` (M = B * N chunks), ``A: [N_s, E]``,
     ``B, C: [C, M, N_s]``, ``h0: [B, N_s, E]`` -> ``y: [C, M, E]`` (no D term), ``h_T: [B, N_s, E]``.
-    The chunks step in groups (:func:`row_groups`).
+    The chunks step in groups (:func:`row_groups`); the channels are cut into one run per torch thread
+    (:func:`channel_parts`), each scanned, forward and backward, by its own thread on one intra-op
+    thread (:func:`over_channels`).
 
     Backward (``dh`` the total gradient of ``h_t``, ``x = delta * u``)::
 
@@ -145,42 +215,38 @@ class _ChunkScan(torch.autograd.Function):
     """
 
     @staticmethod
-    @single_threaded()
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
-        batch, (c, m, e), n = h0.shape[0], u.shape, A.shape[0]
-        x = delta * u  # [C, M, E]
-        groups = row_groups(m, n * e)
-        local = torch.cat([local_states(A, delta[:, r], x[:, r], B[:, r]) for r in groups])  # [M, N_s, E]
-        chunk_decays = torch.exp(A * delta.sum(0)[:, None, :])  # [M, N_s, E] exp(L_n)
-        entering, final = carry(chunk_decays.view(batch, -1, n, e), local.view(batch, -1, n, e), h0)
-        entering = entering.view(m, n, e)  # [B, N, N_s, E] -> [M, N_s, E]
-        states, y = u.new_empty(c, m, n, e), u.new_empty(c, m, 1, e)  # every state is kept for the backward
-        for r in groups:
-            scan(A, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], states[:, r], y[:, r])
-        ctx.save_for_backward(u, delta, A, B, C, entering, chunk_decays, states)
-        ctx.batch = batch
-        return y.view(c, m, e), final
+        batch, parts = h0.shape[0], channel_parts(u.shape[-1], torch.get_num_threads())
+
+        def run(p: slice) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+            return forward_part(u[..., p].contiguous(), delta[..., p].contiguous(), A[:, p].contiguous(), B, C,
+                                h0[..., p].contiguous(), batch)
+
+        with single_threaded():
+            results = over_channels(run, parts)
+        ctx.save_for_backward(u, delta, A, B, C, *(t for _, _, saved in results for t in saved))
+        ctx.batch, ctx.parts = batch, parts
+        y = torch.cat([y for y, _, _ in results], -1)  # [C, M, E]
+        return y, torch.cat([final for _, final, _ in results], -1)  # [B, N_s, E]
 
     @staticmethod
     @once_differentiable
-    @single_threaded()
     def backward(ctx, dy: Tensor, d_final: Tensor | None) -> tuple[Tensor, ...]:
-        u, delta, A, B, C, entering, chunk_decays, states = ctx.saved_tensors
-        (c, m, e), n = u.shape, A.shape[0]
-        x = delta * u  # [C, M, E]
-        groups = row_groups(m, n * e)
-        local = torch.cat([local_gradients(A, delta[:, r], C[:, r], dy[:, r]) for r in groups])  # [M, N_s, E]
-        # carried backwards over the chunks: the gradient arriving at each chunk's last state
-        d_last = d_final if d_final is not None else u.new_zeros(ctx.batch, n, e)
-        arriving, d_h0 = carry(chunk_decays.view(ctx.batch, -1, n, e).flip(1), local.view(ctx.batch, -1, n, e).flip(1),
-                               d_last)
-        arriving = arriving.flip(1).reshape(m, n, e)  # [B, N, N_s, E] -> [M, N_s, E], a copy
-        dx, d_delta = u.new_empty(c, m, 1, e), u.new_empty(c, m, e)
-        dB, dC = B.new_empty(c, m, n, 1), C.new_empty(c, m, n, 1)
-        dA = sum(scan_backward(A, delta[:, r], x[:, r], B[:, r], C[:, r], dy[:, r], entering[r], states[:, r],
-                               arriving[r], (dx[:, r], d_delta[:, r], dB[:, r], dC[:, r])) for r in groups)
-        dx = dx.view(c, m, e)
-        return dx * delta, d_delta.addcmul_(dx, u), dA, dB.view(c, m, n), dC.view(c, m, n), d_h0
+        u, delta, A, B, C, *saved = ctx.saved_tensors
+        n = A.shape[0]
+        d_final = d_final if d_final is not None else u.new_zeros(ctx.batch, n, u.shape[-1])
+
+        def run(i: int) -> tuple[Tensor, ...]:
+            p = ctx.parts[i]
+            return backward_part(u[..., p].contiguous(), delta[..., p].contiguous(), A[:, p].contiguous(), B, C,
+                                 tuple(saved[3 * i: 3 * i + 3]), dy[..., p].contiguous(),
+                                 d_final[..., p].contiguous(), ctx.batch)
+
+        with single_threaded():
+            results = over_channels(run, list(range(len(ctx.parts))))
+        du, d_delta, dA, d_h0 = (torch.cat([r[j] for r in results], -1) for j in (0, 1, 2, 5))  # cut along E
+        dB, dC = sum(r[3] for r in results), sum(r[4] for r in results)
+        return du, d_delta, dA, dB, dC, d_h0
 
 
 def selective_scan_chunk(x: ScanInputs) -> tuple[Tensor, Tensor]:
