@@ -20,7 +20,7 @@ split (100 / 50 / 100 papers):
 ACLSum's sentences are pre-tokenised (``"workflow ."``); they are detokenised (:func:`detokenize`)
 before speaking. :func:`prepare` writes ``wavs/<id>.wav`` and ``manifest.jsonl`` (one JSON object a
 line: ``id, split, paper, source, text, phonemes, wav, duration, sha256``; ``wav`` relative to the
-manifest's folder) under ``root`` (default ``writable_data_root("tts")``); the manifest is written whole
+manifest's folder) under ``root`` (default :func:`default_root`: ``./data/tts``); the manifest is written whole
 (atomically) at the end. A sentence whose manifest entry matches (same id and text) and whose WAV still
 has the recorded sha256 is reused, so a second ``prepare`` only checks. Synthesis is deterministic (the
 same sentence gives the same bytes: see :mod:`.espeak`), so a regenerated corpus has the same sha256s.
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from seqmix.apps.files import atomic_write, writable_data_root
+from seqmix.apps.files import atomic_write, data_root
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST = "manifest.jsonl"
@@ -52,7 +52,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
 def default_root() -> Path:
-    return writable_data_root("tts")
+    """``$SEQMIX_DATA/tts`` when a corpus is already there (a shared, prepared copy), else ``./data/tts``.
+
+    Not :func:`~seqmix.apps.files.writable_data_root`: run as root, every folder is writable, and the corpus
+    (1.2 GB of WAVs) must not be written into a shared data folder by default."""
+    shared = data_root("tts")
+    return shared if (shared / MANIFEST).is_file() else Path("data") / "tts"
 
 
 @dataclass(frozen=True)
