@@ -85,16 +85,19 @@ def local_states(A2: Tensor, delta: Tensor, x: Tensor, B: Tensor) -> Tensor:
     return local
 
 
-def scan(A2: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, entering: Tensor, states: Tensor,
-         y: Tensor) -> None:
-    """The scan from the true ``entering: [G, N_s, E]`` states, written into ``states: [C, G, N_s, E]``
-    and ``y: [C, G, 1, E]``."""
+def scan(A2: Tensor, delta: Tensor, x: Tensor, B: Tensor, C: Tensor, entering: Tensor, y: Tensor | None,
+         states: Tensor | None = None) -> None:
+    """The scan from the true ``entering: [G, N_s, E]`` states: ``y: [C, G, 1, E]`` written when given, every
+    state into ``states: [C, G, N_s, E]`` when given (else only two are kept, in turn)."""
     deltas, xs = delta[:, :, None, :].unbind(0), x[:, :, None, :].unbind(0)  # [G, 1, E] each
     Bs, Cs = B[..., None].unbind(0), C[:, :, None, :].unbind(0)  # [G, N_s, 1], [G, 1, N_s]
+    kept = states.unbind(0) if states is not None else (torch.empty_like(entering), torch.empty_like(entering))
     decay, previous = torch.empty_like(entering), entering
-    for i, (state, y_i) in enumerate(zip(states.unbind(0), y.unbind(0))):
+    for i in range(len(deltas)):
+        state = kept[i] if states is not None else kept[i % 2]
         torch.mul(torch.mul(A2, deltas[i], out=decay).exp2_(), previous, out=state).addcmul_(Bs[i], xs[i])
-        torch.bmm(Cs[i], state, out=y_i)  # [G, 1, N_s] @ [G, N_s, E]
+        if y is not None:
+            torch.bmm(Cs[i], state, out=y[i])  # [G, 1, N_s] @ [G, N_s, E]
         previous = state
 
 
@@ -172,17 +175,17 @@ def forward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: 
     chunk_decays = torch.exp2(A2 * delta.sum(0)[:, None, :])  # [M, N_s, E_p] exp(L_n)
     entering, final = carry(chunk_decays.view(batch, -1, n, e), local.view(batch, -1, n, e), h0)
     entering = entering.view(m, n, e)  # [B, N, N_s, E_p] -> [M, N_s, E_p]
-    states, y = u.new_empty(c, m, n, e), u.new_empty(c, m, 1, e)  # every state is kept for the backward
+    y = u.new_empty(c, m, 1, e)  # the states are not kept: the backward recomputes a group's at a time
     for r in groups:
-        scan(A2, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], states[:, r], y[:, r])
-    return y.view(c, m, e), final, (entering, chunk_decays, states)
+        scan(A2, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], y[:, r])
+    return y.view(c, m, e), final, (entering, chunk_decays)
 
 
 def backward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, saved: tuple[Tensor, ...],
                   dy: Tensor, d_last: Tensor, batch: int) -> tuple[Tensor, ...]:
     """The backward of :class:`_ChunkScan` on one run of channels (the shapes of :func:`forward_part`,
     ``dy: [C, M, E_p]``, ``d_last: [B, N_s, E_p]``): ``du, d_delta, dA, dB, dC, dh0`` (dB, dC: this run's share)."""
-    entering, chunk_decays, states = saved
+    entering, chunk_decays = saved
     (c, m, e), n = u.shape, A.shape[0]
     A2 = A * LOG2_E  # [N_s, E_p]
     x = delta * u  # [C, M, E_p]
@@ -193,8 +196,13 @@ def backward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, sav
     arriving = arriving.flip(1).reshape(m, n, e)  # [B, N, N_s, E_p] -> [M, N_s, E_p], a copy
     dx, d_delta = u.new_empty(c, m, 1, e), u.new_empty(c, m, e)
     dB, dC = B.new_empty(c, m, 1, n), C.new_empty(c, m, 1, n)
-    dA = sum(scan_backward(A, A2, delta[:, r], x[:, r], B[:, r], C[:, r], dy[:, r], entering[r], states[:, r],
-                           arriving[r], (dx[:, r], d_delta[:, r], dB[:, r], dC[:, r])) for r in groups)
+    states = u.new_empty(c, groups[0].stop, n, e)  # [C, G, N_s, E]: one group's states, refilled per group
+    dA = torch.zeros_like(A)  # [N_s, E_p]
+    for r in groups:
+        kept = states[:, : r.stop - r.start]  # [C, G_r, N_s, E_p]
+        scan(A2, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], None, kept)  # the forward's states again
+        dA += scan_backward(A, A2, delta[:, r], x[:, r], B[:, r], C[:, r], dy[:, r], entering[r], kept, arriving[r],
+                            (dx[:, r], d_delta[:, r], dB[:, r], dC[:, r]))
     dx = dx.view(c, m, e)
     return dx * delta, d_delta.addcmul_(dx, u), dA, dB.view(c, m, n), dC.view(c, m, n), d_h0
 
@@ -239,7 +247,7 @@ class _ChunkScan(torch.autograd.Function):
         def run(i: int) -> tuple[Tensor, ...]:
             p = ctx.parts[i]
             return backward_part(u[..., p].contiguous(), delta[..., p].contiguous(), A[:, p].contiguous(), B, C,
-                                 tuple(saved[3 * i: 3 * i + 3]), dy[..., p].contiguous(),
+                                 tuple(saved[2 * i: 2 * i + 2]), dy[..., p].contiguous(),
                                  d_final[..., p].contiguous(), ctx.batch)
 
         with single_threaded():
