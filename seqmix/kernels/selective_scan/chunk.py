@@ -20,10 +20,17 @@ head precisely so that the pair factor is ``[C, C]``). The scan does ``O(T E N)`
 
 Forward and backward are one autograd Function (:class:`_ChunkScan`); the backward is the
 same two-level scan run in reverse (the gradient of a linear recurrence is a linear
-recurrence), so autograd records none of the per-position steps. Both run single-threaded
-(:func:`~seqmix.kernels.threads.single_threaded`): a step's ``[B*N, N_s, E]`` ops are too small
-to share out, and with 2 threads on a busy machine the scan ran 7x slower. It keeps the states
-``[C, B*N, N_state, E]`` of the forward; decays are recomputed where needed.
+recurrence), so autograd records none of the per-position steps. The channels never meet, so
+they are cut into one run per torch thread (:func:`channel_parts`), each scanned by a Python
+thread of its own on one intra-op thread (:func:`over_channels`, inside
+:func:`~seqmix.kernels.threads.single_threaded`): a step's ``[G, N_s, E]`` ops are too small to
+share out op by op (with an OpenMP barrier per op, 2 threads on a busy machine ran 7x slower).
+
+CPU costs (issue 30): every decay is ``exp2(A log2(e) delta)``, the same value as ``exp(A delta)``
+to fp32 rounding and ~3x cheaper than ``exp`` on the CPU; the sums over E (``dB``, ``dC``) are
+``[G, 1, E] @ [G, E, N_s]`` products, ~10x faster than ``[G, N_s, E] @ [G, E, 1]``. The forward keeps
+only the states entering the chunks (``[B*N, N_s, E]``); the backward scans each group forward once
+more into one ``[C, G, N_s, E]`` buffer (no ``[T, E, N]`` tensor is ever held).
 """
 
 from __future__ import annotations
