@@ -109,3 +109,20 @@ def test_rotary_is_relative():
     s1 = (rope(q, offset=5) * rope(k, offset=2)).sum()
     s2 = (rope(q, offset=13) * rope(k, offset=10)).sum()
     torch.testing.assert_close(s1, s2)
+
+
+@pytest.mark.parametrize("mixer_name", ["softmax", "sliding_window", "relu_attention", "sigmoid_attention"])
+def test_an_attention_mixer_with_rotary_true_applies_positions(mixer_name):
+    """Without positions non-causal attention is permutation-equivariant; rotary=True must break that (a
+    class-level ``rotary = None`` once shadowed the submodule and every attention mixer ran without positions)."""
+    from seqmix.core import build_mixer
+
+    torch.manual_seed(0)
+    extra = {"window": 64} if mixer_name == "sliding_window" else {}
+    plain = build_mixer(mixer_name, 16, n_heads=2, causal=False, **extra)
+    rotated = build_mixer(mixer_name, 16, n_heads=2, causal=False, rotary=True, **extra)
+    rotated.load_state_dict(plain.state_dict(), strict=False)  # same projections; rotary has no weights
+    assert isinstance(rotated.rotary, torch.nn.Module) and plain.rotary is None
+    x, order = torch.randn(1, 9, 16), torch.randperm(9)
+    torch.testing.assert_close(plain(x)[:, order], plain(x[:, order]))
+    assert not torch.allclose(rotated(x)[:, order], rotated(x[:, order]), atol=1e-4)
