@@ -51,12 +51,14 @@ HEADLINES = (
              "mLSTM {mlstm}, softplus attention {softplus} (softmax {softmax}); the others in the table",
              "-", "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
-             r"the sparsest setting that meets it: (?P<setting>L=\d+, top_k=\d+): accuracy (?P<acc>[\d.]+) vs dense "
+             r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
+             r"accuracy (?P<acc>[\d.]+) vs dense "
              r"(?P<dense>[\d.]+), (?P<frac>[\d.]+) of the visible keys",
              "{acc} vs dense {dense} at {frac} of the keys ({setting})", "within 2 points at <= 0.5 of the keys",
              "MQAR recall"),
     Headline("SEA on the `make demo` softmax model, estimator distilled: accuracy and keys attended", "sea",
-             r"the sparsest distilled setting that meets it: (?P<setting>top_k=\d+): accuracy (?P<acc>[\d.]+) vs "
+             r"the sparsest distilled setting that meets it: (?P<setting>(?:L=\d+, )?(?:b_q=\d+, )?top_k=\d+): "
+             r"accuracy (?P<acc>[\d.]+) vs "
              r"dense (?P<dense>[\d.]+), (?P<frac>[\d.]+) of the visible keys",
              "{acc} vs dense {dense} at {frac} of the keys ({setting})", "within 2 points at <= 0.5 of the keys",
              "MQAR recall"),
