@@ -109,3 +109,15 @@ def test_prefix_longer_than_the_input_is_the_whole_input(assert_rel_close):
 def test_bad_arguments_name_their_range(arguments, message):
     with pytest.raises(ValueError, match=message):
         build_mixer("jrt_rnn", D, n_heads=H, **arguments)
+
+
+def test_chunk_features_are_the_taylor_features():
+    """The chunked form's feature map (the square term scaled before the product) is BASED's Taylor map."""
+    from seqmix.core.mixers.based import taylor_features
+    from seqmix.core.mixers.jrt_rnn import chunk_features
+
+    x = torch.randn(2, 5, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chunk_features(x), taylor_features(x), rtol=1e-13, atol=0)
+    q, k = chunk_features(x[:, :1]), chunk_features(x[:, 1:2])
+    s = (x[:, :1] * x[:, 1:2]).sum(-1) / 6 ** 0.5
+    torch.testing.assert_close((q * k).sum(-1), 1 + s + s * s / 2)  # the intra-chunk scores' identity
