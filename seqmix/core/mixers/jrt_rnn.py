@@ -15,8 +15,9 @@ normaliser is positive. ``q = W_q x``, ``k_d = W_kd x``, ``k_e = W_ke x`` (``fea
 ``v = W_v x``; ``y = W_o o``.
 
 Forms: ``naive`` is the T x T masked formula above; ``chunk`` computes the prefix state
-``S_e = sum_{j <= M} phi(k_e,j)^T [v_j, 1]`` once and runs causal linear attention
-(:func:`seqmix.kernels.linear_attn.linear_attn`) from it, the last value column carrying the
+``S_e = sum_{j <= M} phi(k_e,j)^T [v_j, 1]`` once and runs causal Taylor linear attention by chunks
+from it (:func:`prefix_linear_attn_chunk`: the states entering the chunks as running sums, the
+intra-chunk scores ``1 + s + s^2 / 2`` from the F raw channels), the last value column carrying the
 normaliser. State: ``JRTState(kv [B, H, K, V + 1], seen)``, constant in size.
 
 The prefix is the first ``min(prefix_len, T)`` tokens of the forward that starts a sequence (state
