@@ -17,7 +17,9 @@ pair do not depend on the tokens between them), which is why one scan serves any
 in log space: ``log z_t = logcumsumexp(f)_t``; the gate ``log lambda_t = -softplus(f_t - log z_{t-1})``
 and the key ``k~_t = sigmoid(f_t - log z_{t-1})`` are both taken from the one difference
 ``f_t - log z_{t-1}`` (never as ``log z_{t-1} - log z_t``, whose digits cancel once z is large), and
-at the first token (``z_0 = 0``) the gate is ``0`` and the key ``1`` (:func:`additive_decay`).
+at the first token (``z_0 = 0``) the gate is ``0`` and the key ``1`` (:func:`additive_decay`). The
+chunked forms take the same ``log z`` by chunks, without a ``logcumsumexp`` over T
+(:func:`additive_decay_chunked`, :func:`chunked_log_z`); ``impl="naive"`` keeps :func:`additive_decay`.
 After that frontend the recurrence IS gated linear attention with a per-channel data-dependent
 decay, so the three forms are GLA's (:func:`seqmix.kernels.gla.chunk_gla`): ``impl="naive"`` its
 token-by-token loop, ``"chunk"`` its stable chunked form, ``"triton"`` its GPU kernel.
