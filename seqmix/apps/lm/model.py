@@ -2,12 +2,13 @@
 
 A GPT in the nanoGPT mould with the mixer injected: ``mixer`` is one factory ``d_model -> Mixer`` for every
 layer, or a list of ``n_layers`` factories, one per layer, for hybrids (BASED's linear attention beside a
-sliding window; every fourth layer softmax), which LightningCLI builds from the config::
+sliding window; every fourth layer softmax), which LightningCLI builds from the config (the app's
+LanguageModel takes the list as ``layer_mixers``)::
 
     mixer:                                   # every layer
       class_path: seqmix.core.mixers.softmax.SoftmaxAttention
       init_args: {n_heads: 4, rotary: true}
-    mixer:                                   # one entry per layer
+    layer_mixers:                            # one entry per layer
       - {class_path: seqmix.core.mixers.gla.GatedLinearAttention, init_args: {n_heads: 4}}
       - {class_path: seqmix.core.mixers.softmax.SoftmaxAttention, init_args: {n_heads: 4, rotary: true}}
 

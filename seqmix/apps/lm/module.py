@@ -38,7 +38,8 @@ class LanguageModel(StagedModule):
     """Next-token training of a :class:`CausalLM`.
 
     Args:
-        mixer: the mixer of every layer, or a list with one per layer (``class_path`` entries in the config).
+        mixer: the mixer of every layer (a ``class_path`` entry in the config).
+        layer_mixers: instead of ``mixer``, one mixer per layer (a list of ``n_layers`` entries): a hybrid.
         tokenizer_json: the tokenizer's JSON (linked from ``data.tokenizer_json``).
         max_len: the training context (linked from ``data.context``): the learned positions' length.
         d_model, n_layers, positions, mlp_ratio, mlp, norm, dropout: :class:`CausalLM`.
@@ -46,7 +47,8 @@ class LanguageModel(StagedModule):
         budget_minutes: run the cosine over this much training time instead of the trainer's steps.
     """
 
-    def __init__(self, mixer: MixerFactory | list[MixerFactory], tokenizer_json: str, max_len: int = 256,
+    def __init__(self, tokenizer_json: str, mixer: MixerFactory | None = None,
+                 layer_mixers: list[MixerFactory] | None = None, max_len: int = 256,
                  d_model: int = 128, n_layers: int = 4, positions: Positions = "rotary", mlp_ratio: float = 4.0,
                  mlp: ChannelMixerKind = "glu", norm: NormKind = "layernorm", dropout: float = 0.0,
                  lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 100, min_lr_ratio: float = 0.1,
@@ -57,9 +59,12 @@ class LanguageModel(StagedModule):
                              f"<= 1; got {lr}, {weight_decay}, {warmup_steps}, {min_lr_ratio}")
         if budget_minutes is not None and budget_minutes <= 0:
             raise ValueError(f"LanguageModel: budget_minutes must be positive or None, got {budget_minutes}")
+        if (mixer is None) == (layer_mixers is None):
+            raise ValueError("LanguageModel: give model.mixer (every layer's) or model.layer_mixers (one per layer), "
+                             f"exactly one of them; got {'both' if mixer is not None else 'neither'}")
         self.save_hyperparameters()  # the mixer too (its config under LightningCLI) and the tokenizer
         self.tokenizer = tokenizer_from_json(tokenizer_json, "model.tokenizer_json")
-        self.net = CausalLM(mixer, vocab_size=self.tokenizer.vocab_size, max_len=max_len, d_model=d_model,
+        self.net = CausalLM(mixer if mixer is not None else layer_mixers, vocab_size=self.tokenizer.vocab_size, max_len=max_len, d_model=d_model,
                             n_layers=n_layers, positions=positions, mlp_ratio=mlp_ratio, mlp=mlp, norm=norm,
                             dropout=dropout)
         self.bpc = nn.ModuleDict({stage: BitsPerByte() for stage in STAGES if stage != "train"})
