@@ -255,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if subcommand in app.commands:
             return app.commands[subcommand](rest[1:])
+        if app.model_class is None:
+            raise SystemExit(f"seqmix {app.name}: {subcommand or 'fit|validate|test|predict'} needs the app's models, "
+                             f"which are not built yet; the commands available now: {sorted(app.commands)}")
         check_ckpt_path(app, rest)
         try:
             return run_lightning(app, rest)

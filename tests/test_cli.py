@@ -57,6 +57,14 @@ def test_unknown_subcommand_names_the_choices():
     assert "unknown command 'fitt'" in message and "fit" in message and "predict" in message
 
 
+
+def test_an_app_without_models_refuses_the_lightning_commands_in_one_line():
+    with pytest.raises(SystemExit) as err:
+        main(["tts", "fit", "--config", "x.yaml"])
+    message = str(err.value.code)
+    assert message == ("seqmix tts: fit needs the app's models, which are not built yet; the commands available now: "
+                       "['prepare']")
+
 def _cli_error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as err:
         main(argv)

@@ -19,7 +19,7 @@ class AppSpec:
 
     name: str
     description: str
-    model_class: type
+    model_class: type | None  # None: an app whose models are not built yet; only its `commands` run
     datamodule_class: type
     links: Sequence[tuple[str, str]] = ()
     commands: Mapping[str, Callable[[list[str]], int]] = field(default_factory=dict)
