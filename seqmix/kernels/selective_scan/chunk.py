@@ -48,11 +48,14 @@ from seqmix.kernels.threads import single_threaded
 
 
 def to_chunks(x: Tensor, chunk: int) -> Tensor:
-    """``[B, T, K] -> [C, B*N, K]`` (position in the chunk first), zero-padding T up to ``N * C``."""
+    """``[B, T, K] -> [C, B*N, K]`` (position in the chunk first), zero-padding T up to ``N * C``: a
+    strided view of x when C divides T (no copy of a ``[T, E]`` input; each position's rows stay
+    contiguous runs of K)."""
     b, t, k = x.shape
     n = math.ceil(t / chunk)
-    x = F.pad(x, (0, 0, 0, n * chunk - t))  # [B, N*C, K]
-    return x.view(b, n, chunk, k).permute(2, 0, 1, 3).reshape(chunk, b * n, k)  # [B, N, C, K] -> [C, B*N, K]
+    if n * chunk > t:
+        x = F.pad(x, (0, 0, 0, n * chunk - t))  # [B, N*C, K], a padded copy
+    return x.reshape(b, n, chunk, k).permute(2, 0, 1, 3).flatten(1, 2)  # [B, N, C, K] -> [C, B*N, K], a view
 
 
 def from_chunks(x: Tensor, b: int, t: int) -> Tensor:
@@ -234,8 +237,7 @@ class _ChunkScan(torch.autograd.Function):
         batch, parts = h0.shape[0], channel_parts(u.shape[-1], torch.get_num_threads())
 
         def run(p: slice) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-            return forward_part(u[..., p].contiguous(), delta[..., p].contiguous(), A[:, p].contiguous(), B, C,
-                                h0[..., p].contiguous(), batch)
+            return forward_part(u[..., p], delta[..., p], A[:, p].contiguous(), B, C, h0[..., p].contiguous(), batch)
 
         with single_threaded():
             results = over_channels(run, parts)
@@ -253,9 +255,8 @@ class _ChunkScan(torch.autograd.Function):
 
         def run(i: int) -> tuple[Tensor, ...]:
             p = ctx.parts[i]
-            return backward_part(u[..., p].contiguous(), delta[..., p].contiguous(), A[:, p].contiguous(), B, C,
-                                 tuple(saved[2 * i: 2 * i + 2]), dy[..., p].contiguous(),
-                                 d_final[..., p].contiguous(), ctx.batch)
+            return backward_part(u[..., p], delta[..., p], A[:, p].contiguous(), B, C, tuple(saved[2 * i: 2 * i + 2]),
+                                 dy[..., p], d_final[..., p].contiguous(), ctx.batch)
 
         with single_threaded():
             results = over_channels(run, list(range(len(ctx.parts))))
