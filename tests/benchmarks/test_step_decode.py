@@ -2,6 +2,7 @@
 decoding a real recurrent mixer and a KV cache in this process, and the command end to end at a tiny size."""
 
 import json
+import mmap
 
 import pytest
 import torch
@@ -22,13 +23,15 @@ class LeakyMixer(Mixer):
 
     def __init__(self, d_model: int):
         super().__init__(d_model)
-        self.kept: list[torch.Tensor] = []
+        self.kept: list[mmap.mmap] = []
 
     def init_state(self, batch_size, device=None, dtype=torch.float32, *, context=None, context_mask=None):
         return torch.zeros(batch_size, self.d_model)  # [B, D]
 
     def _step(self, x_t, state):
-        self.kept.append(torch.ones(2**16))  # 256 KiB, written so that its pages are resident
+        page = mmap.mmap(-1, 2**18)  # 256 KiB of fresh anonymous pages (an allocator could reuse freed heap pages
+        page.write(b"\1" * 2**18)  # that are resident already, and RSS would not move); written: resident
+        self.kept.append(page)
         return x_t, state + x_t
 
     def state_size(self, seq_len: int) -> int:
