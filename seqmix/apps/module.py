@@ -9,6 +9,7 @@ import io
 import math
 import pickle
 import re
+import time
 from pathlib import Path, PurePath
 from typing import Any, Literal, Sequence
 
@@ -42,6 +43,27 @@ def step_progress(step: int, warmup_steps: int, total_steps: int) -> float:
     """Fraction of the decay done at ``step`` when it spans the steps after warm-up."""
     return (step - warmup_steps) / max(1, total_steps - warmup_steps)
 
+
+
+class TimeBudgetSchedule:
+    """Mixed into an app's LightningModule whose decay may end with a wall-clock budget
+    (``hparams.budget_minutes``, None: the decay spans the steps after warm-up): :meth:`schedule_progress`
+    is the fraction of the decay done, from rank 0's clock under data parallelism so every rank steps the same
+    learning rate."""
+
+    fit_start: float | None = None  # perf_counter() when training started
+
+    def on_train_start(self) -> None:
+        self.fit_start = time.perf_counter()
+
+    def schedule_progress(self, step: int, warmup: int, total: int) -> float:
+        """Fraction of the cosine done: of the steps after warm-up, or of ``budget_minutes`` of training."""
+        if self.hparams.budget_minutes is None:
+            return step_progress(step, warmup, total)
+        elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
+        if self._trainer is not None and self.trainer.world_size > 1:
+            elapsed = self.trainer.strategy.broadcast(elapsed)  # rank 0's clock: every rank steps the same lr
+        return elapsed / (60 * self.hparams.budget_minutes)
 
 def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups of the apps that group: ``weight_decay`` on matrices and kernels (``dim >= 2``)

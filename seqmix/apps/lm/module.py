@@ -18,7 +18,6 @@ cosine with its budget: configs/lm/*.yaml).
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -30,11 +29,11 @@ from seqmix.apps.lm.data import IGNORE_INDEX
 from seqmix.apps.lm.metrics import BitsPerByte, bits_per_byte
 from seqmix.apps.lm.model import CausalLM, Positions
 from seqmix.apps.lm.tokenizer import tokenizer_from_json
-from seqmix.apps.module import STAGES, StagedModule, lr_multiplier, step_progress, weight_decay_groups
+from seqmix.apps.module import STAGES, StagedModule, TimeBudgetSchedule, lr_multiplier, weight_decay_groups
 from seqmix.core.blocks import ChannelMixerKind, MixerFactory, NormKind
 
 
-class LanguageModel(StagedModule):
+class LanguageModel(TimeBudgetSchedule, StagedModule):
     """Next-token training of a :class:`CausalLM`.
 
     Args:
@@ -68,7 +67,6 @@ class LanguageModel(StagedModule):
                             n_layers=n_layers, positions=positions, mlp_ratio=mlp_ratio, mlp=mlp, norm=norm,
                             dropout=dropout)
         self.bpc = nn.ModuleDict({stage: BitsPerByte() for stage in STAGES if stage != "train"})
-        self.fit_start: float | None = None  # perf_counter() when training started (the time-based cosine)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Next-token logits ``[B, T] -> [B, T, V]``."""
@@ -122,18 +120,6 @@ class LanguageModel(StagedModule):
                              "--data.tokenizer_file <the run's tokenizer.json>")
 
     # ------------------------------------------------------------- optimiser
-    def on_train_start(self) -> None:
-        self.fit_start = time.perf_counter()
-
-    def schedule_progress(self, step: int, warmup: int, total: int) -> float:
-        """Fraction of the cosine done: of the steps after warm-up, or of ``budget_minutes`` of training."""
-        if self.hparams.budget_minutes is None:
-            return step_progress(step, warmup, total)
-        elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
-        if self._trainer is not None and self.trainer.world_size > 1:
-            elapsed = self.trainer.strategy.broadcast(elapsed)  # rank 0's clock: every rank steps the same lr
-        return elapsed / (60 * self.hparams.budget_minutes)
-
     def configure_optimizers(self):
         h = self.hparams
         optimizer = torch.optim.AdamW(weight_decay_groups(self, h.weight_decay), lr=h.lr, betas=(0.9, 0.95))

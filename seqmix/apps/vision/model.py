@@ -17,17 +17,17 @@ schedule when the budget ends instead of at an epoch count it never reaches. Dat
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.apps.module import StagedModule, lr_multiplier, stage_accuracies, step_progress, weight_decay_groups
+from seqmix.apps.module import (StagedModule, TimeBudgetSchedule, lr_multiplier, stage_accuracies,
+                                weight_decay_groups)
 
 
-class ImageClassifier(StagedModule):
+class ImageClassifier(TimeBudgetSchedule, StagedModule):
     def __init__(self, backbone: Callable[[int, int, int], nn.Module], in_chans: int = 1, n_classes: int = 10,
                  img_size: int = 28, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200,
                  label_smoothing: float = 0.1, budget_minutes: float | None = None):
@@ -39,7 +39,6 @@ class ImageClassifier(StagedModule):
             raise ValueError(f"ImageClassifier: budget_minutes must be positive or None, got {budget_minutes}")
         self.save_hyperparameters()  # the backbone factory is a picklable partial: checkpoints rebuild the model
         self.backbone = backbone(in_chans, n_classes, img_size)
-        self.fit_start: float | None = None  # perf_counter() at the start of fit (the time-based schedule)
         self.acc = stage_accuracies(n_classes)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -52,18 +51,6 @@ class ImageClassifier(StagedModule):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0)
         self.log_classification(stage, loss, logits, labels)
         return loss
-
-    def on_train_start(self) -> None:
-        self.fit_start = time.perf_counter()
-
-    def schedule_progress(self, step: int, warmup: int, total: int) -> float:
-        """Fraction of the cosine done: of the steps after warm-up, or of ``budget_minutes`` of training."""
-        if self.hparams.budget_minutes is None:
-            return step_progress(step, warmup, total)
-        elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
-        if self._trainer is not None and self.trainer.world_size > 1:
-            elapsed = self.trainer.strategy.broadcast(elapsed)  # rank 0's clock: every rank steps the same lr
-        return elapsed / (60 * self.hparams.budget_minutes)
 
     def predict_step(self, batch, batch_idx) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
