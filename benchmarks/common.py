@@ -20,6 +20,7 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import shlex
@@ -123,6 +124,21 @@ def results_lock(name: str):
     with open(RESULTS_DIR / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def read_run_cache(path: Path) -> dict:
+    """A benchmark's cached runs (``{key: record}``) from its JSON file; empty when there is none yet."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def add_cached_run(path: Path, key: str, run: dict) -> dict:
+    """Add one run record under ``key`` to the JSON cache ``path`` under a file lock (several invocations may
+    run side by side); returns every cached run."""
+    with results_lock(path.name):
+        runs = read_run_cache(path)
+        runs[key] = run
+        atomic_write_text(path, json.dumps(runs, indent=1, sort_keys=True) + "\n")
+    return runs
 
 
 def write_result(name: str, text: str) -> Path:

@@ -25,8 +25,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.common import (RESULTS_DIR, Stopwatch, atomic_write_text, command_line, cpu_model, file_digest,
-                               git_commit, header, markdown_table, results_lock, save_figure, utc_now)
+from benchmarks.common import (RESULTS_DIR, Stopwatch, add_cached_run, atomic_write_text, command_line, cpu_model,
+                               file_digest, git_commit, header, markdown_table, read_run_cache, save_figure, utc_now)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "forecasting"
@@ -73,18 +73,6 @@ PAPER = {
 }
 PAPER_MEANS_ETTH1 = {"iTransformer": 0.454, "PatchTST": 0.469, "DLinear": 0.456}
 
-
-def load_runs() -> dict:
-    return json.loads(RUNS.read_text()) if RUNS.is_file() else {}
-
-
-def add_run(key: str, run: dict) -> dict:
-    """Add one run to the cache under a file lock (several invocations may run side by side)."""
-    with results_lock(RUNS.name):
-        runs = load_runs()
-        runs[key] = run
-        atomic_write_text(RUNS, json.dumps(runs, indent=1, sort_keys=True))
-    return runs
 
 
 def run_key(protocol: str, dataset: str, model: str, horizon: int, seed: int) -> str:
@@ -469,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("SEQMIX_DATA", str(REPO.parent / "shared" / "data"))
-    runs = load_runs()
+    runs = read_run_cache(RUNS)
     if not args.report_only:
         lengths = PROTOCOLS[args.protocol]
         horizons = args.horizons or list(lengths)
@@ -489,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                                     args.limit_train_batches)
                         print(f"{key}: test MSE {r['test_mse']:.4f} MAE {r['test_mae']:.4f} "
                               f"({r['epochs_run']} epochs, {r['cpu_s']:.0f} CPU s)", flush=True)
-                        runs = add_run(key, r)
+                        runs = add_cached_run(RUNS, key, r)
                         current = split_stale(runs)[0]  # side-by-side invocations may have added runs too
                         report(runs)
     report(runs)

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (RESULTS_DIR, Stopwatch, atomic_write_text, command_line, cpu_model, file_digest,
-                               git_commit, header, markdown_table, results_lock, save_figure, utc_now)
+from benchmarks.common import (RESULTS_DIR, Stopwatch, add_cached_run, atomic_write_text, command_line, cpu_model,
+                               file_digest, git_commit, header, markdown_table, read_run_cache, save_figure, utc_now)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "summarization"
@@ -61,18 +61,6 @@ BASELINE_FILES = {"first abstract sentence": "first_sentence", "last abstract se
                   "gold highlights": "gold_highlights", "greedy oracle (<= 3)": "oracle"}
 FIT_TARGET_MIN, PREDICT_TARGET_S = 30.0, 10.0
 
-
-def load_runs() -> dict:
-    return json.loads(RUNS.read_text()) if RUNS.is_file() else {}
-
-
-def add_run(key: str, run: dict) -> dict:
-    """Add one record to the cache under a file lock (several invocations may run side by side)."""
-    with results_lock(RUNS.name):
-        runs = load_runs()
-        runs[key] = run
-        atomic_write_text(RUNS, json.dumps(runs, indent=1, sort_keys=True) + "\n")
-    return runs
 
 
 def config_digest(config: str) -> str:
@@ -461,15 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("SEQMIX_DATA", str(REPO.parent / "shared" / "data"))
-    runs = load_runs()
+    runs = read_run_cache(RUNS)
     if not args.report_only:
         if args.baselines or not any(k.startswith("baseline|") for k in runs):
             for key, record in run_baselines().items():
-                runs = add_run(key, record)
+                runs = add_cached_run(RUNS, key, record)
         if args.time_predict is not None:
             record = time_predict(args.time_predict, args.repeats, args.paper_id)
             print(f"predict: {record['times_s']} s", flush=True)
-            runs = add_run(f"predict|{record['checkpoint']}", record)
+            runs = add_cached_run(RUNS, f"predict|{record['checkpoint']}", record)
         for config in args.configs:
             for seed in args.seeds:
                 key = f"{config}|seed{seed}"
@@ -479,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 rl = " / ".join(f"{rouge_of(r, a, 'rougeL'):.3f}" for a in ASPECTS)
                 print(f"{key}: test R-L {rl} (best epoch {r['best_epoch'] + 1}, fit {r['fit_wall_s']:.0f} s wall)",
                       flush=True)
-                runs = add_run(key, r)
+                runs = add_cached_run(RUNS, key, r)
                 write_report(runs)
     write_report(runs)
     print(f"wrote {RESULTS_DIR / 'summarization.md'}")

@@ -88,6 +88,18 @@ class ContextCache(NamedTuple):
     key_mask: Tensor | None  # [B, S] bool, True = attend (the context's padding); None: every key
 
 
+def expanded_widths(owner: str, d_model: int, n_heads: int, expand_k: float, expand_v: float) -> tuple[int, int]:
+    """``(key width, value width) = (int(d_model * expand_k), int(d_model * expand_v))`` of a linear-attention
+    style mixer, each a positive multiple of ``n_heads``, else a ``ValueError`` naming ``owner``'s argument."""
+    widths = int(d_model * expand_k), int(d_model * expand_v)
+    for arg, value, width in (("expand_k", expand_k, widths[0]), ("expand_v", expand_v, widths[1])):
+        if width < n_heads or width % n_heads:
+            raise ValueError(
+                f"{owner}: {arg}={value} gives a width int(d_model * {arg}) = {width} that n_heads={n_heads} "
+                "does not divide into heads; pick it so the width is a positive multiple of n_heads"
+            )
+    return widths
+
 def check_int(owner: str, argument: str, value: object, *, minimum: int = 1, meaning: str = "") -> int:
     """``value`` if it is an int (not a bool) ``>= minimum``, else a ``ValueError`` naming ``owner``'s argument,
     its range and ``meaning`` (what it counts, e.g. ``"keys per block, e.g. 16"``): the size check of every mixer."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.core.layers import HeadNormGate, bidirectional
-from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
+from seqmix.core.mixer import Mixer, State, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
 
@@ -51,13 +51,7 @@ class GatedLinearAttention(Mixer):
                  gate_logit_normalizer: float = 16.0, chunk_size: int = 64):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
-        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        for arg, value, width in (("expand_k", expand_k, self.key_dim), ("expand_v", expand_v, self.value_dim)):
-            if width < n_heads or width % n_heads:
-                raise ValueError(
-                    f"{name}: {arg}={value} gives a width int(d_model * {arg}) = {width} that n_heads={n_heads} "
-                    "does not divide into heads; pick it so the width is a positive multiple of n_heads"
-                )
+        self.key_dim, self.value_dim = expanded_widths(name, d_model, n_heads, expand_k, expand_v)
         if not isinstance(gate_low_rank_dim, int) or gate_low_rank_dim < 1:
             raise ValueError(f"{name}: gate_low_rank_dim must be a positive int, got {gate_low_rank_dim!r}")
         if not gate_logit_normalizer > 0:

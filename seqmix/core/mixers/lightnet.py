@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
 from seqmix.core.layers import HeadNormGate
-from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
+from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
@@ -207,13 +207,7 @@ class LightNet(Mixer):
                  grid_width: int | None = None, chunk_size: int = 64):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
-        self.key_dim, self.value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        for arg, value, width in (("expand_k", expand_k, self.key_dim), ("expand_v", expand_v, self.value_dim)):
-            if width < n_heads or width % n_heads:
-                raise ValueError(
-                    f"{name}: {arg}={value} gives a width int(d_model * {arg}) = {width} that n_heads={n_heads} "
-                    "does not divide into heads; pick it so the width is a positive multiple of n_heads"
-                )
+        self.key_dim, self.value_dim = expanded_widths(name, d_model, n_heads, expand_k, expand_v)
         if positional not in get_args(Positional):
             raise ValueError(f"{name}: positional={positional!r} is unknown; "
                              f"choose one of {list(get_args(Positional))}")
