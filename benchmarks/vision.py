@@ -1,7 +1,7 @@
 """Vision benchmark -> ``benchmarks/results/vision.md``: Fashion-MNIST test accuracy, parameters,
 GFLOPs (multiply-adds, fvcore's convention, counted with ``torch.utils.flop_counter``) and CPU
 images/s (inference and training) of BiFormer-T (scaled), MambaOut-Femto (scaled), ViT(softmax),
-ViT(GLA), ViT(LightNet), ViT(linear), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same
+ViT(GLA), ViT(LightNet), ViT(linear), ViT(LMU, conv patch), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same
 configuration.
 
     # the targets: 30 minutes of training each, one after the other with the 2 cores each (BiFormer as
@@ -12,6 +12,7 @@ configuration.
     # the ViT rows, the cross-mixer comparison: 20 minutes each at 1 thread, one core each (taskset), two at a time
     python -m benchmarks.vision --models 'ViT(softmax)' --max-minutes 20 --threads 1   # also 'ViT(GLA)', 'ViT(linear)'
     python -m benchmarks.vision --models 'ViT(LightNet)' --max-minutes 20 --threads 1
+    python -m benchmarks.vision --models 'ViT(LMU, conv patch)' --max-minutes 20 --threads 1
     # timm's mambaout_femto beside ours at the paper's configuration (sizes and throughput)
     python -m benchmarks.vision --models 'MambaOut-Femto (ours, paper config)' 'timm mambaout_femto (paper config)' \
         --no-train --threads 1
@@ -77,6 +78,10 @@ MODELS = {
     "ViT(LightNet)": partial(ViT, mixer=mixer_factory("lightnet", n_heads=4, causal=False, positional="md_lrpe",
                                                       grid_width=7)),
     "ViT(linear)": partial(ViT, mixer=mixer_factory("linear_attention", n_heads=4, causal=False)),
+    # LMUFormer's layout (configs/vision/vit_fashion_lmu_convpatch.yaml): its convolutional patch embedding, and the
+    # LMU reading the 7 x 7 patches causally in raster order (theta 49: the whole image)
+    "ViT(LMU, conv patch)": partial(ViT, mixer=mixer_factory("lmu", n_heads=4, causal=True, order=32, theta=49.0),
+                                    causal=True, patch_embed="conv", conv_kernel=3, conv_layers=4),
     "MambaOut-Femto (ours, paper config)": partial(MambaOut, **FEMTO),
     "timm mambaout_femto (paper config)": timm_mambaout_femto,
 }

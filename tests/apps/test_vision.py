@@ -432,3 +432,62 @@ def test_vit_refuses_a_2d_positional_mixer_built_for_another_grid():
     with pytest.raises(ValueError, match="grid_width=7 but the image gives a 14 x 14 grid.*set grid_width: 14"):
         timm.create_model("seqmix_vit_28", depth=1, d_model=32, patch=2,
                           mixer=mixer_factory("lightnet", n_heads=2, causal=False, positional="md_lrpe", grid_width=7))
+
+
+def test_vit_conv_patch_embedding_is_lmuformers_over_the_raster_ordered_patches():
+    from seqmix.apps.vision.vit import ViT
+    from seqmix.core.embeddings import ConvPatchEmbedding
+
+    torch.manual_seed(0)
+    m = ViT(depth=1, d_model=32, patch_embed="conv", conv_kernel=3, conv_layers=2, causal=True,
+            mixer=mixer_factory("lmu", n_heads=2, causal=True, order=8, theta=49.0)).eval()
+    assert isinstance(m.patch_embed, ConvPatchEmbedding) and m.patch_embed.in_channels == 16
+    x = torch.randn(2, 1, 28, 28)
+    y = m(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    # the tokens: patch j (row j // 7, column j % 7 of the 7 x 7 grid) and the patches before it, nothing after
+    patches = x.unfold(2, 4, 4).unfold(3, 4, 4).reshape(2, 49, 16)  # [B, 1, 7, 7, 4, 4] -> [B, 49, 16]
+    tokens = m.patch_embed(patches)  # [B, 49, D]
+    later = x.clone()
+    later[:, :, 12:] += 1.0  # rows 3 .. 6 of the grid: patches 21 .. 48
+    moved = m.patch_embed(later.unfold(2, 4, 4).unfold(3, 4, 4).reshape(2, 49, 16))
+    torch.testing.assert_close(moved[:, :21], tokens[:, :21])
+    assert (moved[:, 21] - tokens[:, 21]).abs().max() > 1e-3
+    # the whole model reads the same unfolded patches (F.unfold's order is the raster order)
+    m.patch_embed.forward = lambda p: tokens if torch.equal(p, patches) else pytest.fail("patches out of order")
+    torch.testing.assert_close(m(x), y)
+    del m.patch_embed.forward
+    m.train()(x).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None for p in m.patch_embed.parameters())
+
+
+def test_vit_options_are_clear_errors():
+    from seqmix.apps.vision.vit import ViT
+
+    lmu = mixer_factory("lmu", n_heads=2, causal=True, order=8)
+    with pytest.raises(ValueError, match="causal only.*set causal: true on the ViT"):
+        ViT(depth=1, d_model=32, mixer=lmu)
+    with pytest.raises(ValueError, match="patch_embed='convolution' is unknown; choose one of"):
+        ViT(depth=1, d_model=32, patch_embed="convolution")
+    with pytest.raises(ValueError, match="conv_layers must be an int >= 1"):
+        ViT(depth=1, d_model=32, patch_embed="conv", conv_layers=0)
+
+
+def test_lmu_convpatch_config_is_the_benchmark_row():
+    import importlib
+    import inspect
+
+    import yaml
+
+    import benchmarks.vision as bench
+    from seqmix.apps.vision.vit import ViT
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "vision" / "vit_fashion_lmu_convpatch.yaml"
+    backbone = yaml.safe_load(path.read_text())["model"]["backbone"]["init_args"]
+    mixer = backbone.pop("mixer")
+    module_name, class_name = mixer["class_path"].rsplit(".", 1)
+    assert getattr(importlib.import_module(module_name), class_name).registry_name == "lmu"
+    row = bench.MODELS["ViT(LMU, conv patch)"]  # its sizes are the ViT's defaults, which the config spells out
+    defaults = {k: v.default for k, v in inspect.signature(ViT).parameters.items() if k in ("patch", "d_model", "depth")}
+    assert {**defaults, **row.keywords, "mixer": None} == {**backbone, "mixer": None}
+    assert row.keywords["mixer"].keywords == mixer["init_args"]
