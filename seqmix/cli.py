@@ -106,6 +106,7 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
     """
     from pytorch_lightning.cli import LightningCLI
 
+    from seqmix.apps.spec import resolve_class
     from seqmix.apps.training import InterruptCheckpoint, RunConfig, last_checkpoint, run_callbacks
 
     class AppCLI(LightningCLI):
@@ -139,8 +140,8 @@ def app_cli(app, argv: Sequence[str], *, run: bool = True):
                 sys.argv = saved_argv
 
     return AppCLI(
-        app.model_class,
-        app.datamodule_class,
+        resolve_class(app.model_class),
+        resolve_class(app.datamodule_class),
         args=list(argv),
         subclass_mode_model=False,
         subclass_mode_data=False,

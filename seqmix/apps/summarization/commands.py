@@ -13,10 +13,15 @@ shaded by its highlight score (one column per aspect).
   it), since a plain text has no section marks.
 
 A source longer than the model's limit (``max_sentences`` sentences, ``max_words`` words a sentence, the
-training datamodule's) is cut as training cut it (:mod:`.datamodule`: abstract and conclusion kept, the
+training datamodule's) is cut as training cut it (:mod:`.batch`: abstract and conclusion kept, the
 introduction cut from its end; a plain text keeps its first ``max_sentences`` sentences; long sentences keep
 their first ``max_words`` words) and a ``note:`` line says what was dropped. The checkpoint is read as data
-(``weights_only=True``; :func:`seqmix.apps.module.load_trained`), and refused if another app wrote it.
+(``weights_only=True``; :func:`seqmix.apps.checkpoint.checked_checkpoint`), and refused if another app wrote it.
+
+Start-up: the command imports neither Lightning nor ROUGE (:func:`load_model` rebuilds only the network, from
+the checkpoint's hyper-parameters as LightningCLI would, and loads its weights), and reads nothing but the
+checkpoint and the paper: the vocabulary and the input limits are in the checkpoint, and the GloVe rows of the
+embedding are its trained weights (:func:`~seqmix.apps.summarization.encoder.weights_follow`).
 """
 
 from __future__ import annotations
@@ -25,16 +30,17 @@ import argparse
 import html
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from seqmix.apps.checkpoint import checked_checkpoint, checkpoint_error
 from seqmix.apps.files import atomic_write, check_outputs, input_file
-from seqmix.apps.module import load_trained
+from seqmix.apps.summarization.batch import collate, encode_example, kept_sentences
 from seqmix.apps.summarization.data import ASPECTS, SECTIONS, Paper, check_aspect, parse_paper
-from seqmix.apps.summarization.datamodule import collate, encode_example, kept_sentences
-from seqmix.apps.summarization.module import SummarizationModule, to_prediction
-from seqmix.apps.summarization.network import Output
+from seqmix.apps.summarization.encoder import weights_follow
+from seqmix.apps.summarization.network import NetworkFactory, Output, SummarizationNetwork, to_prediction
 from seqmix.apps.summarization.vocab import Vocabulary, tokenize
 
 HINT = ("train one with `seqmix summarization fit --config configs/summarization/highlighter.yaml` "
@@ -42,10 +48,48 @@ HINT = ("train one with `seqmix summarization fit --config configs/summarization
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])|\n\s*\n")
 
 
-def load_model(ckpt: str | Path) -> SummarizationModule:
-    """The trained module (eval mode) of a ``seqmix summarization fit`` checkpoint."""
-    model, _ = load_trained(SummarizationModule, ckpt, "summarization", HINT)
-    return model
+@dataclass
+class Trained:
+    """A trained network (eval mode) with the vocabulary and input limits it was trained with."""
+
+    network: SummarizationNetwork
+    vocab_words: list[str]
+    limits: dict[str, int]
+
+
+def build_network(config: object, vocab_words: list[str]) -> SummarizationNetwork:
+    """The network of ``model.network`` in LightningCLI's form (``{"class_path", "init_args"}``, mixers nested
+    the same way) built as LightningCLI builds it: jsonargparse makes the factory, called with the vocabulary."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--network", type=NetworkFactory)
+    factory = parser.instantiate_classes(parser.parse_object({"network": config})).network
+    return factory(vocab_words)
+
+
+def load_model(ckpt: str | Path) -> Trained:
+    """The trained network of a ``seqmix summarization fit`` checkpoint, without Lightning (module docstring):
+    the checkpoint checked as data, the network rebuilt from its hyper-parameters (no GloVe read) and its
+    weights loaded strictly."""
+    path = input_file(ckpt, "checkpoint", HINT)
+    checkpoint = checked_checkpoint(path.read_bytes(), path, "summarization", HINT, ("hyper_parameters",))
+    hparams = checkpoint["hyper_parameters"]
+    if not isinstance(hparams.get("network"), dict) or not isinstance(hparams.get("vocab_words"), list):
+        raise checkpoint_error("has no network config or vocabulary in its hyper-parameters", path, HINT)
+    with weights_follow():
+        network = build_network(hparams["network"], hparams["vocab_words"])
+    prefix = "network."
+    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if len(weights) != len(checkpoint["state_dict"]):
+        raise checkpoint_error("holds weights outside its network", path, HINT)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as error:  # missing / unexpected keys, or a shape the config does not give
+        raise checkpoint_error(f"its weights do not fit its network config ({str(error).splitlines()[0]})", path,
+                               HINT) from None
+    return Trained(network=network.eval(), vocab_words=list(hparams["vocab_words"]),
+                   limits=dict(hparams.get("limits") or {}))
 
 
 def split_sentences(text: str) -> list[str]:
@@ -115,7 +159,7 @@ def truncation_note(paper: Paper, limits: dict[str, int], plain_text: bool) -> s
     return "; ".join(notes) if notes else None
 
 
-def summarize(model: SummarizationModule, paper: Paper, aspects: list[str]) -> list[tuple[str, Output, str]]:
+def summarize(model: Trained, paper: Paper, aspects: list[str]) -> list[tuple[str, Output, str]]:
     """``(aspect, output, summary)`` per aspect, the paper cut to the model's limits as in training."""
     vocab = Vocabulary(model.vocab_words)
     limits = {"max_sentences": 96, "max_words": 64, "max_summary_len": 32, **model.limits}

@@ -15,13 +15,16 @@ depend slightly on how much padding its batch has (a batch-size effect, not a le
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from seqmix.apps.summarization.data import ASPECTS
-from seqmix.apps.summarization.datamodule import Batch
+from seqmix.apps.summarization.batch import Batch
 from seqmix.core.blocks import MixerFactory, MixerStack, mixer_factory
 
 
@@ -35,8 +38,26 @@ class Encoded:
     sentence_mask: Tensor
 
 
+_WEIGHTS_FOLLOW: ContextVar[bool] = ContextVar("weights_follow", default=False)
+
+
+@contextmanager
+def weights_follow() -> Iterator[None]:
+    """Within it, networks are built only to receive a checkpoint's weights: :func:`glove_rows` reads no GloVe
+    file and gives zero rows of the same shape (the checkpoint overwrites them), so loading a trained model
+    reads neither GloVe nor anything else than the checkpoint."""
+    token = _WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
+
+
 def glove_rows(vocab_words: list[str], dim: int) -> tuple[Tensor, Tensor]:
-    """``(rows [V, 50], known [V])``: GloVe 6B 50d vectors of the vocabulary (zeros where GloVe lacks a word)."""
+    """``(rows [V, 50], known [V])``: GloVe 6B 50d vectors of the vocabulary (zeros where GloVe lacks a word).
+    Inside :func:`weights_follow`: zero rows, all marked known, and no file read."""
+    if _WEIGHTS_FOLLOW.get():
+        return torch.zeros(len(vocab_words), dim), torch.ones(len(vocab_words), dtype=torch.bool)
     from seqmix.apps.text.embeddings import load_glove
 
     index, table = load_glove()

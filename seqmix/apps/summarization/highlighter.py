@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.apps.summarization.datamodule import Batch
+from seqmix.apps.summarization.batch import Batch
 from seqmix.apps.summarization.encoder import HierarchicalEncoder
 from seqmix.apps.summarization.network import Output, SummarizationNetwork
 from seqmix.apps.summarization.pointer import PointerDecoder

@@ -22,26 +22,17 @@ the ROUGE of a data-parallel run would be each rank's share.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from seqmix.apps.module import StagedModule, lr_multiplier, step_progress, weight_decay_groups
-from seqmix.apps.summarization.baselines import Prediction, evaluate, extract
+from seqmix.apps.summarization.baselines import Prediction, evaluate
+from seqmix.apps.summarization.batch import Batch
 from seqmix.apps.summarization.data import ASPECTS, Paper
-from seqmix.apps.summarization.datamodule import Batch
 from seqmix.apps.summarization.metrics import ROUGE_KEYS, Rouge
-from seqmix.apps.summarization.network import Output, SummarizationNetwork
-
-NetworkFactory = Callable[[list[str]], SummarizationNetwork]
-
-
-def to_prediction(output: Output, paper: Paper, aspect: str) -> Prediction:
-    """An extractive output's selected sentences of ``paper``, or an abstractive output's words."""
-    if output.tokens is None:
-        return extract(paper, aspect, output.selected)
-    return Prediction(paper.id, aspect, " ".join(output.tokens), tuple(output.selected))
+from seqmix.apps.summarization.network import NetworkFactory, SummarizationNetwork, to_prediction
 
 
 class SummarizationModule(StagedModule):

@@ -9,10 +9,13 @@ seq2seq baseline) chosen by ``model.network.class_path`` in the config; it turns
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from torch import Tensor, nn
 
-from seqmix.apps.summarization.datamodule import Batch
+from seqmix.apps.summarization.baselines import Prediction, extract
+from seqmix.apps.summarization.batch import Batch
+from seqmix.apps.summarization.data import Paper
 
 
 @dataclass
@@ -37,3 +40,14 @@ class SummarizationNetwork(nn.Module):
     def generate(self, batch: Batch) -> list[Output]:
         """One :class:`Output` per example of ``batch`` (called under ``torch.no_grad`` in eval mode)."""
         raise NotImplementedError
+
+
+# what the config's ``model.network`` builds: the network of a vocabulary (LightningCLI makes it a partial)
+NetworkFactory = Callable[[list[str]], SummarizationNetwork]
+
+
+def to_prediction(output: Output, paper: Paper, aspect: str) -> Prediction:
+    """An extractive output's selected sentences of ``paper``, or an abstractive output's words."""
+    if output.tokens is None:
+        return extract(paper, aspect, output.selected)
+    return Prediction(paper.id, aspect, " ".join(output.tokens), tuple(output.selected))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.apps.summarization.data import ASPECTS
-from seqmix.apps.summarization.datamodule import Batch
+from seqmix.apps.summarization.batch import Batch
 from seqmix.apps.summarization.encoder import glove_rows
 from seqmix.apps.summarization.network import Output, SummarizationNetwork
 from seqmix.apps.summarization.search import beam_search, greedy_search
