@@ -9,6 +9,12 @@ the linear family and RNNs).
     python -m benchmarks.mqar                                # every mixer with a config, widths 64 128 256
     python -m benchmarks.mqar --mixers softmax gla --widths 64 128 --max-steps 300   # a budgeted run
     python -m benchmarks.mqar --demo                         # `make demo`: softmax vs gla, T=64, 4 pairs
+    python -m benchmarks.mqar --configs titans_mag titans_mac --widths 32 64   # rows named by their config file
+    python -m benchmarks.mqar --mixers deltanet --seed 0 1 --read-twice        # two seeds, context read twice
+
+A row is a registered mixer (``--mixers``: ``configs/recall/<mixer>.yaml``, which must build that mixer) or a
+config file (``--configs``: ``configs/recall/<stem>.yaml``, the row named by the stem, e.g. ``titans_mag``), so
+that config variants of one mixer (a layout, a block option) are rows of their own.
 
 Every finished point is appended to ``benchmarks/results/<name>_points.jsonl`` with its full
 setting; a rerun with the same setting skips the points already there, so a long sweep can be
@@ -65,6 +71,28 @@ def check_mixers(names: list[str]) -> None:
                          f"(configs exist for {sorted(configured)})")
 
 
+def check_configs(names: list[str]) -> None:
+    """``--configs`` names: stems of ``configs/recall/<stem>.yaml`` files other than ``base.yaml`` (which builds
+    no model of its own)."""
+    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "base")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise SystemExit(f"mqar.py: no config configs/recall/<name>.yaml for --configs {missing}; give a file "
+                         f"stem (without .yaml) of {available}, or write the config")
+
+
+def row_names(mixers: list[str], configs: list[str]) -> list[tuple[str, bool]]:
+    """The rows to run, in order: ``(name, by_config)``, ``by_config`` when the row is named by its config file
+    (``--configs``) rather than by the registered mixer its config must build (``--mixers``). A name given
+    twice (or as both) would make two rows with one key: refused."""
+    names = [*mixers, *configs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SystemExit(f"mqar.py: {twice} named twice (--mixers and --configs together name each row once); "
+                         "drop the repeats")
+    return [(n, False) for n in mixers] + [(n, True) for n in configs]
+
+
 class StepBar(pl.Callback):
     """A tqdm bar over training steps (Lightning's own bar is off so the sweep's output stays readable)."""
 
@@ -80,12 +108,13 @@ class StepBar(pl.Callback):
         self.bar.close()
 
 
-def run_point(mixer: str, width: int | None, args: argparse.Namespace,
-              keep: Path | None = None) -> dict[str, object]:
-    """Train and test one (mixer, width); ``None`` for a setting keeps the config's value. With ``keep``
-    (a folder), the trained model is saved there as ``<mixer>.ckpt``."""
+def run_point(mixer: str, width: int | None, args: argparse.Namespace, keep: Path | None = None, *,
+              seed: int = 0, by_config: bool = False) -> dict[str, object]:
+    """Train and test one (row, width, seed); ``None`` for a setting keeps the config's value. The row is a
+    registered mixer, or with ``by_config`` a config stem (``configs/recall/<mixer>.yaml`` either way). With
+    ``keep`` (a folder), the trained model is saved there as ``<mixer>.ckpt``."""
     with tempfile.TemporaryDirectory(prefix="mqar_") as scratch:  # Lightning's config.yaml goes there, not runs/
-        return train_and_test(mixer, width, args, scratch, keep)
+        return train_and_test(mixer, width, args, scratch, keep, seed=seed, by_config=by_config)
 
 
 def new_run_folder(parent: Path) -> Path:
@@ -98,12 +127,12 @@ def new_run_folder(parent: Path) -> Path:
 
 
 def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root_dir: str,
-                   keep: Path | None = None) -> dict[str, object]:
+                   keep: Path | None = None, *, seed: int = 0, by_config: bool = False) -> dict[str, object]:
     from seqmix.cli import app_cli, load_app
 
-    argv = ["--config", str(CONFIG_DIR / f"{mixer}.yaml"), "--seed_everything", str(args.seed),
+    argv = ["--config", str(CONFIG_DIR / f"{mixer}.yaml"), "--seed_everything", str(seed),
             "--trainer.default_root_dir", root_dir,
-            "--data.seed", str(args.seed),
+            "--data.seed", str(seed),
             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
@@ -119,7 +148,7 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
     cli = app_cli(load_app("recall"), argv, run=False)
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
     mixers = [block.mixer for block in model.stack.blocks]
-    if mixers[0].registry_name != mixer:
+    if not by_config and mixers[0].registry_name != mixer:
         raise SystemExit(f"mqar.py: configs/recall/{mixer}.yaml builds {type(mixers[0]).__name__} "
                          f"(registered as {mixers[0].registry_name!r}), not {mixer!r}; fix its class_path")
     steps = trainer.max_steps
@@ -133,28 +162,32 @@ def train_and_test(mixer: str, width: int | None, args: argparse.Namespace, root
     result = trainer.test(model, datamodule=data, verbose=False)[0]
     seq_len = data.hparams.seq_len
     return {
-        "mixer": mixer, "d_model": model.hparams.d_model, "acc": float(result["test/acc"]),
+        "mixer": mixer, "registered": mixers[0].registry_name, "config": f"configs/recall/{mixer}.yaml",
+        "d_model": model.hparams.d_model, "acc": float(result["test/acc"]),
         "state": sum(m.state_size(seq_len) for m in mixers),
         "params": sum(p.numel() for p in model.parameters()), "train_s": train_s, "steps": trainer.global_step,
         "seq_len": seq_len, "kv_pairs": data.hparams.num_kv_pairs, "vocab": data.hparams.vocab_size,
         "batch": data.hparams.batch_size, "lr": model.hparams.lr, "mlp_ratio": model.hparams.mlp_ratio,
         "train_kv_pairs": data.hparams.train_kv_pairs, "read_twice": STORED_READ[read_mode(data.hparams.read_twice)],
-        "positions": model.hparams.positions, "max_steps": args.max_steps, "seed": args.seed,
+        "positions": model.hparams.positions, "max_steps": args.max_steps, "seed": seed,
         "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2),
         "cpu": cpu_model(), "commit": git_commit(), "date": utc_now(),  # points merge across runs and machines
     }
 
 
 def setting_of(args: argparse.Namespace) -> dict[str, object]:
-    """The sweep-wide setting a stored point must match to be reused (the lr is per point: configs differ)."""
+    """The sweep-wide setting a stored point must match to be reused (the lr is per point: configs differ). The
+    seeds are a tuple: a point of any of them matches (``matches``)."""
     return {"seq_len": args.seq_len, "kv_pairs": args.kv_pairs, "vocab": args.vocab_size, "batch": args.batch_size,
             "mlp_ratio": args.mlp_ratio, "train_kv_pairs": args.train_kv_pairs, "positions": args.positions,
             "max_steps": args.max_steps,
-            "seed": args.seed}
+            "seed": tuple(args.seed)}
 
 
 def matches(row: dict[str, object], setting: dict[str, object]) -> bool:
-    return all(value is None or row.get(key) == value for key, value in setting.items())
+    """Whether a stored point is of ``setting``: equal values, ``None`` = any, a tuple = one of (the seeds)."""
+    return all(value is None or (row.get(key) in value if isinstance(value, tuple) else row.get(key) == value)
+               for key, value in setting.items())
 
 
 def load_points(path: Path, setting: dict[str, object], lr: float | None) -> list[dict[str, object]]:
@@ -185,7 +218,7 @@ def append_point(path: Path, row: dict[str, object]) -> None:
 
 
 def replace_point(path: Path, row: dict[str, object], setting: dict[str, object], lr: float | None) -> int:
-    """Store ``row`` in place of the stored points it reruns (same setting, mixer, width and read-twice mode, and
+    """Store ``row`` in place of the stored points it reruns (same setting, mixer, width, read-twice mode and seed, and
     the same lr when ``lr`` overrides it); every other line is kept as it is. The file is rewritten under its
     lock and renamed into place: a process appending to it without ``--replace`` at that moment may lose its
     line (run ``--replace`` alone on a points file). Returns the number of lines dropped."""
@@ -239,10 +272,10 @@ def read_mode(read_twice: object) -> str:
                      "'prompt'); fix or delete that stored point")
 
 
-def point_key(row: dict[str, object]) -> tuple[str, int, str]:
-    """What tells one stored point from another of the same setting: mixer, width, and what of the example
-    was read twice (JRT-Prompt; points stored before the option are read once)."""
-    return row["mixer"], row["d_model"], read_mode(row.get("read_twice", False))
+def point_key(row: dict[str, object]) -> tuple[str, int, str, int]:
+    """What tells one stored point from another of the same setting: row name (mixer or config stem), width,
+    what of the example was read twice (JRT-Prompt; points stored before the option are read once), and seed."""
+    return row["mixer"], row["d_model"], read_mode(row.get("read_twice", False)), int(row.get("seed", 0))
 
 
 def series(row: dict[str, object]) -> str:
@@ -251,22 +284,47 @@ def series(row: dict[str, object]) -> str:
 
 
 def jrt_table(rows: list[dict[str, object]]) -> str:
-    """Read once and read twice side by side per (mixer, width), with the change; "" without read-twice points."""
+    """Read once and read twice side by side per (mixer, width), with the change; "" without read-twice points.
+
+    One seed: the accuracies and their difference. Several: each cell is the mean over its seeds with the
+    seeds' values after it, the change is the mean over the seeds both modes ran of (twice - once), and a
+    column per mode says whether the change is beyond the seed spread: every read-twice seed above every
+    read-once seed ("yes"), every one below ("lower"), else "no" ("–" with fewer than 2 seeds in either)."""
     acc = {point_key(r): r["acc"] for r in rows}
     modes = [m for m in READ_MODES[1:] if any(k[2] == m for k in acc)]
     if not modes:
         return ""
+    several = any(len({k[3] for k in acc if k[:3] == key[:3]}) > 1 for key in acc)
     names = {"context": "context read twice", "prompt": "prompt read twice"}
+
+    def seeds_of(mixer: str, width: int, mode: str) -> dict[int, float]:
+        return {k[3]: a for k, a in sorted(acc.items()) if k[:3] == (mixer, width, mode)}
+
+    def cell(values: dict[int, float]) -> str:
+        if not values:
+            return "–"
+        mean = f"{sum(values.values()) / len(values):.4f}"
+        return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.4f}' for v in values.values())})"
+
     body = []
     for mixer, width in sorted({k[:2] for k in acc}):
-        once = acc.get((mixer, width, "once"))
-        cells = [mixer, width, "–" if once is None else f"{once:.4f}"]
+        once = seeds_of(mixer, width, "once")
+        cells = [mixer, width, cell(once)]
         for mode in modes:
-            twice = acc.get((mixer, width, mode))
-            cells.append("–" if twice is None else f"{twice:.4f}")
-            cells.append("–" if once is None or twice is None else f"{twice - once:+.4f}")
+            twice = seeds_of(mixer, width, mode)
+            paired = sorted(set(once) & set(twice))
+            cells.append(cell(twice))
+            cells.append(f"{sum(twice[s] - once[s] for s in paired) / len(paired):+.4f}" if paired else "–")
+            if several:
+                if min(len(once), len(twice)) < 2:
+                    cells.append("–")
+                else:
+                    cells.append("yes" if min(twice.values()) > max(once.values()) else
+                                 "lower" if max(twice.values()) < min(once.values()) else "no")
         body.append(cells)
-    head = ["mixer", "d_model", "read once"] + [h for m in modes for h in (names[m], "change")]
+    head = ["mixer", "d_model", "read once"]
+    for m in modes:
+        head += [names[m], "change"] + (["beyond seed spread"] if several else [])
     return markdown_table(head, body)
 
 
@@ -321,11 +379,14 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
         [[series(r), r["d_model"], f"{r['acc']:.4f}", f"{r['state']:,}", f"{r['params']:,}", r["steps"],
           f"{r['lr']:g}", f"{r['train_s']:.0f}", r.get("threads", "–"), r.get("load_1min", "–"), r["seed"]]
          for r in rows])
-    text = header(title, seeds=[args.seed], notes=notes) + table
+    text = header(title, seeds=sorted({int(r["seed"]) for r in rows}), notes=notes) + table
     side_by_side = jrt_table(rows)
     if side_by_side:
         text += ("\n## JRT-Prompt: read once and read twice, the same budget\n\n"
-                 "Test accuracy of the rows above; change = read twice - read once.\n\n" + side_by_side)
+                 "Test accuracy of the rows above; change = read twice - read once (with several seeds: each "
+                 "cell is the mean, the seeds' values in brackets, the change is the mean paired change, and "
+                 "\"beyond seed spread\" is yes when every read-twice seed beats every read-once seed).\n\n"
+                 + side_by_side)
     text += f"\n![accuracy vs state size]({name}.png)\n"
     write_result(name, text)
     save_figure(plot(rows, f"{title}\nT={r0['seq_len']}, {r0['kv_pairs']} pairs"), name)
@@ -337,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", action="store_true",
                         help=f"`make demo`: train {' and '.join(DEMO_MIXERS)} as configured (T=64, 4 pairs, "
                              "d_model 64), print the table, save benchmarks/results/mqar_demo.{md,png}")
-    parser.add_argument("--mixers", nargs="+", help="mixer names (default: every registered mixer with a config)")
+    parser.add_argument("--mixers", nargs="+", default=[],
+                        help="mixer names (default, without --configs: every registered mixer with a config)")
+    parser.add_argument("--configs", nargs="+", default=[],
+                        help="rows named by a config file: stems of configs/recall/<stem>.yaml (e.g. titans_mag "
+                             "titans_mac, config variants of one mixer); the row is the stem")
     parser.add_argument("--widths", nargs="+", type=int, default=[64, 128, 256], help="model widths (d_model)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--kv-pairs", type=int, default=16)
@@ -364,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                              "are skipped. Run it alone on its points file (it rewrites the file)")
     parser.add_argument("--note", action="append", default=[],
                         help="a line added to the results file's notes (e.g. how the sweep was run); repeatable")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="seeds (model and data); each point runs once per seed")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default mqar, or mqar_demo with --demo)")
     args = parser.parse_args(argv)
@@ -373,50 +439,59 @@ def main(argv: list[str] | None = None) -> int:
     from seqmix.core import list_mixers
 
     if args.demo:
+        if args.configs or len(args.seed) > 1:
+            raise SystemExit("mqar.py: --demo trains softmax and gla at one seed; drop --configs and extra --seed")
         mixers, widths = list(DEMO_MIXERS), [None]
         for key in ("seq_len", "kv_pairs", "vocab_size", "batch_size", "num_train", "max_steps"):
             setattr(args, key, None)  # the configs' own settings
         name, title = args.name or "mqar_demo", "MQAR demo: softmax attention vs GLA"
     else:
-        mixers, widths = args.mixers or configured_mixers(), args.widths
+        mixers = args.mixers or ([] if args.configs else configured_mixers())
+        widths = args.widths
         name, title = args.name or "mqar", "MQAR recall vs state size"
     check_mixers(mixers)
-    if args.replace and (args.render or args.demo or not args.mixers):
-        raise SystemExit("mqar.py: --replace reruns the stored points of the named --mixers; pass --mixers and "
-                         "drop --render / --demo (they store or run no points)")
-    skipped = [] if args.mixers or args.demo else sorted(set(list_mixers()) - set(configured_mixers()))
+    check_configs(args.configs)
+    rows_named = row_names(mixers, args.configs)
+    if args.replace and (args.render or args.demo or not (args.mixers or args.configs)):
+        raise SystemExit("mqar.py: --replace reruns the stored points of the named --mixers / --configs; pass them "
+                         "and drop --render / --demo (they store or run no points)")
+    named = args.mixers or args.configs
+    skipped = [] if named or args.demo else sorted(set(list_mixers()) - set(configured_mixers()))
     if skipped:
         print(f"mqar.py: registered mixers without configs/recall/<name>.yaml, not run: {skipped}")
 
     points_file = Path(__file__).resolve().parent / "results" / f"{name}_points.jsonl"
     setting = setting_of(args)
     done = {point_key(r) for r in load_points(points_file, setting, args.lr)} if not args.demo else set()
+    mode = read_mode(args.read_twice)
     if args.replace:
-        stale = [k for k in done if (k[0], k[1]) in {(m, w) for m in mixers for w in widths}
-                 and k[2] == read_mode(args.read_twice)]
+        stale = [k for k in done if (k[0], k[1], k[3]) in {(m, w, s) for m, _ in rows_named for w in widths
+                                                           for s in args.seed} and k[2] == mode]
         print(f"mqar.py: --replace: {len(stale)} stored point(s) of this setting will be rerun and replaced: "
               f"{sorted(stale)}")
         done -= set(stale)
-    points = [(m, w) for m in mixers for w in widths if (m, w, read_mode(args.read_twice)) not in done]
+    points = [(m, by_config, w, s) for m, by_config in rows_named for w in widths for s in args.seed
+              if (m, w, mode, s) not in done]
     if done and not args.render:
         print(f"mqar.py: {len(done)} point(s) of this setting already in {points_file.name}, "
               f"{len(points)} left to run")
     keep = new_run_folder(REPO_ROOT / "runs" / "recall" / "demo") if args.demo else None
     rows = []
     total = Stopwatch().start()
-    for mixer, width in ([] if args.render else tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
-        if not args.demo and not args.replace and (mixer, width, read_mode(args.read_twice)) in {
+    for mixer, by_config, width, seed in ([] if args.render else
+                                          tqdm(points, desc="MQAR points", unit="point", dynamic_ncols=True)):
+        if not args.demo and not args.replace and (mixer, width, mode, seed) in {
                 point_key(r) for r in load_points(points_file, setting, args.lr)}:
             continue  # another process of the same sweep stored it meanwhile
-        row = run_point(mixer, width, args, keep)
+        row = run_point(mixer, width, args, keep, seed=seed, by_config=by_config)
         rows.append(row)
         if args.replace:
             dropped = replace_point(points_file, row, setting, args.lr)
-            tqdm.write(f"mqar.py: {mixer} d={width}: replaced {dropped} stored point(s)")
+            tqdm.write(f"mqar.py: {mixer} d={width} seed {seed}: replaced {dropped} stored point(s)")
         elif not args.demo:
             append_point(points_file, row)
-        tqdm.write(f"{row['mixer']:>18} d={row['d_model']:<4} acc {row['acc']:.4f}  state {row['state']:>10,}  "
-                   f"{row['train_s']:.0f} s")
+        tqdm.write(f"{row['mixer']:>18} d={row['d_model']:<4} seed {seed} acc {row['acc']:.4f}  "
+                   f"state {row['state']:>10,}  {row['train_s']:.0f} s")
     if not args.demo:
         rows = load_points(points_file, setting, args.lr)
     if not rows:
