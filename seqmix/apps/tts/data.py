@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seqmix.apps.tts.audio import LOG_SILENCE, N_MELS, SAMPLE_RATE, decode_wav, mel_spectrogram
+from seqmix.apps.tts.audio import HOP, LOG_SILENCE, N_MELS, SAMPLE_RATE, decode_wav, mel_spectrogram
 from seqmix.apps.tts.corpus import MANIFEST, PREPARE_HINT, Entry, check_wav, default_root, read_manifest
 from seqmix.core.mixer import check_int
 
@@ -118,15 +118,21 @@ class TTSDataModule(pl.LightningDataModule):
 
     ``manifest``: the corpus's ``manifest.jsonl`` or its folder (default: :func:`.corpus.default_root`).
     ``max_sentences``: keep only the first N sentences of each split (quick runs, tests).
-    ``verify_sha256``: check every WAV against the manifest when it is read."""
+    ``verify_sha256``: check every WAV against the manifest when it is read.
+    ``max_frames``: keep only the sentences of at most this many mel frames (``duration * 22050 // 256``) in
+    every split (quick runs on short sentences; the vocabulary still comes from the whole train split).
+    :attr:`symbols` (the phoneme vocabulary) is linked into the model."""
 
     def __init__(self, manifest: str | None = None, batch_size: int = 16, max_sentences: int | None = None,
-                 num_workers: int = 0, verify_sha256: bool = True) -> None:
+                 num_workers: int = 0, verify_sha256: bool = True, max_frames: int | None = None) -> None:
         super().__init__()
         check_int("TTSDataModule", "batch_size", batch_size, meaning="sentences per batch")
         check_int("TTSDataModule", "num_workers", num_workers, minimum=0, meaning="loader processes")
         if max_sentences is not None:
             check_int("TTSDataModule", "max_sentences", max_sentences, meaning="sentences kept per split")
+        if max_frames is not None:
+            check_int("TTSDataModule", "max_frames", max_frames, meaning="mel frames of the longest sentence kept")
+        self.max_frames = max_frames
         path = Path(manifest) if manifest is not None else default_root()
         self.manifest = path / MANIFEST if path.is_dir() or path.suffix != ".jsonl" else path
         self.batch_size, self.max_sentences = batch_size, max_sentences
@@ -144,8 +150,18 @@ class TTSDataModule(pl.LightningDataModule):
             raise ValueError(f"TTS manifest {self.manifest} has no train sentences (the phoneme vocabulary comes "
                              f"from them); {PREPARE_HINT}")
         self.vocabulary = PhonemeVocabulary.from_phonemes([e.phonemes for e in by_split["train"]])
+        if self.max_frames is not None:
+            by_split = {split: [e for e in part if int(e.duration * SAMPLE_RATE) // HOP <= self.max_frames]
+                        for split, part in by_split.items()}
         self.splits = {split: TTSDataset(part, self.manifest.parent, self.vocabulary, self.verify_sha256)
                        for split, part in by_split.items()}
+
+    @property
+    def symbols(self) -> list[str]:
+        """The phoneme vocabulary's symbols (read from the manifest's train split; linked into the model)."""
+        self.setup()
+        assert self.vocabulary is not None
+        return self.vocabulary.symbols
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
