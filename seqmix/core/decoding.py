@@ -146,7 +146,8 @@ def generate(model: Decoder, prompt: Tensor, *, max_new_tokens: int, strategy: S
     ended = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
     lengths = torch.zeros(batch, dtype=torch.long, device=prompt.device)
     scores = torch.zeros(batch, device=prompt.device)
-    tokens: list[Tensor] = []
+    # written in place: stacking a list of every token so far for each step made step n cost O(n)
+    tokens = torch.full((batch, max_new_tokens), pad_token, dtype=torch.long, device=prompt.device)  # [B, N]
     for n in range(max_new_tokens):
         log_probs = logits.float().log_softmax(-1)  # [B, V]
         if strategy == "greedy":
@@ -157,12 +158,12 @@ def generate(model: Decoder, prompt: Tensor, *, max_new_tokens: int, strategy: S
         token = token.masked_fill(ended, pad_token)
         scores += log_probs.gather(-1, token[:, None])[:, 0].masked_fill(ended, 0.0)
         lengths += (~ended).long()
-        tokens.append(token)
-        ended |= _ended(torch.stack(tokens, 1), token, end_token, stop)
+        tokens[:, n] = token
+        ended |= _ended(tokens[:, : n + 1], token, end_token, stop)
         if bool(ended.all()) or n == max_new_tokens - 1:
             break
         logits = step(token)
-    return Generation(torch.stack(tokens, 1), lengths, scores)
+    return Generation(tokens[:, : n + 1], lengths, scores)
 
 
 class _Stepper:
