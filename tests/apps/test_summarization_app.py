@@ -209,9 +209,12 @@ def test_predict_says_how_a_long_text_is_cut(checkpoint, tmp_path, capsys):
 
 
 def error_of(argv: list[str]) -> str:
+    """The one-line error of a command (the CLI adds one line: how to see the traceback)."""
     with pytest.raises(SystemExit) as stop:
         main(argv)
-    return str(stop.value.code).splitlines()[0]
+    lines = str(stop.value.code).splitlines()
+    assert len(lines) == 2 and lines[1] == "(SEQMIX_TRACEBACK=1 shows the traceback)", lines
+    return lines[0]
 
 
 def test_predict_errors_are_one_line_each(checkpoint, tmp_path):
@@ -244,3 +247,36 @@ def test_predict_refuses_another_apps_checkpoint(checkpoint, tmp_path):
     text.write_text("A sentence.")
     message = error_of(["summarization", "predict", "--ckpt", str(other), "--text", str(text)])
     assert "this is a checkpoint of `seqmix text fit`, not summarization" in message
+
+
+def test_predict_refuses_a_missing_or_broken_checkpoint_and_a_paper_without_sentences(checkpoint, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("A sentence.")
+    assert re.search(r"predict: error: checkpoint .*none.ckpt does not exist", error_of(
+        ["summarization", "predict", "--ckpt", str(tmp_path / "none.ckpt"), "--text", str(text)]))
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(checkpoint.read_bytes()[:1000])
+    assert "is not a torch checkpoint file (truncated" in error_of(
+        ["summarization", "predict", "--ckpt", str(broken), "--text", str(text)])
+    data = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    data["hyper_parameters"]["network"]["init_args"]["d_model"] = 8  # weights of width 16
+    misfit = tmp_path / "misfit.ckpt"
+    torch.save(data, misfit)
+    assert "its weights do not fit its network config" in error_of(
+        ["summarization", "predict", "--ckpt", str(misfit), "--text", str(text)])
+    paper = tmp_path / "empty.json"
+    paper.write_text(json.dumps({"id": "x", "sentences": {"abstract": [" "], "introduction": [], "conclusion": []}}))
+    assert "the paper has no sentences" in error_of(
+        ["summarization", "predict", "--ckpt", str(checkpoint), "--paper", str(paper)])
+
+
+def test_fit_on_a_missing_or_malformed_data_file_fails_in_one_line_naming_it(tiny_root, tmp_path):
+    config = Path(__file__).resolve().parents[2] / "configs" / "summarization" / "highlighter.yaml"
+    root = tmp_path / "aclsum"
+    root.mkdir()
+    for split in ("train", "val"):
+        (root / f"{split}.jsonl").write_text((tiny_root / f"{split}.jsonl").read_text())
+    argv = ["summarization", "fit", "--config", str(config), "--data.root", str(root), *FIT_ARGS]
+    assert re.search(r"fit: error: ACLSum file .*test.jsonl does not exist", error_of(argv))
+    (root / "test.jsonl").write_text((tiny_root / "test.jsonl").read_text().replace('"highlights"', '"labels"', 1))
+    assert re.search(r"fit: error: .*test.jsonl:1: missing field 'highlights'", error_of(argv))

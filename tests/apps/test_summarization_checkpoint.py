@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,25 @@ def test_predict_one_test_paper_with_the_shipped_checkpoint_matches_the_benchmar
         assert [int(i) for i in line.group(2).split(", ")] == want["selected"]
         assert line.group(1) == want["summary"]
         assert f"{aspect} (reference): " in out  # the paper's own summary printed beside it
+
+
+def test_predict_starts_without_lightning_rouge_or_glove(paper):
+    """The start-up that makes predict fast (docs/summarization.md: under 10 s): a fresh interpreter runs it
+    without importing Lightning, torchmetrics or rouge-score, and never opens GloVe or ACLSum's split files."""
+    code = ("import builtins, io, sys\n"
+            "opened = []\n"
+            "real_open = io.open\n"
+            "def spy(file, *a, **k):\n"
+            "    opened.append(str(file))\n"
+            "    return real_open(file, *a, **k)\n"
+            "builtins.open = io.open = spy\n"
+            "from seqmix.cli import main\n"
+            f"main(['summarization', 'predict', '--ckpt', {str(CKPT)!r}, '--paper', {str(paper['path'])!r}])\n"
+            "heavy = [m for m in ('pytorch_lightning', 'lightning_fabric', 'torchmetrics', 'rouge_score')\n"
+            "         if m in sys.modules]\n"
+            "read = [f for f in opened if 'glove' in f.lower() and '.dist-info' not in f\n"
+            "        or f.endswith(('train.jsonl', 'val.jsonl', 'test.jsonl'))]\n"
+            "print('HEAVY', heavy, 'READ', read)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY [] READ []" in done.stdout, done.stdout
