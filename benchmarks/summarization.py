@@ -15,7 +15,8 @@ config's seed-0 run's), and with ``--save-checkpoint`` the seed-0 run's weights 
 
     python -m benchmarks.summarization --configs highlighter --seeds 0 1 2 --save-checkpoint
     python -m benchmarks.summarization --configs highlighter_gla highlighter_lstm highlighter_lightnet --seeds 0
-    python -m benchmarks.summarization --time-predict checkpoints/summarization/highlighter.ckpt
+    python -m benchmarks.summarization --time-predict checkpoints/summarization/highlighter.ckpt \
+        --paper-id E09-1056 --note "other jobs paused (quiet.sh)"
     python -m benchmarks.summarization --report-only
 """
 
@@ -179,9 +180,10 @@ def write_paper_json(paper_id: str | None, path: Path) -> str:
     raise SystemExit(f"--paper-id {paper_id}: no such paper in ACLSum's test split")
 
 
-def time_predict(ckpt: Path, repeats: int, paper_id: str | None) -> dict:
+def time_predict(ckpt: Path, repeats: int, paper_id: str | None, note: str | None) -> dict:
     """Wall seconds of ``seqmix summarization predict --ckpt <ckpt> --paper <one test paper> --aspect all``, a
-    fresh process each time (Python and torch start-up included), the best and the median of ``repeats``."""
+    fresh process each time (Python and torch start-up included), the best and the median of ``repeats``;
+    ``note``: how the machine was held meanwhile (recorded and reported)."""
     paper = Path(tempfile.gettempdir()) / "seqmix_summarization_paper.json"
     pid = write_paper_json(paper_id, paper)
     exe = Path(sys.executable).with_name("seqmix")
@@ -200,7 +202,7 @@ def time_predict(ckpt: Path, repeats: int, paper_id: str | None) -> dict:
             raise SystemExit(f"predict failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return {"checkpoint": str(ckpt.relative_to(REPO) if ckpt.is_absolute() else ckpt), "paper_id": pid,
             "times_s": times, "best_s": min(times), "median_s": float(np.median(times)), "loads": loads,
-            "cpu_s": cpus, "median_cpu_s": float(np.median(cpus)),
+            "cpu_s": cpus, "median_cpu_s": float(np.median(cpus)), "note": note,
             "output": done.stdout.strip().splitlines()[:6],
             "command": " ".join(["seqmix", *cmd[1:]]).replace(str(paper), "<paper.json>"),
             "cpu": cpu_model(), "commit": git_commit(), "date": utc_now()}
@@ -346,7 +348,8 @@ def targets(runs: dict) -> str:
                      f"{PREDICT_TARGET_S:.0f} s on the CPU: **{'met' if p['median_s'] < PREDICT_TARGET_S else 'missed'}**"
                      f" — median {p['median_s']:.2f} s, best {p['best_s']:.2f} s of {len(p['times_s'])} fresh processes "
                      f"(start-up and checkpoint load included; 1-min load {min(p['loads']):.1f}-{max(p['loads']):.1f} on 2 "
-                     f"cores{'; median CPU time of the process ' + format(p['median_cpu_s'], '.2f') + ' s' if 'cpu_s' in p else ''}): "
+                     f"cores{'; median CPU time of the process ' + format(p['median_cpu_s'], '.2f') + ' s' if 'cpu_s' in p else ''}"
+                     f"{'; ' + p['note'] if p.get('note') else ''}): "
                      f"`{p['command']}` ({p['cpu']}, commit `{p['commit']}`).")
     if not pred:
         lines.append("- `predict` time: not measured.")
@@ -445,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-predict", type=Path, default=None, help="a checkpoint: time `predict` on one paper")
     parser.add_argument("--paper-id", default=None, help="the test paper --time-predict reads (default: the first)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--note", default=None, help="with --time-predict: how the machine was held (recorded)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -455,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, record in run_baselines().items():
                 runs = add_cached_run(RUNS, key, record)
         if args.time_predict is not None:
-            record = time_predict(args.time_predict, args.repeats, args.paper_id)
+            record = time_predict(args.time_predict, args.repeats, args.paper_id, args.note)
             print(f"predict: {record['times_s']} s", flush=True)
             runs = add_cached_run(RUNS, f"predict|{record['checkpoint']}", record)
         for config in args.configs:
