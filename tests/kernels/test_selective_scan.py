@@ -150,3 +150,14 @@ def test_selective_scan_channel_runs_in_threads_match_naive(threads, assert_rel_
     assert torch.get_num_threads() == before
     for i, (a, e) in enumerate(zip(actual, naive_results(100, True, True, -1.0))):
         assert_rel_close(a, e, RATIO, f"{threads} channel runs, result {i}")
+
+
+@pytest.mark.parametrize("segment", [1, 3])
+def test_selective_scan_backward_segments_match_naive(segment, monkeypatch, assert_rel_close):
+    """The backward restarts from the forward's checkpoints every SEGMENT positions (segments of 1 and of 3,
+    which cut chunks of 8 unevenly): outputs and every gradient as the reference."""
+    monkeypatch.setattr(selective_scan_chunk_module, "SEGMENT", segment)
+    expected = naive_results(100, True, True, -1.0)
+    actual = outputs_and_grads(make_inputs(100, with_state=True), output_final_state=True, chunk_size=8, impl="chunk")
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_rel_close(a, e, RATIO, f"segments of {segment}, result {i}")
