@@ -1,0 +1,294 @@
+"""TTS models (issue 32): train under a time budget, then score on test sentences; time a training step each.
+
+Three parts, each cached in ``benchmarks/results/tts_runs.json`` and rendered into ``benchmarks/results/tts.md``
+(+ ``tts.png``: target vs synthesised mel and the alignment of test-0000 for each model):
+
+- ``--train NAME=CONFIG``: ``seqmix tts fit --config CONFIG`` in this process until ``--cpu-minutes`` of process
+  CPU time (a budget that others' jobs on the 2 shared cores do not shrink, unlike wall clock) or
+  ``--max-steps`` (the cosine's span), with ``--fit-args`` passed on; records the steps, wall and CPU
+  seconds, the best checkpoint (by val/mel_l1);
+- ``--score NAME`` (a trained run): on the first ``--limit`` test sentences, teacher forced (mel L1 after the
+  post-net, stop accuracy, attention diagonality) and free running, one sentence at a time (mel L1 over the
+  common length, duration ratio, share stopped by the stop token, MCD-DTW of the Griffin-Lim audio against
+  espeak-ng's, seconds of synthesis + vocoder per second of audio) and ``predict``'s real-time factor on a
+  10-word sentence;
+- ``--time-steps NAME...``: seconds per training step (forward, backward, AdamW) of each trained run's network
+  on one fixed batch of 16 training sentences, interleaved (run it under /tmp/quiet/quiet.sh: a paused machine).
+
+    python -m benchmarks.tts --train transformer_tts=configs/tts/transformer_tts.yaml --cpu-minutes 6 \\
+        --fit-args "--data.max_frames 400"
+    python -m benchmarks.tts --score transformer_tts tacotron --limit 20
+    python -m benchmarks.tts --time-steps transformer_tts tacotron
+    python -m benchmarks.tts --render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_lightning import Callback
+
+from benchmarks.common import (RESULTS_DIR, Stopwatch, add_cached_run, file_digest, git_commit, header,
+                               markdown_table, read_run_cache, save_figure, time_calls, utc_now, write_result)
+from seqmix.apps.tts.audio import HOP, SAMPLE_RATE, griffin_lim, read_wav
+from seqmix.apps.tts.commands import load_model, synthesise
+from seqmix.apps.tts.data import PhonemeVocabulary, TTSDataModule, collate
+from seqmix.apps.tts.metrics import mcd_dtw
+from seqmix.apps.tts.module import diagonality, step_targets
+
+RUNS = RESULTS_DIR / "tts_runs.json"
+TEN_WORDS = "The model reads a short sentence and speaks it aloud."  # 10 words
+PAPER_SPEEDUP = 4.25  # Li et al. 2019: Transformer TTS trains 4.25x faster per step than Tacotron 2
+
+
+class CPUBudget(Callback):
+    """Stops training once this process has used ``minutes`` of CPU time (all its threads): a budget that the
+    other jobs on the shared cores (and /tmp/quiet/quiet.sh pausing every python process) do not shrink."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.start = 60.0 * minutes, 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.process_time() - self.start >= self.seconds:
+            trainer.should_stop = True
+
+
+def train(name: str, config: str, cpu_minutes: float, max_steps: int, fit_args: list[str], seed: int) -> dict:
+    from seqmix.cli import app_cli, load_app
+
+    run_dir = Path("runs") / "tts_bench" / name
+    argv = ["--config", config, "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
+            "--trainer.max_epochs", "-1", "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir), *fit_args]
+    cli = app_cli(load_app("tts"), argv, run=False)
+    cli.trainer.callbacks.append(CPUBudget(cpu_minutes))
+    with Stopwatch() as watch:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    callback = cli.trainer.checkpoint_callback
+    checkpoint = callback.best_model_path or callback.last_model_path
+    run = {"name": name, "config": config, "config_sha": file_digest(Path(config)), "cpu_minutes": cpu_minutes,
+           "max_steps": max_steps, "fit_args": fit_args, "seed": seed, "steps": int(cli.trainer.global_step),
+           "wall_s": watch.wall_s, "cpu_s": watch.cpu_s, "checkpoint": checkpoint,
+           "best_val_mel_l1": float(callback.best_model_score) if callback.best_model_score is not None else None,
+           "commit": git_commit(), "date": utc_now(), "command": "seqmix tts fit " + shlex.join(argv)}
+    add_cached_run(RUNS, f"train:{name}", run)
+    print(f"{name}: {run['steps']} steps, {watch.wall_s:.0f} s wall, {watch.cpu_s:.0f} s CPU -> {checkpoint}")
+    return run
+
+
+def test_data(limit: int, symbols: list[str]) -> TTSDataModule:
+    """The first ``limit`` sentences of each split, encoded with a checkpoint's phoneme vocabulary ``symbols``."""
+    data = TTSDataModule(batch_size=1, max_sentences=limit)
+    data.setup("test")
+    for split in data.splits.values():
+        split.vocabulary = PhonemeVocabulary(symbols)
+    return data
+
+
+def score(name: str, limit: int) -> dict:
+    run = read_run_cache(RUNS)[f"train:{name}"]
+    model = load_model(run["checkpoint"])
+    network = model.network
+    data = test_data(limit, network.symbols)
+    entries = data.splits["test"].entries
+    rows = []
+    torch.manual_seed(0)
+    for n, entry in enumerate(entries):
+        batch = collate([data.splits["test"][n]])
+        with torch.no_grad():
+            out = network(batch.phonemes, batch.phoneme_lengths, batch.mels)
+            frames = int(batch.mel_lengths[0])
+            tf_l1 = float((out.mel_after[0, :frames] - batch.mels[0, :frames]).abs().mean())
+            stop, valid = step_targets(batch.mel_lengths, out.stop_logits.shape[1], network.frames_per_step)
+            stop_acc = float((((out.stop_logits > 0).float() == stop).float() * valid).sum() / valid.sum())
+            diag = (float(diagonality(out.alignment, batch.phoneme_lengths, valid.sum(1)))
+                    if out.alignment is not None else float("nan"))
+            start = time.perf_counter()
+            synthesis = network.infer(batch.phonemes, batch.phoneme_lengths,
+                                      max_frames=min(network.max_frames, 2 * frames + 30))
+            synth_s = time.perf_counter() - start
+        length = int(synthesis.lengths[0])
+        common = min(length, frames)
+        start = time.perf_counter()
+        audio = griffin_lim(synthesis.mels[0, :length].T)
+        vocoder_s = time.perf_counter() - start
+        reference, _ = read_wav(data.manifest.parent / entry.wav)
+        rows.append({"id": entry.id, "tf_mel_l1": tf_l1, "stop_acc": stop_acc, "diagonality": diag,
+                     "free_mel_l1": float((synthesis.mels[0, :common] - batch.mels[0, :common]).abs().mean()),
+                     "duration_ratio": length / frames, "stopped": bool(synthesis.stopped[0]),
+                     "mcd": mcd_dtw(audio, reference), "synth_s": synth_s, "vocoder_s": vocoder_s,
+                     "seconds": length * HOP / SAMPLE_RATE})
+        print(f"{name} {n + 1}/{len(entries)} {entry.id}: MCD-DTW {rows[-1]['mcd']:.2f} dB, duration ratio "
+              f"{rows[-1]['duration_ratio']:.2f}", flush=True)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    _, synthesis = synthesise(model, TEN_WORDS)
+    length = int(synthesis.lengths[0])
+    griffin_lim(synthesis.mels[0, :length].T)
+    predict = {"text": TEN_WORDS, "wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu,
+               "audio_s": length * HOP / SAMPLE_RATE, "stopped": bool(synthesis.stopped[0])}
+    result = {"name": name, "limit": limit, "checkpoint_sha": file_digest(Path(run["checkpoint"])), "rows": rows,
+              "predict": predict, "commit": git_commit(), "date": utc_now()}
+    add_cached_run(RUNS, f"score:{name}", result)
+    return result
+
+
+def time_steps(names: list[str], batch_size: int, repeats: int) -> dict:
+    data = TTSDataModule(batch_size=batch_size, max_sentences=batch_size)
+    data.setup("fit")
+    batch = collate([data.splits["train"][i] for i in range(batch_size)])
+    calls, models = {}, {}
+    for name in names:
+        model = load_model(read_run_cache(RUNS)[f"train:{name}"]["checkpoint"]).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        models[name] = model
+
+        def step(model=model, optimizer=optimizer) -> None:
+            optimizer.zero_grad()
+            model.loss_parts(batch)["loss"].backward()
+            optimizer.step()
+
+        calls[name] = step
+    timings = time_calls(calls, warmup=1, repeats=repeats)
+    result = {"batch_size": batch_size, "frames": int(batch.mel_lengths.sum()), "repeats": repeats,
+              "median_s": {n: t.median_s for n, t in timings.items()}, "times_s": {n: t.times_s for n, t in timings.items()},
+              "threads": torch.get_num_threads(), "load": list(__import__("os").getloadavg()), "commit": git_commit(),
+              "date": utc_now()}
+    add_cached_run(RUNS, "time_steps", result)
+    print(json.dumps(result["median_s"]))
+    return result
+
+
+def figure(names: list[str]) -> Path | None:
+    from seqmix.apps.files import pyplot
+
+    runs = read_run_cache(RUNS)
+    names = [n for n in names if f"train:{n}" in runs]
+    if not names:
+        return None
+    networks = {n: load_model(runs[f"train:{n}"]["checkpoint"]).network for n in names}
+    data = test_data(1, networks[names[0]].symbols)
+    plt = pyplot()
+    fig, axes = plt.subplots(len(names) + 1, 2, figsize=(13, 3 * (len(names) + 1)), squeeze=False)
+    batch = collate([data.splits["test"][0]])
+    target = batch.mels[0].T.numpy()
+    axes[0, 0].imshow(target, origin="lower", aspect="auto", cmap="magma")
+    axes[0, 0].set(title=f"{batch.ids[0]}: espeak-ng (target) log-mel", ylabel="mel band")
+    axes[0, 1].axis("off")
+    torch.manual_seed(0)
+    for row, name in enumerate(names, 1):
+        network = networks[name]
+        data.splits["test"].vocabulary = PhonemeVocabulary(network.symbols)
+        batch = collate([data.splits["test"][0]])
+        synthesis = network.infer(batch.phonemes, batch.phoneme_lengths,
+                                  max_frames=min(network.max_frames, 2 * int(batch.mel_lengths[0]) + 30))
+        n = int(synthesis.lengths[0])
+        axes[row, 0].imshow(synthesis.mels[0, :n].T.numpy(), origin="lower", aspect="auto", cmap="magma")
+        axes[row, 0].set(title=f"{name}: synthesised (free running)", ylabel="mel band", xlabel="frame")
+        if synthesis.alignment is not None:
+            axes[row, 1].imshow(synthesis.alignment[0].T.numpy(), origin="lower", aspect="auto", cmap="viridis")
+            axes[row, 1].set(title=f"{name}: encoder-decoder alignment", xlabel="decoder step", ylabel="phoneme")
+    return save_figure(fig, "tts")
+
+
+def render() -> Path:
+    runs = read_run_cache(RUNS)
+    names = [k.split(":", 1)[1] for k in runs if k.startswith("train:")]
+    train_rows = []
+    for n in names:
+        r = runs[f"train:{n}"]
+        best = "-" if r["best_val_mel_l1"] is None else f"{r['best_val_mel_l1']:.3f}"
+        train_rows.append([n, r["config"], f"{r['cpu_minutes']:g} CPU min / {r['max_steps']} steps",
+                           " ".join(r["fit_args"]) or "-", r["steps"], f"{r['wall_s']:.0f}", f"{r['cpu_s']:.0f}",
+                           best, r["seed"], r["commit"]])
+    text = header("TTS: Transformer TTS vs the Tacotron-2-style baseline on the espeak-ng corpus", notes=[
+        "corpus: `seqmix tts prepare` (espeak-ng en-us speaking ACLSum sentences; docs/tts.md); vocoder Griffin-Lim "
+        "60 iterations; MCD-DTW as benchmarks/results/tts_vocoder_floor.md (its Griffin-Lim floor: 16.63 dB)",
+        "training runs share the 2 cores with other jobs: wall seconds depend on the load, CPU seconds less so"])
+    text += "## Training runs\n\n" + markdown_table(
+        ["run", "config", "budget", "extra fit args", "steps", "wall s", "CPU s", "best val mel L1", "seed",
+         "commit"],
+        train_rows)
+    score_rows = []
+    for n in names:
+        result = runs.get(f"score:{n}")
+        if result is None:
+            continue
+        rows = result["rows"]
+
+        def mean(key: str) -> float:
+            return float(np.nanmean([r[key] for r in rows]))
+
+        rtf = sum(r["synth_s"] + r["vocoder_s"] for r in rows) / sum(r["seconds"] for r in rows)
+        p = result["predict"]
+        score_rows.append([n, len(rows), f"{mean('mcd'):.2f}", f"{mean('tf_mel_l1'):.3f}", f"{mean('free_mel_l1'):.3f}",
+                           f"{mean('stop_acc'):.3f}", f"{mean('duration_ratio'):.2f}",
+                           f"{sum(r['stopped'] for r in rows)}/{len(rows)}", f"{mean('diagonality'):.3f}",
+                           f"{rtf:.2f}", f"{p['wall_s'] / p['audio_s']:.2f} ({p['audio_s']:.1f} s audio)"])
+    if score_rows:
+        text += ("\n## Test sentences (the first N of the 200)\n\n" + markdown_table(
+            ["run", "N", "MCD-DTW dB", "mel L1 (teacher forced)", "mel L1 (free)", "stop acc", "duration ratio",
+             "stopped", "diagonality", "RTF (synth + GL)", "predict RTF, 10 words"], score_rows))
+        text += ("\nmel L1: log-mel units after the post-net (free running: over the common length); stop acc: per "
+                 "decoder step, teacher forced; duration ratio: generated / espeak-ng frames; stopped: sentences "
+                 "ended by the stop token (the rest cut at 2x their length + 30 frames); diagonality: attention mass "
+                 "within 0.1 of the diagonal, teacher forced (1 = diagonal, about 0.2 = uniform); RTF: wall seconds "
+                 "per second of audio, on the loaded machine.\n")
+    steps = runs.get("time_steps")
+    if steps:
+        rows = [[n, f"{s:.3f}", f"{steps['batch_size'] * 1.0 / s:.1f}"] for n, s in steps["median_s"].items()]
+        text += (f"\n## Time per training step\n\nOne fixed batch of {steps['batch_size']} training sentences "
+                 f"({steps['frames']} mel frames), forward + backward + AdamW, median of {steps['repeats']} "
+                 f"interleaved repeats, {steps['threads']} torch threads, load average {steps['load'][0]:.1f} when "
+                 f"measured (commit {steps['commit']}, {steps['date']}).\n\n"
+                 + markdown_table(["run", "s / step", "sentences / s"], rows))
+        medians = steps["median_s"]
+        if "transformer_tts" in medians and "tacotron" in medians:
+            text += (f"\nTacotron / Transformer TTS time per step: {medians['tacotron'] / medians['transformer_tts']:.2f}x "
+                     f"(the paper: {PAPER_SPEEDUP}x on a GPU, full size, r = 1).\n")
+    fig = figure(names)
+    if fig is not None:
+        text += f"\n![mels and alignments](tts.png)\n"
+    return write_result("tts", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", nargs="*", default=[], metavar="NAME=CONFIG")
+    parser.add_argument("--cpu-minutes", type=float, default=6.0, help="process-CPU budget of each --train run")
+    parser.add_argument("--max-steps", type=int, default=400, help="step cap of each --train run (the cosine's span)")
+    parser.add_argument("--fit-args", default="", help="extra `seqmix tts fit` arguments, one shell-quoted string")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score", nargs="*", default=[], metavar="NAME")
+    parser.add_argument("--limit", type=int, default=20, help="test sentences scored")
+    parser.add_argument("--time-steps", nargs="*", default=[], metavar="NAME")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--render", action="store_true", help="(re)write tts.md and tts.png from the cache")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for spec in args.train:
+        name, _, config = spec.partition("=")
+        if not config:
+            raise SystemExit(f"--train takes NAME=CONFIG, got {spec!r}")
+        train(name, config, args.cpu_minutes, args.max_steps, shlex.split(args.fit_args), args.seed)
+    for name in args.score:
+        score(name, args.limit)
+    if args.time_steps:
+        time_steps(args.time_steps, args.batch_size, args.repeats)
+    if args.render or args.train or args.score or args.time_steps:
+        print(f"wrote {render()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
