@@ -79,14 +79,15 @@ def fresh(value):
 
 def record_op_call(mixer, name: str, x) -> tuple[str, object, tuple, dict]:
     """Run ``mixer(x)`` once with its op(s) wrapped; the call with the longest first input:
-    ``(function name, function, args, kwargs)``."""
+    ``(function name, function, args, kwargs)``, the arguments as :func:`fresh` copies (the recording
+    forward's graph is freed before anything is timed)."""
     module_name, names = OPS[name]
     module = importlib.import_module(module_name)
     calls, originals = [], {n: getattr(module, n) for n in names}
 
     def wrapper(op_name, fn):
         def recording(*args, **kwargs):
-            calls.append((op_name, fn, args, kwargs))
+            calls.append((op_name, fn, fresh(args), fresh(kwargs)))  # copies: the forward's graph is not kept
             return fn(*args, **kwargs)
         return recording
 
@@ -127,7 +128,7 @@ def worker(spec_text: str, seq_len: int, impl: str, args: argparse.Namespace) ->
 
     mixer_time = timed(lambda: mixer(x).backward(grad), clear_mixer)
     del mixer
-    leaves = [t for t in tensors_in((op_args, op_kwargs)) if t.requires_grad]  # recorded (graph) tensors
+    leaves = [t for t in tensors_in((op_args, op_kwargs)) if t.requires_grad]  # where the mixer's graph was
     inputs = fresh((op_args, op_kwargs))
     out_grad = torch.randn_like(tensors_in(op(*inputs[0], **inputs[1]))[0])
 
@@ -155,6 +156,9 @@ def run_point(spec_text: str, impl: str, seq_len: int, args: argparse.Namespace)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO_ROOT)
     except subprocess.TimeoutExpired:
         return {"mixer": label, "T": seq_len, "impl": impl, "error": f"timeout (> {args.timeout:g} s)"}
+    if done.returncode < 0:  # a signal: SIGKILL is what the kernel's out-of-memory killer sends
+        why = " (out of memory?)" if done.returncode == -9 else ""
+        return {"mixer": label, "T": seq_len, "impl": impl, "error": f"killed by signal {-done.returncode}{why}"}
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"mixer": label, "T": seq_len, "impl": impl, "error": f"failed: {last}"}
