@@ -1,8 +1,8 @@
 """Vision benchmark -> ``benchmarks/results/vision.md``: Fashion-MNIST test accuracy, parameters,
 GFLOPs (multiply-adds, fvcore's convention, counted with ``torch.utils.flop_counter``) and CPU
 images/s (inference and training) of BiFormer-T (scaled), MambaOut-Femto (scaled), ViT(softmax),
-ViT(GLA), ViT(LightNet), ViT(linear), ViT(LMU, conv patch), and our MambaOut-Femto beside timm's own ``mambaout_femto`` at the same
-configuration.
+ViT(GLA), ViT(LightNet), ViT(LightNet, MD-TPE), ViT(linear), ViT(LMU, conv patch), and our MambaOut-Femto
+beside timm's own ``mambaout_femto`` at the same configuration.
 
     # the targets: 30 minutes of training each, one after the other with the 2 cores each (BiFormer as
     # 2 data-parallel processes of 1 thread), each run also writing checkpoints/vision/<model>.ckpt
@@ -12,7 +12,9 @@ configuration.
     # the ViT rows, the cross-mixer comparison: 20 minutes each at 1 thread, one core each (taskset), two at a time
     python -m benchmarks.vision --models 'ViT(softmax)' --max-minutes 20 --threads 1   # also 'ViT(GLA)', 'ViT(linear)'
     python -m benchmarks.vision --models 'ViT(LightNet)' --max-minutes 20 --threads 1
-    python -m benchmarks.vision --models 'ViT(LMU, conv patch)' --max-minutes 20 --threads 1
+    # on a loaded, shared machine: the same 20 minutes as this process's CPU time (the cosine follows it too)
+    python -m benchmarks.vision --models 'ViT(LightNet, MD-TPE)' --max-minutes 20 --threads 1 --budget-clock cpu
+    python -m benchmarks.vision --models 'ViT(LMU, conv patch)' --max-minutes 20 --threads 1 --budget-clock cpu
     # timm's mambaout_femto beside ours at the paper's configuration (sizes and throughput)
     python -m benchmarks.vision --models 'MambaOut-Femto (ours, paper config)' 'timm mambaout_femto (paper config)' \
         --no-train --threads 1
@@ -37,6 +39,7 @@ import inspect
 import json
 import os
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -77,6 +80,9 @@ MODELS = {
     # LightNet: one non-causal pass over the 7 x 7 patch grid (28 / 4), MD-LRPE by patch row and column
     "ViT(LightNet)": partial(ViT, mixer=mixer_factory("lightnet", n_heads=4, causal=False, positional="md_lrpe",
                                                       grid_width=7)),
+    # the same with MD-TPE (Toeplitz mixing along the patch rows and columns) in place of MD-LRPE
+    "ViT(LightNet, MD-TPE)": partial(ViT, mixer=mixer_factory("lightnet", n_heads=4, causal=False,
+                                                              positional="md_tpe", grid_width=7)),
     "ViT(linear)": partial(ViT, mixer=mixer_factory("linear_attention", n_heads=4, causal=False)),
     # LMUFormer's layout (configs/vision/vit_fashion_lmu_convpatch.yaml): its convolutional patch embedding, and the
     # LMU reading the 7 x 7 patches causally in raster order (theta 49: the whole image)
@@ -214,6 +220,21 @@ class StepCount(pl.Callback):
         trainer.callback_metrics["fit/steps"] = torch.tensor(float(trainer.global_step))
 
 
+class CpuBudget(pl.Callback):
+    """``--budget-clock cpu``: stops training once this process has spent ``minutes`` of CPU time on it (the
+    budget of a quiet machine's wall clock at 1 thread, which a shared machine's load does not shrink)."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.start = 60 * minutes, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.process_time() - self.start >= self.seconds:
+            trainer.should_stop = True
+
+
 def train_and_test(name: str, factory, args) -> dict:
     """Train within ``--max-minutes`` through the app's classes (``--ranks`` data-parallel processes,
     ``--batch-size`` images each per step); validation and test accuracy in this process, training
@@ -229,16 +250,20 @@ def train_and_test(name: str, factory, args) -> dict:
                            val_size=5000 if args.dataset == "fashion_mnist" else 200)
     model = ImageClassifier(factory, in_chans=1, n_classes=10, img_size=28, lr=lr, warmup_steps=args.warmup,
                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                            budget_minutes=args.max_minutes)
+                            budget_minutes=args.max_minutes, budget_clock=args.budget_clock)
+    cpu = args.budget_clock == "cpu"  # the budget in CPU minutes: the wall clock only caps the run (--max-wall-minutes)
+    wall_cap = args.max_wall_minutes if cpu else args.max_minutes
     quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
     if args.ranks > 1:  # the spawned workers read their torch threads from the environment (as torchrun sets it)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     trainer = pl.Trainer(accelerator="cpu", devices=args.ranks, strategy="ddp_spawn" if args.ranks > 1 else "auto",
-                         max_epochs=-1, max_time={"seconds": args.max_minutes * 60}, enable_checkpointing=False,
-                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[StepCount()], **quiet)
+                         max_epochs=-1, max_time=None if wall_cap is None else {"seconds": wall_cap * 60},
+                         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         callbacks=[StepCount()] + ([CpuBudget(args.max_minutes)] if cpu else []), **quiet)
+    cpu_start = time.process_time()
     with LoadMonitor() as load, Stopwatch() as watch:
         trainer.fit(model, datamodule=data)
-    minutes = watch.wall_s / 60
+    minutes, cpu_minutes = watch.wall_s / 60, (time.process_time() - cpu_start) / 60
     # validation (the split any choice was made on) and test after the budget, in this process
     test_batches = 1.0 if args.test_limit is None else max(1, args.test_limit // args.batch_size)
     evaluator = pl.Trainer(accelerator="cpu", devices=1, limit_test_batches=test_batches, **quiet)
@@ -250,12 +275,14 @@ def train_and_test(name: str, factory, args) -> dict:
         min(len(data.test_set), test_batches * args.batch_size)
     per_step = f"{args.ranks} processes x {args.batch_size}" if args.ranks > 1 else f"{args.batch_size}"
     out = {"test_acc": test, "val_acc": val, "minutes": minutes, "epochs": epochs, "steps": steps,
-           "ranks": args.ranks,
+           "ranks": args.ranks, "clock": args.budget_clock, "cpu_minutes": cpu_minutes,
            "load_mean": sum(load.samples) / max(1, len(load.samples)), "load_max": max(load.samples, default=0.0),
            "data": f"{args.dataset}: {len(data.train_set)} training, {len(data.val_set)} validation, {n_test} test "
                    f"images; batch {per_step}, AdamW lr {lr} wd {args.weight_decay}, {args.warmup} "
                    f"warm-up steps, label smoothing {args.label_smoothing}"
-                   + (f", random erasing {args.erase_prob}" if args.erase_prob else "")}
+                   + (f", random erasing {args.erase_prob}" if args.erase_prob else "")
+                   + (f"; budget {args.max_minutes:g} CPU minutes of this process (--budget-clock cpu): "
+                      f"{cpu_minutes:.1f} CPU min in {minutes:.1f} wall min" if cpu else "")}
     if args.save_checkpoints:
         if name not in CHECKPOINTS:
             raise SystemExit(f"--save-checkpoints: {name!r} has no shipped checkpoint; only {list(CHECKPOINTS)}")
@@ -294,7 +321,8 @@ def render(records: dict[str, dict]) -> str:
         trained = r.get("test_acc") is not None
         rows.append([name, f"{100 * r['test_acc']:.2f}" if trained else "-",
                      f"{100 * r['val_acc']:.2f}" if trained else "-", f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.4f}",
-                     f"{r['infer']:.0f}", f"{r['train']:.0f}", f"{r['budget_minutes']:g}" if trained else "-",
+                     f"{r['infer']:.0f}", f"{r['train']:.0f}",
+                     (f"{r['budget_minutes']:g}" + (" CPU" if r.get("clock") == "cpu" else "")) if trained else "-",
                      threads(r), f"{r['epochs']:.1f}" if trained else "-", f"{r['minutes']:.1f}" if trained else "-",
                      f"{r['load_mean']:.1f} / {r['load_max']:.1f}" if trained else f"{r['load_now']:.1f}",
                      r["seed"], r.get("checkpoint", "-")])
@@ -307,8 +335,10 @@ def render(records: dict[str, dict]) -> str:
     notes = ["training: AdamW, linear warm-up then cosine to 1% ending when the time budget ends, label smoothing, "
              "random crop (pad 2) + horizontal flip, 55k training images (5k held out for validation); the test "
              "accuracy is on the official 10k test images unless the row's data says otherwise",
-             "epochs: images seen / training images; budget: wall-clock training minutes (train min: from the "
-             "start of fit, including the start of data-parallel processes); threads: the process's torch threads, "
+             "epochs: images seen / training images; budget: wall-clock training minutes, or `N CPU`: N minutes "
+             "of the process's CPU time (`--budget-clock cpu`, for runs on a loaded machine; its line gives the "
+             "wall minutes) (train min: wall minutes from the start of fit, including the start of data-parallel "
+             "processes); threads: the process's torch threads, "
              "or processes x threads for data-parallel (DDP) training, whose throughput columns are one process at "
              "the row's threads; load avg: the 1-minute load average sampled each minute of training (mean / "
              "max; untrained rows: when measured) — the machine has 2 cores, other jobs slow the throughput",
@@ -363,6 +393,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="NAME")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="training budget per model (wall clock); the learning-rate schedule ends with it")
+    parser.add_argument("--budget-clock", default="wall", choices=["wall", "cpu"],
+                        help="count --max-minutes on the wall clock, or as this process's CPU time (a shared, "
+                             "loaded machine: the cosine and the stop follow the CPU time)")
+    parser.add_argument("--max-wall-minutes", type=float, default=None,
+                        help="with --budget-clock cpu: stop anyway after this many wall-clock minutes")
     parser.add_argument("--train-limit", type=int, default=None, help="first N training images only")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None,
@@ -401,6 +436,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.recount_gmacs and not args.render:
         parser.error("--recount-gmacs rewrites stored rows: use it with --render")
+    if args.budget_clock == "cpu" and args.ranks > 1:
+        parser.error("--budget-clock cpu counts this process's CPU time: use it with --ranks 1")
     if args.model_args and args.save_checkpoints:
         parser.error("--save-checkpoints writes the shipped checkpoints of the shipped configs; drop --model-args")
     torch.set_num_threads(args.threads)

@@ -51,16 +51,20 @@ class TimeBudgetSchedule:
     is the fraction of the decay done, from rank 0's clock under data parallelism so every rank steps the same
     learning rate."""
 
-    fit_start: float | None = None  # perf_counter() when training started
+    fit_start: float | None = None  # budget_clock() when training started
+
+    def budget_clock(self) -> float:
+        """The clock the budget counts: wall time here; an app may count its process's CPU time instead."""
+        return time.perf_counter()
 
     def on_train_start(self) -> None:
-        self.fit_start = time.perf_counter()
+        self.fit_start = self.budget_clock()
 
     def schedule_progress(self, step: int, warmup: int, total: int) -> float:
         """Fraction of the cosine done: of the steps after warm-up, or of ``budget_minutes`` of training."""
         if self.hparams.budget_minutes is None:
             return step_progress(step, warmup, total)
-        elapsed = 0.0 if self.fit_start is None else time.perf_counter() - self.fit_start
+        elapsed = 0.0 if self.fit_start is None else self.budget_clock() - self.fit_start
         if self._trainer is not None and self.trainer.world_size > 1:
             elapsed = self.trainer.strategy.broadcast(elapsed)  # rank 0's clock: every rank steps the same lr
         return elapsed / (60 * self.hparams.budget_minutes)

@@ -488,6 +488,7 @@ def test_lmu_convpatch_config_is_the_benchmark_row():
     module_name, class_name = mixer["class_path"].rsplit(".", 1)
     assert getattr(importlib.import_module(module_name), class_name).registry_name == "lmu"
     row = bench.MODELS["ViT(LMU, conv patch)"]  # its sizes are the ViT's defaults, which the config spells out
-    defaults = {k: v.default for k, v in inspect.signature(ViT).parameters.items() if k in ("patch", "d_model", "depth")}
+    defaults = {k: v.default for k, v in inspect.signature(ViT).parameters.items()
+                if k in ("patch", "d_model", "depth")}
     assert {**defaults, **row.keywords, "mixer": None} == {**backbone, "mixer": None}
     assert row.keywords["mixer"].keywords == mixer["init_args"]

@@ -198,7 +198,8 @@ def test_state_is_constant_and_starts_empty():
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match="grid_width=7 places the tokens for positional='md_lrpe'"):
+    with pytest.raises(ValueError, match="grid_width=7 places the tokens for a 2-D positional encoding"
+                                         ".*'md_lrpe' or 'md_tpe'"):
         LightNet(16, grid_width=7)
     with pytest.raises(ValueError, match="grid_width must be an int >= 1"):
         LightNet(16, positional="md_lrpe", grid_width=0)

@@ -12,12 +12,15 @@ The cosine runs over the trainer's steps (``max_epochs``), or, with ``budget_min
 training wall-clock time: a run stopped by a time budget (``trainer.max_time``) then ends its
 schedule when the budget ends instead of at an epoch count it never reaches. Data-parallel runs
 (``--trainer.strategy ddp --trainer.devices 2`` on the CPU cores) follow rank 0's clock.
+``budget_clock="cpu"`` counts the budget in this process's CPU time instead (a fair budget on a shared
+machine; whatever stops the run must count it too, as ``benchmarks/vision.py --budget-clock cpu`` does).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+import time
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +33,25 @@ from seqmix.apps.module import (StagedModule, TimeBudgetSchedule, lr_multiplier,
 class ImageClassifier(TimeBudgetSchedule, StagedModule):
     def __init__(self, backbone: Callable[[int, int, int], nn.Module], in_chans: int = 1, n_classes: int = 10,
                  img_size: int = 28, lr: float = 2e-3, weight_decay: float = 0.05, warmup_steps: int = 200,
-                 label_smoothing: float = 0.1, budget_minutes: float | None = None):
+                 label_smoothing: float = 0.1, budget_minutes: float | None = None,
+                 budget_clock: Literal["wall", "cpu"] = "wall"):
         super().__init__()
         if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= label_smoothing < 1:
             raise ValueError(f"ImageClassifier: need lr > 0, weight_decay >= 0, warmup_steps >= 0, 0 <= "
                              f"label_smoothing < 1; got {lr}, {weight_decay}, {warmup_steps}, {label_smoothing}")
         if budget_minutes is not None and budget_minutes <= 0:
             raise ValueError(f"ImageClassifier: budget_minutes must be positive or None, got {budget_minutes}")
+        if budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"ImageClassifier: budget_clock must be 'wall' or 'cpu' (this process's CPU time), "
+                             f"got {budget_clock!r}")
         self.save_hyperparameters()  # the backbone factory is a picklable partial: checkpoints rebuild the model
         self.backbone = backbone(in_chans, n_classes, img_size)
         self.acc = stage_accuracies(n_classes)
+
+    def budget_clock(self) -> float:
+        """``budget_clock="cpu"``: the cosine follows this process's CPU time (a budget on a shared machine,
+        where other jobs take the cores; the run's stop must count the same clock), else wall time."""
+        return time.process_time() if self.hparams.get("budget_clock", "wall") == "cpu" else time.perf_counter()
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, C, S, S]`` normalised images -> logits ``[B, n_classes]``."""

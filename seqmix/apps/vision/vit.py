@@ -73,7 +73,8 @@ class ViT(nn.Module):
             if "this stack needs causal=" not in str(e):
                 raise
             raise ValueError(f"ViT(causal={causal}): {e}; or, for a mixer that is causal only (e.g. lmu), set "
-                             f"causal: {str(not causal).lower()} on the ViT (its init_args) to match the mixer") from None
+                             f"causal: {str(not causal).lower()} on the ViT (its init_args) to match the mixer"
+                             ) from None
         for block in self.blocks.blocks:  # a 2-D positional mixer (lightnet's md_lrpe) must see this grid
             width = getattr(block.mixer, "grid_width", None)
             if width is not None and width != self.grid[1]:

@@ -1,5 +1,6 @@
 """LightNet's additive linear recurrence (Qin, Mao, Shen, Sun, Zhong et al. 2024, "You Only Scan Once:
-Efficient Multi-dimension Sequential Modeling with LightNet"), with its MD-LRPE positional encoding.
+Efficient Multi-dimension Sequential Modeling with LightNet"), with its MD-LRPE and MD-TPE positional
+encodings.
 
 The multiplicative recurrence of GLA / Mamba, ``S_t = lambda_t S_{t-1} + k_t v_t^T``, weighs a pair
 ``s < t`` by the product of the decays between them, so the weight depends on the scan order and a
@@ -41,9 +42,30 @@ row, odd ones with the column (:class:`MDLRPE`), so ``q~_t . k~_s = sum_j q_j k_
 (p_t - p_s)_axis(j))`` depends on the 2-D offset only. Keys widen to ``K' = 2K`` (``[x cos, x sin]``)
 and the gate is repeated over both halves. Without ``grid_width`` the grid is one row (1-D LRPE).
 
-Left out: MD-TPE (the paper's multi-dimensional Toeplitz positional encoding, a relative-position
-convolution over the grid), the paper's short convolution and low-rank output gate (the gate here is
-a full ``swish(W_r x)``), its group norm over heads (per-head RMSNorm here), and the learnable LRPE
+MD-TPE (``positional="md_tpe"``): the paper's multi-dimensional Toeplitz positional encoding, TNN's
+Toeplitz neural operator (Qin et al. 2023, "Toeplitz Neural Network for Sequence Modeling") along each
+axis of the grid, summed over the axes, added to the mixer's input (:class:`MDTPE`). Along axis ``a``
+(rows: the patch row ``p_0 = t // W``; columns: ``p_1 = t % W``; one axis, the index, without
+``grid_width``), with ``n_a`` cells, channel ``c`` of ``x: [B, T, D]`` is mixed by a Toeplitz matrix,
+an entry per relative offset ``r = i - j`` (TNN eq. 4 and its RPE, the kernel's exponential decay):
+
+    T_a[i, j, c] = RPE_a(i - j)_c  lambda^|i - j|,   RPE_a(r) = W_2 silu(W_1 r + b_1) + b_2,  r in -(n_a-1) .. n_a-1
+    x~ = x + sum_a  T_a x  (along axis a)               the projections q, f, v and the gate read x~
+
+``RPE_a`` is a small network of the offset (one per axis, ``tpe_dim`` hidden units, one output per
+channel), ``lambda = tpe_decay`` TNN's fixed decay. Each axis is computed as a convolution by FFT
+(``O(T log n_a)`` per channel: TNN's Toeplitz-as-circulant embedding in ``2 n_a`` points,
+:func:`toeplitz_fft`); ``impl="naive"`` builds the explicit ``[n_a, n_a]`` matrix per axis and channel
+(:func:`toeplitz_naive`), the reference. A sequence that does not fill its last row is padded with
+zeros to whole rows (the missing cells add nothing; their outputs are dropped). Simplifications: one
+two-layer RPE per axis (TNN's has more layers and a norm), a fixed decay, the encoding inside each
+lightnet mixer (a residual before the projections) rather than once at the network's input. MD-TPE
+mixes both ways along every axis, so it is non-causal only (``causal=False``, the ViT's pattern; a
+causal one-sided kernel would need every earlier row of a column, a state that grows): ``causal=True``
+with it is refused in ``__init__``, and, like every non-causal lightnet, it has no ``step`` or state.
+
+Left out: the paper's short convolution and low-rank output gate (the gate here is a full
+``swish(W_r x)``), its group norm over heads (per-head RMSNorm here), and the learnable LRPE
 frequencies. No cross attention: the normaliser runs over one sequence's tokens.
 """
 
@@ -61,7 +83,7 @@ from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register
 from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
-Positional = Literal["none", "md_lrpe"]
+Positional = Literal["none", "md_lrpe", "md_tpe"]
 
 
 class LightNetState(NamedTuple):
@@ -180,15 +202,93 @@ def grid_positions(start: int, t: int, grid_width: int | None, device: torch.dev
     return torch.stack((torch.div(p, grid_width, rounding_mode="floor"), torch.remainder(p, grid_width)), -1)  # [T, 2]
 
 
+def toeplitz_naive(x: Tensor, kernel: Tensor, dim: int) -> Tensor:
+    """The reference: ``y_i = sum_j kernel[i - j + n - 1] x_j`` along ``dim`` of ``x: [..., n, ..., D]`` by the
+    explicit Toeplitz matrix ``[n, n, D]`` (one per channel); ``kernel: [2n - 1, D]``, offsets ``-(n-1) .. n-1``."""
+    n = x.shape[dim]
+    offsets = torch.arange(n, device=x.device)[:, None] - torch.arange(n, device=x.device)[None, :]  # [n, n]: i - j
+    matrix = kernel[offsets + n - 1]  # [n, n, D]
+    moved = x.movedim(dim, -2)  # [..., n, D]
+    return torch.einsum("ijd,...jd->...id", matrix, moved).movedim(-2, dim)  # [..., n, D] -> x's layout
+
+
+def toeplitz_fft(x: Tensor, kernel: Tensor, dim: int) -> Tensor:
+    """:func:`toeplitz_naive` in ``O(n log n)``: the Toeplitz matrix embedded in a circulant of ``L = 2n``
+    points, first column ``c = [k_0, k_1, .., k_{n-1}, 0, k_{-(n-1)}, .., k_{-1}]`` (``c[(i - j) mod L] =
+    k_{i-j}`` for ``|i - j| < n``), so ``y = irfft(rfft(c) rfft(x padded to L))[:n]``."""
+    n = x.shape[dim]
+    size = 2 * n
+    column = kernel.new_zeros(size, kernel.shape[-1])  # [L, D]
+    column[:n] = kernel[n - 1:]  # offsets 0 .. n-1
+    column[size - n + 1:] = kernel[:n - 1]  # offsets -(n-1) .. -1 at L - (n-1) .. L - 1
+    moved = x.movedim(dim, -2)  # [..., n, D]
+    spectrum = torch.fft.rfft(moved, n=size, dim=-2) * torch.fft.rfft(column, dim=0)  # [..., L/2 + 1, D]
+    return torch.fft.irfft(spectrum, n=size, dim=-2)[..., :n, :].movedim(-2, dim)  # [..., n, D] -> x's layout
+
+
+class MDTPE(nn.Module):
+    """MD-TPE: a Toeplitz mixing of each channel along each axis of the grid, by a kernel of the relative
+    offset (TNN's RPE network times ``decay^|r|``), summed over the axes (module docstring).
+
+    Args:
+        d_model: D, the channels (each has its own kernel).
+        n_axes: 2 for a raster-ordered grid of ``grid_width`` columns, 1 for a sequence.
+        hidden: the RPE network's hidden units.
+        decay: lambda in (0, 1], the kernel's exponential decay per cell of offset.
+    """
+
+    def __init__(self, d_model: int, n_axes: int, *, hidden: int = 32, decay: float = 0.99):
+        super().__init__()
+        name = type(self).__name__
+        check_int(name, "n_axes", n_axes, meaning="axes of the grid, e.g. 2 for images")
+        check_int(name, "hidden", hidden, meaning="hidden units of the relative-position network, e.g. 32")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ValueError(f"{name}: decay must be a number in (0, 1] (the kernel's decay per cell of offset), "
+                             f"got {decay!r}")
+        self.decay = float(decay)
+        self.rpe = nn.ModuleList(nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, d_model))
+                                 for _ in range(n_axes))
+        for net in self.rpe:  # a small kernel at first: x~ starts near x (the offsets r enter unscaled)
+            nn.init.trunc_normal_(net[-1].weight, std=0.02)
+            nn.init.zeros_(net[-1].bias)
+
+    def kernel(self, axis: int, n: int, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+        """``[2n - 1, D]``: ``RPE_axis(r) decay^|r|`` at the offsets ``r = -(n-1) .. n-1``."""
+        r = torch.arange(1 - n, n, device=device, dtype=dtype)  # [2n - 1]
+        net = self.rpe[axis]
+        weights = net(r[:, None].to(net[0].weight.dtype)).to(dtype)  # [2n - 1, 1] -> [2n - 1, D]
+        return weights * (self.decay ** r.abs())[:, None]  # [2n - 1, D]
+
+    def forward(self, x: Tensor, grid_width: int | None, impl: str = "fft") -> Tensor:
+        """``x: [B, T, D]`` (raster order, ``grid_width`` columns, or one axis) -> ``sum_a T_a x``, ``[B, T, D]``;
+        ``impl``: ``"fft"`` or ``"naive"`` (explicit matrices)."""
+        b, t, d = x.shape
+        dtype = compute_dtype(x)
+        mix = toeplitz_naive if impl == "naive" else toeplitz_fft
+        if len(self.rpe) == 1:
+            return mix(x.to(dtype), self.kernel(0, t, dtype, x.device), 1).to(x.dtype)  # [B, T, D]
+        width = grid_width if grid_width is not None else t
+        rows = -(-t // width)
+        grid = F.pad(x.to(dtype), (0, 0, 0, rows * width - t)).view(b, rows, width, d)  # [B, T', D] -> [B, R, W, D]
+        out = mix(grid, self.kernel(0, rows, dtype, x.device), 1)  # along the rows (down each column)
+        out = out + mix(grid, self.kernel(1, width, dtype, x.device), 2)  # along the columns (within each row)
+        return out.reshape(b, rows * width, d)[:, :t].to(x.dtype)  # [B, R, W, D] -> [B, T, D]
+
+    def extra_repr(self) -> str:
+        return f"axes={len(self.rpe)}, decay={self.decay}"
+
+
 @register_mixer("lightnet")
 class LightNet(Mixer):
-    """LightNet's additive-recurrence token mixer (module docstring), optionally with MD-LRPE.
+    """LightNet's additive-recurrence token mixer (module docstring), optionally with MD-LRPE or MD-TPE.
 
     Args:
         expand_k / expand_v: key / value widths over heads as multiples of ``d_model``.
-        positional: ``"none"`` or ``"md_lrpe"`` (rotations by row and column of the grid).
-        grid_width: with ``"md_lrpe"``, the width of the raster-ordered grid the tokens come from (the
-            ViT's patches per row, e.g. 7 for 28x28 images in 4x4 patches); None: a 1-D sequence.
+        positional: ``"none"``, ``"md_lrpe"`` (rotations by row and column of the grid) or ``"md_tpe"``
+            (Toeplitz mixing along the rows and the columns of the grid; ``causal=False`` only).
+        grid_width: with ``"md_lrpe"`` / ``"md_tpe"``, the width of the raster-ordered grid the tokens come
+            from (the ViT's patches per row, e.g. 7 for 28x28 images in 4x4 patches); None: a 1-D sequence.
+        tpe_dim / tpe_decay: MD-TPE's RPE hidden units and its kernel's decay per cell of offset, in (0, 1].
         chunk_size: tokens per chunk of GLA's chunked kernel (a power of two; Triton: 16 to 128).
     """
 
@@ -204,7 +304,7 @@ class LightNet(Mixer):
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  expand_k: float = 0.5, expand_v: float = 1.0, positional: Positional = "none",
-                 grid_width: int | None = None, chunk_size: int = 64):
+                 grid_width: int | None = None, tpe_dim: int = 32, tpe_decay: float = 0.99, chunk_size: int = 64):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         self.key_dim, self.value_dim = expanded_widths(name, d_model, n_heads, expand_k, expand_v)
@@ -214,8 +314,11 @@ class LightNet(Mixer):
         if grid_width is not None:
             check_int(name, "grid_width", grid_width, meaning="tokens per row of the grid, e.g. 7 for a 7x7 ViT")
             if positional == "none":
-                raise ValueError(f"{name}: grid_width={grid_width} places the tokens for positional='md_lrpe', "
-                                 "but positional='none'; set positional='md_lrpe' or drop grid_width")
+                raise ValueError(f"{name}: grid_width={grid_width} places the tokens for a 2-D positional encoding, "
+                                 "but positional='none'; set positional='md_lrpe' or 'md_tpe', or drop grid_width")
+        if positional == "md_tpe" and causal:
+            raise ValueError(f"{name}: positional='md_tpe' mixes every axis of the grid both ways (non-causal), so "
+                             "it needs causal=False; for a causal 2-D encoding that steps, use positional='md_lrpe'")
         head_k = self.key_dim // n_heads
         self.rotated_k = 2 * head_k if positional == "md_lrpe" else head_k  # MD-LRPE: [x cos, x sin]
         self.triton_refusal = GLA.check(name, impl, chunk_size=chunk_size,
@@ -224,6 +327,8 @@ class LightNet(Mixer):
         self.positional, self.grid_width, self.chunk_size = positional, grid_width, chunk_size
         self.mdlrpe = (MDLRPE(n_heads, head_k, 1 if grid_width is None else 2)
                        if positional == "md_lrpe" else None)
+        self.mdtpe = (MDTPE(d_model, 1 if grid_width is None else 2, hidden=tpe_dim, decay=tpe_decay)
+                      if positional == "md_tpe" else None)
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.f_proj = nn.Linear(d_model, self.key_dim, bias=False)  # the additive terms f_t (LightNet's k)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
@@ -274,10 +379,13 @@ class LightNet(Mixer):
         if state is not None and not isinstance(state, LightNetState):
             raise ValueError(f"{type(self).__name__}: the state is a LightNetState (memory, log_z, seen) from "
                              f"init_state or forward(..., return_state=True), got {type(state).__name__}")
+        impl = self.resolve_impl(x)
+        if self.mdtpe is not None:  # MD-TPE: x + the Toeplitz mixing along each axis of the grid
+            x = x + self.mdtpe(x, self.grid_width, "naive" if impl == "naive" else "fft")  # [B, T, D]
         q = F.silu(self.q_proj(x)).view(b, t, h, -1)  # [B, T, H*K] -> [B, T, H, K]
         f = self.f_proj(x).float().view(b, t, h, -1)  # [B, T, H, K]
         v = self.v_proj(x).view(b, t, h, -1)  # [B, T, H, V]
-        o, final = self.attend(q, f, v, state=state, return_state=return_state, impl=self.resolve_impl(x))
+        o, final = self.attend(q, f, v, state=state, return_state=return_state, impl=impl)
         y = self.output(o.to(x.dtype), x)
         return (y, final) if return_state else y
 
