@@ -1,0 +1,136 @@
+"""BICO (Lv et al. 2023, "Are We Falling in a Middle-Intelligence Trap? An Analysis and Mitigation of the Reversal
+Curse"): fine-tune a causal LM with bidirectional attention and mask denoising; the LM's ``objective: bico``.
+
+What is implemented (the abstract's two changes, in our notation):
+
+1. Bidirectional attention: during BICO's forward every layer's mixer runs with ``causal = False``
+   (:func:`bidirectional`): position ``i`` sees the whole window ``x_0 .. x_{T-1}``. Positions stay rotary
+   (relative, so they hold in both directions). Only mixers that have the ``noncausal_self`` pattern can;
+   a recurrent mixer is refused with a one-line error (its state is causal by construction).
+2. Mask denoising: spans of the window (about ``mask_ratio`` of its tokens, spans of ``span`` tokens)
+   have their input embeddings replaced by one learned vector ``m`` (:func:`span_mask`): ``x~``. The output
+   at position ``i - 1`` predicts the original token at a masked position ``i``, the causal LM's shift kept
+   so the pretrained head is reused::
+
+       L_BICO = - 1/|M| sum_{i in M} log p(x_i | h_{i-1}(x~)),   h = bidirectional stack(x~)
+
+Inference in BICO's mode (:func:`bidirectional_nats`): a continuation ``c`` of a prompt ``p`` is scored token
+by token as in training: ``p c_{<j} [m]`` read at the position before ``[m]``, all in one batch with a key
+mask over the padding. The model's ordinary causal mode (next-token generation) is untouched.
+
+Left out: the paper's Llama scale, its exact masking schedule (ours: uniform span starts), and the GLM-style
+blank-infilling variants the paper compares with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqmix.apps.lm.data import IGNORE_INDEX
+from seqmix.core.blocks import MixerStack
+from seqmix.core.mixer import check_int
+
+
+def check_bidirectional(stack: MixerStack) -> None:
+    """Every layer's mixer can run non-causally, or a ``ValueError`` naming the first that cannot."""
+    for i, block in enumerate(stack.blocks):
+        mixer = block.mixer
+        if "noncausal_self" not in mixer.patterns:
+            raise ValueError(f"BICO needs bidirectional attention, but layer {i}'s {type(mixer).__name__} supports "
+                             f"only {sorted(mixer.patterns)}; use an attention mixer (softmax, sliding_window, ...) "
+                             "or objective: next_token")
+        if getattr(mixer, "recurrent", False):
+            raise ValueError(f"BICO needs bidirectional attention, but layer {i}'s {type(mixer).__name__} is a "
+                             "recurrent mixer (a non-causal one would be another network); use an attention mixer "
+                             "or objective: next_token")
+
+
+@contextlib.contextmanager
+def bidirectional(stack: MixerStack):
+    """Within the block, every mixer of ``stack`` attends to the whole sequence (``causal = False``)."""
+    check_bidirectional(stack)
+    before = [block.mixer.causal for block in stack.blocks]
+    try:
+        for block in stack.blocks:
+            block.mixer.causal = False
+        yield stack
+    finally:
+        for block, causal in zip(stack.blocks, before):
+            block.mixer.causal = causal
+
+
+def span_mask(batch: int, length: int, *, ratio: float, span: int, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> Tensor:
+    """``[B, T]`` bool: ``round(ratio T / span)`` spans of ``span`` positions per row at uniform starts in
+    ``1 .. T - 1`` (position 0 is never masked: the first target needs an output before it), at least one."""
+    n_spans = max(1, round(ratio * length / span))
+    starts = torch.randint(1, max(2, length), (batch, n_spans), generator=generator).to(device)  # [B, S]
+    offsets = torch.arange(span, device=starts.device)  # [span]
+    covered = (starts[..., None] + offsets).clamp(max=length - 1).flatten(1)  # [B, S, span] -> [B, S span]
+    mask = torch.zeros(batch, length, dtype=torch.bool, device=starts.device)
+    return mask.scatter_(1, covered, True)
+
+
+class BICOObjective(nn.Module):
+    """The mask vector ``m`` and BICO's loss (module docstring).
+
+    Args:
+        d_model: D, the LM's width.
+        mask_ratio: about this fraction of each window's tokens is masked, in (0, 1).
+        span: tokens per masked span.
+    """
+
+    def __init__(self, d_model: int, *, mask_ratio: float = 0.3, span: int = 4):
+        super().__init__()
+        check_int(type(self).__name__, "span", span, meaning="tokens per masked span, e.g. 4")
+        if not 0 < mask_ratio < 1:
+            raise ValueError(f"BICOObjective: mask_ratio must lie in (0, 1) (the fraction of tokens masked), got "
+                             f"{mask_ratio}")
+        self.mask_ratio, self.span = mask_ratio, span
+        self.mask_vector = nn.Parameter(torch.randn(d_model) * 0.02)  # m: [D]
+
+    def masked_hidden(self, net: nn.Module, tokens: Tensor, masked: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """``net``'s bidirectional top-layer vectors ``[B, T, D]`` of ``tokens: [B, T]`` with the ``masked: [B, T]``
+        inputs replaced by ``m``; ``key_mask: [B, T]`` (True = a real token) hides padding."""
+        x = net.embed_tokens(tokens)  # [B, T, D]
+        x = torch.where(masked[..., None], self.mask_vector.to(x.dtype), x)
+        with bidirectional(net.stack):
+            return net.stack(x, mask=key_mask)
+
+    def forward(self, net: nn.Module, inputs: Tensor, targets: Tensor,
+                generator: torch.Generator | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """``L_BICO`` of a window: ``inputs, targets: [B, T]`` (``targets[:, t] = inputs[:, t + 1]``; padding has
+        IGNORE_INDEX targets and, with ``key_mask: [B, T]`` (True = a real token), is hidden from attention)."""
+        b, t = inputs.shape
+        masked = span_mask(b, t, ratio=self.mask_ratio, span=self.span, generator=generator, device=inputs.device)
+        hidden = self.masked_hidden(net, inputs, masked, key_mask=key_mask)  # [B, T, D]
+        # the output at i - 1 predicts the masked input i: targets[:, i - 1] == inputs[:, i]
+        predicting = masked[:, 1:] & (targets[:, :-1] != IGNORE_INDEX)  # [B, T - 1]: output i - 1 of masked input i
+        logits = net.token_logits(hidden[:, :-1][predicting])  # [M, V]
+        return F.cross_entropy(logits.float(), targets[:, :-1][predicting])
+
+
+def bidirectional_nats(net: nn.Module, objective: BICOObjective, prompt: list[int], continuation: list[int]) -> Tensor:
+    """``[len(continuation)]`` nats of each continuation token in BICO's mode: token ``j`` from the input
+    ``prompt + continuation[:j] + [m]``, read at the position before ``[m]`` (one padded batch)."""
+    if not prompt or not continuation:
+        raise ValueError("bidirectional_nats: the prompt and the continuation need at least one token each")
+    n, p = len(continuation), len(prompt)
+    length = p + n  # the longest input: prompt, n - 1 continuation tokens, the mask
+    device = objective.mask_vector.device
+    tokens = torch.zeros(n, length, dtype=torch.long, device=device)  # [n, P + n]
+    masked = torch.zeros(n, length, dtype=torch.bool, device=device)
+    keys = torch.zeros(n, length, dtype=torch.bool, device=device)
+    sequence = torch.tensor(prompt + continuation, device=device)
+    for j in range(n):
+        tokens[j, :p + j] = sequence[:p + j]
+        masked[j, p + j] = True
+        keys[j, :p + j + 1] = True
+    hidden = objective.masked_hidden(net, tokens, masked, key_mask=keys)  # [n, P + n, D]
+    rows = torch.arange(n, device=device)
+    logits = net.token_logits(hidden[rows, p + rows - 1])  # [n, V]: the position before each mask
+    return F.cross_entropy(logits.float(), sequence[p:], reduction="none")  # [n]
