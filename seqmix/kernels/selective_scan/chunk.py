@@ -63,6 +63,13 @@ def to_chunks(x: Tensor, chunk: int) -> Tensor:
     return x.reshape(b, n, chunk, k).permute(2, 0, 1, 3).flatten(1, 2)  # [B, N, C, K] -> [C, B*N, K], a view
 
 
+def chunked_like(x: Tensor) -> Tensor:
+    """An empty ``[C, M, K]`` like ``x``, laid out in memory as ``[M, C, K]`` (= ``[B, N*C, K]``, the order
+    of the sequence), so that :func:`from_chunks` of it is a view, not a copy (the runs write into it)."""
+    c, m, k = x.shape
+    return x.new_empty(m, c, k).transpose(0, 1)  # [M, C, K] -> [C, M, K], a view
+
+
 def from_chunks(x: Tensor, b: int, t: int) -> Tensor:
     """``[C, B*N, K] -> [B, T, K]``, dropping the padding."""
     c, _, k = x.shape
@@ -191,10 +198,11 @@ def over_channels(fn, parts: list[slice]) -> list:
         return list(pool.map(in_thread, parts))
 
 
-def forward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor,
-                 batch: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+def forward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, batch: int,
+                 y: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The forward of :class:`_ChunkScan` on one run of channels (``u, delta: [C, M, E_p]``, ``A: [N_s, E_p]``,
-    ``h0: [B, N_s, E_p]``): ``y [C, M, E_p]``, ``h_T [B, N_s, E_p]`` and what the backward needs."""
+    ``h0: [B, N_s, E_p]``), writing ``y: [C, M, 1, E_p]`` (a view of the whole output): ``h_T [B, N_s, E_p]``
+    and what the backward needs."""
     (c, m, e), n = u.shape, A.shape[0]
     A2 = A * LOG2_E  # [N_s, E_p]: exp(A delta) = exp2(A2 delta), exp2 is ~3x cheaper than exp on the CPU
     x = delta * u  # [C, M, E_p]
@@ -203,17 +211,18 @@ def forward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: 
     chunk_decays = torch.exp2(A2 * delta.sum(0)[:, None, :])  # [M, N_s, E_p] exp(L_n)
     entering, final = carry(chunk_decays.view(batch, -1, n, e), local.view(batch, -1, n, e), h0)
     entering = entering.view(m, n, e)  # [B, N, N_s, E_p] -> [M, N_s, E_p]
-    y = u.new_empty(c, m, 1, e)  # the states are not kept: the backward recomputes a segment's at a time
+    # the states are not kept: the backward recomputes a segment's at a time
     checkpoints = u.new_empty(-(-c // SEGMENT), m, n, e)  # the state entering every SEGMENT-th position
     for r in groups:
         scan(A2, delta[:, r], x[:, r], B[:, r], C[:, r], entering[r], y[:, r], checkpoints=checkpoints[:, r])
-    return y.view(c, m, e), final, (checkpoints, chunk_decays)
+    return final, (checkpoints, chunk_decays)
 
 
 def backward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, saved: tuple[Tensor, ...],
-                  dy: Tensor, d_last: Tensor, batch: int) -> tuple[Tensor, ...]:
+                  dy: Tensor, d_last: Tensor, batch: int, du: Tensor, d_delta: Tensor) -> tuple[Tensor, ...]:
     """The backward of :class:`_ChunkScan` on one run of channels (the shapes of :func:`forward_part`,
-    ``dy: [C, M, E_p]``, ``d_last: [B, N_s, E_p]``): ``du, d_delta, dA, dB, dC, dh0`` (dB, dC: this run's share)."""
+    ``dy: [C, M, E_p]``, ``d_last: [B, N_s, E_p]``), writing ``du, d_delta: [C, M, E_p]`` (views of the whole
+    gradients): ``dA, dB, dC, dh0`` (dB, dC: this run's share)."""
     checkpoints, chunk_decays = saved
     (c, m, e), n = u.shape, A.shape[0]
     A2 = A * LOG2_E  # [N_s, E_p]
@@ -223,7 +232,7 @@ def backward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, sav
     # carried backwards over the chunks: the gradient arriving at each chunk's last state
     arriving, d_h0 = carry(chunk_decays.view(batch, -1, n, e).flip(1), local.view(batch, -1, n, e).flip(1), d_last)
     arriving = arriving.flip(1).reshape(m, n, e)  # [B, N, N_s, E_p] -> [M, N_s, E_p], a copy
-    dx, d_delta = u.new_empty(c, m, 1, e), u.new_empty(c, m, e)
+    dx = u.new_empty(c, m, 1, e)
     dB, dC = B.new_empty(c, m, 1, n), C.new_empty(c, m, 1, n)
     states = u.new_empty(SEGMENT, groups[0].stop, n, e)  # [S, G, N_s, E]: one segment's states, refilled
     decays = torch.empty_like(states)  # and its decays
@@ -238,7 +247,9 @@ def backward_part(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, sav
             dA += scan_backward(A, delta[p, r], x[p, r], B[p, r], C[p, r], dy[p, r], checkpoints[k, r], kept,
                                 kept_decays, d_state, (dx[p, r], d_delta[p, r], dB[p, r], dC[p, r]), carry_out=k > 0)
     dx = dx.view(c, m, e)
-    return dx * delta, d_delta.addcmul_(dx, u), dA, dB.view(c, m, n), dC.view(c, m, n), d_h0
+    torch.mul(dx, delta, out=du)
+    d_delta.addcmul_(dx, u)
+    return dA, dB.view(c, m, n), dC.view(c, m, n), d_h0
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -259,16 +270,17 @@ class _ChunkScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
         batch, parts = h0.shape[0], channel_parts(u.shape[-1], torch.get_num_threads())
+        y = chunked_like(u)  # [C, M, E], written by the runs in place
 
-        def run(p: slice) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-            return forward_part(u[..., p], delta[..., p], A[:, p].contiguous(), B, C, h0[..., p].contiguous(), batch)
+        def run(p: slice) -> tuple[Tensor, tuple[Tensor, ...]]:
+            return forward_part(u[..., p], delta[..., p], A[:, p].contiguous(), B, C, h0[..., p].contiguous(), batch,
+                                y[..., p].unsqueeze(2))
 
         with single_threaded():
             results = over_channels(run, parts)
-        ctx.save_for_backward(u, delta, A, B, C, *(t for _, _, saved in results for t in saved))
+        ctx.save_for_backward(u, delta, A, B, C, *(t for _, saved in results for t in saved))
         ctx.batch, ctx.parts = batch, parts
-        y = torch.cat([y for y, _, _ in results], -1)  # [C, M, E]
-        return y, torch.cat([final for _, final, _ in results], -1)  # [B, N_s, E]
+        return y, torch.cat([final for final, _ in results], -1)  # [B, N_s, E]
 
     @staticmethod
     @once_differentiable
@@ -277,15 +289,17 @@ class _ChunkScan(torch.autograd.Function):
         n = A.shape[0]
         d_final = d_final if d_final is not None else u.new_zeros(ctx.batch, n, u.shape[-1])
 
+        du, d_delta = chunked_like(u), chunked_like(u)  # [C, M, E], written by the runs in place
+
         def run(i: int) -> tuple[Tensor, ...]:
             p = ctx.parts[i]
             return backward_part(u[..., p], delta[..., p], A[:, p].contiguous(), B, C, tuple(saved[2 * i: 2 * i + 2]),
-                                 dy[..., p], d_final[..., p].contiguous(), ctx.batch)
+                                 dy[..., p], d_final[..., p].contiguous(), ctx.batch, du[..., p], d_delta[..., p])
 
         with single_threaded():
             results = over_channels(run, list(range(len(ctx.parts))))
-        du, d_delta, dA, d_h0 = (torch.cat([r[j] for r in results], -1) for j in (0, 1, 2, 5))  # cut along E
-        dB, dC = sum(r[3] for r in results), sum(r[4] for r in results)
+        dA, d_h0 = (torch.cat([r[j] for r in results], -1) for j in (0, 3))  # cut along E
+        dB, dC = sum(r[1] for r in results), sum(r[2] for r in results)
         return du, d_delta, dA, dB, dC, d_h0
 
 
