@@ -312,6 +312,7 @@ def generation_worker(row: str, tokens: int, threads: int) -> dict:
             points.append({"tokens": n, "rss_bytes": rss_bytes(), "wall_s": time.perf_counter() - clock[0],
                            "cpu_s": time.process_time() - clock[1],
                            "state_floats": int(sum(b.mixer.state_size(n + 1) for b in net.stack.blocks))})
+            print("POINT " + json.dumps(points[-1]), flush=True)  # kept if the run is cut by the timeout
         return torch.zeros(generated.shape[0], dtype=torch.bool)
 
     generate(net, torch.tensor([[ord(c) for c in "ROMEO:"]]), max_new_tokens=tokens, stop=stop)
@@ -330,8 +331,11 @@ def run_generation(rows: list[str], tokens: int, threads: int, timeout: float) -
                 result = {"row": row, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
             else:
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-        except subprocess.TimeoutExpired:
-            result = {"row": row, "error": f"timeout (> {timeout:g} s)"}
+        except subprocess.TimeoutExpired as cut:
+            out = cut.stdout.decode() if isinstance(cut.stdout, bytes) else (cut.stdout or "")
+            points = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("POINT ")]
+            result = {"row": row, "points": points, "threads": threads,
+                      "error": f"timeout (> {timeout:g} s) after {points[-1]['tokens'] if points else 0:,} tokens"}
         results[row] = {**result, "load_start": load, "load_end": load_avg(), "cpu": cpu_model(),
                         "commit": git_commit(), "date": utc_now(), "command": command_line()}
         print(f"generation {row}: {'error ' + result['error'] if 'error' in result else 'done'}", flush=True)
@@ -358,14 +362,16 @@ def generation_section(gen: dict) -> str:
             "over the 4 layers of `mixer.state_size(t)` (floats; x4 bytes). Run under `/tmp/quiet/quiet.sh` (every "
             f"other python process paused); command `{first['command']}`, commit `{first['commit']}`, {first['date']}, "
             f"{first['cpu']}.\n\n")
-    cols = ["model", *[f"{r:,}: RSS MB / tok/s" for r in READINGS], "RSS growth 1k->16k (MB)",
-            "state_size floats 1k -> 16k (x4 B growth, MB)", "tok/s 16k vs 1k", "target"]
+    cols = ["model", *[f"{r:,}: RSS MB / tok/s" for r in READINGS], "RSS growth from 1k (MB)",
+            "state_size floats from 1k (x4 B growth, MB)", "tok/s last vs 1k", "target"]
     rows = []
     for row, r in gen.items():
-        if "error" in r:
-            rows.append([row, *["-"] * (len(READINGS) + 3), r["error"]])
+        if len(r.get("points", [])) < 2:
+            rows.append([row, *["-"] * (len(READINGS) + 3), r.get("error", "no readings")])
             continue
         pts, speeds = r["points"], segment_speeds(r["points"])
+        cells = [f"{p['rss_bytes'] / 2**20:,.0f} / {s:,.0f}" for p, s in zip(pts, speeds)]
+        cells += ["not reached"] * (len(READINGS) - len(cells))
         growth = (pts[-1]["rss_bytes"] - pts[0]["rss_bytes"]) / 2**20
         state_growth = (pts[-1]["state_floats"] - pts[0]["state_floats"]) * 4 / 2**20
         ratio = speeds[-1] / speeds[0]
@@ -377,8 +383,9 @@ def generation_section(gen: dict) -> str:
         else:
             target = (f"KV cache: RSS grew {growth:.1f} MB, state_size says {state_growth:.1f} MB "
                       f"({growth / state_growth:.2f}x)" if state_growth else "-")
-        rows.append([row, *[f"{p['rss_bytes'] / 2**20:,.0f} / {s:,.0f}" for p, s in zip(pts, speeds)],
-                     f"{growth:+.1f}", f"{pts[0]['state_floats']:,} -> {pts[-1]['state_floats']:,} ({state_growth:+.1f})",
+        if "error" in r:
+            target = f"{r['error']}; {target}"
+        rows.append([row, *cells, f"{growth:+.1f}", f"{pts[0]['state_floats']:,} -> {pts[-1]['state_floats']:,} ({state_growth:+.1f})",
                      f"{ratio:.2f}", target])
     return text + markdown_table(cols, rows) + "\n![generation](lm_generation.png)\n\n"
 
@@ -386,7 +393,7 @@ def generation_section(gen: dict) -> str:
 def plot_generation(gen: dict) -> None:
     from seqmix.apps.files import pyplot
 
-    ok = {k: v for k, v in gen.items() if "error" not in v}
+    ok = {k: v for k, v in gen.items() if len(v.get("points", [])) >= 2}
     if not ok:
         return
     plt = pyplot()

@@ -81,6 +81,9 @@ def test_generation_verdicts():
     growth = (kv[-1] - kv[0]) * 4 / 2**20
     assert f"KV cache: RSS grew {growth:.1f} MB, state_size says {growth:.1f} MB (1.00x)" in lines["softmax"]
     assert math.isclose(lm.segment_speeds(flat)[0], 1000.0)
+    cut = {**common(), "points": cache[:3], "error": "timeout (> 280 s) after 4,096 tokens"}  # a timed-out run
+    row = [line for line in lm.generation_section({"softmax": cut}).splitlines() if line.startswith("| softmax")][0]
+    assert row.count("not reached") == 2 and "timeout (> 280 s) after 4,096 tokens; KV cache" in row
 
 
 def common():
