@@ -492,3 +492,25 @@ def test_lmu_convpatch_config_is_the_benchmark_row():
                 if k in ("patch", "d_model", "depth")}
     assert {**defaults, **row.keywords, "mixer": None} == {**backbone, "mixer": None}
     assert row.keywords["mixer"].keywords == mixer["init_args"]
+
+
+def test_cpu_budget_clock_follows_process_time(monkeypatch):
+    import time
+
+    from seqmix.apps.vision.model import ImageClassifier
+
+    clocks = {"wall": 100.0, "cpu": 10.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clocks["wall"])
+    monkeypatch.setattr(time, "process_time", lambda: clocks["cpu"])
+    model = ImageClassifier(lambda c, n, s: torch.nn.Linear(1, 1), warmup_steps=1, budget_minutes=1.0,
+                            budget_clock="cpu")
+    model.on_train_start()
+    clocks["wall"] += 600.0  # ten wall minutes, other jobs had the cores: 30 CPU seconds of this process
+    clocks["cpu"] += 30.0
+    assert model.schedule_progress(50, 1, 0) == pytest.approx(0.5)
+    wall = ImageClassifier(lambda c, n, s: torch.nn.Linear(1, 1), warmup_steps=1, budget_minutes=1.0)
+    wall.on_train_start()
+    clocks["wall"] += 30.0
+    assert wall.schedule_progress(50, 1, 0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="budget_clock must be 'wall' or 'cpu'"):
+        ImageClassifier(lambda c, n, s: torch.nn.Linear(1, 1), budget_minutes=1.0, budget_clock="gpu")
