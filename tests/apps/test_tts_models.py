@@ -113,7 +113,7 @@ def test_inference_stops_at_the_stop_token_or_the_limit():
         net.stop_out.bias.fill_(-10.0)  # never stop: cut at max_frames (60 frames = 30 steps)
     never = net.infer(phonemes, lengths)
     assert never.lengths.tolist() == [60, 60] and not never.stopped.any()
-    assert net.infer(phonemes, lengths, max_frames=7).lengths.tolist() == [8, 8]  # 4 steps of 2 frames
+    assert net.infer(phonemes, lengths, max_frames=7).lengths.tolist() == [6, 6]  # 3 whole steps of 2 frames
 
 
 def test_loss_targets_by_hand():
@@ -198,6 +198,18 @@ def test_predict_writes_speech_and_a_plot(checkpoint, tmp_path, capsys):
     wav, rate = read_wav(out)
     assert rate == 22050 and 0 < len(wav) <= 0.5 * 22050 + 256 and len(wav) % 256 == 0
     assert png.stat().st_size > 1000
+    hifigan = tmp_path / "hifigan.wav"
+    assert main(["tts", "predict", "--ckpt", str(checkpoint), "--text", "We test it.", "--out", str(hifigan),
+                 "--vocoder", "hifigan", "--max-seconds", "0.3"]) == 0
+    assert 0 < len(read_wav(hifigan)[0]) <= 0.3 * 22050 + 256
+
+
+def test_test_command_scores_a_checkpoint(corpus, checkpoint, tmp_path, capsys):
+    assert main(["tts", "test", "--config", str(CONFIGS / "transformer_tts.yaml"), "--data.manifest", str(corpus),
+                 "--ckpt_path", str(checkpoint), "--trainer.default_root_dir", str(tmp_path), *FIT_ARGS]) == 0
+    printed = capsys.readouterr().out
+    for key in ("test/mel_l1", "test/stop_acc", "test/free_mel_l1", "test/duration_ratio", "test/diagonality"):
+        assert key in printed
 
 
 def one_line_error(argv: list[str]) -> str:

@@ -6,7 +6,8 @@ A :class:`TTSNetwork` maps phoneme ids to log-mel frames (the features of :mod:`
   [B, T, 80]`` -> a :class:`TTSOutput` (the mel before and after the post-net, one stop logit per decoder step,
   the encoder-decoder alignment when the network has one);
 - :meth:`TTSNetwork.infer` (free running): phonemes -> a :class:`Synthesis`, generated step by step from the
-  network's own frames until its stop token fires or ``max_frames`` is reached (never longer).
+  network's own frames until its stop token fires or ``max_frames`` is reached: at most ``max_frames // r``
+  whole steps (at least one), so never more than ``max_frames`` frames for ``max_frames >= r``.
 
 Layers shared by Transformer TTS (Li et al. 2019, :mod:`.transformer_tts`) and the Tacotron-2-style baseline
 (Shen et al. 2018, :mod:`.tacotron`), both from Tacotron 2's Section 2:

@@ -172,7 +172,7 @@ class Tacotron2(TTSNetwork):
         previous = memory.new_zeros(b, N_MELS)  # the go frame
         ended = torch.zeros(b, dtype=torch.bool, device=memory.device)
         frames, stops, weights = [], [], []
-        for _ in range(self.steps_of(limit)):
+        for _ in range(max(1, limit // self.frames_per_step)):
             f, stop, w, state = self._step(self.prenet(previous), state, memory, keys, mask)
             fired = torch.sigmoid(stop) > stop_threshold
             frames.append(f)

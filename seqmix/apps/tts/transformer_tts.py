@@ -170,7 +170,7 @@ class TransformerTTS(TTSNetwork):
               stop_threshold: float = 0.5) -> Synthesis:
         """Free running (module docstring): at most ``max_frames`` (default: the network's) frames."""
         limit = self.max_frames if max_frames is None else check_int("TransformerTTS.infer", "max_frames", max_frames)
-        max_steps = min(self.steps_of(limit), self.decoder_position.table.shape[0])
+        max_steps = min(max(1, limit // self.frames_per_step), self.decoder_position.table.shape[0])
         h, mask = self.encode(phonemes, phoneme_lengths)
         b = h.shape[0]
         states = self.decoder.init_states(b, h.device, h.dtype, context=h, context_mask=mask)
