@@ -114,23 +114,34 @@ class BICOObjective(nn.Module):
         return F.cross_entropy(logits.float(), targets[:, :-1][predicting])
 
 
-def bidirectional_nats(net: nn.Module, objective: BICOObjective, prompt: list[int], continuation: list[int]) -> Tensor:
-    """``[len(continuation)]`` nats of each continuation token in BICO's mode: token ``j`` from the input
-    ``prompt + continuation[:j] + [m]``, read at the position before ``[m]`` (one padded batch)."""
-    if not prompt or not continuation:
-        raise ValueError("bidirectional_nats: the prompt and the continuation need at least one token each")
-    n, p = len(continuation), len(prompt)
-    length = p + n  # the longest input: prompt, n - 1 continuation tokens, the mask
+def bidirectional_nats(net: nn.Module, objective: BICOObjective, prompt: list[int],
+                       continuations: list[list[int]], batch_rows: int = 256) -> list[Tensor]:
+    """Each continuation's ``[len(c)]`` nats in BICO's mode: token ``j`` of ``c`` from the input
+    ``prompt + c[:j] + [m]``, read at the position before ``[m]`` (right-padded batches of ``batch_rows`` inputs,
+    a key mask over the padding)."""
+    if not prompt or not continuations or not all(continuations):
+        raise ValueError("bidirectional_nats: the prompt and every continuation need at least one token")
+    p = len(prompt)
+    rows = [(c, j) for c in range(len(continuations)) for j in range(len(continuations[c]))]
     device = objective.mask_vector.device
-    tokens = torch.zeros(n, length, dtype=torch.long, device=device)  # [n, P + n]
-    masked = torch.zeros(n, length, dtype=torch.bool, device=device)
-    keys = torch.zeros(n, length, dtype=torch.bool, device=device)
-    sequence = torch.tensor(prompt + continuation, device=device)
-    for j in range(n):
-        tokens[j, :p + j] = sequence[:p + j]
-        masked[j, p + j] = True
-        keys[j, :p + j + 1] = True
-    hidden = objective.masked_hidden(net, tokens, masked, key_mask=keys)  # [n, P + n, D]
-    rows = torch.arange(n, device=device)
-    logits = net.token_logits(hidden[rows, p + rows - 1])  # [n, V]: the position before each mask
-    return F.cross_entropy(logits.float(), sequence[p:], reduction="none")  # [n]
+    nats = torch.empty(len(rows), device=device)
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start:start + batch_rows]
+        length = p + max(j for _, j in chunk) + 1  # the prompt, j continuation tokens, the mask
+        tokens = torch.zeros(len(chunk), length, dtype=torch.long, device=device)  # [R, L]
+        masked = torch.zeros(len(chunk), length, dtype=torch.bool, device=device)
+        keys = torch.zeros(len(chunk), length, dtype=torch.bool, device=device)
+        for r, (c, j) in enumerate(chunk):
+            tokens[r, :p + j] = torch.tensor(prompt + continuations[c][:j], device=device)
+            masked[r, p + j] = True
+            keys[r, :p + j + 1] = True
+        hidden = objective.masked_hidden(net, tokens, masked, key_mask=keys)  # [R, L, D]
+        before = torch.tensor([p + j - 1 for _, j in chunk], device=device)  # the position before each mask
+        logits = net.token_logits(hidden[torch.arange(len(chunk), device=device), before])  # [R, V]
+        wanted = torch.tensor([continuations[c][j] for c, j in chunk], device=device)
+        nats[start:start + len(chunk)] = F.cross_entropy(logits.float(), wanted, reduction="none")
+    out, at = [], 0
+    for c in continuations:
+        out.append(nats[at:at + len(c)])
+        at += len(c)
+    return out
