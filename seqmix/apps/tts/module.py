@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -121,6 +123,8 @@ class TTSModule(TimeBudgetSchedule, StagedModule):
         warmup_steps, schedule: linear warm-up, then constant or a cosine decay to 10%.
         budget_minutes: the cosine spans this many minutes of training instead of the steps (pair it with
             ``trainer.max_time``); None: the steps.
+        budget_clock: the clock ``budget_minutes`` counts: 'wall', or 'cpu' (this process's CPU time: a budget
+            on a shared machine, where other jobs take the cores; the run's stop must count the same clock).
         free_running_batches: validation / test batches also synthesised free running (0: none).
     """
 
@@ -128,7 +132,8 @@ class TTSModule(TimeBudgetSchedule, StagedModule):
                  stop_pos_weight: float = 5.0, stop_loss_weight: float = 1.0, guided_attention_weight: float = 0.0,
                  guided_attention_sigma: float = 0.2, lr: float = 1e-3, weight_decay: float = 1e-6,
                  warmup_steps: int = 100, schedule: Literal["constant", "cosine"] = "cosine",
-                 budget_minutes: float | None = None, free_running_batches: int = 1):
+                 budget_minutes: float | None = None, free_running_batches: int = 1,
+                 budget_clock: Literal["wall", "cpu"] = "wall"):
         super().__init__()
         owner = "TTSModule"
         if mel_loss not in ("l1", "l2"):
@@ -146,6 +151,9 @@ class TTSModule(TimeBudgetSchedule, StagedModule):
         check_int(owner, "free_running_batches", free_running_batches, minimum=0)
         if budget_minutes is not None and not budget_minutes > 0:
             raise ValueError(f"{owner}: budget_minutes must be > 0 or None, got {budget_minutes}")
+        if budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"{owner}: budget_clock must be 'wall' or 'cpu' (this process's CPU time), got "
+                             f"{budget_clock!r}")
         if not isinstance(symbols, (list, tuple)) or not all(isinstance(s, str) for s in symbols):
             raise ValueError(f"{owner}: symbols must be the phoneme vocabulary (linked from data.symbols), got "
                              f"{type(symbols).__name__}")
@@ -158,6 +166,10 @@ class TTSModule(TimeBudgetSchedule, StagedModule):
         if guided_attention_weight > 0 and not self.network.has_alignment:
             raise ValueError(f"{owner}: guided_attention_weight={guided_attention_weight} needs an alignment, and "
                              f"this {type(self.network).__name__} gives none (a softmax cross mixer does); set it to 0")
+
+    def budget_clock(self) -> float:
+        """``budget_clock="cpu"``: the cosine follows this process's CPU time, else wall time."""
+        return time.process_time() if self.hparams.get("budget_clock", "wall") == "cpu" else time.perf_counter()
 
     def loss_parts(self, batch: TTSBatch) -> dict[str, Tensor]:
         h = self.hparams
