@@ -9,6 +9,7 @@ import torch
 
 from seqmix.core import build_mixer
 from seqmix.core.mixers.lightnet import MDTPE, LightNet, toeplitz_fft, toeplitz_naive
+from tests.core.mixer_checks import impl_outputs_and_grads
 
 D = 6
 
@@ -97,15 +98,7 @@ def test_mixer_fft_form_equals_naive_outputs_and_all_gradients(t, dtype, ratio, 
     for net in mixer.mdtpe.rpe:
         torch.nn.init.normal_(net[-1].weight, std=0.2)
     x = torch.randn(2, t, 32, dtype=dtype)
-    results = {}
-    for impl in ("naive", "chunk"):
-        mixer.impl = impl
-        mixer.zero_grad()
-        xi = x.clone().requires_grad_()
-        y = mixer(xi)
-        y.backward(torch.sin(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
-        results[impl] = (y.detach(), {"x": xi.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()
-                                                       if p.grad is not None}})
+    results = impl_outputs_and_grads(mixer, x)
     (y_ref, g_ref), (y_fast, g_fast) = results["naive"], results["chunk"]
     assert_rel_close(y_fast, y_ref, ratio, f"T={t} output")
     assert g_fast.keys() == g_ref.keys() and "mdtpe.rpe.1.2.weight" in g_ref

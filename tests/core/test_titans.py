@@ -12,6 +12,7 @@ from seqmix.core import build_mixer
 from seqmix.core.layers import merge_heads, split_heads
 from seqmix.kernels.attention import attention_naive
 from seqmix.kernels.titans import memory_apply
+from tests.core.mixer_checks import impl_outputs_and_grads
 
 D = 16
 LAYOUTS = {"MAL": {}, "MAG": {"window": 5}, "MAC": {"segment_size": 6}}
@@ -94,13 +95,7 @@ def test_linear_memory_small_chunks_chunk_equals_naive_and_steps(assert_rel_clos
     step token by token equals forward across the chunk boundaries."""
     mixer = _mixer(memory_depth=1, n_persistent=2)
     x = torch.randn(2, 19, D)
-    results = {}
-    for impl in ("naive", "chunk"):
-        mixer.impl = impl
-        mixer.zero_grad()
-        y = mixer(x)
-        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
-        results[impl] = y.detach(), {n: p.grad.clone() for n, p in mixer.named_parameters()}
+    results = impl_outputs_and_grads(mixer, x)
     assert_rel_close(results["chunk"][0], results["naive"][0], 1e-5, "output")
     for n, g in results["naive"][1].items():
         assert_rel_close(results["chunk"][1][n], g, 1e-5, f"grad {n}")
@@ -173,14 +168,7 @@ def test_layout_chunk_equals_naive_with_a_linear_memory(layout, assert_rel_close
     gradients (input included)."""
     mixer = _mixer(memory_depth=1, n_persistent=2, layout=layout, **LAYOUTS[layout])
     x = torch.randn(2, 19, D)
-    results = {}
-    for impl in ("naive", "chunk"):
-        mixer.impl = impl
-        mixer.zero_grad()
-        xi = x.clone().requires_grad_()
-        y = mixer(xi)
-        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
-        results[impl] = y.detach(), {"x": xi.grad, **{n: p.grad.clone() for n, p in mixer.named_parameters()}}
+    results = impl_outputs_and_grads(mixer, x)
     assert_rel_close(results["chunk"][0], results["naive"][0], 1e-5, f"{layout} output")
     for n, g in results["naive"][1].items():
         assert_rel_close(results["chunk"][1][n], g, 1e-5, f"{layout} grad {n}")
