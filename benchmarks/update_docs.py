@@ -89,6 +89,26 @@ HEADLINES = (
              r"\| blobs \| 100,000 \| 16 \| phdbscan \| (?P<p>[\d.]+) \|.*?"
              r"\| blobs \| 100,000 \| 16 \| hdbscan \| (?P<h>[\d.]+) \|[^\n]*?\| (?P<x>[\d.]+x) \|",
              "{p} s vs {h} s ({x} faster)", "-", "pHDBSCAN"),
+    Headline("Chunked kernel op vs its sequential reference, T=4096 fwd+bwd (issue 30)", "kernels_chunk_vs_naive",
+             r"^\| mamba \| `selective_scan` \|[^|]*\|[^|]*\| (?P<mamba>[\d.]+x) \|.*?"
+             r"^\| mlstm \| `chunk_mlstm` \|[^|]*\|[^|]*\| (?P<mlstm>[\d.]+x) \|.*?"
+             r"^\| lightnet \| `chunk_gla` \|[^|]*\|[^|]*\| (?P<lightnet>[\d.]+x) \|.*?"
+             r"^\| lmu \| `lmu_memory` \|[^|]*\|[^|]*\| (?P<lmu>[\d.]+x) \|.*?"
+             r"^\| jrt_rnn \| [^|]*\|[^|]*\|[^|]*\| (?P<jrt>[\d.]+x) \|",
+             "Mamba {mamba}, mLSTM {mlstm}, LightNet {lightnet}, LMU {lmu}, JRT-RNN {jrt}", ">= 5x",
+             "Mixer speed on the CPU"),
+    Headline("ACLSum highlighter, test ROUGE-L per aspect vs the best single-sentence heuristic (3 seeds)",
+             "summarization",
+             r"Highlighter test ROUGE-L [^:]*: \*\*(?P<met>\w+)\*\* — challenge (?P<c>[\d.]+) vs (?P<hc>[\d.]+) [^;]*; "
+             r"approach (?P<a>[\d.]+) vs (?P<ha>[\d.]+) [^;]*; outcome (?P<o>[\d.]+) vs (?P<ho>[\d.]+)",
+             "{c} / {a} / {o} vs {hc} / {ha} / {ho} ({met})", "above, every aspect", "Summarization, ACLSum"),
+    Headline("ACLSum summarizer, test ROUGE-1 per aspect vs the best single-sentence heuristic (3 seeds)",
+             "summarization",
+             r"Summarizer \(`summarizer_small.yaml`\) test ROUGE-1 [^:]*: \*\*(?P<met>\w+)\*\* \((?P<n>\d) of 3\) — "
+             r"challenge (?P<c>[\d.]+) vs (?P<hc>[\d.]+) [^;]*; approach (?P<a>[\d.]+) vs (?P<ha>[\d.]+) [^;]*; "
+             r"outcome (?P<o>[\d.]+) vs (?P<ho>[\d.]+)",
+             "{c} / {a} / {o} vs {hc} / {ha} / {ho} ({met}, {n} of 3)", "above for >= 2 of 3 aspects",
+             "Summarization, ACLSum"),
     Headline("Fashion-MNIST test accuracy, a 30-minute CPU training budget", "vision",
              r"^\| BiFormer-T \(scaled\) \| (?P<bra>[\d.]+) \|.*?^\| MambaOut-Femto \(scaled\) \| (?P<mo>[\d.]+) \|",
              "MambaOut-Femto {mo}%, BiFormer-T {bra}% (both scaled to 28x28)", ">= 93%", "Vision, Fashion-MNIST"),
