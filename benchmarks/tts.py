@@ -36,13 +36,15 @@ from pytorch_lightning import Callback
 
 from benchmarks.common import (RESULTS_DIR, Stopwatch, add_cached_run, file_digest, git_commit, header,
                                markdown_table, read_run_cache, save_figure, time_calls, utc_now, write_result)
-from seqmix.apps.tts.audio import HOP, SAMPLE_RATE, griffin_lim, read_wav
+from seqmix.apps.tts.audio import HOP, SAMPLE_RATE, griffin_lim, mel_spectrogram, read_wav
 from seqmix.apps.tts.commands import load_model, synthesise
 from seqmix.apps.tts.data import PhonemeVocabulary, TTSDataModule, collate
 from seqmix.apps.tts.metrics import mcd_dtw
 from seqmix.apps.tts.module import diagonality, step_targets
+from seqmix.apps.tts.recognizer import load_recognizer, phoneme_error_rate, recognition_symbols
 
 RUNS = RESULTS_DIR / "tts_runs.json"
+RECOGNIZER = Path("checkpoints/tts/recognizer.pt")  # benchmarks/tts_recognizer.py
 TEN_WORDS = "The model reads a short sentence and speaks it aloud."  # 10 words
 PAPER_SPEEDUP = 4.25  # Li et al. 2019: Transformer TTS trains 4.25x faster per step than Tacotron 2
 
@@ -94,9 +96,22 @@ def test_data(limit: int, symbols: list[str]) -> TTSDataModule:
     return data
 
 
-def score(name: str, limit: int) -> dict:
+def transcribe(recognizer, audio: torch.Tensor) -> str:
+    """The recogniser's greedy transcript of ``audio [N]`` (its log-mels, as the training audio's)."""
+    mel = mel_spectrogram(audio).T[None]  # [80, T] -> [1, T, 80]
+    return "".join(recognizer.transcribe(mel, torch.tensor([mel.shape[1]]))[0])
+
+
+def score(name: str, limit: int, hifigan_limit: int = 0) -> dict:
+    """Scores of ``name``'s checkpoint on the first ``limit`` test sentences (module docstring); the first
+    ``hifigan_limit`` also through HiFi-GAN (MCD-DTW and the recogniser's transcript)."""
+    from seqmix.apps.tts.vocoder import load_hifigan
+
     run = read_run_cache(RUNS)[f"train:{name}"]
     model = load_model(run["checkpoint"])
+    recognizer = load_recognizer(RECOGNIZER)
+    generator = load_hifigan("universal") if hifigan_limit else None
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
     network = model.network
     data = test_data(limit, network.symbols)
     entries = data.splits["test"].entries
@@ -126,17 +141,25 @@ def score(name: str, limit: int) -> dict:
                      "free_mel_l1": float((synthesis.mels[0, :common] - batch.mels[0, :common]).abs().mean()),
                      "duration_ratio": length / frames, "stopped": bool(synthesis.stopped[0]),
                      "mcd": mcd_dtw(audio, reference), "synth_s": synth_s, "vocoder_s": vocoder_s,
-                     "seconds": length * HOP / SAMPLE_RATE})
+                     "seconds": length * HOP / SAMPLE_RATE, "reference": "".join(recognition_symbols(entry.phonemes)),
+                     "gl_transcript": transcribe(recognizer, audio)})
+        if n < hifigan_limit:
+            with torch.inference_mode():
+                audio = generator(synthesis.mels[0, :length].T)
+            rows[-1].update({"hifigan_mcd": mcd_dtw(audio, reference), "hifigan_transcript": transcribe(recognizer, audio)})
         print(f"{name} {n + 1}/{len(entries)} {entry.id}: MCD-DTW {rows[-1]['mcd']:.2f} dB, duration ratio "
-              f"{rows[-1]['duration_ratio']:.2f}", flush=True)
+              f"{rows[-1]['duration_ratio']:.2f}, {time.process_time() - start_cpu:.0f} CPU s", flush=True)
+    scoring = {"wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu}
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     _, synthesis = synthesise(model, TEN_WORDS)
     length = int(synthesis.lengths[0])
     griffin_lim(synthesis.mels[0, :length].T)
     predict = {"text": TEN_WORDS, "wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu,
                "audio_s": length * HOP / SAMPLE_RATE, "stopped": bool(synthesis.stopped[0])}
-    result = {"name": name, "limit": limit, "checkpoint_sha": file_digest(Path(run["checkpoint"])), "rows": rows,
-              "predict": predict, "commit": git_commit(), "date": utc_now()}
+    result = {"name": name, "limit": limit, "hifigan_limit": min(hifigan_limit, len(rows)),
+              "checkpoint_sha": file_digest(Path(run["checkpoint"])), "recognizer_sha": file_digest(RECOGNIZER),
+              "rows": rows, "predict": predict, "scoring": scoring, "threads": torch.get_num_threads(),
+              "load": list(__import__("os").getloadavg()), "commit": git_commit(), "date": utc_now()}
     add_cached_run(RUNS, f"score:{name}", result)
     return result
 
@@ -269,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score", nargs="*", default=[], metavar="NAME")
     parser.add_argument("--limit", type=int, default=20, help="test sentences scored")
+    parser.add_argument("--hifigan-limit", type=int, default=0, help="of which also vocoded by HiFi-GAN")
     parser.add_argument("--time-steps", nargs="*", default=[], metavar="NAME")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -282,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--train takes NAME=CONFIG, got {spec!r}")
         train(name, config, args.cpu_minutes, args.max_steps, shlex.split(args.fit_args), args.seed)
     for name in args.score:
-        score(name, args.limit)
+        score(name, args.limit, args.hifigan_limit)
     if args.time_steps:
         time_steps(args.time_steps, args.batch_size, args.repeats)
     if args.render or args.train or args.score or args.time_steps:
