@@ -120,7 +120,8 @@ def train(args) -> dict:
     run = {"steps": step, "wall_s": watch.wall_s, "cpu_s": watch.cpu_s, "cpu_minutes": args.cpu_minutes,
            "val_per": val_per, "val_sentences": len(val_refs), "log": log, "checkpoint": str(path),
            "checkpoint_sha": file_digest(path), "params": sum(p.numel() for p in model.parameters()),
-           "config": {k: v for k, v in config.items() if k != "symbols"}, "seed": args.seed, "lr": args.lr,
+           "config": {k: v for k, v in config.items() if k != "symbols"}, "n_symbols": len(symbols) - 1,
+           "seed": args.seed, "lr": args.lr,
            "batch_size": args.batch_size, "threads": torch.get_num_threads(), "commit": git_commit(),
            "date": utc_now(), "command": "python -m benchmarks.tts_recognizer " + " ".join(args.argv)}
     add_cached_run(RUNS, "recognizer", run)
@@ -151,7 +152,8 @@ def score_real(args) -> None:
         hyps = transcripts(model, mels)
         per = phoneme_error_rate(refs, hyps)
         add_cached_run(RUNS, f"per:{kind}", {
-            "ids": [e.id for e in entries[: len(mels)]], "hypotheses": ["".join(h) for h in hyps], "per": per,
+            "ids": [e.id for e in entries[: len(mels)]], "hypotheses": ["".join(h) for h in hyps],
+            "references": ["".join(r) for r in refs], "per": per,
             "recognizer_sha": file_digest(Path(args.out)), "commit": git_commit(), "date": utc_now()})
         print(f"PER {kind} ({len(mels)} test sentences): {per:.3f}", flush=True)
 
