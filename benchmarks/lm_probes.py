@@ -37,8 +37,8 @@ def load(ckpt: str):
 
 def describe(module) -> str:
     h = module.hparams
-    mixer = h.get("mixer") or {}
-    name = mixer.get("class_path", "?").rsplit(".", 1)[-1] if isinstance(mixer, dict) else "?"
+    names = [type(block.mixer).__name__ for block in module.net.stack.blocks]  # hparams.mixer is a callable here
+    name = names[0] if len(set(names)) == 1 else " + ".join(names)
     params = sum(p.numel() for p in module.net.parameters())
     return f"{name}, d_model {h.d_model}, {h.n_layers} layers, positions {h.positions}, context {h.max_len}, {params:,} parameters"
 
