@@ -88,6 +88,27 @@ def test_loss_reads_the_masked_positions_only():
     assert not torch.allclose(bico(net, inputs, padded, generator=g()), loss)
 
 
+def test_end_masks_put_one_mask_where_the_visible_text_ends():
+    bico = BICOObjective(16, end_ratio=0.5)
+    spans = span_mask(64, 20, ratio=0.3, span=4, generator=torch.Generator().manual_seed(0))
+    keys = torch.ones(64, 20, dtype=torch.bool)
+    keys[:32, 15:] = False  # half the rows right-padded after 15 tokens
+    masked, ends = bico.end_masks(spans, keys, torch.Generator().manual_seed(1))
+    changed = (masked != spans).any(1)
+    assert 10 < int(changed.sum()) < 54  # about end_ratio of the rows
+    for row in changed.nonzero().flatten().tolist():
+        (cut,) = masked[row].nonzero().flatten().tolist()  # one mask, inside the row's real tokens
+        assert 1 <= cut <= int(keys[row].sum()) - 1
+        assert ends[row].tolist() == [i <= cut for i in range(20)]  # nothing after the mask is visible
+    assert torch.equal(masked[~changed], spans[~changed]) and torch.equal(ends[~changed], keys[~changed])
+    net = tiny_net()
+    inputs = torch.randint(0, 40, (4, 12))
+    loss = bico(net, inputs, torch.roll(inputs, -1, 1), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"BICOObjective: end_ratio must lie in \[0, 1\)"):
+        BICOObjective(16, end_ratio=1.0)
+
+
 def test_bidirectional_nats_reads_the_position_before_the_mask():
     net = tiny_net().eval()
     bico = BICOObjective(16)

@@ -14,6 +14,11 @@ What is implemented (the abstract's two changes, in our notation):
 
        L_BICO = - 1/|M| sum_{i in M} log p(x_i | h_{i-1}(x~)),   h = bidirectional stack(x~)
 
+Ours, off by default (``end_ratio``): a fraction of the rows is trained in the layout that BICO's mode is
+scored in, a single mask at a random position ``k`` with everything after it hidden (key mask):
+``x_0 .. x_{k-1} [m]`` predicts ``x_k`` from ``h_{k-1}``. Span masks alone always leave text on the right of
+a span, so a model fine-tuned with them meets a mask at the end of the input only at test time.
+
 Inference in BICO's mode (:func:`bidirectional_nats`): a continuation ``c`` of a prompt ``p`` is scored token
 by token as in training: ``p c_{<j} [m]`` read at the position before ``[m]``, all in one batch with a key
 mask over the padding. The model's ordinary causal mode (next-token generation) is untouched.
@@ -82,15 +87,20 @@ class BICOObjective(nn.Module):
         d_model: D, the LM's width.
         mask_ratio: about this fraction of each window's tokens is masked, in (0, 1).
         span: tokens per masked span.
+        end_ratio: the fraction of rows trained with one mask at a random position and the rest hidden (the
+            layout BICO's mode is scored in; ours, module docstring), in [0, 1); 0 = span masks only.
     """
 
-    def __init__(self, d_model: int, *, mask_ratio: float = 0.3, span: int = 4):
+    def __init__(self, d_model: int, *, mask_ratio: float = 0.3, span: int = 4, end_ratio: float = 0.0):
         super().__init__()
         check_int(type(self).__name__, "span", span, meaning="tokens per masked span, e.g. 4")
         if not 0 < mask_ratio < 1:
             raise ValueError(f"BICOObjective: mask_ratio must lie in (0, 1) (the fraction of tokens masked), got "
                              f"{mask_ratio}")
-        self.mask_ratio, self.span = mask_ratio, span
+        if not 0 <= end_ratio < 1:
+            raise ValueError(f"BICOObjective: end_ratio must lie in [0, 1) (the fraction of rows masked at a random "
+                             f"end; 0 = span masks only), got {end_ratio}")
+        self.mask_ratio, self.span, self.end_ratio = mask_ratio, span, end_ratio
         self.mask_vector = nn.Parameter(torch.randn(d_model) * 0.02)  # m: [D]
 
     def masked_hidden(self, net: nn.Module, tokens: Tensor, masked: Tensor, key_mask: Tensor | None = None) -> Tensor:
@@ -101,12 +111,29 @@ class BICOObjective(nn.Module):
         with bidirectional(net.stack):
             return net.stack(x, mask=key_mask)
 
+    def end_masks(self, masked: Tensor, key_mask: Tensor | None,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``end_ratio`` of the rows of ``masked, key_mask: [B, T]`` replaced by one mask at a random position
+        ``k`` in ``1 .. n - 1`` (``n`` the row's real tokens, right padding) and the key mask ending there."""
+        b, t = masked.shape
+        keys = key_mask if key_mask is not None else torch.ones_like(masked)
+        rows = (torch.rand(b, generator=generator) < self.end_ratio).to(masked.device)  # [B]
+        real = keys.sum(1)  # [B]
+        cut = 1 + (torch.rand(b, generator=generator).to(masked.device) * (real - 1).clamp(min=1)).long()  # [B]
+        cut = torch.minimum(cut, (real - 1).clamp(min=1))
+        position = torch.arange(t, device=masked.device)  # [T]
+        end_masked = position == cut[:, None]  # [B, T]
+        end_keys = (position <= cut[:, None]) & keys  # [B, T]
+        return torch.where(rows[:, None], end_masked, masked), torch.where(rows[:, None], end_keys, keys)
+
     def forward(self, net: nn.Module, inputs: Tensor, targets: Tensor,
                 generator: torch.Generator | None = None, key_mask: Tensor | None = None) -> Tensor:
         """``L_BICO`` of a window: ``inputs, targets: [B, T]`` (``targets[:, t] = inputs[:, t + 1]``; padding has
         IGNORE_INDEX targets and, with ``key_mask: [B, T]`` (True = a real token), is hidden from attention)."""
         b, t = inputs.shape
         masked = span_mask(b, t, ratio=self.mask_ratio, span=self.span, generator=generator, device=inputs.device)
+        if self.end_ratio > 0:
+            masked, key_mask = self.end_masks(masked, key_mask, generator)
         hidden = self.masked_hidden(net, inputs, masked, key_mask=key_mask)  # [B, T, D]
         # the output at i - 1 predicts the masked input i: targets[:, i - 1] == inputs[:, i]
         predicting = masked[:, 1:] & (targets[:, :-1] != IGNORE_INDEX)  # [B, T - 1]: output i - 1 of masked input i

@@ -286,14 +286,16 @@ def fact_batch(tokenizer, facts: Sequence[dict]) -> tuple[Tensor, Tensor, Tensor
 
 
 def finetune_on_facts(net, tokenizer, facts: Sequence[dict], *, objective: str, steps: int = 200, lr: float = 1e-3,
-                      seed: int = 0, mask_ratio: float = 0.3, span: int = 4) -> BICOObjective | None:
+                      seed: int = 0, mask_ratio: float = 0.3, span: int = 4,
+                      end_ratio: float = 0.0) -> BICOObjective | None:
     """Fine-tune ``net`` in place on the facts (every fact in every step): ``next_token`` (causal cross-entropy)
     or ``bico`` (:class:`BICOObjective`, returned, its mask vector trained too). Deterministic in ``seed``."""
     if objective not in ("next_token", "bico"):
         raise ValueError(f"reversal: objective={objective!r} is unknown; choose 'next_token' or 'bico'")
     check_int("reversal", "steps", steps, meaning="fine-tuning steps")
     torch.manual_seed(seed)
-    bico = BICOObjective(net.embed.embedding_dim, mask_ratio=mask_ratio, span=span) if objective == "bico" else None
+    bico = (BICOObjective(net.embed.embedding_dim, mask_ratio=mask_ratio, span=span, end_ratio=end_ratio)
+            if objective == "bico" else None)
     params = list(net.parameters()) + (list(bico.parameters()) if bico is not None else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
@@ -383,7 +385,8 @@ class ProbeFiles:
 
 # ------------------------------------------------------------------ reversal experiment, tables, figures
 def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], objectives: Sequence[str],
-                        steps: int, n_facts: int, folder: Path | None = None) -> list[dict]:
+                        steps: int, n_facts: int, folder: Path | None = None, lr: float = 1e-3,
+                        end_ratio: float = 0.0) -> list[dict]:
     """For each seed: the facts (written to ``folder/reversal_facts_seed<s>.jsonl`` when given), then for each
     objective a fresh copy of the base network (``module_factory()``) fine-tuned on them and asked both ways.
     Rows ``{"seed", "objective", "mode", "a_to_b", "b_to_a", "chance"}``; BICO rows in both scoring modes."""
@@ -396,7 +399,8 @@ def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], obje
             write_jsonl(folder / f"reversal_facts_seed{seed}.jsonl", facts)
         for objective in objectives:
             net = module_factory().net
-            bico = finetune_on_facts(net, tokenizer, facts, objective=objective, steps=steps, seed=seed)
+            bico = finetune_on_facts(net, tokenizer, facts, objective=objective, steps=steps, seed=seed, lr=lr,
+                                     end_ratio=end_ratio)
             modes = [("causal", None)] + ([("bidirectional", bico)] if bico is not None else [])
             for mode, scorer in modes:
                 rows.append({"seed": seed, "objective": objective, "mode": mode,
