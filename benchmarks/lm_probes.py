@@ -51,8 +51,8 @@ def reversal(args) -> None:
     rows = reversal_experiment(lambda: load(args.ckpt), base.tokenizer, seeds=args.seeds, objectives=args.finetune,
                                steps=args.steps, n_facts=args.n_facts, folder=RESULTS_DIR / "lm_reversal_facts",
                                lr=args.lr, end_ratio=args.bico_end_ratio)
-    write_jsonl(RESULTS_DIR / "lm_reversal_rows.jsonl", rows)
-    reversal_figure(rows, RESULTS_DIR / "lm_reversal.png")
+    write_jsonl(RESULTS_DIR / f"{args.name}_rows.jsonl", rows)
+    reversal_figure(rows, RESULTS_DIR / f"{args.name}.png")
     seconds = cpu_seconds() - start
     text = header("Reversal curse: next-token vs BICO fine-tuning on fictitious facts", seeds=args.seeds, notes=[
         f"base model: `{args.ckpt}` (sha256 {file_digest(Path(args.ckpt))}): {describe(base)}",
@@ -68,9 +68,9 @@ def reversal(args) -> None:
         + "); scored in its own mode (each candidate token predicted before a mask vector, attention over the "
         "whole input) and causally as a plain LM",
         f"CPU seconds of the whole benchmark: {seconds:.0f} (torch threads {torch.get_num_threads()})",
-    ]) + reversal_table(rows) + "\n![reversal](lm_reversal.png)\n"
+    ]) + reversal_table(rows) + f"\n![reversal]({args.name}.png)\n"
     print(text)
-    write_result("lm_reversal", text)
+    write_result(args.name, text)
 
 
 def memory(args) -> None:
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rev.add_argument("--finetune", nargs="+", default=["next_token", "bico"])
     rev.add_argument("--steps", type=int, default=200)
     rev.add_argument("--n-facts", type=int, default=20)
+    rev.add_argument("--name", default="lm_reversal", help="results file name (benchmarks/results/<name>.md)")
     rev.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW)")
     rev.add_argument("--bico-end-ratio", type=float, default=0.0,
                      help="BICO: fraction of rows masked at a random end instead of in spans (ours; 0 = the paper's)")
