@@ -109,6 +109,11 @@ HEADLINES = (
              r"outcome (?P<o>[\d.]+) vs (?P<ho>[\d.]+)",
              "{c} / {a} / {o} vs {hc} / {ha} / {ho} ({met}, {n} of 3)", "above for >= 2 of 3 aspects",
              "Summarization, ACLSum"),
+    Headline("Shakespeare character LM, held-out plays: test bits per character of the best model", "lm",
+             r"test \*\*(?P<bpc>[\d.]+)\*\* bits per byte on the held-out plays \(target <= 2\.3: \*\*(?P<met>[\w ]+)\*\*\)"
+             r", val [\d.]+; (?P<steps>\d+) steps in (?P<cpu>[\d.]+) CPU-minutes",
+             "{bpc} ({met}; softmax + RoPE, {steps} steps, {cpu} CPU-minutes)", "<= 2.3",
+             "Language model, Shakespeare"),
     Headline("Fashion-MNIST test accuracy, a 30-minute CPU training budget", "vision",
              r"^\| BiFormer-T \(scaled\) \| (?P<bra>[\d.]+) \|.*?^\| MambaOut-Femto \(scaled\) \| (?P<mo>[\d.]+) \|",
              "MambaOut-Femto {mo}%, BiFormer-T {bra}% (both scaled to 28x28)", ">= 93%", "Vision, Fashion-MNIST"),
