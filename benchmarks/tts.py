@@ -102,9 +102,11 @@ def transcribe(recognizer, audio: torch.Tensor) -> str:
     return "".join(recognizer.transcribe(mel, torch.tensor([mel.shape[1]]))[0])
 
 
-def score(name: str, limit: int, hifigan_limit: int = 0) -> dict:
+def score(name: str, limit: int, hifigan_limit: int = 0, resume: bool = False) -> dict:
     """Scores of ``name``'s checkpoint on the first ``limit`` test sentences (module docstring); the first
-    ``hifigan_limit`` also through HiFi-GAN (MCD-DTW and the recogniser's transcript)."""
+    ``hifigan_limit`` also through HiFi-GAN (MCD-DTW and the recogniser's transcript). ``resume``: keep the
+    sentences a previous score of the same checkpoint has, score only the rest (each sentence is scored alone,
+    so the rows do not depend on the order; the pre-net's inference dropout draws from a seed per run)."""
     from seqmix.apps.tts.vocoder import load_hifigan
 
     run = read_run_cache(RUNS)[f"train:{name}"]
@@ -115,9 +117,16 @@ def score(name: str, limit: int, hifigan_limit: int = 0) -> dict:
     network = model.network
     data = test_data(limit, network.symbols)
     entries = data.splits["test"].entries
-    rows = []
+    rows, spent = [], {"wall_s": 0.0, "cpu_s": 0.0}
+    previous = read_run_cache(RUNS).get(f"score:{name}")
+    if resume and previous and previous["checkpoint_sha"] == file_digest(Path(run["checkpoint"])):
+        rows = previous["rows"][:limit]  # the first sentences, scored before (same checkpoint): kept
+        spent = previous.get("scoring", spent)
+        print(f"{name}: keeping the {len(rows)} sentences scored before", flush=True)
     torch.manual_seed(0)
     for n, entry in enumerate(entries):
+        if n < len(rows):
+            continue
         batch = collate([data.splits["test"][n]])
         with torch.no_grad():
             out = network(batch.phonemes, batch.phoneme_lengths, batch.mels)
@@ -149,7 +158,8 @@ def score(name: str, limit: int, hifigan_limit: int = 0) -> dict:
             rows[-1].update({"hifigan_mcd": mcd_dtw(audio, reference), "hifigan_transcript": transcribe(recognizer, audio)})
         print(f"{name} {n + 1}/{len(entries)} {entry.id}: MCD-DTW {rows[-1]['mcd']:.2f} dB, duration ratio "
               f"{rows[-1]['duration_ratio']:.2f}, {time.process_time() - start_cpu:.0f} CPU s", flush=True)
-    scoring = {"wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu}
+    scoring = {"wall_s": spent["wall_s"] + time.perf_counter() - start_wall,
+               "cpu_s": spent["cpu_s"] + time.process_time() - start_cpu}
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     _, synthesis = synthesise(model, TEN_WORDS)
     length = int(synthesis.lengths[0])
@@ -372,7 +382,17 @@ def render() -> Path:
         "training runs share the 2 cores with other jobs: wall seconds depend on the load, CPU seconds less so",
         "budget: process CPU minutes at 1 torch thread, the same for both models, run side by side; below the "
         "issue's 45 minutes x 2 cores because 8 helpers share the 2 cores (the two 12-CPU-minute runs took over an "
-        "hour of wall clock each)"])
+        "hour of wall clock each)",
+        "pipeline (each part's own command, commit and date are in tts_runs.json and below): `python -m "
+        "benchmarks.tts --threads 1 --train NAME=configs/tts/NAME.yaml --cpu-minutes 12 --max-steps 100000 "
+        "--fit-args '--data.max_frames 700 --trainer.limit_val_batches 2 --trainer.val_check_interval 60 "
+        "--trainer.enable_progress_bar false --trainer.log_every_n_steps 10 --model.budget_minutes 12 "
+        "--model.budget_clock cpu'` (the two side by side); `python -m benchmarks.tts_recognizer --train "
+        "--cpu-minutes 10 --threads 1 --lr 1.5e-3 --warmup 100 --eval-every 100`; `python -m "
+        "benchmarks.tts_recognizer --score-real --limit 200 --hifigan-limit 20 --threads 1`; under "
+        "/tmp/quiet/quiet.sh: `python -m benchmarks.tts --threads 1 --time-steps transformer_tts tacotron "
+        "--time-predict transformer_tts tacotron --repeats 3`; `python -m benchmarks.tts --threads 1 --score NAME "
+        "--limit 100 --hifigan-limit 20` (the two side by side)"])
     text += "## Training runs\n\n" + markdown_table(
         ["run", "config", "budget", "extra fit args", "steps", "wall s", "CPU s", "best val mel L1", "seed",
          "commit"],
@@ -448,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score", nargs="*", default=[], metavar="NAME")
     parser.add_argument("--limit", type=int, default=20, help="test sentences scored")
     parser.add_argument("--recognizer", default=str(RECOGNIZER), help="benchmarks/tts_recognizer.py's checkpoint")
+    parser.add_argument("--resume", action="store_true", help="--score: keep the sentences scored before")
     parser.add_argument("--hifigan-limit", type=int, default=0, help="of which also vocoded by HiFi-GAN")
     parser.add_argument("--time-steps", nargs="*", default=[], metavar="NAME")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -467,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--train takes NAME=CONFIG, got {spec!r}")
         train(name, config, args.cpu_minutes, args.max_steps, shlex.split(args.fit_args), args.seed)
     for name in args.score:
-        score(name, args.limit, args.hifigan_limit)
+        score(name, args.limit, args.hifigan_limit, args.resume)
     if args.time_steps:
         time_steps(args.time_steps, args.batch_size, args.repeats)
     if args.time_predict:
