@@ -50,7 +50,8 @@ def reversal(args) -> None:
     base = load(args.ckpt)
     rows = reversal_experiment(lambda: load(args.ckpt), base.tokenizer, seeds=args.seeds, objectives=args.finetune,
                                steps=args.steps, n_facts=args.n_facts, folder=RESULTS_DIR / "lm_reversal_facts",
-                               lr=args.lr, end_ratio=args.bico_end_ratio)
+                               lr=args.lr, mask_ratio=args.bico_mask_ratio, span=args.bico_span,
+                               end_ratio=args.bico_end_ratio)
     write_jsonl(RESULTS_DIR / f"{args.name}_rows.jsonl", rows)
     reversal_figure(rows, RESULTS_DIR / f"{args.name}.png")
     seconds = cpu_seconds() - start
@@ -62,7 +63,8 @@ def reversal(args) -> None:
         "from the base model's weights for each objective and seed",
         "asked both ways as multiple choice among every fact's description (A->B, prompt `<name> is`) or name "
         f"(B->A, prompt `<description> is`) by summed log-likelihood: chance {1 / args.n_facts:.3f}",
-        "BICO: bidirectional attention + span mask denoising (mask ratio 0.3, spans of 4 characters"
+        f"BICO: bidirectional attention + span mask denoising (mask ratio {args.bico_mask_ratio:g}, spans of "
+        f"{args.bico_span} characters"
         + (f"; ours: {args.bico_end_ratio:g} of the rows instead get one mask at a random position with the text "
            "after it hidden, the layout BICO's mode is scored in" if args.bico_end_ratio else "")
         + "); scored in its own mode (each candidate token predicted before a mask vector, attention over the "
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     rev.add_argument("--n-facts", type=int, default=20)
     rev.add_argument("--name", default="lm_reversal", help="results file name (benchmarks/results/<name>.md)")
     rev.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW)")
+    rev.add_argument("--bico-mask-ratio", type=float, default=0.3, help="BICO: fraction of the tokens masked")
+    rev.add_argument("--bico-span", type=int, default=4, help="BICO: tokens per masked span")
     rev.add_argument("--bico-end-ratio", type=float, default=0.0,
                      help="BICO: fraction of rows masked at a random end instead of in spans (ours; 0 = the paper's)")
     mem = sub.add_parser("memory", help="verbatim and JRT probes over several models")

@@ -386,7 +386,7 @@ class ProbeFiles:
 # ------------------------------------------------------------------ reversal experiment, tables, figures
 def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], objectives: Sequence[str],
                         steps: int, n_facts: int, folder: Path | None = None, lr: float = 1e-3,
-                        end_ratio: float = 0.0) -> list[dict]:
+                        mask_ratio: float = 0.3, span: int = 4, end_ratio: float = 0.0) -> list[dict]:
     """For each seed: the facts (written to ``folder/reversal_facts_seed<s>.jsonl`` when given), then for each
     objective a fresh copy of the base network (``module_factory()``) fine-tuned on them and asked both ways.
     Rows ``{"seed", "objective", "mode", "a_to_b", "b_to_a", "chance"}``; BICO rows in both scoring modes."""
@@ -400,7 +400,7 @@ def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], obje
         for objective in objectives:
             net = module_factory().net
             bico = finetune_on_facts(net, tokenizer, facts, objective=objective, steps=steps, seed=seed, lr=lr,
-                                     end_ratio=end_ratio)
+                                     mask_ratio=mask_ratio, span=span, end_ratio=end_ratio)
             modes = [("causal", None)] + ([("bidirectional", bico)] if bico is not None else [])
             for mode, scorer in modes:
                 rows.append({"seed": seed, "objective": objective, "mode": mode,
