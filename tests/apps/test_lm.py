@@ -31,12 +31,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "lm"
 WORDS = ("thou", "art", "the", "king", "my", "lord", "love", "night", "sweet", "death", "and", "of", "is", "not")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_play(play: str, lines: int = 12) -> str:

@@ -25,12 +25,7 @@ TEXT = ("MACBETH:\nIf it were done when 'tis done, then 'twere well\nIt were don
         "We'ld jump the life to come. But in these cases\nWe still have judgment here; that we but teach\n")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

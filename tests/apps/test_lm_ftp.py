@@ -16,12 +16,7 @@ from seqmix.apps.lm.tokenizer import ByteTokenizer
 from seqmix.core.mixers.softmax import SoftmaxAttention
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_lm(objective: str = "ftp", **extra) -> LanguageModel:

@@ -22,12 +22,7 @@ from seqmix.core.mixers.softmax import SoftmaxAttention
 from test_lm import CONFIGS, write_wheel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_net() -> CausalLM:

@@ -14,13 +14,7 @@ from seqmix.cli import main
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "recall"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second torch thread only adds synchronisation (and spinning under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ generator

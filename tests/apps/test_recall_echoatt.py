@@ -40,12 +40,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
             torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_student_starts_from_the_teacher_and_trains_with_the_distillation_loss(tmp_path, monkeypatch, teacher_ckpt):
