@@ -383,8 +383,8 @@ def render() -> Path:
         "60 iterations; MCD-DTW as benchmarks/results/tts_vocoder_floor.md (its Griffin-Lim floor: 16.63 dB)",
         "training runs share the 2 cores with other jobs: wall seconds depend on the load, CPU seconds less so",
         "budget: process CPU minutes at 1 torch thread, the same for both models, run side by side; below the "
-        "issue's 45 minutes x 2 cores because 8 helpers share the 2 cores (the two 12-CPU-minute runs took over an "
-        "hour of wall clock each)",
+        "issue's 45 minutes x 2 cores because 8 helpers share the 2 cores (the two 12-CPU-minute runs took 46 minutes "
+        "of wall clock each)",
         "pipeline (each part's own command, commit and date are in tts_runs.json and below): `python -m "
         "benchmarks.tts --threads 1 --train NAME=configs/tts/NAME.yaml --cpu-minutes 12 --max-steps 100000 "
         "--fit-args '--data.max_frames 700 --trainer.limit_val_batches 2 --trainer.val_check_interval 60 "
