@@ -149,6 +149,26 @@ def test_bad_arguments_are_named():
         transformer(max_phonemes=4).infer(*phoneme_batch())
 
 
+
+def test_budget_clock_counts_process_cpu_time():
+    import time
+
+    from seqmix.apps.tts.module import TTSModule
+
+    def build(clock):
+        return TTSModule(lambda symbols: transformer(), SYMBOLS, budget_minutes=1.0, budget_clock=clock)
+
+    with pytest.raises(ValueError, match="budget_clock must be 'wall' or 'cpu'"):
+        build("gpu")
+    cpu, wall = build("cpu"), build("wall")
+    before = time.process_time()
+    assert before <= cpu.budget_clock() <= time.process_time()
+    time.sleep(0.05)  # wall time passes, this process's CPU time barely does
+    assert cpu.budget_clock() - before < 0.04 and wall.budget_clock() - time.perf_counter() <= 0
+    cpu.on_train_start()
+    assert 0 <= cpu.schedule_progress(10, 0, 100) < 0.01  # a fraction of 1 CPU minute, not of the steps
+
+
 # ---------------------------------------------------------------- the CLI: fit 2 steps, then predict
 SENTENCES = [Sentence("train-0000", "train", "P1", "abstract", "We test it on short sentences."),
              Sentence("train-0001", "train", "P1", "abstract", "Speech synthesis turns text into audio."),
