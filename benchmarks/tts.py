@@ -81,7 +81,8 @@ def train(name: str, config: str, cpu_minutes: float, max_steps: int, fit_args: 
            "max_steps": max_steps, "fit_args": fit_args, "seed": seed, "steps": int(cli.trainer.global_step),
            "wall_s": watch.wall_s, "cpu_s": watch.cpu_s, "checkpoint": checkpoint,
            "best_val_mel_l1": float(callback.best_model_score) if callback.best_model_score is not None else None,
-           "commit": git_commit(), "date": utc_now(), "command": "seqmix tts fit " + shlex.join(argv)}
+           "commit": git_commit(), "date": utc_now(), "command": "seqmix tts fit " + shlex.join(argv),
+           "peak_rss_mb": __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 1024}
     add_cached_run(RUNS, f"train:{name}", run)
     print(f"{name}: {run['steps']} steps, {watch.wall_s:.0f} s wall, {watch.cpu_s:.0f} s CPU -> {checkpoint}")
     return run
@@ -195,7 +196,7 @@ def time_steps(names: list[str], batch_size: int, repeats: int) -> dict:
               "median_s": {n: t.median_s for n, t in timings.items()}, "times_s": {n: t.times_s for n, t in timings.items()},
               "threads": torch.get_num_threads(), "load": list(__import__("os").getloadavg()), "commit": git_commit(),
               "date": utc_now()}
-    add_cached_run(RUNS, "time_steps", result)
+    add_cached_run(RUNS, "time_steps_swap" if all(n.startswith("swap_") for n in names) else "time_steps", result)
     print(json.dumps(result["median_s"]))
     return result
 
@@ -331,6 +332,39 @@ def intelligibility(runs: dict, names: list[str]) -> str:
             + markdown_table(["audio", f"PER, first {len(gl_ids)}", f"PER, first {len(hifi_ids)}"], rows))
 
 
+def swap_table(runs: dict) -> str:
+    """The mixer-swap rows (``--train swap_MIXER=...``): encoder and decoder self mixers swapped, equal budget."""
+    names = [k.split(":", 1)[1] for k in runs if k.startswith("train:swap_")]
+    if not names:
+        return ""
+    steps = runs.get("time_steps_swap", {}).get("median_s", {})
+    rows = []
+    for n in names:
+        r, result = runs[f"train:{n}"], runs.get(f"score:{n}")
+        cells = [n.removeprefix("swap_"), r["config"], r["steps"], f"{r['cpu_s']:.0f}",
+                 f"{r['best_val_mel_l1']:.3f}" if r["best_val_mel_l1"] is not None else "-"]
+        if result:
+            rows_ = result["rows"]
+            cells += [len(rows_), f"{np.mean([x['mcd'] for x in rows_]):.2f}",
+                      f"{phoneme_error_rate([x['reference'] for x in rows_], [x['gl_transcript'] for x in rows_]):.3f}",
+                      f"{np.mean([x['free_mel_l1'] for x in rows_]):.3f}", f"{np.nanmean([x['diagonality'] for x in rows_]):.3f}",
+                      f"{sum(x['stopped'] for x in rows_)}/{len(rows_)}"]
+        else:
+            cells += ["-"] * 6
+        cells += [f"{steps[n]:.3f}" if n in steps else "-",
+                  f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"]
+        rows.append(cells)
+    r0 = runs[f"train:{names[0]}"]
+    note = (f"\n## Mixer swap (encoder and decoder self mixers; cross attention stays softmax)\n\n"
+            f"Each {r0['cpu_minutes']:g} CPU minutes at 1 thread (the four side by side, commit {r0['commit']}, "
+            f"{r0['date']}; fit args as the main runs but validation every 40 steps and the cosine over "
+            f"{r0['cpu_minutes']:g} minutes), scored on the first N test sentences with Griffin-Lim; time per step "
+            "as above (paused machine, one fixed batch of 16); peak RSS: the training process's maximum resident "
+            "memory (data, model, activations).\n\n")
+    return note + markdown_table(["mixer", "config", "steps", "CPU s", "best val mel L1", "N", "MCD-DTW dB", "PER (GL)",
+                                  "mel L1 (free)", "diagonality", "stopped", "s / step", "peak RSS MB"], rows)
+
+
 def verdicts(runs: dict) -> str:
     """The issue's targets, met or not, with their figures."""
     lines = []
@@ -367,7 +401,7 @@ def verdicts(runs: dict) -> str:
 
 def render() -> Path:
     runs = read_run_cache(RUNS)
-    names = [k.split(":", 1)[1] for k in runs if k.startswith("train:")]
+    names = [k.split(":", 1)[1] for k in runs if k.startswith("train:") and not k.startswith("train:swap_")]
     train_rows = []
     for n in names:
         r = runs[f"train:{n}"]
@@ -453,6 +487,7 @@ def render() -> Path:
                  f"{predict['threads']} torch threads, load average {predict['load'][0]:.1f} (commit "
                  f"{predict['commit']}, {predict['date']}).\n\n"
                  + markdown_table(["run", "wall s", "audio s", "real-time factor"], rows))
+    text += swap_table(runs)
     text += verdicts(runs)
     fig = figure(names)
     if fig is not None:
