@@ -360,7 +360,11 @@ def swap_table(runs: dict) -> str:
             f"{r0['date']}; fit args as the main runs but validation every 40 steps and the cosine over "
             f"{r0['cpu_minutes']:g} minutes), scored on the first N test sentences with Griffin-Lim; time per step "
             "as above (paused machine, one fixed batch of 16); peak RSS: the training process's maximum resident "
-            "memory (data, model, activations).\n\n")
+            "memory (data, model, activations). Commands: `python -m benchmarks.tts --threads 1 --train "
+            "swap_MIXER=CONFIG --cpu-minutes 4 --max-steps 100000 --fit-args '<the main runs' with "
+            "--trainer.val_check_interval 40 --model.budget_minutes 4>'`, `--score swap_MIXER --limit 20`, under "
+            "quiet.sh `--time-steps swap_softmax swap_gla swap_lstm swap_lightnet --repeats 3`; each run's exact "
+            "command is in tts_runs.json.\n\n")
     return note + markdown_table(["mixer", "config", "steps", "CPU s", "best val mel L1", "N", "MCD-DTW dB", "PER (GL)",
                                   "mel L1 (free)", "diagonality", "stopped", "s / step", "peak RSS MB"], rows)
 
