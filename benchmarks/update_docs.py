@@ -114,6 +114,12 @@ HEADLINES = (
              r", val [\d.]+; (?P<steps>\d+) steps in (?P<cpu>[\d.]+) CPU-minutes",
              "{bpc} ({met}; softmax + RoPE, {steps} steps, {cpu} CPU-minutes)", "<= 2.3",
              "Language model, Shakespeare"),
+    Headline("Transformer TTS vs the Tacotron-style baseline (espeak-ng corpus, equal CPU budget): MCD-DTW and "
+             "predict real-time factor", "tts",
+             r"\*\*Target 1\*\* [^\n]*?: \*\*(?P<met1>[\w ]+)\*\*: MCD-DTW (?P<tr>[\d.]+) vs (?P<tac>[\d.]+) dB.*?"
+             r"\*\*Target 3\*\* [^\n]*?: \*\*(?P<met3>[\w ]+)\*\*: real-time factor (?P<rtf>[\d.]+)",
+             "MCD-DTW {tr} vs {tac} dB ({met1}); RTF {rtf} ({met3})", "lower MCD; RTF < 1",
+             "Speech: Transformer TTS on the espeak-ng corpus"),
     Headline("Fashion-MNIST test accuracy, a 30-minute CPU training budget", "vision",
              r"^\| BiFormer-T \(scaled\) \| (?P<bra>[\d.]+) \|.*?^\| MambaOut-Femto \(scaled\) \| (?P<mo>[\d.]+) \|",
              "MambaOut-Femto {mo}%, BiFormer-T {bra}% (both scaled to 28x28)", ">= 93%", "Vision, Fashion-MNIST"),
