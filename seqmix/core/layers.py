@@ -4,7 +4,7 @@ convolution (DeltaNet) and the depthwise convolution (MambaOut's gated CNN, BiFo
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +145,16 @@ class ShortConvolution(nn.Module):
             cache = x.new_zeros(b, self.size - 1, c)
         padded = torch.cat([cache.to(x.dtype), x], 1)  # [B, size - 1 + T, C]
         return _ConvSiLU.apply(padded, self.weight.to(x.dtype)), padded[:, -(self.size - 1):]  # [B, T, C], cache
+
+
+def short_convs(convs: nn.ModuleList, branches: Sequence[Tensor],
+                cache: Tensor | None) -> tuple[list[Tensor], Tensor]:
+    """Each ``[B, T, C_i]`` branch through its :class:`ShortConvolution` (causal conv + SiLU), their caches carried
+    as one tensor ``[B, size - 1, sum C_i]`` (split and joined along the channels), e.g. a layer's q, k, v."""
+    widths = [y.shape[-1] for y in branches]
+    caches = cache.split(widths, -1) if cache is not None else [None] * len(branches)  # each [B, size - 1, C_i]
+    outputs, new_caches = zip(*(conv(y, c) for conv, y, c in zip(convs, branches, caches)))
+    return list(outputs), torch.cat(new_caches, -1)  # [B, size - 1, sum C_i]
 
 
 def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor, *, causal: bool, impl: str,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.core.layers import ShortConvolution
+from seqmix.core.layers import ShortConvolution, short_convs
 from seqmix.core.mixer import Mixer, register_mixer, state_dtype
 from seqmix.kernels.delta_rule import DELTA_RULE, chunk_delta_rule
 
@@ -66,18 +66,12 @@ class DeltaNet(Mixer):
             impl: str) -> Tensor | tuple[Tensor, DeltaState]:
         b, t, d = x.shape
         memory, conv_cache = state if state is not None else (None, None)
-        caches = conv_cache.split(d, -1) if conv_cache is not None else (None, None, None)  # 3 x [B, size-1, D]
-        branches, new_caches = [], []
-        for i, (projection, cache) in enumerate(zip((self.q, self.k, self.v), caches)):
-            y = projection(x)  # [B, T, D]
-            if self.convs is None:
-                y = F.silu(y)
-            else:
-                y, cache = self.convs[i](y, cache)  # causal conv + SiLU
-                new_caches.append(cache)
-            branches.append(y.view(b, t, self.n_heads, self.head_dim))  # [B, T, D] -> [B, T, H, K]
-        q, k, v = branches
-        conv_cache = torch.cat(new_caches, -1) if new_caches else None  # [B, size - 1, 3D]
+        branches = [self.q(x), self.k(x), self.v(x)]  # 3 x [B, T, D]
+        if self.convs is None:
+            branches = [F.silu(y) for y in branches]
+        else:
+            branches, conv_cache = short_convs(self.convs, branches, conv_cache)  # causal conv + SiLU; [B, size-1, 3D]
+        q, k, v = (y.view(b, t, self.n_heads, self.head_dim) for y in branches)  # [B, T, D] -> [B, T, H, K]
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = torch.sigmoid(self.beta(x))  # [B, T, H]
         o, memory = chunk_delta_rule(q, k, v, beta, initial_state=memory, output_final_state=return_state,

@@ -7,6 +7,12 @@ Transformers with Hardware-Efficient Training"), the paper's layer:
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t ,  o_t = q_t S_t / sqrt(K)
     y = W_o ( RMSNorm_head(o) * swish(W_r x) )
 
+Optional short convolutions (``conv_size``, off by default as in the paper; flash-linear-attention's
+``use_short_conv``): q, k, v each pass a causal depthwise convolution of ``conv_size`` taps and SiLU after their
+projection, the local token shift that linear-attention layers need to form induction heads (Zoology's MQAR
+models and DeltaNet put it there). The state then also carries the last ``conv_size - 1`` projections; in the
+non-causal pattern the convolution stays causal (a local feature of the preceding tokens).
+
 Patterns: ``causal_self`` (the recurrence, chunked by :func:`seqmix.kernels.gla.chunk_gla`)
 and ``noncausal_self``: a forward scan plus a backward scan over the reversed sequence,
 the token itself counted once, with the same gates (a pair ``a < b`` is weighted by the
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.core.layers import HeadNormGate, bidirectional
+from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs
 from seqmix.core.mixer import Mixer, State, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
@@ -34,6 +40,7 @@ class GatedLinearAttention(Mixer):
         gate_low_rank_dim: rank of the gate projection ``W_2 W_1``.
         gate_logit_normalizer: divides ``logsigmoid``; larger = slower forgetting.
         chunk_size: tokens per chunk of the chunked kernel (a power of two; Triton: 16 to 128).
+        conv_size: taps of the short convolutions on q, k and v (module docstring), or None for none.
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
@@ -44,11 +51,12 @@ class GatedLinearAttention(Mixer):
     test_configs = (
         {"n_heads": 2, "chunk_size": 16},
         {"n_heads": 4, "chunk_size": 16, "expand_k": 1.0, "gate_low_rank_dim": 8, "gate_logit_normalizer": 4.0},
+        {"n_heads": 2, "chunk_size": 16, "conv_size": 4},
     )
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank_dim: int = 16,
-                 gate_logit_normalizer: float = 16.0, chunk_size: int = 64):
+                 gate_logit_normalizer: float = 16.0, chunk_size: int = 64, conv_size: int | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         self.key_dim, self.value_dim = expanded_widths(name, d_model, n_heads, expand_k, expand_v)
@@ -58,27 +66,38 @@ class GatedLinearAttention(Mixer):
             raise ValueError(f"{name}: gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
         head_dims = {"key_dim / n_heads": self.key_dim // n_heads, "value_dim / n_heads": self.value_dim // n_heads}
         self.triton_refusal = GLA.check(name, impl, chunk_size=chunk_size, head_dims=head_dims)
+        if conv_size is not None and (not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 2):
+            raise ValueError(f"{name}: conv_size must be an int >= 2 (taps of the short convolutions) or None (none), "
+                             f"got {conv_size!r}")
         self.gate_logit_normalizer = gate_logit_normalizer
+        self.conv_size = conv_size
         self.chunk_size = chunk_size
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.gate_proj = nn.Sequential(nn.Linear(d_model, gate_low_rank_dim, bias=False),
                                        nn.Linear(gate_low_rank_dim, self.key_dim, bias=True))
+        self.convs = (nn.ModuleList(ShortConvolution(width, conv_size)
+                                    for width in (self.key_dim, self.key_dim, self.value_dim))
+                      if conv_size is not None else None)
         self.output = HeadNormGate(d_model, n_heads, self.value_dim, gate=True)
 
     def _forward(self, x, *, context, mask, state, return_state):
         b, t, _ = x.shape
         h = self.n_heads
-        q = self.q_proj(x).view(b, t, h, -1)  # [B, T, H*K] -> [B, T, H, K]
-        k = self.k_proj(x).view(b, t, h, -1)  # [B, T, H, K]
-        v = self.v_proj(x).view(b, t, h, -1)  # [B, T, H, V]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*K], [B, T, H*K], [B, T, H*V]
+        memory, conv_cache = (state, None) if self.convs is None or state is None else state
+        if self.convs is not None:
+            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # [B, size - 1, 2 H*K + H*V]
+        q, k, v = q.view(b, t, h, -1), k.view(b, t, h, -1), v.view(b, t, h, -1)  # [B, T, H, K] (V for v)
         g = (F.logsigmoid(self.gate_proj(x).float()) / self.gate_logit_normalizer).view(b, t, h, -1)  # [B, T, H, K]
         impl = self.resolve_impl(x)
         final = None
         if self.causal:
-            o, final = chunk_gla(q, k, v, g, initial_state=state, output_final_state=return_state,
+            o, final = chunk_gla(q, k, v, g, initial_state=memory, output_final_state=return_state,
                                  chunk_size=self.chunk_size, impl=impl)
+            if self.convs is not None and return_state:
+                final = (final, conv_cache)
         else:
             scan = lambda q, k, v, g: chunk_gla(q, k, v, g, chunk_size=self.chunk_size, impl=impl)[0]  # noqa: E731
             o = bidirectional(scan, q, k, v, g)
@@ -87,11 +106,21 @@ class GatedLinearAttention(Mixer):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
-        return torch.zeros(batch_size, self.n_heads, self.key_dim // self.n_heads, self.value_dim // self.n_heads,
-                           device=device, dtype=state_dtype(dtype))
+        memory = torch.zeros(batch_size, self.n_heads, self.key_dim // self.n_heads, self.value_dim // self.n_heads,
+                             device=device, dtype=state_dtype(dtype))  # S: [B, H, K, V]
+        if self.convs is None:
+            return memory
+        conv_cache = torch.zeros(batch_size, self.conv_size - 1, self.conv_width, device=device, dtype=dtype)
+        return memory, conv_cache  # [B, H, K, V], [B, size - 1, 2 H*K + H*V]
+
+    @property
+    def conv_width(self) -> int:
+        """Channels of the short convolutions' cache: q, k and v side by side."""
+        return 2 * self.key_dim + self.value_dim
 
     def state_size(self, seq_len: int) -> int:
-        return self.key_dim * self.value_dim // self.n_heads  # S: [H, K/H, V/H]
+        conv = 0 if self.convs is None else (self.conv_size - 1) * self.conv_width
+        return self.key_dim * self.value_dim // self.n_heads + conv  # S: [H, K/H, V/H] (+ the conv cache)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}"
+        return f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}, conv_size={self.conv_size}"
