@@ -51,7 +51,7 @@ def reversal(args) -> None:
     rows = reversal_experiment(lambda: load(args.ckpt), base.tokenizer, seeds=args.seeds, objectives=args.finetune,
                                steps=args.steps, n_facts=args.n_facts, folder=RESULTS_DIR / "lm_reversal_facts",
                                lr=args.lr, mask_ratio=args.bico_mask_ratio, span=args.bico_span,
-                               end_ratio=args.bico_end_ratio)
+                               causal_ratio=args.bico_causal_ratio, name_ratio=args.bico_name_ratio)
     write_jsonl(RESULTS_DIR / f"{args.name}_rows.jsonl", rows)
     reversal_figure(rows, RESULTS_DIR / f"{args.name}.png")
     seconds = cpu_seconds() - start
@@ -63,12 +63,15 @@ def reversal(args) -> None:
         "from the base model's weights for each objective and seed",
         "asked both ways as multiple choice among every fact's description (A->B, prompt `<name> is`) or name "
         f"(B->A, prompt `<description> is`) by summed log-likelihood: chance {1 / args.n_facts:.3f}",
-        f"BICO: bidirectional attention + span mask denoising (mask ratio {args.bico_mask_ratio:g}, spans of "
-        f"{args.bico_span} characters"
-        + (f"; ours: {args.bico_end_ratio:g} of the rows instead get one mask at a random position with the text "
-           "after it hidden, the layout BICO's mode is scored in" if args.bico_end_ratio else "")
-        + "); scored in its own mode (each candidate token predicted before a mask vector, attention over the "
-        "whole input) and causally as a plain LM",
+        f"BICO (`seqmix/apps/lm/bico.py`, the authors' form): each step is, with probability "
+        f"{args.bico_causal_ratio:g}, next-token training in the causal mode, else mask denoising in BICO's mode "
+        f"(bidirectional attention, future keys with mirrored rotary; {args.bico_mask_ratio:g} of the characters "
+        + ("masked one by one" if args.bico_span == 1 else f"masked in spans of {args.bico_span}")
+        + ", the masked positions hidden as keys, each predicted from the output before it"
+        + (f"; ours: the name masked whole in {args.bico_name_ratio:g} of the denoising rows"
+           if args.bico_name_ratio else "")
+        + "); scored in BICO's mode (a prefix LM: the prompt read both ways with mirrored positions, the "
+        "candidate causally after it, one forward) and causally as a plain LM",
         f"CPU seconds of the whole benchmark: {seconds:.0f} (torch threads {torch.get_num_threads()})",
     ]) + reversal_table(rows) + f"\n![reversal]({args.name}.png)\n"
     print(text)
@@ -129,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     rev.add_argument("--n-facts", type=int, default=20)
     rev.add_argument("--name", default="lm_reversal", help="results file name (benchmarks/results/<name>.md)")
     rev.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW)")
-    rev.add_argument("--bico-mask-ratio", type=float, default=0.3, help="BICO: fraction of the tokens masked")
-    rev.add_argument("--bico-span", type=int, default=4, help="BICO: tokens per masked span")
-    rev.add_argument("--bico-end-ratio", type=float, default=0.0,
-                     help="BICO: fraction of rows masked at a random end instead of in spans (ours; 0 = the paper's)")
+    rev.add_argument("--bico-mask-ratio", type=float, default=0.15, help="BICO: fraction of the tokens masked")
+    rev.add_argument("--bico-span", type=int, default=1, help="BICO: tokens per masked span (1 = the paper's)")
+    rev.add_argument("--bico-causal-ratio", type=float, default=0.5,
+                     help="BICO: probability of a next-token step (the paper's code: 0.5)")
+    rev.add_argument("--bico-name-ratio", type=float, default=0.0,
+                     help="BICO: probability that a denoising row has its name masked whole (ours; 0 = off)")
     mem = sub.add_parser("memory", help="verbatim and JRT probes over several models")
     mem.add_argument("models", nargs="+", help="name=checkpoint")
     mem.add_argument("--seed", type=int, default=0)

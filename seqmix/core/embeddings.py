@@ -49,11 +49,16 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int = 0, mirrored: bool = False) -> Tensor:
+        """``x`` at positions ``offset .. offset + T - 1``. ``mirrored``: the sine negated (each position rotated by
+        minus its angle), BICO's positions for future keys: a mirrored query ``i`` and key ``j`` score as an
+        ordinary pair at offset ``i - j`` instead of ``j - i`` (:func:`seqmix.core.mixers.softmax.mirrored_attention`)."""
         t = x.shape[-2]
         position = torch.arange(offset, offset + t, device=x.device, dtype=torch.float32)
         angles = position[:, None] * self.inv_freq[None, :]  # [T, K/2]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        if mirrored:
+            sin = -sin
         x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, H, T, K/2] each
         rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # [B, H, T, K/2, 2]
         return rotated.flatten(-2)  # [B, H, T, K]

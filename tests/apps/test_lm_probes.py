@@ -12,8 +12,8 @@ import torch
 
 from seqmix.apps.lm.data import IGNORE_INDEX
 from seqmix.apps.lm.model import CausalLM
-from seqmix.apps.lm.probes import (CONDITIONS, NOUNS, encode_segments, fact_batch, fact_text, jrt_context, jrt_trials,
-                                   read_jsonl, reversal_accuracy, reversal_facts, run_jrt, run_verbatim,
+from seqmix.apps.lm.probes import (CONDITIONS, NOUNS, encode_segments, fact_batch, fact_names, fact_text, jrt_context,
+                                   jrt_trials, read_jsonl, reversal_accuracy, reversal_facts, run_jrt, run_verbatim,
                                    summarize_verbatim, verbatim_noun_spans, verbatim_segments, verbatim_trials,
                                    write_jsonl)
 from seqmix.apps.lm.tokenizer import ByteTokenizer
@@ -75,8 +75,11 @@ def test_reversal_facts_batch_and_chance():
     assert inputs.shape == targets.shape == keys.shape
     assert ((targets == IGNORE_INDEX) == ~keys).all()  # padding: no target, no key
     assert torch.equal(inputs[:, 1:][keys[:, 1:]], targets[:, :-1][keys[:, 1:]])  # targets are the next tokens
-    result = reversal_accuracy(tiny_net(), ByteTokenizer(), facts)
-    assert result["chance"] == pytest.approx(1 / 6) and 0 <= result["a_to_b"] <= 1 and 0 <= result["b_to_a"] <= 1
+    names = fact_names(ByteTokenizer(), facts, inputs.shape[1])
+    assert bytes(inputs[0][names[0]].tolist()).decode() == facts[0]["name"]  # BICO's name_ratio masks these
+    for bidirectional in (False, True):
+        result = reversal_accuracy(tiny_net(), ByteTokenizer(), facts, bidirectional=bidirectional)
+        assert result["chance"] == pytest.approx(1 / 6) and 0 <= result["a_to_b"] <= 1 and 0 <= result["b_to_a"] <= 1
     with pytest.raises(ValueError, match="reversal: n_facts must be an int >= 2"):
         reversal_facts(0, 1)
 

@@ -1,30 +1,40 @@
 """BICO (Lv et al. 2023, "Are We Falling in a Middle-Intelligence Trap? An Analysis and Mitigation of the Reversal
 Curse"): fine-tune a causal LM with bidirectional attention and mask denoising; the LM's ``objective: bico``.
 
-What is implemented (the abstract's two changes, in our notation):
+What is implemented (the abstract's two changes, in the form of the authors' code, in our notation):
 
-1. Bidirectional attention: during BICO's forward every layer's mixer runs with ``causal = False``
-   (:func:`bidirectional`): position ``i`` sees the whole window ``x_0 .. x_{T-1}``. Positions stay rotary
-   (relative, so they hold in both directions). Only mixers that have the ``noncausal_self`` pattern can;
-   a recurrent mixer is refused with a one-line error (its state is causal by construction).
-2. Mask denoising: spans of the window (about ``mask_ratio`` of its tokens, spans of ``span`` tokens)
-   have their input embeddings replaced by one learned vector ``m`` (:func:`span_mask`): ``x~``. The output
-   at position ``i - 1`` predicts the original token at a masked position ``i``, the causal LM's shift kept
-   so the pretrained head is reused::
+1. BICO's mode, bidirectional attention with mirrored positions (:func:`bidirectional`): every layer's softmax
+   attention runs as :func:`~seqmix.core.mixers.softmax.mirrored_attention`. Query ``i`` scores a past or its
+   own key ``j <= i`` with the ordinary rotary (relative offset ``j - i``) and a future key ``j > i`` with the
+   rotary whose sine is negated for ``q`` and ``k`` (offset ``i - j``), so a score depends on the distance
+   ``|i - j|`` and not on its side: what "A ... B" taught about B seen from A is reused when A is asked from B.
+2. Mask denoising: about ``mask_ratio`` of a row's tokens (token-level, ``span = 1``, as the paper's 15%) have
+   their input embeddings replaced by one learned vector ``m`` and are **hidden as keys** (no query attends to
+   a masked position, on top of the key mask over padding): ``x~``, ``K = keys minus M``. The output at position
+   ``i - 1`` predicts the original token at a masked position ``i``, the causal LM's shift kept so the
+   pretrained head is reused::
 
-       L_BICO = - 1/|M| sum_{i in M} log p(x_i | h_{i-1}(x~)),   h = bidirectional stack(x~)
+       L_mask = - 1/|M| sum_{i in M} log p(x_i | h_{i-1}(x~)),   h = BICO-mode stack(x~, keys K)
 
-Ours, off by default (``end_ratio``): a fraction of the rows is trained in the layout that BICO's mode is
-scored in, a single mask at a random position ``k`` with everything after it hidden (key mask):
-``x_0 .. x_{k-1} [m]`` predicts ``x_k`` from ``h_{k-1}``. Span masks alone always leave text on the right of
-a span, so a model fine-tuned with them meets a mask at the end of the input only at test time.
+3. Mixed objectives: each call (a batch) is, with probability ``causal_ratio`` (1/2 in the authors' code),
+   plain next-token training in the causal mode instead, ``L_next = - 1/T sum_t log p(x_{t+1} | x_{<=t})``, so
+   the causal LM is kept. The draw is made with the call's ``generator`` (seeded runs repeat).
+4. Inference in BICO's mode (:func:`bidirectional_nats`): a continuation ``c`` of a prompt ``p`` is scored in one
+   forward pass with a prefix-LM mask, as the authors' generation reads a prompt bidirectionally and then
+   decodes after it: prompt positions attend to every prompt position (future ones mirrored), continuation
+   positions causally to everything before them; ``c``'s log-likelihood is read from the outputs at positions
+   ``len(p) - 1 .. len(p) + len(c) - 2``. No mask vector is appended.
 
-Inference in BICO's mode (:func:`bidirectional_nats`): a continuation ``c`` of a prompt ``p`` is scored token
-by token as in training: ``p c_{<j} [m]`` read at the position before ``[m]``, all in one batch with a key
-mask over the padding. The model's ordinary causal mode (next-token generation) is untouched.
+Ours, off by default: ``segment_ratio``, the probability that a denoising row also has a marked segment
+(``segments``, e.g. a fact's name) masked whole, so that the segment must be recalled from the rest of the row.
 
-Left out: the paper's Llama scale, its exact masking schedule (ours: uniform span starts), and the GLM-style
-blank-infilling variants the paper compares with.
+Superseded (removed) by the paper's form: plain ``causal = False`` attention with unmirrored rotary, span masks
+as the default (``span > 1`` remains an option: spans start with probability ``mask_ratio / span``), scoring by
+appending a mask vector after ``p c_{<j}``, and ``end_ratio`` (rows trained in that old scoring layout).
+
+Left out: the paper's Llama scale and LoRA, the 80/10/10 replacement of BERT (the authors' code masks 100%),
+and the GLM-style blank-infilling variants the paper compares with. BICO's mode needs softmax attention without a
+window (the paper's Llama); other mixers are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -38,137 +48,163 @@ from torch import Tensor, nn
 from seqmix.apps.lm.data import IGNORE_INDEX
 from seqmix.core.blocks import MixerStack
 from seqmix.core.mixer import check_int
+from seqmix.core.mixers.softmax import AttentionMixer, SoftmaxAttention
 
 
 def check_bidirectional(stack: MixerStack) -> None:
-    """Every layer's mixer can run non-causally, or a ``ValueError`` naming the first that cannot."""
+    """Every layer's mixer can run in BICO's mode (softmax attention, no window, its own q/k), or a
+    ``ValueError`` naming the first that cannot."""
     for i, block in enumerate(stack.blocks):
         mixer = block.mixer
-        if "noncausal_self" not in mixer.patterns:
-            raise ValueError(f"BICO needs bidirectional attention, but layer {i}'s {type(mixer).__name__} supports "
-                             f"only {sorted(mixer.patterns)}; use an attention mixer (softmax, sliding_window, ...) "
+        name = type(mixer).__name__
+        if getattr(mixer, "recurrent", False) and not isinstance(mixer, AttentionMixer):
+            raise ValueError(f"BICO needs bidirectional attention, but layer {i}'s {name} is a recurrent mixer (a "
+                             "non-causal one would be another network); use softmax attention or objective: next_token")
+        if not isinstance(mixer, AttentionMixer) or mixer.normalizer != "softmax" or mixer.window is not None:
+            raise ValueError(f"BICO needs bidirectional attention with mirrored positions, implemented for softmax "
+                             f"attention without a window, but layer {i}'s mixer is {name}; use softmax attention "
                              "or objective: next_token")
-        if getattr(mixer, "recurrent", False):
-            raise ValueError(f"BICO needs bidirectional attention, but layer {i}'s {type(mixer).__name__} is a "
-                             "recurrent mixer (a non-causal one would be another network); use an attention mixer "
-                             "or objective: next_token")
+        if isinstance(mixer, SoftmaxAttention) and mixer.shares_attention:
+            raise ValueError(f"BICO needs every layer's own attention, but layer {i} shares another layer's "
+                             "(EchoAtt); build the stack without share_attention or use objective: next_token")
 
 
 @contextlib.contextmanager
-def bidirectional(stack: MixerStack):
-    """Within the block, every mixer of ``stack`` attends to the whole sequence (``causal = False``)."""
+def bidirectional(stack: MixerStack, prefix: int | None = None):
+    """Within the block, every mixer of ``stack`` is in BICO's mode (module docstring, 1): the first ``prefix``
+    positions (``None``: all) attend in both directions, future keys with mirrored rotary; later positions
+    attend causally (a prefix LM). Restored on exit, error or not."""
     check_bidirectional(stack)
-    before = [block.mixer.causal for block in stack.blocks]
+    if prefix is not None:
+        check_int("bidirectional", "prefix", prefix, minimum=0, meaning="positions read both ways")
+    mixers = [block.mixer for block in stack.blocks]
+    before = [(m.mirrored_bidirectional, m.bidirectional_prefix) for m in mixers]
     try:
-        for block in stack.blocks:
-            block.mixer.causal = False
+        for mixer in mixers:
+            mixer.mirrored_bidirectional, mixer.bidirectional_prefix = True, prefix
         yield stack
     finally:
-        for block, causal in zip(stack.blocks, before):
-            block.mixer.causal = causal
+        for mixer, (mode, kept) in zip(mixers, before):
+            mixer.mirrored_bidirectional, mixer.bidirectional_prefix = mode, kept
 
 
 def span_mask(batch: int, length: int, *, ratio: float, span: int, generator: torch.Generator | None = None,
               device: torch.device | str | None = None) -> Tensor:
-    """``[B, T]`` bool: ``round(ratio T / span)`` spans of ``span`` positions per row at uniform starts in
-    ``1 .. T - 1`` (position 0 is never masked: the first target needs an output before it), at least one."""
-    n_spans = max(1, round(ratio * length / span))
-    starts = torch.randint(1, max(2, length), (batch, n_spans), generator=generator).to(device)  # [B, S]
-    offsets = torch.arange(span, device=starts.device)  # [span]
-    covered = (starts[..., None] + offsets).clamp(max=length - 1).flatten(1)  # [B, S, span] -> [B, S span]
-    mask = torch.zeros(batch, length, dtype=torch.bool, device=starts.device)
-    return mask.scatter_(1, covered, True)
+    """``[B, T]`` bool: each position ``1 .. T - 1`` starts a masked span of ``span`` positions with probability
+    ``ratio / span`` (``span = 1``: each token masked with probability ``ratio``, the paper's form); position 0 is
+    never masked (the first target needs an output before it), and a row with no start gets one, uniformly."""
+    starts = torch.rand(batch, length, generator=generator) < ratio / span  # [B, T]
+    starts[:, 0] = False
+    forced = torch.randint(1, max(2, length), (batch,), generator=generator)  # [B]
+    empty = ~starts.any(1)
+    starts[empty, forced[empty].clamp(max=length - 1)] = length > 1
+    mask = starts.clone()
+    for offset in range(1, span):
+        mask[:, offset:] |= starts[:, :-offset]  # a start at s covers s .. s + span - 1
+    return mask.to(device)
+
+
+def causal_loss(net: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    """The next-token cross-entropy of ``net`` in its causal mode (IGNORE_INDEX targets skipped)."""
+    logits = net.token_logits(net.stack(net.embed_tokens(inputs)))  # [B, T, V]
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 class BICOObjective(nn.Module):
-    """The mask vector ``m`` and BICO's loss (module docstring).
+    """The mask vector ``m`` and BICO's mixed loss (module docstring, 2 and 3).
 
     Args:
         d_model: D, the LM's width.
-        mask_ratio: about this fraction of each window's tokens is masked, in (0, 1).
-        span: tokens per masked span.
-        end_ratio: the fraction of rows trained with one mask at a random position and the rest hidden (the
-            layout BICO's mode is scored in; ours, module docstring), in [0, 1); 0 = span masks only.
+        mask_ratio: the fraction of each row's tokens masked, in (0, 1); 0.15 as the authors.
+        span: tokens per masked span; 1 = token-level masking, the paper's form.
+        causal_ratio: the probability that a call is plain next-token training in the causal mode, in [0, 1);
+            0.5 as the authors' code, 0 = mask denoising only.
+        segment_ratio: ours, the probability that a denoising row also has its marked segment (``segments`` of
+            :meth:`forward`) masked whole, in [0, 1]; 0 = off.
     """
 
-    def __init__(self, d_model: int, *, mask_ratio: float = 0.3, span: int = 4, end_ratio: float = 0.0):
+    def __init__(self, d_model: int, *, mask_ratio: float = 0.15, span: int = 1, causal_ratio: float = 0.5,
+                 segment_ratio: float = 0.0):
         super().__init__()
-        check_int(type(self).__name__, "span", span, meaning="tokens per masked span, e.g. 4")
+        name = type(self).__name__
+        check_int(name, "span", span, meaning="tokens per masked span, 1 = token-level (the paper's)")
         if not 0 < mask_ratio < 1:
-            raise ValueError(f"BICOObjective: mask_ratio must lie in (0, 1) (the fraction of tokens masked), got "
-                             f"{mask_ratio}")
-        if not 0 <= end_ratio < 1:
-            raise ValueError(f"BICOObjective: end_ratio must lie in [0, 1) (the fraction of rows masked at a random "
-                             f"end; 0 = span masks only), got {end_ratio}")
-        self.mask_ratio, self.span, self.end_ratio = mask_ratio, span, end_ratio
+            raise ValueError(f"{name}: mask_ratio must lie in (0, 1) (the fraction of tokens masked), got {mask_ratio}")
+        if not 0 <= causal_ratio < 1:
+            raise ValueError(f"{name}: causal_ratio must lie in [0, 1) (the probability of a next-token batch; 0.5 "
+                             f"as the paper's code, 0 = denoising only), got {causal_ratio}")
+        if not 0 <= segment_ratio <= 1:
+            raise ValueError(f"{name}: segment_ratio must lie in [0, 1] (the probability of masking a row's marked "
+                             f"segment whole; 0 = off), got {segment_ratio}")
+        self.mask_ratio, self.span = mask_ratio, span
+        self.causal_ratio, self.segment_ratio = causal_ratio, segment_ratio
         self.mask_vector = nn.Parameter(torch.randn(d_model) * 0.02)  # m: [D]
 
     def masked_hidden(self, net: nn.Module, tokens: Tensor, masked: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """``net``'s bidirectional top-layer vectors ``[B, T, D]`` of ``tokens: [B, T]`` with the ``masked: [B, T]``
-        inputs replaced by ``m``; ``key_mask: [B, T]`` (True = a real token) hides padding."""
+        """``net``'s top-layer vectors ``[B, T, D]`` in BICO's mode over ``tokens: [B, T]`` with the ``masked: [B, T]``
+        inputs replaced by ``m`` and hidden as keys; ``key_mask: [B, T]`` (True = a real token) hides padding."""
         x = net.embed_tokens(tokens)  # [B, T, D]
         x = torch.where(masked[..., None], self.mask_vector.to(x.dtype), x)
+        keys = ~masked if key_mask is None else key_mask & ~masked  # [B, T]
         with bidirectional(net.stack):
-            return net.stack(x, mask=key_mask)
+            return net.stack(x, mask=keys)
 
-    def end_masks(self, masked: Tensor, key_mask: Tensor | None,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``end_ratio`` of the rows of ``masked, key_mask: [B, T]`` replaced by one mask at a random position
-        ``k`` in ``1 .. n - 1`` (``n`` the row's real tokens, right padding) and the key mask ending there."""
-        b, t = masked.shape
-        keys = key_mask if key_mask is not None else torch.ones_like(masked)
-        rows = (torch.rand(b, generator=generator) < self.end_ratio).to(masked.device)  # [B]
-        real = keys.sum(1)  # [B]
-        cut = 1 + (torch.rand(b, generator=generator).to(masked.device) * (real - 1).clamp(min=1)).long()  # [B]
-        cut = torch.minimum(cut, (real - 1).clamp(min=1))
-        position = torch.arange(t, device=masked.device)  # [T]
-        end_masked = position == cut[:, None]  # [B, T]
-        end_keys = (position <= cut[:, None]) & keys  # [B, T]
-        return torch.where(rows[:, None], end_masked, masked), torch.where(rows[:, None], end_keys, keys)
+    def draws_causal(self, generator: torch.Generator | None = None) -> bool:
+        """Whether this call is a next-token batch (probability ``causal_ratio``), drawn from ``generator``."""
+        return bool(torch.rand((), generator=generator) < self.causal_ratio)
 
-    def forward(self, net: nn.Module, inputs: Tensor, targets: Tensor,
-                generator: torch.Generator | None = None, key_mask: Tensor | None = None) -> Tensor:
-        """``L_BICO`` of a window: ``inputs, targets: [B, T]`` (``targets[:, t] = inputs[:, t + 1]``; padding has
-        IGNORE_INDEX targets and, with ``key_mask: [B, T]`` (True = a real token), is hidden from attention)."""
+    def masks(self, inputs: Tensor, segments: Tensor | None = None,
+              generator: torch.Generator | None = None) -> Tensor:
+        """The masked positions ``[B, T]`` of a denoising batch: :func:`span_mask`, and with ``segment_ratio`` each
+        row's ``segments: [B, T]`` (bool) masked whole with that probability."""
         b, t = inputs.shape
         masked = span_mask(b, t, ratio=self.mask_ratio, span=self.span, generator=generator, device=inputs.device)
-        if self.end_ratio > 0:
-            masked, key_mask = self.end_masks(masked, key_mask, generator)
+        if segments is not None and self.segment_ratio > 0:
+            rows = (torch.rand(b, generator=generator) < self.segment_ratio).to(inputs.device)  # [B]
+            masked = masked | (segments & rows[:, None])
+            masked[:, 0] = False  # position 0 has no output before it
+        return masked
+
+    def denoising_loss(self, net: nn.Module, inputs: Tensor, targets: Tensor, masked: Tensor,
+                       key_mask: Tensor | None = None) -> Tensor:
+        """``L_mask`` of ``inputs, targets: [B, T]`` with the ``masked: [B, T]`` positions (module docstring, 2)."""
         hidden = self.masked_hidden(net, inputs, masked, key_mask=key_mask)  # [B, T, D]
         # the output at i - 1 predicts the masked input i: targets[:, i - 1] == inputs[:, i]
         predicting = masked[:, 1:] & (targets[:, :-1] != IGNORE_INDEX)  # [B, T - 1]: output i - 1 of masked input i
         logits = net.token_logits(hidden[:, :-1][predicting])  # [M, V]
         return F.cross_entropy(logits.float(), targets[:, :-1][predicting])
 
+    def forward(self, net: nn.Module, inputs: Tensor, targets: Tensor, generator: torch.Generator | None = None,
+                key_mask: Tensor | None = None, segments: Tensor | None = None) -> Tensor:
+        """BICO's loss of a batch ``inputs, targets: [B, T]`` (``targets[:, t] = inputs[:, t + 1]``; padding has
+        IGNORE_INDEX targets and ``key_mask: [B, T]`` False): ``L_next`` with probability ``causal_ratio``, else
+        ``L_mask`` (module docstring, 3); ``segments: [B, T]`` for ``segment_ratio``."""
+        if self.draws_causal(generator):
+            return causal_loss(net, inputs, targets)
+        return self.denoising_loss(net, inputs, targets, self.masks(inputs, segments, generator), key_mask)
 
-def bidirectional_nats(net: nn.Module, objective: BICOObjective, prompt: list[int],
-                       continuations: list[list[int]], batch_rows: int = 256) -> list[Tensor]:
-    """Each continuation's ``[len(c)]`` nats in BICO's mode: token ``j`` of ``c`` from the input
-    ``prompt + c[:j] + [m]``, read at the position before ``[m]`` (right-padded batches of ``batch_rows`` inputs,
-    a key mask over the padding)."""
+
+def bidirectional_nats(net: nn.Module, prompt: list[int], continuations: list[list[int]],
+                       batch_rows: int = 64) -> list[Tensor]:
+    """Each continuation's ``[len(c)]`` nats in BICO's mode (module docstring, 4): ``prompt + c`` in one forward
+    with the prompt read both ways and ``c`` causally, token ``j`` of ``c`` read at position ``len(prompt) + j - 1``
+    (right-padded batches of ``batch_rows`` continuations, a key mask over the padding)."""
     if not prompt or not continuations or not all(continuations):
         raise ValueError("bidirectional_nats: the prompt and every continuation need at least one token")
     p = len(prompt)
-    rows = [(c, j) for c in range(len(continuations)) for j in range(len(continuations[c]))]
-    device = objective.mask_vector.device
-    nats = torch.empty(len(rows), device=device)
-    for start in range(0, len(rows), batch_rows):
-        chunk = rows[start:start + batch_rows]
-        length = p + max(j for _, j in chunk) + 1  # the prompt, j continuation tokens, the mask
+    device = net.embed.weight.device
+    out: list[Tensor] = []
+    for start in range(0, len(continuations), batch_rows):
+        chunk = continuations[start:start + batch_rows]
+        length = p + max(len(c) for c in chunk) - 1  # the last token of c is a target only
         tokens = torch.zeros(len(chunk), length, dtype=torch.long, device=device)  # [R, L]
-        masked = torch.zeros(len(chunk), length, dtype=torch.bool, device=device)
         keys = torch.zeros(len(chunk), length, dtype=torch.bool, device=device)
-        for r, (c, j) in enumerate(chunk):
-            tokens[r, :p + j] = torch.tensor(prompt + continuations[c][:j], device=device)
-            masked[r, p + j] = True
-            keys[r, :p + j + 1] = True
-        hidden = objective.masked_hidden(net, tokens, masked, key_mask=keys)  # [R, L, D]
-        before = torch.tensor([p + j - 1 for _, j in chunk], device=device)  # the position before each mask
-        logits = net.token_logits(hidden[torch.arange(len(chunk), device=device), before])  # [R, V]
-        wanted = torch.tensor([continuations[c][j] for c, j in chunk], device=device)
-        nats[start:start + len(chunk)] = F.cross_entropy(logits.float(), wanted, reduction="none")
-    out, at = [], 0
-    for c in continuations:
-        out.append(nats[at:at + len(c)])
-        at += len(c)
+        for r, c in enumerate(chunk):
+            tokens[r, :p + len(c) - 1] = torch.tensor(prompt + c[:-1], device=device)
+            keys[r, :p + len(c) - 1] = True
+        with bidirectional(net.stack, prefix=p):
+            hidden = net.stack(net.embed_tokens(tokens), mask=keys)  # [R, L, D]
+        logits = net.token_logits(hidden[:, p - 1:])  # [R, L - p + 1, V]: the outputs that predict c
+        for r, c in enumerate(chunk):
+            out.append(F.cross_entropy(logits[r, :len(c)].float(), torch.tensor(c, device=device), reduction="none"))
     return out

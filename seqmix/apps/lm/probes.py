@@ -14,7 +14,8 @@ model, and writes a markdown table and a figure.
   direction only, by next-token training or by BICO, then asked both ways as multiple choice among every
   fact's description (A->B: ``<name> is`` -> ``<description>.``) or name (B->A: ``<description> is`` ->
   ``<name>.``): the candidate with the highest log-likelihood is the answer. Chance level: ``1 / n_facts``.
-  A BICO model is scored in BICO's mode (:func:`~seqmix.apps.lm.bico.bidirectional_nats`) and causally.
+  A BICO model is scored in BICO's mode (:func:`~seqmix.apps.lm.bico.bidirectional_nats`: the prompt read both
+  ways with mirrored positions, the candidate causally after it, one forward) and causally.
 - ``jrt`` (Arora et al. 2024, "Just read twice"): MQAR inside text: ``crown 41, sword 17, ...`` key-value
   pairs, then a key; the answer is the value with the highest likelihood among the context's values (chance
   ``1 / n_pairs``), with the pairs read once or twice (JRT-Prompt: the context repeated before the query).
@@ -98,12 +99,11 @@ def token_nats(net, sequences: Sequence[list[int]], batch_size: int = 32) -> lis
 
 
 @torch.no_grad()
-def choice_scores(net, prompt: list[int], candidates: Sequence[list[int]], *,
-                  objective: BICOObjective | None = None) -> Tensor:
-    """``[len(candidates)]`` summed nats of each candidate after ``prompt``: causal, or in BICO's mode when
-    ``objective`` is given. The answer is the argmin."""
-    if objective is not None:
-        return torch.stack([n.sum() for n in bidirectional_nats(net, objective, prompt, list(candidates))])
+def choice_scores(net, prompt: list[int], candidates: Sequence[list[int]], *, bidirectional: bool = False) -> Tensor:
+    """``[len(candidates)]`` summed nats of each candidate after ``prompt``: causal, or in BICO's mode with
+    ``bidirectional`` (:func:`~seqmix.apps.lm.bico.bidirectional_nats`). The answer is the argmin."""
+    if bidirectional:
+        return torch.stack([n.sum() for n in bidirectional_nats(net, prompt, list(candidates))])
     nats = token_nats(net, [prompt + c for c in candidates])
     return torch.stack([n[len(prompt) - 1:].sum() for n in nats])
 
@@ -285,28 +285,39 @@ def fact_batch(tokenizer, facts: Sequence[dict]) -> tuple[Tensor, Tensor, Tensor
     return inputs, targets, keys
 
 
+def fact_names(tokenizer, facts: Sequence[dict], length: int) -> Tensor:
+    """``[F, length]`` bool: the positions of each fact's name among :func:`fact_batch`'s inputs."""
+    names = torch.zeros(len(facts), length, dtype=torch.bool)
+    for row, fact in enumerate(facts):
+        _, spans = encode_segments(tokenizer, ["\n", fact["name"], f" is {fact['description']}.\n"])
+        names[row, spans[1][0]:min(spans[1][1], length)] = True
+    return names
+
+
 def finetune_on_facts(net, tokenizer, facts: Sequence[dict], *, objective: str, steps: int = 200, lr: float = 1e-3,
-                      seed: int = 0, mask_ratio: float = 0.3, span: int = 4,
-                      end_ratio: float = 0.0) -> BICOObjective | None:
+                      seed: int = 0, mask_ratio: float = 0.15, span: int = 1, causal_ratio: float = 0.5,
+                      name_ratio: float = 0.0) -> BICOObjective | None:
     """Fine-tune ``net`` in place on the facts (every fact in every step): ``next_token`` (causal cross-entropy)
-    or ``bico`` (:class:`BICOObjective`, returned, its mask vector trained too). Deterministic in ``seed``."""
+    or ``bico`` (:class:`BICOObjective`, returned, its mask vector trained too; ``name_ratio`` is its
+    ``segment_ratio`` with the facts' names as segments). Deterministic in ``seed``."""
     if objective not in ("next_token", "bico"):
         raise ValueError(f"reversal: objective={objective!r} is unknown; choose 'next_token' or 'bico'")
     check_int("reversal", "steps", steps, meaning="fine-tuning steps")
     torch.manual_seed(seed)
-    bico = (BICOObjective(net.embed.embedding_dim, mask_ratio=mask_ratio, span=span, end_ratio=end_ratio)
-            if objective == "bico" else None)
+    bico = (BICOObjective(net.embed.embedding_dim, mask_ratio=mask_ratio, span=span, causal_ratio=causal_ratio,
+                          segment_ratio=name_ratio) if objective == "bico" else None)
     params = list(net.parameters()) + (list(bico.parameters()) if bico is not None else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     inputs, targets, keys = fact_batch(tokenizer, facts)
+    names = fact_names(tokenizer, facts, inputs.shape[1])
     net.train()
     for _ in range(steps):
         if bico is None:
             logits = net(inputs)  # [F, T, V]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         else:
-            loss = bico(net, inputs, targets, generator=generator, key_mask=keys)
+            loss = bico(net, inputs, targets, generator=generator, key_mask=keys, segments=names)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -316,15 +327,17 @@ def finetune_on_facts(net, tokenizer, facts: Sequence[dict], *, objective: str, 
 
 
 @torch.no_grad()
-def reversal_accuracy(net, tokenizer, facts: Sequence[dict], *, objective: BICOObjective | None = None) -> dict:
+def reversal_accuracy(net, tokenizer, facts: Sequence[dict], *, bidirectional: bool = False) -> dict:
     """``{"a_to_b": accuracy, "b_to_a": accuracy, "chance": 1 / n}``: multiple choice among every fact's
-    description (A->B) or name (B->A) by summed log-likelihood (module docstring)."""
+    description (A->B) or name (B->A) by summed log-likelihood (module docstring), causal or in BICO's mode."""
     descriptions = [tokenizer.encode(f" {f['description']}.") for f in facts]
     names = [tokenizer.encode(f" {f['name']}.") for f in facts]
     right = {"a_to_b": 0, "b_to_a": 0}
     for i, fact in enumerate(facts):
-        forward = choice_scores(net, tokenizer.encode(f"\n{fact['name']} is"), descriptions, objective=objective)
-        backward = choice_scores(net, tokenizer.encode(f"\n{fact['description']} is"), names, objective=objective)
+        forward = choice_scores(net, tokenizer.encode(f"\n{fact['name']} is"), descriptions,
+                                bidirectional=bidirectional)
+        backward = choice_scores(net, tokenizer.encode(f"\n{fact['description']} is"), names,
+                                 bidirectional=bidirectional)
         right["a_to_b"] += int(forward.argmin()) == i
         right["b_to_a"] += int(backward.argmin()) == i
     return {k: v / len(facts) for k, v in right.items()} | {"chance": 1 / len(facts)}
@@ -386,7 +399,8 @@ class ProbeFiles:
 # ------------------------------------------------------------------ reversal experiment, tables, figures
 def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], objectives: Sequence[str],
                         steps: int, n_facts: int, folder: Path | None = None, lr: float = 1e-3,
-                        mask_ratio: float = 0.3, span: int = 4, end_ratio: float = 0.0) -> list[dict]:
+                        mask_ratio: float = 0.15, span: int = 1, causal_ratio: float = 0.5,
+                        name_ratio: float = 0.0) -> list[dict]:
     """For each seed: the facts (written to ``folder/reversal_facts_seed<s>.jsonl`` when given), then for each
     objective a fresh copy of the base network (``module_factory()``) fine-tuned on them and asked both ways.
     Rows ``{"seed", "objective", "mode", "a_to_b", "b_to_a", "chance"}``; BICO rows in both scoring modes."""
@@ -400,11 +414,11 @@ def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], obje
         for objective in objectives:
             net = module_factory().net
             bico = finetune_on_facts(net, tokenizer, facts, objective=objective, steps=steps, seed=seed, lr=lr,
-                                     mask_ratio=mask_ratio, span=span, end_ratio=end_ratio)
-            modes = [("causal", None)] + ([("bidirectional", bico)] if bico is not None else [])
-            for mode, scorer in modes:
+                                     mask_ratio=mask_ratio, span=span, causal_ratio=causal_ratio,
+                                     name_ratio=name_ratio)
+            for mode in ("causal",) + (("bidirectional",) if bico is not None else ()):
                 rows.append({"seed": seed, "objective": objective, "mode": mode,
-                             **reversal_accuracy(net, tokenizer, facts, objective=scorer)})
+                             **reversal_accuracy(net, tokenizer, facts, bidirectional=mode == "bidirectional")})
     return rows
 
 

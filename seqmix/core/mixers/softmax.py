@@ -87,17 +87,52 @@ class CachedAttention(Mixer):
         return 2 * cached * self.d_model  # the key and value cache
 
 
+def mirrored_attention(q: Tensor, k: Tensor, v: Tensor, rotary: RotaryEmbedding | None, *, prefix: int | None,
+                       key_mask: Tensor | None) -> Tensor:
+    """BICO's bidirectional self attention (Lv et al. 2023), the exact quadratic form: un-rotated ``q, k: [B, H, T,
+    K]``, ``v: [B, H, T, V]`` -> ``[B, H, T, V]``. With ``R_p`` the rotary at position ``p`` and ``R'_p`` the mirrored
+    one (sine negated, :class:`~seqmix.core.embeddings.RotaryEmbedding`)::
+
+        s_ij = (R_i q_i) . (R_j k_j) / sqrt(K)     j <= i  (past and own key: relative offset j - i)
+        s_ij = (R'_i q_i) . (R'_j k_j) / sqrt(K)   j > i   (future key: offset i - j)
+
+    so a key at distance ``d`` scores the same on either side of the query. Query ``i`` sees key ``j`` iff
+    ``j <= i`` or ``j < prefix`` (``None``: every key; a prefix LM otherwise), and ``key_mask: [B, T]`` keeps it
+    (True = attend); softmax over the visible keys, a query that sees none gives 0. Without ``rotary`` both
+    triangles are the plain scores."""
+    t = q.shape[-2]
+    if rotary is None:
+        scores = torch.einsum("bhtk,bhsk->bhts", q, k)  # [B, H, T, T]
+    else:
+        past = torch.einsum("bhtk,bhsk->bhts", rotary(q), rotary(k))  # [B, H, T, T]
+        future = torch.einsum("bhtk,bhsk->bhts", rotary(q, mirrored=True), rotary(k, mirrored=True))
+        scores = torch.tril(past) + torch.triu(future, diagonal=1)
+    i = torch.arange(t, device=q.device)[:, None]  # [T, 1]
+    j = torch.arange(t, device=q.device)[None, :]  # [1, T]
+    visible = (j <= i) | (j < (t if prefix is None else prefix))  # [T, T]
+    visible = visible[None, None] if key_mask is None else visible & key_mask[:, None, None, :]  # [B|1, 1, T, T]
+    scores = (scores * q.shape[-1] ** -0.5).masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key -> 0
+    return torch.einsum("bhts,bhsv->bhtv", weights, v)
+
+
 class AttentionMixer(CachedAttention):
     """Multi-head attention over ``x`` (self) or ``context`` (cross); a base, not registered.
 
     ``rotary``: rotary positions on self attention's queries and keys (continuing from the
     cache when stepping). ``window``: each query sees its last ``window`` keys (causal) or
     those within ``window // 2`` (non-causal); the causal cache keeps only those.
+
+    BICO's mode (a mode, not an argument: ``seqmix.apps.lm.bico.bidirectional`` sets it for the span of a
+    ``with``): ``mirrored_bidirectional = True`` runs self attention as :func:`mirrored_attention` over the
+    whole input (no state), the first ``bidirectional_prefix`` positions read both ways (``None``: all).
     """
 
     patterns = frozenset(PATTERNS)
     supports_mask = True
     normalizer: ClassVar[str] = "softmax"
+    mirrored_bidirectional: bool = False  # BICO's mode (class docstring); softmax attention without a window only
+    bidirectional_prefix: int | None = None  # in BICO's mode: positions that see the future (None: every one)
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  rotary: bool = False, window: int | None = None):
@@ -109,10 +144,24 @@ class AttentionMixer(CachedAttention):
         self.cache_window = window if causal else None
 
     def _forward(self, x, *, context, mask, state, return_state):
+        if self.mirrored_bidirectional:
+            return self._forward_mirrored(x, context=context, mask=mask, state=state, return_state=return_state)
         q, k, v, key_mask, state = self.queries_and_keys(x, context=context, mask=mask, state=state,
                                                          return_state=return_state)
         y = self.out(merge_heads(self.attend(q, k, v, key_mask)))  # [B, H, T, V] -> [B, T, D]
         return (y, state) if return_state else y
+
+    def _forward_mirrored(self, x, *, context, mask, state, return_state):
+        name = type(self).__name__
+        if context is not None or state is not None or return_state:
+            raise ValueError(f"{name}: BICO's mirrored bidirectional mode is self attention over the whole input, "
+                             "with no context and no state; leave the mode (bidirectional(...)) to decode or cross-attend")
+        if self.normalizer != "softmax" or self.window is not None:
+            raise ValueError(f"{name}: BICO's mirrored bidirectional mode is implemented for softmax attention "
+                             f"without a window (normalizer {self.normalizer!r}, window {self.window}); use softmax")
+        q, k, v = self.qkv(x, None)  # [B, H, T, K], [B, H, T, K], [B, H, T, V], not rotated yet
+        o = mirrored_attention(q, k, v, self.rotary, prefix=self.bidirectional_prefix, key_mask=mask)
+        return self.out(merge_heads(o))  # [B, H, T, V] -> [B, T, D]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
         return attention_naive(q, k, v, causal=self.causal, normalizer=self.normalizer,
