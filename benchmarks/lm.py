@@ -93,7 +93,9 @@ ROWS: dict[str, tuple[dict | list[dict], str, str]] = {
     "mlstm": (mixer("mlstm", n_heads=4), "none", "none (recurrent, gated)"),
     "lightnet": (mixer("lightnet", n_heads=4), "none", "none (recurrent, additive decay)"),
 }
-NAMED_CONFIGS = ("shakespeare_char_long", "shakespeare_char", "shakespeare_gla")
+# the tokeniser and corpus comparison: the same softmax + rotary model, about 8 CPU-minutes each at 1 thread
+TOKENISER_CONFIGS = ("shakespeare_char_8cpu", "shakespeare_bpe", "aclsum_char", "aclsum_bpe")
+NAMED_CONFIGS = ("shakespeare_char_long", "shakespeare_char", "shakespeare_gla", *TOKENISER_CONFIGS)
 
 
 def load_avg() -> float:
@@ -201,6 +203,36 @@ def generation_speed(net, tokenizer) -> dict:
             "sample": GEN_PROMPT + tokenizer.decode(out.tokens[0].tolist())}
 
 
+def data_record(dm) -> dict:
+    """The run's corpus and tokenizer: kind, vocabulary, context in tokens and UTF-8 bytes per token by split."""
+    per_token = {}
+    for split in ("train", "test"):
+        nbytes = sum(len(text.encode("utf-8")) for text in dm.texts[split].values())
+        per_token[split] = round(nbytes / len(dm.split_tokens(split)), 4)
+    return {"corpus": dm.hparams.corpus, "tokenizer": dm.tokenizer.kind, "vocab_size": dm.tokenizer.vocab_size,
+            "context": dm.context, "bytes_per_token": per_token}
+
+
+def val_bytes_per_token(dm, n_batches: int | None) -> float:
+    """UTF-8 bytes per target token of the validation windows that the trainer sweeps (the first ``n_batches``
+    batches of consecutive windows; None: all): turns ``val/loss`` (nats per token) into bits per byte (1 for
+    the byte tokenizer)."""
+    tokens = dm.split_tokens("val")
+    targets = tokens[1:] if n_batches is None else tokens[1 : n_batches * dm.hparams.batch_size * dm.context + 1]
+    token_bytes = torch.tensor([len(b) for b in dm.tokenizer.token_bytes], dtype=torch.long)
+    return float(token_bytes[targets].sum()) / len(targets)
+
+
+def tokenizer_saved(run_dir: Path, best_ckpt: str) -> dict:
+    """Where ``fit`` saved ``tokenizer.json`` (the run folder that holds ``checkpoints/``) and whether it is the
+    tokenizer inside the best checkpoint (its ``tokenizer_json`` hyper-parameter), byte for byte."""
+    path, ckpt = run_dir / "tokenizer.json", Path(best_ckpt)
+    inside = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["tokenizer_json"]
+    return {"file": path.is_file(), "beside_checkpoint": path.is_file() and ckpt.is_relative_to(run_dir),
+            "same_as_checkpoint": path.is_file() and path.read_text() == inside,
+            "checkpoint_relative": str(ckpt.relative_to(run_dir)) if ckpt.is_relative_to(run_dir) else str(ckpt)}
+
+
 def save_weights(best_ckpt: str, path: Path) -> int:
     """The best checkpoint without optimizer, scheduler, loop and callback state (fp32; tokenizer in its
     hyper-parameters); its size in bytes."""
@@ -244,20 +276,23 @@ def run_one(row: str | None, config: str | None, seed: int, cpu_minutes: float, 
         fit.stop()
         best_path = cli.trainer.checkpoint_callback.best_model_path
         best_step = int(torch.load(best_path, map_location="cpu", weights_only=True)["global_step"])
-        val_loss = float(cli.trainer.checkpoint_callback.best_model_score)
+        val_loss = float(cli.trainer.checkpoint_callback.best_model_score)  # nats per token
+        limit = cli.trainer.limit_val_batches  # an int: batches; a float: a fraction (1.0: all)
+        val_bpt = val_bytes_per_token(cli.datamodule, limit if isinstance(limit, int) else None)
         test = Stopwatch().start()
         metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
         test.stop()
         module, dm = cli.model.eval(), cli.datamodule
-        net = module.net
+        net, context = module.net, dm.context
+        saved = tokenizer_saved(Path(cli.trainer.log_dir), best_path)
         tokens = dm.split_tokens("test")[: EXTRAP_TOKENS + 1]
         token_bytes = torch.tensor([len(b) for b in dm.tokenizer.token_bytes], dtype=torch.long)
         extrap = {}
         for k in EXTRAP:
-            if net.max_positions is not None and k * CONTEXT > net.max_positions:
+            if net.max_positions is not None and k * context > net.max_positions:
                 extrap[str(k)] = None  # learned positions: no position past the training context
                 continue
-            extrap[str(k)] = round(window_bpc(net, tokens, token_bytes, k * CONTEXT, max(1, 32 // k)), 4)
+            extrap[str(k)] = round(window_bpc(net, tokens, token_bytes, k * context, max(1, 32 // k)), 4)
         gen = generation_speed(net, dm.tokenizer)
         checkpoint = None
         if save_checkpoint:
@@ -266,18 +301,20 @@ def run_one(row: str | None, config: str | None, seed: int, cpu_minutes: float, 
             checkpoint = f"{path.relative_to(REPO)} ({size / 1e6:.2f} MB)"
         steps_run = int(cli.trainer.global_step)
         batch = dm.hparams.batch_size
+        data = data_record(dm)
         total.stop()
     spec = ROWS[row] if row is not None else None
     return {"row": row, "config": config, "seed": seed, "steps": steps_run, "best_step": best_step,
             "cpu_minutes_budget": cpu_minutes if row is not None else None,
             "calibration_cpu_s_per_step": None if calibration is None else round(calibration, 4),
             "mlp_ratio": mlp_ratio if mlp_ratio is not None else float(module.hparams.mlp_ratio),
-            "params": n_params(net), "positions": net.positions, "best_val_loss": round(val_loss, 4),
-            "val_bpc": round(val_loss / np.log(2), 4), "test_bpc": round(float(metrics["test/bpc"]), 4),
+            "params": n_params(net), "embedding_params": n_params(net.embed), "positions": net.positions, "best_val_loss": round(val_loss, 4),
+            "val_bpc": round(val_loss / val_bpt / np.log(2), 4), "test_bpc": round(float(metrics["test/bpc"]), 4),
             "test_loss": round(float(metrics["test/loss"]), 4), "extrapolation_bpc": extrap,
             "state_floats": {str(t): int(sum(b.mixer.state_size(t) for b in net.stack.blocks)) for t in STATE_AT},
-            **gen, "train_tokens_per_wall_s": round(steps_run * batch * CONTEXT / fit.wall_s, 1),
-            "train_tokens_per_cpu_s": round(steps_run * batch * CONTEXT / fit.cpu_s, 1),
+            **gen, "train_tokens_per_wall_s": round(steps_run * batch * context / fit.wall_s, 1),
+            "train_tokens_per_cpu_s": round(steps_run * batch * context / fit.cpu_s, 1), **data,
+            "tokenizer_saved": saved,
             "fit_wall_s": round(fit.wall_s, 1), "fit_cpu_s": round(fit.cpu_s, 1), "test_wall_s": round(test.wall_s, 1),
             "wall_s": round(total.wall_s, 1), "cpu_s": round(total.cpu_s, 1), "threads": threads,
             "load_start": load_start, "load_end": load_avg(), "checkpoint": checkpoint, "config_sha256": digest,
