@@ -23,7 +23,10 @@ Runs are cached in ``benchmarks/results/lm_runs.json`` keyed ``<row>|seed<n>`` (
 wall and CPU seconds, the row's spec and the sha256 of the base config: a run whose spec or config changed is
 stale and left out). A named config (``--configs shakespeare_char_long``) runs as it is (its own steps) and
 gets the same tests; ``--save-checkpoint`` writes its weights (no optimizer state) to
-``checkpoints/lm/<config>.ckpt`` (tokenizer inside, at most 20 MB).
+``checkpoints/lm/<config>.ckpt`` (tokenizer inside, at most 20 MB). ``TOKENISER_CONFIGS`` (Shakespeare and
+ACLSum, bytes and a 1024-token BPE, the same model at about 8 CPU-minutes each) fill the "Tokenisers and
+corpora" section: vocabulary, context in tokens and bytes, bits per byte, and the check that ``fit`` saved
+``tokenizer.json`` beside the checkpoint.
 
 ``--generation``: speed and resident memory of ``generate`` against position up to 16,384 tokens, each mixer
 in a fresh process (random weights of the row's model: speed and memory do not depend on them), RSS and
@@ -516,7 +519,7 @@ def per_run_table(runs: dict) -> str:
 
 def targets(runs: dict, gen: dict) -> str:
     lines = ["## Targets (issue 33)\n"]
-    named = [r for r in runs.values() if r.get("config") is not None]
+    named = [r for r in runs.values() if r.get("config") is not None and r["config"] not in TOKENISER_CONFIGS]
     for r in named:
         ok = r["test_bpc"] <= TARGET_BPC
         lines.append(f"- `{r['config']}.yaml` (seed {r['seed']}): test **{r['test_bpc']:.3f}** bits per byte on the held-out "
@@ -530,6 +533,46 @@ def targets(runs: dict, gen: dict) -> str:
     if not gen:
         lines.append("- Generation target: not measured.")
     return "\n".join(lines) + "\n\n"
+
+
+def tokeniser_section(runs: dict) -> str:
+    """The tokeniser and corpus comparison: one row per config of ``TOKENISER_CONFIGS`` (seed 0 when several)."""
+    cols = ["config", "corpus", "tokenizer", "vocabulary", "context: tokens (mean bytes)", "params (embedding)",
+            "steps (best)", "fit CPU / wall s", "val bpb", "**test bpb**", "train tok/s per CPU s (bytes/s)",
+            "gen tok/s per CPU s", "tokenizer.json"]
+    rows = []
+    for config in TOKENISER_CONFIGS:
+        got = sorted((r for r in runs.values() if r.get("config") == config), key=lambda r: r["seed"])
+        if not got:
+            rows.append([f"`{config}`", "not run", *["—"] * (len(cols) - 2)])
+            continue
+        r = got[0]
+        per_token = r["bytes_per_token"]["train"]
+        saved = r["tokenizer_saved"]
+        where = ("beside the checkpoint, = its own" if saved["beside_checkpoint"] and saved["same_as_checkpoint"]
+                 else "missing" if not saved["file"] else "not the checkpoint's" if not saved["same_as_checkpoint"]
+                 else "elsewhere")
+        rows.append([f"`{config}`", r["corpus"], r["tokenizer"], f"{r['vocab_size']:,}",
+                     f"{r['context']} ({r['context'] * per_token:.0f})", f"{r['params']:,} ({r['embedding_params']:,})",
+                     f"{r['steps']} ({r['best_step']})", f"{r['fit_cpu_s']:.0f} / {r['fit_wall_s']:.0f}",
+                     f"{r['val_bpc']:.3f}", f"**{r['test_bpc']:.3f}**",
+                     f"{r['train_tokens_per_cpu_s']:,.0f} ({r['train_tokens_per_cpu_s'] * per_token:,.0f})",
+                     f"{r['gen_tokens_per_cpu_s']:,.0f}", where])
+    return ("## Tokenisers and corpora\n\n"
+            "The same model (softmax + rotary, d_model 128, 4 layers, GLU MLP ratio 4, batch 32, AdamW lr 3e-3, "
+            "warm-up 100, cosine to 0.1x) on two corpora, Shakespeare's plays (split by play) and ACLSum's "
+            "scientific papers (full texts, ACLSum's own split by paper: 100 train / 50 val / 100 test), with two "
+            "tokenisers: bytes (vocabulary 256) and a byte-level BPE of 1,024 tokens that the `tokenizers` library "
+            "trains on the training split. The BPE context is set so that a window covers about the byte model's "
+            "128 bytes (mean bytes per token of the training split); the BPE's tied embedding is 1,024 x 128, so its "
+            "model has ~98k more parameters. Budget: each config's `trainer.max_steps` is about 8 CPU-minutes of "
+            "training at 1 torch thread (a BPE step of 32 short windows costs about half a byte step); the measured "
+            "fit CPU seconds (validation included) are in the table. Bits per byte (bpb): the model's total nats "
+            "over the split's UTF-8 bytes / ln 2, so the tokenisers compare; test: the whole test split (3 plays, "
+            "312,365 bytes; 100 papers, 2.77M bytes) in consecutive windows of the context. The two corpora are "
+            "different texts: compare tokenisers within a corpus. tokenizer.json: the file `fit` writes in the run "
+            "folder (beside `checkpoints/`), compared byte for byte with the tokenizer inside the best checkpoint. "
+            "Commands, commits and loads: \"Every run\" below.\n\n" + markdown_table(cols, rows) + "\n")
 
 
 def plot(runs: dict) -> None:
@@ -590,6 +633,7 @@ def report(all_runs: dict, gen: dict) -> str:
     text += targets(runs, gen)
     text += ("## Mixer table (sorted by test bpc)\n\n" + table(table_runs) + "\n![lm](lm.png)\n\n")
     text += generation_section(gen)
+    text += tokeniser_section(runs)
     text += "## Every run\n\n" + per_run_table(runs) + "\n"
     commands = sorted({r.get("command", "?") for r in runs.values()})
     text += "## Commands that produced the cached records\n\n" + "\n".join(f"- `{c}`" for c in commands) + "\n\n"

@@ -84,3 +84,41 @@ def test_generation_verdicts():
 def common():
     return {"threads": 1, "command": "python -m benchmarks.lm --generation", "commit": "abc", "date": "today",
             "cpu": "CPU"}
+
+
+def tokeniser_run(config, tokenizer, vocab, context, per_token):
+    return {"config": config, "row": None, "seed": 0, "corpus": config.split("_")[0], "tokenizer": tokenizer,
+            "vocab_size": vocab, "context": context, "bytes_per_token": {"train": per_token, "test": per_token},
+            "params": 922_536, "embedding_params": vocab * 128, "steps": 2200, "best_step": 2200, "fit_cpu_s": 480.0,
+            "fit_wall_s": 900.0, "val_bpc": 2.5, "test_bpc": 2.4, "train_tokens_per_cpu_s": 8000.0,
+            "gen_tokens_per_cpu_s": 300.0, "threads": 1, "load_start": 1.0, "load_end": 1.0, "checkpoint": None,
+            "command": "c", "commit": "abc", "tokenizer_saved": {"file": True, "beside_checkpoint": True,
+                                                                 "same_as_checkpoint": tokenizer == "bpe"}}
+
+
+def test_tokeniser_section_rows_and_the_target_leaves_them_out():
+    runs = {"a": tokeniser_run("shakespeare_bpe", "bpe", 1024, 54, 2.36),
+            "b": tokeniser_run("aclsum_char", "bytes", 256, 128, 1.0)}
+    lines = {line.split(" |")[0].strip("| `"): line for line in lm.tokeniser_section(runs).splitlines()
+             if line.startswith("| `")}
+    assert set(lines) == set(lm.TOKENISER_CONFIGS)
+    assert "| 54 (127) |" in lines["shakespeare_bpe"] and "| 922,536 (131,072) |" in lines["shakespeare_bpe"]
+    assert "8,000 (18,880)" in lines["shakespeare_bpe"] and "beside the checkpoint, = its own" in lines["shakespeare_bpe"]
+    assert "not the checkpoint's" in lines["aclsum_char"] and "not run" in lines["aclsum_bpe"]
+    assert "shakespeare_bpe" not in lm.targets(runs, {}) and "not recorded yet" in lm.targets(runs, {})
+
+
+class Sweep:
+    """A datamodule's parts that ``val_bytes_per_token`` reads: 2-byte tokens after the first 6 targets."""
+
+    context, hparams = 3, type("H", (), {"batch_size": 2})
+    tokenizer = type("T", (), {"token_bytes": [b"a", b"bc"]})
+
+    def split_tokens(self, split):
+        return torch.tensor([0] * 7 + [1] * 6)
+
+
+def test_val_bytes_per_token_counts_the_swept_windows():
+    assert lm.val_bytes_per_token(Sweep(), 1) == 1.0  # one batch: 2 windows x 3 targets, all 1-byte tokens
+    assert lm.val_bytes_per_token(Sweep(), 2) == pytest.approx(1.5)  # 6 targets of 1 byte, 6 of 2
+    assert lm.val_bytes_per_token(Sweep(), None) == pytest.approx(18 / 12)
