@@ -235,3 +235,21 @@ def test_aligned_keys_do_not_diverge(eta_logit):
         y, state = mixer(x, return_state=True)
     assert torch.isfinite(y).all()
     assert max(w.abs().max().item() for w in state.weights) < 10 * max(w.abs().max().item() for w in mixer.memory)
+
+
+@pytest.mark.parametrize("eta_logit", [0.0, 2.0])
+def test_default_step_is_bounded_for_aligned_keys(eta_logit):
+    """The defaults (max_lr, chunk_size) sit in the bounded region (max_lr * chunk_size <= 1, docs/titans.md
+    "Stability"): a linear memory fed one token 256 times with the inner step's gate open stays bounded. With the
+    old default max_lr 0.1 (product 1.6) it grew without bound at eta = 0.5."""
+    torch.manual_seed(0)
+    mixer = build_mixer("titans", D, n_heads=2, n_persistent=0, memory_depth=1)
+    assert mixer.max_lr * mixer.chunk_size <= 1
+    with torch.no_grad():
+        mixer.gates.weight.zero_()
+        mixer.gates.bias.copy_(torch.tensor([eta_logit, 20.0, -6.0]).repeat_interleave(2))  # eta, theta ~ max_lr
+    x = torch.randn(1, 1, D).expand(1, 256, D)  # [B, T, D]: one token, 256 times
+    with torch.no_grad():
+        y, state = mixer(x, return_state=True)
+    assert torch.isfinite(y).all()
+    assert max(w.abs().max().item() for w in state.weights) < 10 * max(w.abs().max().item() for w in mixer.memory)
