@@ -121,3 +121,12 @@ def test_chunk_features_are_the_taylor_features():
     q, k = chunk_features(x[:, :1]), chunk_features(x[:, 1:2])
     s = (x[:, :1] * x[:, 1:2]).sum(-1) / 6 ** 0.5
     torch.testing.assert_close((q * k).sum(-1), 1 + s + s * s / 2)  # the intra-chunk scores' identity
+
+
+def test_no_prefix_builds_no_encoder_keys():
+    """prefix_len=0 has no prefix to encode: no k_enc weights (they would get no gradient); with a prefix, k_enc
+    gets one."""
+    assert jrt(0).k_enc is None and not any(name.startswith("k_enc") for name, _ in jrt(0).named_parameters())
+    mixer = jrt(4)
+    mixer(inputs(9)).sum().backward()
+    assert mixer.k_enc.weight.grad is not None and mixer.k_enc.weight.grad.abs().sum() > 0

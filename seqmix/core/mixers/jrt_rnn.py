@@ -169,9 +169,10 @@ class JRTRNN(Mixer):
         self.chunk_size = chunk_size
         self.q = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.k_dec = nn.Linear(d_model, n_heads * feature_dim, bias=False)
-        self.k_enc = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
+        # the prefix's encoder keys: only with a prefix (prefix_len=0 would leave them without gradients)
+        self.k_enc = nn.Linear(d_model, n_heads * feature_dim, bias=False) if prefix_len > 0 else None
 
     @property
     def n_features(self) -> int:
@@ -186,7 +187,10 @@ class JRTRNN(Mixer):
         b, t, d = x.shape
         seen = 0 if state is None else state.seen
         m = min(self.prefix_len, t) if seen == 0 else 0  # the prefix, read by the forward that starts a sequence
-        k_enc = self.features(self.k_enc, x[:, :m])  # [B, M, H, K]
+        if self.k_enc is not None:
+            k_enc = self.features(self.k_enc, x[:, :m])  # [B, M, H, K]
+        else:  # no prefix: an empty one
+            k_enc = x.new_zeros(b, 0, self.n_heads, self.n_features)  # [B, 0, H, K]
         v = self.v(x).view(b, t, self.n_heads, self.head_dim)  # [B, T, H, V]
         v = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # [B, T, H, V + 1]: the last column sums the scores
         s0 = None if state is None else state.kv
