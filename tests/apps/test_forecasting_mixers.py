@@ -16,11 +16,9 @@ from seqmix.core.mixers.bidirectional import Bidirectional
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "forecasting").glob("patchtst_*.yaml"))
-# parameters the task loss does not reach: JRT-RNN's encoder keys read the prefix only, and the config sets
-# prefix_len 0 (the Bidirectional wrapper reads the whole sequence instead); SEA's estimator learns only from
-# its distillation loss (SEAAttention.estimator_loss), which the forecasting app does not call
-UNUSED = {"patchtst_jrt_rnn": {"forward_mixer.k_enc.weight", "backward_mixer.k_enc.weight"},
-          "patchtst_sea": {"estimator"}}
+# parameters the task loss does not reach: SEA's estimator learns only from its distillation loss
+# (SEAAttention.estimator_loss), which the forecasting app does not call
+UNUSED = {"patchtst_sea": {"estimator"}}
 
 
 @pytest.fixture(autouse=True, scope="module")
