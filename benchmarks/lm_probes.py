@@ -65,7 +65,8 @@ def reversal(args) -> None:
         f"(B->A, prompt `<description> is`) by summed log-likelihood: chance {1 / args.n_facts:.3f}",
         f"BICO (`seqmix/apps/lm/bico.py`, the authors' form): each step is, with probability "
         f"{args.bico_causal_ratio:g}, next-token training in the causal mode, else mask denoising in BICO's mode "
-        f"(bidirectional attention, future keys with mirrored rotary; {args.bico_mask_ratio:g} of the characters "
+        f"(bidirectional attention, future keys with mirrored rotary; {args.bico_mask_ratio:g} of the "
+        f"{base.tokenizer.kind} tokens "
         + ("masked one by one" if args.bico_span == 1 else f"masked in spans of {args.bico_span}")
         + ", the masked positions hidden as keys, each predicted from the output before it"
         + (f"; ours: the name masked whole in {args.bico_name_ratio:g} of the denoising rows"
