@@ -114,6 +114,12 @@ HEADLINES = (
              r", val [\d.]+; (?P<steps>\d+) steps in (?P<cpu>[\d.]+) CPU-minutes",
              "{bpc} ({met}; softmax + RoPE, {steps} steps, {cpu} CPU-minutes)", "<= 2.3",
              "Language model, Shakespeare"),
+    Headline("LM tokenisers and corpora, same model, ~8 CPU-minutes each: test bits per byte, bytes vs BPE-1024",
+             "lm",
+             r"^\| `shakespeare_char_8cpu` \|[^\n]*?\*\*(?P<sc>[\d.]+)\*\*.*?^\| `shakespeare_bpe` \|[^\n]*?"
+             r"\*\*(?P<sb>[\d.]+)\*\*.*?^\| `aclsum_char` \|[^\n]*?\*\*(?P<ac>[\d.]+)\*\*.*?"
+             r"^\| `aclsum_bpe` \|[^\n]*?\*\*(?P<ab>[\d.]+)\*\*",
+             "Shakespeare {sc} vs {sb}, ACLSum papers {ac} vs {ab}", "-", "Language model, Shakespeare"),
     Headline("Transformer TTS vs the Tacotron-style baseline (espeak-ng corpus, equal CPU budget): MCD-DTW and "
              "predict real-time factor", "tts",
              r"\*\*Target 1\*\* [^\n]*?: \*\*(?P<met1>[\w ]+)\*\*: MCD-DTW (?P<tr>[\d.]+) vs (?P<tac>[\d.]+) dB.*?"
