@@ -85,3 +85,24 @@ def test_generate_errors_on_the_shipped_checkpoint_are_one_line(module, tmp_path
     refused(r"--tokenizer .*other.json \(.*\) is not the tokenizer of .*give that run's tokenizer.json",
             "--prompt", "ROMEO:", "--tokenizer", str(tmp_path / "other.json"))
     assert module.net.max_positions is None  # rotary: no position limit (learned-position limit: test_lm.py)
+
+
+BPE_CKPT = REPO / "checkpoints" / "lm" / "shakespeare_bpe.ckpt"
+
+
+def test_the_shipped_bpe_model_carries_its_bpe_and_is_trained():
+    """The BPE base of the reversal probe (lm_reversal_bico_mirror_bpe*.md; weights of `seqmix lm fit --config
+    configs/lm/shakespeare_bpe.yaml`): its byte-level BPE inside, and Macbeth's lines in windows of its 54-token
+    context well under the 8 bits per byte of a uniform byte guess."""
+    assert BPE_CKPT.stat().st_size <= 20_000_000
+    bpe = load_trained(LanguageModel, BPE_CKPT, "lm", "")[0]
+    assert bpe.tokenizer.kind == "bpe" and bpe.tokenizer.vocab_size == 1024
+    ids = torch.tensor([bpe.tokenizer.encode(TEXT)])
+    assert bpe.tokenizer.decode(ids[0].tolist()) == TEXT
+    context, nats = bpe.hparams.max_len, 0.0
+    with torch.no_grad():
+        for start in range(0, ids.shape[1] - 1, context):
+            window = ids[:, start:start + context + 1]  # [1, <= context + 1]
+            nats += float(torch.nn.functional.cross_entropy(bpe(window[:, :-1])[0], window[0, 1:], reduction="sum"))
+    predicted_bytes = len(TEXT.encode()) - len(bpe.tokenizer.token_bytes[ids[0, 0]])  # all but the first token's
+    assert nats / predicted_bytes / math.log(2) < 2.6
