@@ -12,10 +12,10 @@ import torch
 
 from seqmix.apps.lm.data import IGNORE_INDEX
 from seqmix.apps.lm.model import CausalLM
-from seqmix.apps.lm.probes import (CONDITIONS, NOUNS, encode_segments, fact_batch, fact_names, fact_text, jrt_context,
-                                   jrt_trials, read_jsonl, reversal_accuracy, reversal_facts, run_jrt, run_verbatim,
-                                   summarize_verbatim, verbatim_noun_spans, verbatim_segments, verbatim_trials,
-                                   write_jsonl)
+from seqmix.apps.lm.probes import (CONDITIONS, NOUNS, chance_tail, encode_segments, fact_batch, fact_names, fact_text,
+                                   jrt_context, jrt_trials, read_jsonl, reversal_accuracy, reversal_facts,
+                                   reversal_table, run_jrt, run_verbatim, summarize_verbatim, verbatim_noun_spans,
+                                   verbatim_segments, verbatim_trials, write_jsonl)
 from seqmix.apps.lm.tokenizer import ByteTokenizer
 from seqmix.cli import main
 from seqmix.core.mixers.softmax import SoftmaxAttention
@@ -123,3 +123,14 @@ def test_probe_command_and_bico_fine_tuning(tmp_path, monkeypatch, capsys):
     assert "| bico | bidirectional |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"seqmix lm probe: error: .*checkpoint"):
         main(["lm", "probe", "jrt", "--ckpt", str(tmp_path / "missing.ckpt")])
+
+
+def test_chance_tail_and_the_table_counts_right_answers():
+    """The binomial tail by hand: all of P(X >= 0); two heads of two fair coins 1/4; and the table's counts."""
+    assert chance_tail(0, 5, 0.3) == pytest.approx(1.0)
+    assert chance_tail(2, 2, 0.5) == pytest.approx(0.25)
+    assert chance_tail(1, 3, 0.5) == pytest.approx(7 / 8)
+    rows = [{"objective": "bico", "mode": "causal", "seed": s, "a_to_b": 1.0, "b_to_a": b, "chance": 0.05}
+            for s, b in enumerate((0.10, 0.0, 0.20))]
+    line = reversal_table(rows).splitlines()[-1]
+    assert "| 6 / 60 |" in line and f"| {chance_tail(6, 60, 0.05):.3f} |" in line

@@ -422,19 +422,29 @@ def reversal_experiment(module_factory, tokenizer, *, seeds: Sequence[int], obje
     return rows
 
 
+def chance_tail(right: int, asked: int, chance: float) -> float:
+    """``P(X >= right)`` for ``X ~ Binomial(asked, chance)``: how often guessing alone gets ``right`` or more."""
+    return sum(math.comb(asked, k) * chance ** k * (1 - chance) ** (asked - k) for k in range(right, asked + 1))
+
+
 def reversal_table(rows: Sequence[dict]) -> str:
-    """Markdown: mean (and per-seed) accuracy A->B and B->A per objective and scoring mode, with chance."""
+    """Markdown: mean (and per-seed) accuracy A->B and B->A per objective and scoring mode, with chance; the B->A
+    right answers over all seeds and the probability that guessing gets as many (:func:`chance_tail`)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["objective"], r["mode"]), []).append(r)
-    lines = ["| fine-tuning | scored | A->B mean | B->A mean | A->B per seed | B->A per seed | chance |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| fine-tuning | scored | A->B mean | B->A mean | A->B per seed | B->A per seed | chance | "
+             "B->A right / asked | P(guessing gets as many) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (objective, mode), group in groups.items():
         ab = [r["a_to_b"] for r in group]
         ba = [r["b_to_a"] for r in group]
+        chance = group[0]["chance"]
+        n_facts = round(1 / chance)
+        right, asked = sum(round(b * n_facts) for b in ba), n_facts * len(ba)
         lines.append(f"| {objective} | {mode} | {sum(ab) / len(ab):.3f} | {sum(ba) / len(ba):.3f} | "
                      f"{' / '.join(f'{a:.2f}' for a in ab)} | {' / '.join(f'{b:.2f}' for b in ba)} | "
-                     f"{group[0]['chance']:.3f} |")
+                     f"{chance:.3f} | {right} / {asked} | {chance_tail(right, asked, chance):.3f} |")
     return "\n".join(lines) + "\n"
 
 
