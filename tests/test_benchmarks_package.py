@@ -3,10 +3,12 @@
 
 import importlib
 import time
+import types
 from pathlib import Path
 
 import pytest
 
+import benchmarks.common
 from benchmarks.common import Stopwatch, command_line, time_call, time_calls
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -54,12 +56,19 @@ def test_time_calls_interleaves_keeps_warmups_apart_and_reports_median_and_min()
         time_call(lambda: None, repeats=0)
 
 
-def test_min_repeat_s_records_seconds_per_call_and_before_runs_off_the_clock():
+def test_min_repeat_s_records_seconds_per_call_and_before_runs_off_the_clock(monkeypatch):
+    """On a fake clock (a loaded machine makes real sleeps overshoot): each call takes 1 ms, ``before`` 2 ms."""
+    now = [0.0]
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    monkeypatch.setattr(benchmarks.common, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
-    timing = time_call(lambda: calls.append(time.sleep(0.001)), warmup=0, repeats=1, min_repeat_s=0.004,
-                       before=lambda: time.sleep(0.002))
-    assert 2 <= len(calls) <= 4  # called again until 0.004 s had passed on the clock ...
-    assert 0.001 <= timing.times_s[0] < 0.0025  # ... per call, without the 0.002 s sleeps of `before`
+    timing = time_call(lambda: calls.append(advance(0.001)), warmup=0, repeats=1, min_repeat_s=0.0035,
+                       before=lambda: advance(0.002))
+    assert len(calls) == 4  # called again until 0.0035 s had passed on the clock ...
+    assert timing.times_s[0] == pytest.approx(0.001)  # ... per call, without the 2 ms of `before`
 
 
 def test_stopwatch_times_a_block_and_refuses_stop_before_start():
