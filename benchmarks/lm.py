@@ -222,8 +222,7 @@ def val_bytes_per_token(dm, n_batches: int | None) -> float:
     the byte tokenizer)."""
     tokens = dm.split_tokens("val")
     targets = tokens[1:] if n_batches is None else tokens[1 : n_batches * dm.hparams.batch_size * dm.context + 1]
-    token_bytes = torch.tensor([len(b) for b in dm.tokenizer.token_bytes], dtype=torch.long)
-    return float(token_bytes[targets].sum()) / len(targets)
+    return float(dm.tokenizer.byte_lengths[targets].sum()) / len(targets)
 
 
 def tokenizer_saved(run_dir: Path, best_ckpt: str) -> dict:
@@ -289,7 +288,7 @@ def run_one(row: str | None, config: str | None, seed: int, cpu_minutes: float, 
         net, context = module.net, dm.context
         saved = tokenizer_saved(Path(cli.trainer.log_dir), best_path)
         tokens = dm.split_tokens("test")[: EXTRAP_TOKENS + 1]
-        token_bytes = torch.tensor([len(b) for b in dm.tokenizer.token_bytes], dtype=torch.long)
+        token_bytes = dm.tokenizer.byte_lengths  # [V]
         extrap = {}
         for k in EXTRAP:
             if net.max_positions is not None and k * context > net.max_positions:
@@ -564,12 +563,12 @@ def tokeniser_section(runs: dict) -> str:
             "scientific papers (full texts, ACLSum's own split by paper: 100 train / 50 val / 100 test), with two "
             "tokenisers: bytes (vocabulary 256) and a byte-level BPE of 1,024 tokens that the `tokenizers` library "
             "trains on the training split. The BPE context is set so that a window covers about the byte model's "
-            "128 bytes (mean bytes per token of the training split); the BPE's tied embedding is 1,024 x 128, so its "
-            "model has ~98k more parameters. Budget: each config's `trainer.max_steps` is about 8 CPU-minutes of "
-            "training at 1 torch thread (a BPE step of 32 short windows costs about half a byte step); the measured "
+            "128 bytes (mean bytes per token of the training split); the BPE's tied embedding is 1,024 x 128 (its "
+            "parameters are in the table). Budget: each config's `trainer.max_steps` is about 8 CPU-minutes of "
+            "training at 1 torch thread; the measured "
             "fit CPU seconds (validation included) are in the table. Bits per byte (bpb): the model's total nats "
-            "over the split's UTF-8 bytes / ln 2, so the tokenisers compare; test: the whole test split (3 plays, "
-            "312,365 bytes; 100 papers, 2.77M bytes) in consecutive windows of the context. The two corpora are "
+            "over the split's UTF-8 bytes / ln 2, so the tokenisers compare; test: the whole test split (3 plays; "
+            "100 papers) in consecutive windows of the context. The two corpora are "
             "different texts: compare tokenisers within a corpus. tokenizer.json: the file `fit` writes in the run "
             "folder (beside `checkpoints/`), compared byte for byte with the tokenizer inside the best checkpoint. "
             "Commands, commits and loads: \"Every run\" below.\n\n" + markdown_table(cols, rows) + "\n")

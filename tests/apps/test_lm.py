@@ -141,6 +141,7 @@ def test_bpe_is_trained_saved_and_loaded_equal(tmp_path):
     assert loaded.encode(sample) == bpe.encode(sample) and loaded.decode(loaded.encode(sample)) == sample
     assert len(bpe.encode(texts[0])) < len(texts[0].encode())  # merges shorten the text
     assert sum(len(bpe.token_bytes[i]) for i in bpe.encode(sample)) == len(sample.encode())
+    assert int(bpe.byte_lengths[bpe.encode(sample)].sum()) == len(sample.encode())  # the same, as a tensor
     assert bpe.encode("{")[0] in bpe.unseen and bpe.encode("k")[0] not in bpe.unseen
     with pytest.raises(ValueError, match="bpe_vocab_size must be an int >= 257"):
         train_bpe(texts, 256)

@@ -112,7 +112,7 @@ class Sweep:
     """A datamodule's parts that ``val_bytes_per_token`` reads: 2-byte tokens after the first 6 targets."""
 
     context, hparams = 3, type("H", (), {"batch_size": 2})
-    tokenizer = type("T", (), {"token_bytes": [b"a", b"bc"]})
+    tokenizer = type("T", (), {"byte_lengths": torch.tensor([1, 2])})  # token 0: b"a", token 1: b"bc"
 
     def split_tokens(self, split):
         return torch.tensor([0] * 7 + [1] * 6)

@@ -106,7 +106,7 @@ def span_mask(batch: int, length: int, *, ratio: float, span: int, generator: to
 
 def causal_loss(net: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
     """The next-token cross-entropy of ``net`` in its causal mode (IGNORE_INDEX targets skipped)."""
-    logits = net.token_logits(net.stack(net.embed_tokens(inputs)))  # [B, T, V]
+    logits = net(inputs)  # [B, T, V]
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 

@@ -307,6 +307,6 @@ class LMDataModule(SplitLoaders):
             split = "test"
         if split not in SPLITS:
             raise ValueError(f"the lm app has no {split!r} split; use train, val or test")
-        token_bytes = torch.tensor([len(b) for b in self.tokenizer.token_bytes], dtype=torch.long)  # [V]
+        token_bytes = self.tokenizer.byte_lengths  # [V]
         windows = RandomWindows if split == "train" else SweepWindows
         return windows(self.split_tokens(split), token_bytes, self.context)

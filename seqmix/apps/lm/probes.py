@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqmix.apps.files import atomic_write
-from seqmix.apps.lm.bico import BICOObjective, bidirectional_nats
+from seqmix.apps.lm.bico import BICOObjective, bidirectional_nats, causal_loss
 from seqmix.apps.lm.data import IGNORE_INDEX
 from seqmix.core.mixer import check_int
 
@@ -314,8 +314,7 @@ def finetune_on_facts(net, tokenizer, facts: Sequence[dict], *, objective: str, 
     net.train()
     for _ in range(steps):
         if bico is None:
-            logits = net(inputs)  # [F, T, V]
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+            loss = causal_loss(net, inputs, targets)
         else:
             loss = bico(net, inputs, targets, generator=generator, key_mask=keys, segments=names)
         optimizer.zero_grad()

@@ -30,6 +30,8 @@ import json
 from functools import cached_property
 from typing import Iterable, Literal, Sequence
 
+import torch
+
 TokenizerKind = Literal["bytes", "bpe"]
 FORMAT = "seqmix-lm-tokenizer/1"
 
@@ -70,6 +72,11 @@ class Tokenizer:
     def token_bytes(self) -> list[bytes]:
         """The bytes each token id stands for."""
         raise NotImplementedError
+
+    @property
+    def byte_lengths(self) -> torch.Tensor:
+        """``[V]`` long: the UTF-8 bytes each token id stands for (bits per byte divide by their sum)."""
+        return torch.tensor([len(b) for b in self.token_bytes], dtype=torch.long)
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of ``ids`` (bytes that are no whole UTF-8 character become U+FFFD)."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs
-from seqmix.core.mixer import Mixer, State, expanded_widths, register_mixer, state_dtype
+from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
 
@@ -66,9 +66,8 @@ class GatedLinearAttention(Mixer):
             raise ValueError(f"{name}: gate_logit_normalizer must be > 0, got {gate_logit_normalizer!r}")
         head_dims = {"key_dim / n_heads": self.key_dim // n_heads, "value_dim / n_heads": self.value_dim // n_heads}
         self.triton_refusal = GLA.check(name, impl, chunk_size=chunk_size, head_dims=head_dims)
-        if conv_size is not None and (not isinstance(conv_size, int) or isinstance(conv_size, bool) or conv_size < 2):
-            raise ValueError(f"{name}: conv_size must be an int >= 2 (taps of the short convolutions) or None (none), "
-                             f"got {conv_size!r}")
+        if conv_size is not None:
+            check_int(name, "conv_size", conv_size, minimum=2, meaning="taps of the short convolutions; None for none")
         self.gate_logit_normalizer = gate_logit_normalizer
         self.conv_size = conv_size
         self.chunk_size = chunk_size
