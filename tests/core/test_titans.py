@@ -37,6 +37,8 @@ def _mixer(seed=0, **arguments):
     ({"memory_depth": 1, "memory_expansion": 4}, "a linear memory \\(memory_depth=1\\) has none"),
     ({"chunk_size": 0}, "chunk_size must be a positive int"),
     ({"causal": False}, "supports only \\['causal_self'\\]"),
+    ({"conv_size": 1}, "conv_size must be an int >= 2"),
+    ({"layout": "MAC", "conv_size": 4}, "conv_size is for MAL and MAG.*leave conv_size None"),
 ])
 def test_bad_arguments_name_the_fix(arguments, match):
     with pytest.raises(ValueError, match=match):
@@ -69,7 +71,7 @@ def test_learning_rate_zero_and_no_forgetting_is_a_fixed_mlp(assert_rel_close):
     _freeze_memory(mixer)
     x = torch.randn(2, 11, D)
     y, state = mixer(x, return_state=True)
-    q = mixer._memory_inputs(x)[0]  # [B, T, H, K]
+    q = mixer._memory_inputs(x, None)[0][0]  # [B, T, H, K]
     fixed = memory_apply(tuple(w[None] for w in mixer.memory), q.transpose(1, 2)).transpose(1, 2)  # [B, T, H, V]
     assert_rel_close(y.detach(), mixer.output(fixed, x).detach(), 1e-6, "frozen memory")
     for w, w0 in zip(state.weights, mixer.memory):
@@ -252,3 +254,34 @@ def test_default_step_is_bounded_for_aligned_keys(eta_logit):
     mixer = build_mixer("titans", D, n_heads=2, n_persistent=0, memory_depth=1)
     assert mixer.max_lr * mixer.chunk_size <= 1
     assert_bounded_on_one_repeated_token(mixer, eta_logit)
+
+
+@pytest.mark.parametrize("layout", ["MAL", "MAG"])
+def test_identity_conv_taps_equal_the_layer_without_convolutions(layout):
+    """With every short convolution's last tap 1 and the others 0, conv + SiLU is SiLU: the layer with conv_size
+    equals the same weights without (the module docstring's form), persistent tokens and all."""
+    arguments = {"n_persistent": 3, **LAYOUTS[layout], "layout": layout}
+    plain, convolved = _mixer(**arguments), _mixer(conv_size=3, **arguments)
+    missing, unexpected = convolved.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("convs.") for name in missing)
+    with torch.no_grad():
+        for conv in convolved.convs:
+            conv.weight.zero_()
+            conv.weight[-1] = 1.0
+    x = torch.randn(2, 13, D)
+    torch.testing.assert_close(convolved(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_cache_carries_the_preceding_tokens_and_is_counted():
+    """Pieces with the carried state equal one pass; the state holds the last conv_size - 1 q, k, v projections
+    (after the persistent tokens: a learned prefix for the convolutions too) and state_size counts them."""
+    mixer = _mixer(conv_size=4, n_persistent=2)
+    x = torch.randn(1, 11, D)
+    first, state = mixer(x[:, :6], return_state=True)
+    assert state.conv.shape == (1, 3, 3 * D)
+    second = mixer(x[:, 6:], state=state)
+    torch.testing.assert_close(torch.cat([first, second], 1), mixer(x), atol=1e-5, rtol=1e-5)
+    initial = mixer.init_state(1)
+    assert initial.conv.abs().sum() > 0  # the persistent tokens' projections
+    floats = sum(t.numel() for part in initial.memory[:3] for t in part) + initial.conv.numel()
+    assert mixer.state_size(10) == mixer.state_size(10_000) == floats

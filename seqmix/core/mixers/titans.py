@@ -35,7 +35,14 @@ the memory's read normalised per head with a learned scale, times a learned SiLU
   segment's start and the attention keys and values of the segment so far (at most ``2 * segment_size``
   tokens, the persistent ones recomputed from the parameters): constant in T.
 
-Left out / changed: the short depthwise convolutions after the q/k/v projections; the inner step theta_t is
+Short convolutions (``conv_size``, MAL and MAG): the paper puts a 1-D depthwise convolution after each of the q, k
+and v projections (section 4.4, "following recent modern linear recurrent models"); with ``conv_size`` set, q, k and
+v each pass a causal depthwise convolution of ``conv_size`` taps and SiLU (the :class:`ShortConvolution` GLA and
+DeltaNet use) instead of the SiLU alone, and the state also carries the last ``conv_size - 1`` projections
+(:class:`ConvMemory`). Off by default (the layer as first built here, its checkpoints and configs); refused for
+MAC, whose memory reads the attention outputs of a segment.
+
+Left out / changed: the short convolutions in MAC; the inner step theta_t is
 dampened by ``1 - eta_t`` (still a data-dependent step, so within the paper's family of theta_t): momentum alone
 multiplies the steady step by ``1 / (1 - eta)``, 8 at the initial eta, and a chunk adds its gradients at one base, so
 undamped a chunk of aligned keys overshot and the memory diverged (the d_model 64 MQAR run: NaN at step ~126);
@@ -59,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.core.layers import HeadNormGate, QKVProjection, merge_heads, split_heads
+from seqmix.core.layers import HeadNormGate, QKVProjection, ShortConvolution, merge_heads, short_convs, split_heads
 from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.core.mixers.sliding_window import SlidingWindowAttention, WindowState
 from seqmix.kernels.titans import TITANS, MemoryState, memory_apply, titans_memory
@@ -67,10 +74,17 @@ from seqmix.kernels.titans import TITANS, MemoryState, memory_apply, titans_memo
 LAYOUTS = ("MAL", "MAG", "MAC")
 
 
-class MAGState(NamedTuple):
-    """MAG's state: the memory and the sliding-window attention's KV window."""
+class ConvMemory(NamedTuple):
+    """The memory of a layer with short convolutions (``conv_size``): its state and the convolutions' cache."""
 
     memory: MemoryState
+    conv: Tensor  # [B, conv_size - 1, 3 D]: the last q, k, v projections, side by side
+
+
+class MAGState(NamedTuple):
+    """MAG's state: the memory (a :class:`ConvMemory` with short convolutions) and the attention's KV window."""
+
+    memory: MemoryState | ConvMemory
     window: WindowState
 
 
@@ -104,6 +118,8 @@ class TitansMemory(Mixer):
             as the context of segment-wise attention).
         window: MAG's sliding-window attention: keys each query sees (None: 64; refused with another layout).
         segment_size: MAC's segments: tokens attended together (None: 64; refused with another layout).
+        conv_size: taps of the short causal convolutions on the memory's q, k and v (the paper's; module
+            docstring), or None for none. MAL and MAG only.
     """
 
     patterns = frozenset({"causal_self"})
@@ -111,17 +127,17 @@ class TitansMemory(Mixer):
     recurrent = True
     paper = "Behrouz, Zhong, Mirrokni 2024, Titans: Learning to Memorize at Test Time"
     complexity = "O(T C D + T D E)"
-    # one tiny config per layout (deep memory, persistent tokens); depth 1 and small chunks: tests/core/test_titans.py
+    # one tiny config per layout (deep memory, persistent tokens; MAG with short convolutions); depth 1 and small chunks: tests/core/test_titans.py
     test_configs = ({"n_heads": 2, "chunk_size": 16, "n_persistent": 3, "memory_expansion": 1},
                     {"n_heads": 2, "chunk_size": 16, "n_persistent": 3, "memory_expansion": 1, "layout": "MAG",
-                     "window": 16},
+                     "window": 16, "conv_size": 3},
                     {"n_heads": 2, "chunk_size": 8, "n_persistent": 2, "memory_expansion": 1, "layout": "MAC",
                      "segment_size": 24})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  memory_depth: int = 2, memory_expansion: int | None = None, n_persistent: int = 4, max_lr: float = 0.05,
                  chunk_size: int = 16, layout: Literal["MAL", "MAG", "MAC"] = "MAL", window: int | None = None,
-                 segment_size: int | None = None):
+                 segment_size: int | None = None, conv_size: int | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         if layout not in LAYOUTS:
@@ -145,7 +161,13 @@ class TitansMemory(Mixer):
         if not (isinstance(max_lr, (int, float)) and 0 <= max_lr <= 1):
             raise ValueError(f"{name}: max_lr must be in [0, 1] (keys are unit vectors and a chunk's gradients add up "
                              f"at one base: larger steps diverge; 0.05 is the default), got {max_lr!r}")
+        if conv_size is not None:
+            check_int(name, "conv_size", conv_size, minimum=2, meaning="taps of the short convolutions; None for none")
+            if layout == "MAC":
+                raise ValueError(f"{name}: conv_size is for MAL and MAG, whose memory reads the layer's input; MAC's "
+                                 "memory reads the attention outputs: leave conv_size None or set layout='MAL'/'MAG'")
         TITANS.check(name, impl, chunk_size=chunk_size)
+        self.conv_size = conv_size
         self.memory_depth, self.n_persistent, self.max_lr = memory_depth, n_persistent, max_lr
         self.chunk_size = chunk_size
         self.layout = layout
@@ -160,6 +182,8 @@ class TitansMemory(Mixer):
             nn.Parameter(torch.randn(n_heads, i, o) / i**0.5) for i, o in zip(widths[:-1], widths[1:])
         )  # the learned initial memory, [H, in, out] per layer
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
+                      if conv_size is not None else None)  # on q, k, v
         self.gates = nn.Linear(d_model, 3 * n_heads)  # eta, theta, alpha logits per head
         with torch.no_grad():
             self.gates.bias.copy_(torch.tensor([2.0, 0.0, -6.0]).repeat_interleave(n_heads))
@@ -178,14 +202,20 @@ class TitansMemory(Mixer):
         q = F.silu(F.linear(x, self.qkv.weight[: self.d_model])).view(b, t, self.n_heads, self.head_dim)  # [B, T, H, K]
         return F.normalize(q, dim=-1)
 
-    def _memory_inputs(self, x):
-        """``x: [B, T, D]`` -> q, k, v ``[B, T, H, K]`` and log eta, theta, log(1 - alpha) ``[B, T, H]``."""
+    def _memory_inputs(self, x: Tensor, conv: Tensor | None):
+        """``x: [B, T, D]`` (and the short convolutions' cache) -> q, k, v ``[B, T, H, K]``, log eta, theta,
+        log(1 - alpha) ``[B, T, H]`` and the convolutions' new cache (None without them)."""
         b, t, _ = x.shape
-        q, k, v = F.silu(self.qkv(x)).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
-        q, k, v = F.normalize(q, dim=-1), F.normalize(k, dim=-1), F.normalize(v, dim=-1)
+        projections = self.qkv(x).chunk(3, -1)  # q, k, v: [B, T, D] each
+        if self.convs is None:
+            projections = [F.silu(y) for y in projections]
+        else:
+            projections, conv = short_convs(self.convs, projections, conv)  # conv + SiLU; cache [B, size - 1, 3 D]
+        q, k, v = (F.normalize(y.view(b, t, self.n_heads, self.head_dim), dim=-1)
+                   for y in projections)  # [B, T, D] -> [B, T, H, K] each
         eta, theta, alpha = self.gates(x).float().view(b, t, 3, self.n_heads).unbind(2)  # [B, T, H] each
         theta = self.max_lr * torch.sigmoid(theta) * torch.sigmoid(-eta)  # dampened: times 1 - eta_t
-        return q, k, v, F.logsigmoid(eta), theta, F.logsigmoid(-alpha)
+        return (q, k, v, F.logsigmoid(eta), theta, F.logsigmoid(-alpha)), conv
 
     def memory_state(self, batch_size: int, device: torch.device | str | None = None,
                      dtype: torch.dtype = torch.float32) -> MemoryState:
@@ -194,17 +224,30 @@ class TitansMemory(Mixer):
                         for w in self.memory)  # [H, in, out] -> [B, H, in, out]
         return MemoryState(weights, tuple(torch.zeros_like(w) for w in weights), weights, 0)
 
-    def _run(self, x, state: MemoryState):
-        return titans_memory(*self._memory_inputs(x), state, chunk_size=self.chunk_size, impl=self.resolve_impl(x))
+    def _run(self, x: Tensor, state: MemoryState | ConvMemory) -> tuple[Tensor, MemoryState | ConvMemory]:
+        """The memory over ``x: [B, T, D]``: reads ``[B, T, H, V]`` and the state after (a :class:`ConvMemory` with
+        short convolutions, a :class:`MemoryState` without)."""
+        memory, conv = state if self.convs is not None else (state, None)
+        inputs, conv = self._memory_inputs(x, conv)
+        o, memory = titans_memory(*inputs, memory, chunk_size=self.chunk_size, impl=self.resolve_impl(x))
+        return o, (memory if self.convs is None else ConvMemory(memory, conv))
 
-    def _memory_after_persistent(self, batch_size: int, device, dtype) -> MemoryState:
+    def _memory_after_persistent(self, batch_size: int, device, dtype) -> MemoryState | ConvMemory:
         """The memory after reading the persistent tokens (computed once, shared by the batch)."""
+        n = 1 if self.persistent is not None else batch_size
+        state = self.memory_state(n, device, dtype)
+        if self.convs is not None:
+            state = ConvMemory(state, torch.zeros(n, self.conv_size - 1, 3 * self.d_model, device=device,
+                                                  dtype=dtype))  # [B, size - 1, 3 D]
         if self.persistent is None:
-            return self.memory_state(batch_size, device, dtype)
-        prefix = self.persistent.to(device=device)[None]  # [1, N, D]
-        _, state = self._run(prefix, self.memory_state(1, device, dtype))
-        return MemoryState(*(tuple(w.expand(batch_size, *w.shape[1:]) for w in ws) for ws in state[:3]),
-                           state.position)  # [1, H, in, out] -> [B, H, in, out]
+            return state
+        _, state = self._run(self.persistent.to(device=device)[None], state)  # the prefix: [1, N, D]
+        memory = state.memory if self.convs is not None else state
+        memory = MemoryState(*(tuple(w.expand(batch_size, *w.shape[1:]) for w in ws) for ws in memory[:3]),
+                             memory.position)  # [1, H, in, out] -> [B, H, in, out]
+        if self.convs is None:
+            return memory
+        return ConvMemory(memory, state.conv.expand(batch_size, -1, -1))  # [1, size - 1, 3 D] -> [B, ...]
 
     # ------------------------------------------------------------------ the layouts
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
@@ -231,7 +274,7 @@ class TitansMemory(Mixer):
         y, final = {"MAL": self._mal, "MAG": self._mag, "MAC": self._mac}[self.layout](x, state)
         return (y, final) if return_state else y
 
-    def _mal(self, x: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState]:
+    def _mal(self, x: Tensor, state: MemoryState | ConvMemory) -> tuple[Tensor, MemoryState | ConvMemory]:
         o, final = self._run(x, state)
         return self.output(o.to(x.dtype), x), final
 
@@ -283,13 +326,14 @@ class TitansMemory(Mixer):
 
     def state_size(self, seq_len: int) -> int:
         memory = sum(w.numel() for w in self.memory)  # one copy of the memory's weights: [H, in, out] per layer
+        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model  # the q, k, v conv cache
         if self.layout == "MAG":
-            return 3 * memory + self.attention.state_size(seq_len)  # weights, momentum, chunk base; the KV window
+            return 3 * memory + conv + self.attention.state_size(seq_len)  # weights, momentum, base; conv; KV window
         if self.layout == "MAC":  # and the weights at the segment's start; a segment's keys and values of h and x
             return 4 * memory + 2 * 2 * self.segment_size * self.d_model
-        return 3 * memory
+        return 3 * memory + conv
 
     def extra_repr(self) -> str:
         layout = {"MAL": "", "MAG": f", window={self.window}", "MAC": f", segment_size={self.segment_size}"}
         return (f"{super().extra_repr()}, memory_depth={self.memory_depth}, n_persistent={self.n_persistent}, "
-                f"chunk_size={self.chunk_size}, layout={self.layout!r}{layout[self.layout]}")
+                f"chunk_size={self.chunk_size}, layout={self.layout!r}{layout[self.layout]}, conv_size={self.conv_size}")
