@@ -1,0 +1,31 @@
+"""benchmarks/tts.py's verdicts: one target-1 line per budget's pair (transformer_tts<S> vs tacotron<S>, both
+scored), met only when the Transformer's MCD-DTW is lower and its step faster; pairs in the order of their budgets."""
+
+from benchmarks.tts import pairs, verdicts
+
+
+def _runs(**mcd_by_name: float) -> dict:
+    runs = {"time_steps": {"median_s": {"transformer_tts": 1.0, "tacotron": 2.0}}}
+    for name, mcd in mcd_by_name.items():
+        runs[f"train:{name}"] = {"cpu_minutes": 45 if name.endswith("_45") else 12}
+        runs[f"score:{name}"] = {"rows": [{"mcd": mcd, "id": "test-0000"}, {"mcd": mcd + 2, "id": "test-0001"}]}
+    return runs
+
+
+def test_each_budget_gets_its_own_target_line_in_budget_order():
+    runs = _runs(transformer_tts_45=90.0, tacotron_45=100.0, transformer_tts=121.0, tacotron=104.0)
+    assert pairs(runs) == [("transformer_tts", "tacotron"), ("transformer_tts_45", "tacotron_45")]
+    lines = [line for line in verdicts(runs).splitlines() if line.startswith("- **Target 1**")]
+    assert len(lines) == 2
+    assert lines[0].startswith("- **Target 1** at 12 CPU minutes each") and "**not met**: MCD-DTW 122.00 vs 105.00" in lines[0]
+    assert lines[1].startswith("- **Target 1** at 45 CPU minutes each") and "**met**: MCD-DTW 91.00 vs 101.00" in lines[1]
+    assert "time per step 2.00x" in lines[1]
+
+
+def test_a_pair_needs_both_scores_and_a_slower_transformer_step_fails():
+    runs = _runs(transformer_tts_45=90.0, tacotron_45=100.0)
+    del runs["score:tacotron_45"]
+    assert pairs(runs) == [] and "Target 1" not in verdicts(runs)
+    runs = _runs(transformer_tts_45=90.0, tacotron_45=100.0)
+    runs["time_steps"]["median_s"]["transformer_tts"] = 3.0
+    assert "**not met**" in verdicts(runs) and "not faster" in verdicts(runs)
