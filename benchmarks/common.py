@@ -131,11 +131,23 @@ def read_run_cache(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def history_path(path: Path) -> Path:
+    """Where the records that ``add_cached_run`` replaced in the cache ``path`` are kept: ``<stem>.history.jsonl``."""
+    return path.with_name(f"{path.stem}.history.jsonl")
+
+
 def add_cached_run(path: Path, key: str, run: dict) -> dict:
     """Add one run record under ``key`` to the JSON cache ``path`` under a file lock (several invocations may
-    run side by side); returns every cached run."""
+    run side by side); returns every cached run. A different record already under ``key`` (a rerun) is not lost:
+    it is appended, with its key and the time it was replaced, to :func:`history_path` before the cache is
+    rewritten."""
     with results_lock(path.name):
         runs = read_run_cache(path)
+        if key in runs and runs[key] != run:
+            history = history_path(path)
+            entry = json.dumps({"key": key, "replaced_at": utc_now(), "record": runs[key]}, sort_keys=True)
+            previous = history.read_text() if history.is_file() else ""
+            atomic_write_text(history, previous + entry + "\n")
         runs[key] = run
         atomic_write_text(path, json.dumps(runs, indent=1, sort_keys=True) + "\n")
     return runs
