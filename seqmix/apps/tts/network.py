@@ -5,9 +5,12 @@ A :class:`TTSNetwork` maps phoneme ids to log-mel frames (the features of :mod:`
 - :meth:`TTSNetwork.forward` (teacher forcing): ``phonemes [B, L]``, ``phoneme_lengths [B]``, target ``mels
   [B, T, 80]`` -> a :class:`TTSOutput` (the mel before and after the post-net, one stop logit per decoder step,
   the encoder-decoder alignment when the network has one);
-- :meth:`TTSNetwork.infer` (free running): phonemes -> a :class:`Synthesis`, generated step by step from the
-  network's own frames until its stop token fires or ``max_frames`` is reached: at most ``max_frames // r``
-  whole steps (at least one), so never more than ``max_frames`` frames for ``max_frames >= r``.
+- :meth:`TTSNetwork.infer_steps` (free running, one step at a time): a generator of :class:`DecoderStep`s, each
+  step's ``r`` normalised frames and stop decision, generated from the network's own frames until every
+  sentence's stop token fired or ``max_frames`` is reached: at most ``max_frames // r`` whole steps (at least
+  one), so never more than ``max_frames`` frames for ``max_frames >= r``; it returns the alignment when asked;
+- :meth:`TTSNetwork.infer` (free running, whole sentences): the steps of :meth:`~TTSNetwork.infer_steps`
+  gathered into a :class:`Synthesis` (the post-net run over the whole mel).
 
 Layers shared by Transformer TTS (Li et al. 2019, :mod:`.transformer_tts`) and the Tacotron-2-style baseline
 (Shen et al. 2018, :mod:`.tacotron`), both from Tacotron 2's Section 2:
@@ -29,6 +32,7 @@ returns is in log-mel units.
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +63,18 @@ class Synthesis:
     stopped: Tensor  # [B] bool: the stop token fired (False: cut at max_frames)
     alignment: Tensor | None  # [B, S, L]
     before: Tensor  # [B, S * r, 80] log-mel, the decoder's frames before the post-net (what it was fed back)
+
+
+@dataclass
+class DecoderStep:
+    """One free-running decoder step of a batch: its ``r`` frames and whether each sentence's stop token fired."""
+
+    frames: Tensor  # [B, r, 80] normalised log-mel (what is fed back: frames[:, -1])
+    stopped: Tensor  # [B] bool: the stop probability passed the threshold at this step
+
+
+# what infer_steps returns when exhausted: the alignment [B, S, L] when asked for (and the network has one), else None
+DecoderSteps = Generator[DecoderStep, None, "Tensor | None"]
 
 
 def check_dropout(owner: str, name: str, value: float) -> float:
@@ -134,13 +150,15 @@ def lengths_mask(lengths: Tensor, size: int) -> Tensor:
 
 class TTSNetwork(nn.Module):
     """Base class of the TTS networks (module docstring). Subclasses set the attributes below in ``__init__``
-    (through :meth:`setup_common`) and implement :meth:`forward` and :meth:`infer`."""
+    (through :meth:`setup_common`), own a :class:`Postnet` ``postnet``, and implement :meth:`forward` and
+    :meth:`infer_steps`; :meth:`infer` is shared."""
 
     symbols: list[str]
     frames_per_step: int
     max_phonemes: int
     max_frames: int
     has_alignment: bool = False
+    postnet: Postnet
 
     def setup_common(self, owner: str, symbols: list[str], frames_per_step: int, max_phonemes: int,
                      max_frames: int, mel_mean: float, mel_std: float) -> None:
@@ -189,9 +207,34 @@ class TTSNetwork(nn.Module):
     def forward(self, phonemes: Tensor, phoneme_lengths: Tensor, mels: Tensor) -> TTSOutput:
         raise NotImplementedError
 
+    def step_limit(self, max_frames: int | None) -> int:
+        """Decoder steps free running may take: ``max_frames // r`` whole steps (at least one); ``max_frames``
+        defaults to the network's."""
+        limit = self.max_frames if max_frames is None else check_int(f"{type(self).__name__}.infer", "max_frames",
+                                                                     max_frames)
+        return max(1, limit // self.frames_per_step)
+
+    def infer_steps(self, phonemes: Tensor, phoneme_lengths: Tensor, max_frames: int | None = None,
+                    stop_threshold: float = 0.5, *, alignment: bool = False) -> DecoderSteps:
+        """Free running, one :class:`DecoderStep` at a time (module docstring), until every sentence's stop
+        probability passed ``stop_threshold`` or :meth:`step_limit` steps; returns the alignment ``[B, S, L]``
+        when ``alignment`` is True and the network has one, else None. Run it under ``torch.no_grad()``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
     def infer(self, phonemes: Tensor, phoneme_lengths: Tensor, max_frames: int | None = None,
               stop_threshold: float = 0.5) -> Synthesis:
-        raise NotImplementedError
+        """Free running (module docstring): at most ``max_frames`` (default: the network's) frames, the steps of
+        :meth:`infer_steps` with the post-net over the whole mel."""
+        steps = self.infer_steps(phonemes, phoneme_lengths, max_frames, stop_threshold, alignment=True)
+        frames, stops = [], []
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as end:
+                return finish_synthesis(self, self.postnet, frames, stops, end.value)
+            frames.append(step.frames)
+            stops.append(step.stopped)
 
 
 def finish_synthesis(network: TTSNetwork, postnet: Postnet, frames: list[Tensor], stops: list[Tensor],

@@ -16,9 +16,9 @@ Implemented (Tacotron 2's Section 2.2 and Fig. 1):
     mel'  = mel + Postnet(mel)                                 the same 5-convolution post-net
 
 The decoder is one recurrence: training runs it step by step over the teacher frames (the cost per step the
-Transformer's parallel decoder avoids); :meth:`Tacotron2.infer` runs the same ``_step`` on its own frames
-and stops at the stop token or ``max_frames``. The same losses as Transformer TTS (:mod:`.module`); the
-alignment is the attention weights ``alpha``.
+Transformer's parallel decoder avoids); :meth:`Tacotron2.infer_steps` (which :meth:`~.network.TTSNetwork.infer`
+consumes) runs the same ``_step`` on its own frames and stops at the stop token or ``max_frames``. The same
+losses as Transformer TTS (:mod:`.module`); the alignment is the attention weights ``alpha``.
 
 Departures: widths for a 2-core CPU (paper: 512-wide encoder, 1024-unit LSTMs, 256-unit pre-net); dropout
 ``rnn_dropout`` on the two LSTMs' outputs in place of zoneout (as NVIDIA's reference implementation does);
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.apps.tts.audio import N_MELS
-from seqmix.apps.tts.network import (ConvStack, DecoderPrenet, Postnet, Synthesis, TTSNetwork, TTSOutput,
-                                     check_dropout, finish_synthesis)
+from seqmix.apps.tts.network import (ConvStack, DecoderPrenet, DecoderStep, DecoderSteps, Postnet, TTSNetwork,
+                                     TTSOutput, check_dropout)
 from seqmix.core.mixer import check_int
 
 
@@ -161,25 +161,26 @@ class Tacotron2(TTSNetwork):
                          torch.stack(weights, 1))  # [B, S], [B, S, L]
 
     @torch.no_grad()
-    def infer(self, phonemes: Tensor, phoneme_lengths: Tensor, max_frames: int | None = None,
-              stop_threshold: float = 0.5) -> Synthesis:
-        """Free running: at most ``max_frames`` (default: the network's) frames; stops at the stop token."""
-        limit = self.max_frames if max_frames is None else check_int("Tacotron2.infer", "max_frames", max_frames)
+    def infer_steps(self, phonemes: Tensor, phoneme_lengths: Tensor, max_frames: int | None = None,
+                    stop_threshold: float = 0.5, *, alignment: bool = False) -> DecoderSteps:
+        """Free running through :meth:`_step` (see :meth:`TTSNetwork.infer_steps`); the attention weights are
+        kept only when ``alignment``."""
+        max_steps = self.step_limit(max_frames)
         memory, mask = self.encode(phonemes, phoneme_lengths)
         keys = self.attention.memory(memory)
         b = memory.shape[0]
         state = self.initial_state(memory)
         previous = memory.new_zeros(b, N_MELS)  # the go frame
         ended = torch.zeros(b, dtype=torch.bool, device=memory.device)
-        frames, stops, weights = [], [], []
-        for _ in range(max(1, limit // self.frames_per_step)):
+        weights = []
+        for _ in range(max_steps):
             f, stop, w, state = self._step(self.prenet(previous), state, memory, keys, mask)
             fired = torch.sigmoid(stop) > stop_threshold
-            frames.append(f)
-            stops.append(fired)
-            weights.append(w)
+            if alignment:
+                weights.append(w)
+            yield DecoderStep(f, fired)
             ended |= fired
             previous = f[:, -1]
             if bool(ended.all()):
                 break
-        return finish_synthesis(self, self.postnet, frames, stops, torch.stack(weights, 1))
+        return torch.stack(weights, 1) if alignment else None  # S x [B, L] -> [B, S, L]

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from seqmix.apps.tts.audio import N_MELS
-from seqmix.apps.tts.network import (ConvStack, DecoderPrenet, Postnet, Synthesis, TTSNetwork, TTSOutput,
-                                     check_dropout, finish_synthesis)
+from seqmix.apps.tts.network import (ConvStack, DecoderPrenet, DecoderStep, DecoderSteps, Postnet, TTSNetwork,
+                                     TTSOutput, check_dropout)
 from seqmix.core.blocks import MixerStack, MixerFactory, mixer_factory
 from seqmix.core.embeddings import sinusoidal_table
 from seqmix.core.layers import split_heads
@@ -166,26 +166,24 @@ class TransformerTTS(TTSNetwork):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def infer(self, phonemes: Tensor, phoneme_lengths: Tensor, max_frames: int | None = None,
-              stop_threshold: float = 0.5) -> Synthesis:
-        """Free running (module docstring): at most ``max_frames`` (default: the network's) frames."""
-        limit = self.max_frames if max_frames is None else check_int("TransformerTTS.infer", "max_frames", max_frames)
-        max_steps = min(max(1, limit // self.frames_per_step), self.decoder_position.table.shape[0])
+    def infer_steps(self, phonemes: Tensor, phoneme_lengths: Tensor, max_frames: int | None = None,
+                    stop_threshold: float = 0.5, *, alignment: bool = False) -> DecoderSteps:
+        """Free running, one decoder step at a time through :meth:`MixerStack.step` (module docstring; see
+        :meth:`TTSNetwork.infer_steps`); the alignment layer's query inputs are recorded only when ``alignment``."""
+        max_steps = min(self.step_limit(max_frames), self.decoder_position.table.shape[0])
         h, mask = self.encode(phonemes, phoneme_lengths)
         b = h.shape[0]
         states = self.decoder.init_states(b, h.device, h.dtype, context=h, context_mask=mask)
         previous = h.new_zeros(b, N_MELS)  # the go frame
         ended = torch.zeros(b, dtype=torch.bool, device=h.device)
-        frames, stops = [], []
-        recorded, handle = self._record_cross_input() if self.has_alignment else ([], None)
+        recorded, handle = self._record_cross_input() if alignment and self.has_alignment else ([], None)
         try:
             for s in range(max_steps):
                 y = self.decoder_position(self.decoder_prenet(previous)[:, None], offset=s)[:, 0]  # [B, 1, D] -> [B, D]
                 z, states = self.decoder.step(y, states)  # [B, D]
                 out = self.mel_out(z).view(b, self.frames_per_step, N_MELS)  # [B, r*80] -> [B, r, 80]
                 fired = torch.sigmoid(self.stop_out(z)[:, 0]) > stop_threshold
-                frames.append(out)
-                stops.append(fired)
+                yield DecoderStep(out, fired)
                 ended |= fired
                 previous = out[:, -1]
                 if bool(ended.all()):
@@ -193,5 +191,4 @@ class TransformerTTS(TTSNetwork):
         finally:
             if handle is not None:
                 handle.remove()
-        alignment = self._alignment(torch.stack(recorded, 1), h, mask) if recorded else None  # S x [B, D]
-        return finish_synthesis(self, self.postnet, frames, stops, alignment)
+        return self._alignment(torch.stack(recorded, 1), h, mask) if recorded else None  # S x [B, D]
