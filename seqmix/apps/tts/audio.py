@@ -13,15 +13,21 @@ Griffin-Lim (:func:`griffin_lim`): the mel's linear magnitude through the filter
 (negative values clamped to 0), then the fast Griffin-Lim of Perraudin et al. 2013 (momentum 0.99, as
 torchaudio's), :data:`GRIFFIN_LIM_ITERS` = 60 iterations by default, the phase started from a seeded random
 draw so the output is reproducible. It works on centred frames; the result is shifted by half a hop so
-that its mel lines up with the input's frame for frame.
+that its mel lines up with the input's frame for frame. With ``known`` (streaming, :mod:`.streaming`), the
+waveform's first samples are already decided (the audio already played): they are written over the estimate
+at every iteration and the frames they cover start from their phase, so the rest is estimated to continue
+them (the idea of RTISI-LA, Zhu et al. 2007, on one window).
 
-WAV (:func:`read_wav` / :func:`write_wav`): 16-bit PCM through the stdlib ``wave`` module.
+WAV (:func:`read_wav` / :func:`write_wav`): 16-bit PCM through the stdlib ``wave`` module;
+:class:`PartialWav` writes one chunk by chunk to ``<path>.partial`` (a valid WAV after every chunk) and
+renames it onto ``path`` at the end.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import wave
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +47,7 @@ F_MAX = 8000.0
 LOG_CLAMP = 1e-5  # HiFi-GAN's dynamic_range_compression clip value
 LOG_SILENCE = math.log(LOG_CLAMP)  # the log-mel of silence (the padding value of a batch of mels)
 GRIFFIN_LIM_ITERS = 60
+GRIFFIN_LIM_MIN_FRAMES = N_FFT // (2 * HOP) + 2  # centred frames must span more than N_FFT / 2 samples
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -80,6 +87,13 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: i
     return torch.from_numpy(_filterbank(sample_rate, n_fft, n_mels, float(f_min), float(f_max))).float()
 
 
+@lru_cache(maxsize=1)
+def _pseudo_inverse() -> torch.Tensor:
+    """The filterbank's pseudo-inverse ``[n_fft // 2 + 1, 80]`` (float32, computed in float64 once: streaming
+    calls Griffin-Lim once a chunk)."""
+    return torch.linalg.pinv(mel_filterbank().double()).float()
+
+
 def _window(device: torch.device) -> torch.Tensor:
     return torch.hann_window(WIN, device=device)
 
@@ -106,27 +120,59 @@ def mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.clamp(mel, min=LOG_CLAMP))
 
 
+def spectral_convergence(wav: torch.Tensor, log_mel: torch.Tensor) -> float:
+    """``||M(wav) - exp(log_mel)||_F / ||exp(log_mel)||_F``: how far the mel magnitude ``M`` (:func:`mel_spectrogram`
+    before the log) of ``wav [N]`` is from the target ``log_mel [80, T]``'s, over their common frames (0: equal)."""
+    mel = mel_filterbank().to(wav.device) @ linear_spectrogram(wav)  # [80, N // 256]
+    target = torch.exp(log_mel.float())  # [80, T]
+    n = min(mel.shape[-1], target.shape[-1])
+    return float(torch.linalg.norm(mel[:, :n] - target[:, :n]) / torch.linalg.norm(target[:, :n]))
+
+
 def griffin_lim(log_mel: torch.Tensor, n_iter: int = GRIFFIN_LIM_ITERS, *, momentum: float = 0.99,
-                seed: int = 0) -> torch.Tensor:
+                seed: int = 0, known: torch.Tensor | None = None) -> torch.Tensor:
     """A waveform ``[..., frames * 256]`` whose :func:`mel_spectrogram` approximates ``log_mel [..., 80, frames]``
-    (module docstring: pseudo-inverse of the filterbank, fast Griffin-Lim, ``n_iter`` iterations)."""
+    (module docstring: pseudo-inverse of the filterbank, fast Griffin-Lim, ``n_iter`` iterations). ``known
+    [..., P]``: the waveform's first ``P`` samples, held fixed while iterating (module docstring); the returned
+    waveform's first ``P`` samples are the estimate's, close to ``known`` but not equal."""
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     if log_mel.shape[-2] != N_MELS:
         raise ValueError(f"log_mel must be [..., {N_MELS}, frames], got shape {tuple(log_mel.shape)}")
     lead, frames = log_mel.shape[:-2], log_mel.shape[-1]
+    if frames < GRIFFIN_LIM_MIN_FRAMES:
+        raise ValueError(f"log_mel has {frames} frames; Griffin-Lim needs at least {GRIFFIN_LIM_MIN_FRAMES} for its "
+                         f"{N_FFT}-sample FFT; give a longer mel")
+    if known is not None and (known.shape[:-1] != lead or known.shape[-1] > frames * HOP):
+        raise ValueError(f"known must be [..., P] with log_mel's leading axes {tuple(lead)} and P <= {frames * HOP} "
+                         f"samples (256 a frame), got shape {tuple(known.shape)}")
     mel = torch.exp(log_mel.reshape(-1, N_MELS, frames).float())  # [B, 80, T]
-    inverse = torch.linalg.pinv(mel_filterbank().to(mel.device).double()).float()  # [F, 80]
+    inverse = _pseudo_inverse().to(mel.device)  # [F, 80]
     magnitude = torch.clamp(inverse @ mel, min=0.0)  # [B, F, T]
     length = (frames - 1) * HOP  # centred frames 0..T-1 span this many samples
     window = _window(mel.device)
     generator = torch.Generator().manual_seed(seed)
     phase = torch.rand(magnitude.shape, generator=generator).to(mel.device) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(magnitude), phase)
+
+    def stft(audio: torch.Tensor) -> torch.Tensor:  # [B, length] -> [B, F, T]
+        return torch.stft(audio, N_FFT, hop_length=HOP, win_length=WIN, window=window, return_complex=True)
+
+    def hold(audio: torch.Tensor) -> torch.Tensor:  # [B, length]: the known samples written over the estimate
+        if known is None:
+            return audio
+        fixed = known.reshape(-1, known.shape[-1])[:, HOP // 2: HOP // 2 + length].float()  # [B, P - hop / 2]
+        return torch.cat([fixed, audio[:, fixed.shape[1]:]], 1)  # output sample n is centred sample n - hop / 2
+
+    if known is not None:
+        start = stft(hold(magnitude.new_zeros(magnitude.shape[0], length)))  # [B, F, T]
+        covered = torch.arange(frames, device=mel.device) * HOP + WIN // 2 <= known.shape[-1] - HOP // 2  # [T]
+        angles = torch.where(covered, start / (start.abs() + 1e-16), angles)  # frames wholly inside known
     previous = torch.zeros_like(angles)
     for _ in range(n_iter):
-        audio = torch.istft(magnitude * angles, N_FFT, hop_length=HOP, win_length=WIN, window=window, length=length)
-        rebuilt = torch.stft(audio, N_FFT, hop_length=HOP, win_length=WIN, window=window, return_complex=True)
+        audio = hold(torch.istft(magnitude * angles, N_FFT, hop_length=HOP, win_length=WIN, window=window,
+                                 length=length))
+        rebuilt = stft(audio)
         angles = rebuilt - previous * (momentum / (1 + momentum))
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
@@ -157,17 +203,70 @@ def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:
     return decode_wav(path.read_bytes(), str(path))
 
 
+def pcm16(wav: torch.Tensor) -> bytes:
+    """``wav [N]`` (floats, clipped to [-1, 1]) as little-endian 16-bit PCM bytes."""
+    if wav.dim() != 1:
+        raise ValueError(f"a WAV holds one mono waveform [N], got shape {tuple(wav.shape)}")
+    pcm = (wav.detach().float().clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16).cpu().numpy()
+    return pcm.astype("<i2").tobytes()
+
+
 def write_wav(path: str | Path, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:
     """``wav [N]`` (floats, clipped to [-1, 1]) as a 16-bit mono WAV, written atomically."""
-    if wav.dim() != 1:
-        raise ValueError(f"write_wav takes one mono waveform [N], got shape {tuple(wav.shape)}")
-    pcm = (wav.detach().float().clamp(-1.0, 1.0) * 32767.0).round().to(torch.int16).cpu().numpy()
+    data = pcm16(wav)
 
     def write(tmp: Path) -> None:
         with wave.open(str(tmp), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(sample_rate)
-            out.writeframes(pcm.astype("<i2").tobytes())
+            out.writeframes(data)
 
     return atomic_write(path, write)
+
+
+class PartialWav:
+    """A 16-bit mono WAV written chunk by chunk: to ``<path>.partial``, a valid WAV after every :meth:`write`
+    (``wave`` patches the header's sizes after each chunk; the file is flushed), renamed onto ``path`` by
+    :meth:`close`. As a context manager it closes on success and removes the ``.partial`` file on an error,
+    so ``path`` is never half-written."""
+
+    def __init__(self, path: str | Path, sample_rate: int = SAMPLE_RATE):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.samples = 0
+        self._file = open(self.partial, "wb")
+        self._wav = wave.open(self._file, "wb")
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sample_rate)
+
+    def write(self, wav: torch.Tensor) -> None:
+        """Append ``wav [N]`` (floats, clipped to [-1, 1])."""
+        self._wav.writeframes(pcm16(wav))
+        self._file.flush()
+        self.samples += wav.shape[0]
+
+    def close(self) -> Path:
+        """Finish the header and rename ``<path>.partial`` onto ``path``; returns ``path``."""
+        self._wav.close()
+        self._file.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Stop and remove ``<path>.partial``."""
+        try:
+            self._wav.close()
+        finally:
+            self._file.close()
+            self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> PartialWav:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            self.close()
+        else:
+            self.discard()

@@ -1,5 +1,5 @@
-"""``seqmix tts predict --ckpt <ckpt> --text "..." --out speech.wav [--vocoder griffin-lim|hifigan] [--plot mel.png]``:
-one sentence spoken by a trained TTS model.
+"""``seqmix tts predict --ckpt <ckpt> --text "..." --out speech.wav [--vocoder griffin-lim|hifigan] [--plot mel.png]
+[--stream [--chunk-frames N]]``: one sentence spoken by a trained TTS model.
 
 The text is read as the corpus was made: espeak-ng (``en-us``) turns it into IPA phonemes (:mod:`.espeak`),
 the checkpoint's phoneme vocabulary turns those into ids, the network generates log-mel frames step by step
@@ -9,13 +9,20 @@ vocoder (Griffin-Lim, 60 iterations, or HiFi-GAN's published universal generator
 when the network has one) as a PNG. The timing line gives the real-time factor (seconds of computation per
 second of audio; < 1: faster than real time).
 
+``--stream`` (:mod:`.streaming`): the audio is vocoded and written chunk by chunk (``--chunk-frames`` mel frames
+each, default 32 = 0.37 s) while the decoder generates, to ``<out>.partial`` (a valid WAV after every chunk),
+renamed to ``<out>`` at the end (removed on an error); it also prints the latency to the first chunk. The
+post-net and HiFi-GAN are exact in chunks, Griffin-Lim an approximation (:mod:`.streaming`). ``--plot`` needs
+the whole mel and alignment, which streaming does not keep: the two are refused together.
+
 One-line errors (``ValueError`` / ``FileNotFoundError``, turned into ``seqmix tts predict: error: ...``):
 an empty text; characters espeak-ng's English voice cannot phonemise as English words (anything but letters,
 digits, white space and ``,.;:'"()-?!%&/``: it spells other characters by name, e.g. "chinese letter", or
 reads nothing; curly quotes and dashes are straightened first); a text whose phonemes the model never saw;
 a text longer than the model's ``max_phonemes``; an output path that cannot be written (a directory, a
 missing or read-only folder, the checkpoint itself); a checkpoint of another app (refused by name:
-:func:`seqmix.apps.module.load_trained`, ``weights_only=True``).
+:func:`seqmix.apps.module.load_trained`, ``weights_only=True``); ``--chunk-frames`` below 1 or without
+``--stream``; ``--stream`` with ``--plot``.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ import torch
 
 from seqmix.apps.files import check_outputs, pyplot, save_figure
 from seqmix.apps.module import load_trained
-from seqmix.apps.tts.audio import HOP, SAMPLE_RATE, griffin_lim, write_wav
+from seqmix.apps.tts.audio import HOP, SAMPLE_RATE, PartialWav, griffin_lim, write_wav
 from seqmix.apps.tts.data import PhonemeVocabulary
 from seqmix.apps.tts.module import TTSModule
 from seqmix.apps.tts.network import Synthesis
+from seqmix.apps.tts.streaming import CHUNK_FRAMES, SpeechStreamer
 
 HINT = "train one with `seqmix tts fit --config configs/tts/transformer_tts.yaml` (it lands in runs/tts/.../checkpoints/)"
 VOCODERS = ("griffin-lim", "hifigan")
@@ -131,6 +139,47 @@ def synthesise(model: TTSModule, text: str, *, max_frames: int | None = None) ->
     return phonemes, synthesis
 
 
+def check_streaming(stream: bool, chunk_frames: int | None, plot: str | None) -> int:
+    """The chunk size of ``--stream`` (default :data:`~.streaming.CHUNK_FRAMES`); a ValueError for a bad
+    ``--chunk-frames``, one without ``--stream``, or ``--stream`` with ``--plot``."""
+    if chunk_frames is not None and not stream:
+        raise ValueError("--chunk-frames only applies to streaming; add --stream or drop --chunk-frames")
+    if chunk_frames is not None and chunk_frames < 1:
+        raise ValueError(f"--chunk-frames must be >= 1 (mel frames per streamed chunk, 256 samples each), got "
+                         f"{chunk_frames}; e.g. --chunk-frames {CHUNK_FRAMES}")
+    if stream and plot is not None:
+        raise ValueError("--plot needs the whole mel and alignment, which --stream does not keep; drop --plot or "
+                         "--stream")
+    return CHUNK_FRAMES if chunk_frames is None else chunk_frames
+
+
+def stream_to_wav(model: TTSModule, text: str, out: str, *, vocoder: str, chunk_frames: int,
+                  max_frames: int | None) -> None:
+    """Speak ``text`` into ``out`` chunk by chunk (module docstring: ``--stream``), printing the phonemes, the
+    latency to the first chunk and the real-time factor."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    network = model.network
+    phonemes, ids = phoneme_ids(clean_text(text), network.symbols, network.max_phonemes)
+    streamer = SpeechStreamer(model, chunk_frames=chunk_frames, vocoder=vocoder, max_frames=max_frames)
+    first, chunks = None, 0
+    with PartialWav(out) as wav:
+        for chunk in streamer.stream(ids):
+            wav.write(chunk)
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - start_wall
+    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    seconds = streamer.frames * HOP / SAMPLE_RATE
+    print(f"phonemes: {phonemes}")
+    if not streamer.stopped:
+        print(f"note: the stop token did not fire; generation was cut at {streamer.frames} frames ({seconds:.2f} s), "
+              "the limit")
+    print(f"first audio chunk after {first:.2f} s ({chunk_frames} frames = {chunk_frames * HOP / SAMPLE_RATE:.2f} s "
+          "a chunk)")
+    print(f"wrote {out}: {seconds:.2f} s of audio in {chunks} chunks, streamed; synthesis + {vocoder} {wall:.2f} s "
+          f"wall, {cpu:.2f} s CPU: real-time factor {wall / seconds:.2f}")
+
+
 def predict_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seqmix tts predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `seqmix tts fit`")
@@ -141,8 +190,14 @@ def predict_command(argv: list[str]) -> int:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop generating after this much audio (default: the model's max_frames)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the pre-net's inference dropout")
+    parser.add_argument("--stream", action="store_true",
+                        help="vocode and write the audio chunk by chunk while generating (to <out>.partial, renamed "
+                             "at the end); prints the latency to the first chunk")
+    parser.add_argument("--chunk-frames", type=int, default=None,
+                        help=f"with --stream: mel frames per chunk, 256 samples each (default {CHUNK_FRAMES})")
     args = parser.parse_args(argv)
     text = clean_text(args.text)
+    chunk_frames = check_streaming(args.stream, args.chunk_frames, args.plot)
     check_outputs([("--out", args.out), ("--plot", args.plot)], [("--ckpt", args.ckpt)])
     check_writable([("--out", args.out), ("--plot", args.plot)])
     max_frames = None
@@ -152,6 +207,9 @@ def predict_command(argv: list[str]) -> int:
         max_frames = max(1, int(args.max_seconds * SAMPLE_RATE / HOP))
     model = load_model(args.ckpt)
     torch.manual_seed(args.seed)
+    if args.stream:
+        stream_to_wav(model, text, args.out, vocoder=args.vocoder, chunk_frames=chunk_frames, max_frames=max_frames)
+        return 0
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     phonemes, synthesis = synthesise(model, text, max_frames=max_frames)
     n = int(synthesis.lengths[0])

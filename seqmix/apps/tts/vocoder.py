@@ -147,8 +147,12 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_hifigan(name_or_path: str | Path = "universal") -> HiFiGANGenerator:
-    """The V1 generator with published weights (``"universal"``, ``"LJSpeech"`` or a file path), in eval mode."""
+    """The V1 generator with published weights (``"universal"``, ``"LJSpeech"`` or a file path), in eval mode.
+    Built on the meta device and given the file's tensors, so loading draws no random numbers (a seeded
+    synthesis gives the same frames whether the vocoder is loaded before or after it: streaming loads it first)."""
     path = weights_path(name_or_path) if str(name_or_path) in WEIGHTS else Path(name_or_path)  # type: ignore[arg-type]
-    generator = HiFiGANGenerator()
-    generator.load_state_dict(load_state(path))  # strict: every key must match
+    state = load_state(path)
+    with torch.device("meta"):
+        generator = HiFiGANGenerator()
+    generator.load_state_dict(state, assign=True)  # strict: every key must match
     return generator.eval()
