@@ -18,8 +18,9 @@ from seqmix.apps.tts import streaming
 from seqmix.apps.tts.audio import HOP, PartialWav, griffin_lim, mel_spectrogram, read_wav, spectral_convergence
 from seqmix.apps.tts.corpus import Sentence, synthesize
 from seqmix.apps.tts.network import Postnet
-from seqmix.apps.tts.streaming import (GRIFFIN_LIM_SC_MARGIN, ContextChunker, GriffinLimChunks, SpeechStreamer,
-                                       conv_half_width, hifigan_context, postnet_context, stream_speech)
+from seqmix.apps.tts.streaming import (GRIFFIN_LIM_CONTEXT, GRIFFIN_LIM_SC_MARGIN, ContextChunker, GriffinLimChunks,
+                                       SpeechStreamer, conv_half_width, hifigan_context, postnet_context,
+                                       stream_speech)
 from seqmix.apps.tts.tacotron import Tacotron2
 from seqmix.apps.tts.transformer_tts import TransformerTTS
 from seqmix.apps.tts.vocoder import HiFiGANGenerator
@@ -78,7 +79,8 @@ def test_streamed_postnet_mel_equals_the_whole_utterance(name, chunk_frames):
     chunks = list(streamer.mel_chunks(IDS))
     length = int(whole.lengths[0])  # 46 (r = 2) or 45 (r = 3) frames: not a multiple of 4 or 7
     assert streamer.frames == length and not streamer.stopped
-    assert [c.shape[0] for c in chunks[:-1]] == [chunk_frames] * (len(chunks) - 1) and chunks[-1].shape[0] >= 1
+    sizes = [c.shape[0] for c in chunks]  # the first covers Griffin-Lim's right context too
+    assert sizes[:-1] == [chunk_frames + GRIFFIN_LIM_CONTEXT] + [chunk_frames] * (len(chunks) - 2) and sizes[-1] >= 1
     torch.testing.assert_close(torch.cat(chunks), whole.mels[0, :length], rtol=0, atol=1e-5)
 
 
@@ -93,6 +95,22 @@ def test_postnet_context_is_read_from_its_convolutions_and_is_needed(monkeypatch
     torch.manual_seed(3)
     short = torch.cat(list(SpeechStreamer(net, chunk_frames=7, max_frames=40, stop_threshold=1.1).mel_chunks(IDS)))
     assert (short - whole).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("vocoder", ["griffin-lim", "hifigan"])
+def test_the_first_chunk_comes_as_soon_as_its_context_exists(vocoder):
+    net = transformer(max_frames=120)
+    generator = small_hifigan() if vocoder == "hifigan" else "griffin-lim"
+    streamer = SpeechStreamer(net, chunk_frames=5, vocoder=generator, stop_threshold=1.1)
+    lookahead = hifigan_context(generator) if vocoder == "hifigan" else GRIFFIN_LIM_CONTEXT
+    made, sizes = [], []  # decoder frames made when each chunk came out; its samples
+    for audio in streamer.stream(IDS):
+        made.append(streamer.frames)
+        sizes.append(audio.shape[0])
+    assert sizes == [5 * HOP] * 24  # 120 frames
+    needed = 5 + lookahead + postnet_context(net.postnet)  # 31 (HiFi-GAN) or 23 frames, whole steps of 2
+    assert made[0] == needed + needed % 2
+    assert all(b - a <= 6 for a, b in zip(made, made[1:]))  # then one chunk per 5 frames (whole steps of 2)
 
 
 def test_the_stream_stops_with_the_stop_token():
@@ -166,8 +184,10 @@ def test_a_recurrent_decoder_streams_with_a_bounded_buffer():
         held.append(streamer.buffered_frames)
         samples += audio.shape[0]
     assert samples == 1000 * HOP and streamer.frames == 1000 and not streamer.stopped
-    # each window holds at most left + chunk + right + one push's frames (r for the post-net, a chunk after it)
-    bound = (2 * postnet_context(net.postnet) + chunk + 2) + (2 * hifigan_context(generator) + 2 * chunk)
+    # each window holds at most left + its longest chunk + right + one push (r frames for the post-net, a post-net
+    # chunk for the vocoder); the post-net's first chunk is the vocoder's right context longer
+    half, context = postnet_context(net.postnet), hifigan_context(generator)
+    bound = (2 * half + chunk + context + 2) + (2 * context + chunk + chunk + context)
     assert max(held) <= bound < 1000
     assert max(held[: len(held) // 2]) == max(held[len(held) // 2:])  # steady, not growing
 

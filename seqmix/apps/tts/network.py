@@ -10,7 +10,8 @@ A :class:`TTSNetwork` maps phoneme ids to log-mel frames (the features of :mod:`
   sentence's stop token fired or ``max_frames`` is reached: at most ``max_frames // r`` whole steps (at least
   one), so never more than ``max_frames`` frames for ``max_frames >= r``; it returns the alignment when asked;
 - :meth:`TTSNetwork.infer` (free running, whole sentences): the steps of :meth:`~TTSNetwork.infer_steps`
-  gathered into a :class:`Synthesis` (the post-net run over the whole mel).
+  gathered into a :class:`Synthesis` (the post-net run over the whole mel); :mod:`seqmix.apps.tts.streaming`
+  consumes the same generator chunk by chunk.
 
 Layers shared by Transformer TTS (Li et al. 2019, :mod:`.transformer_tts`) and the Tacotron-2-style baseline
 (Shen et al. 2018, :mod:`.tacotron`), both from Tacotron 2's Section 2:

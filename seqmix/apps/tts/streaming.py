@@ -12,6 +12,9 @@ Both windowed stages are a :class:`ContextChunker`: it keeps the frames it has b
 ``[e, e + n)`` (``n = chunk_frames``) once ``right`` frames after it exist (or the utterance ended), computed
 from the window ``[e - left, e + n + right)`` clipped to the utterance, then forgets every frame before
 ``e + n - left``. So it holds at most ``left + n + right + (frames of one push)`` frames, whatever the length.
+The post-net's first chunk is longer by the vocoder's right context ``V``: the vocoder's first chunk needs
+``n + V`` mel frames, so the first audio is out once the decoder has made ``n + V + H`` frames (``H`` the
+post-net's context; rounded up to whole decoder steps), and every later chunk ``n`` frames after the last.
 
 - **Post-net** (:func:`postnet_context`): 5 convolutions (kernel 5) with batch norm in eval mode are a local
   operator; output frame ``t`` depends on input frames ``t - H .. t + H``, ``H`` the sum of the convolutions'
@@ -102,10 +105,15 @@ class ContextChunker:
 
     ``apply(window [w, C], lead, count)`` returns the output of the window's frames ``lead .. lead + count``;
     it is called with ``left`` frames before them and ``right`` after (fewer only at the utterance's ends).
+    Chunks have ``chunk_frames`` frames, the first ``first_frames`` (default the same; the post-net's first
+    chunk also covers the vocoder's right context, so the vocoder's first chunk is ready with it).
     :meth:`push` returns the chunks the new frames complete, :meth:`finish` the rest (the last one shorter)."""
 
-    def __init__(self, chunk_frames: int, left: int, right: int, apply: Callable[[Tensor, int, int], Tensor]):
+    def __init__(self, chunk_frames: int, left: int, right: int, apply: Callable[[Tensor, int, int], Tensor], *,
+                 first_frames: int | None = None):
         self.chunk = check_int("ContextChunker", "chunk_frames", chunk_frames, meaning="frames per chunk")
+        self.first = self.chunk if first_frames is None else check_int("ContextChunker", "first_frames",
+                                                                       first_frames)
         self.left = check_int("ContextChunker", "left", left, minimum=0)
         self.right = check_int("ContextChunker", "right", right, minimum=0)
         self.apply = apply
@@ -121,15 +129,20 @@ class ContextChunker:
         """Append ``frames [n, C]``; the chunks whose right context now exists."""
         self.buffer = frames if self.buffer is None else torch.cat([self.buffer, frames])  # [held + n, C]
         out = []
-        while self.start + self.held - self.done >= self.chunk + self.right:
-            out.append(self._emit(self.chunk))
+        while self.start + self.held - self.done >= self.next_count + self.right:
+            out.append(self._emit(self.next_count))
         return out
+
+    @property
+    def next_count(self) -> int:
+        """Frames in the next whole chunk."""
+        return self.first if self.done == 0 else self.chunk
 
     def finish(self) -> list[Tensor]:
         """The utterance ended: every frame not yet emitted, in chunks (its right context is the end)."""
         out = []
         while self.done < self.start + self.held:
-            out.append(self._emit(min(self.chunk, self.start + self.held - self.done)))
+            out.append(self._emit(min(self.next_count, self.start + self.held - self.done)))
         return out
 
     def _emit(self, count: int) -> Tensor:
@@ -230,15 +243,16 @@ class SpeechStreamer:
         """Frames the post-net and vocoder windows hold now (bounded: module docstring)."""
         return sum(c.held for c in self.chunkers.values())
 
-    def postnet_chunker(self) -> ContextChunker:
-        """Normalised decoder frames -> post-net log-mel chunks ``[n, 80]``, exact (module docstring)."""
+    def postnet_chunker(self, lookahead: int) -> ContextChunker:
+        """Normalised decoder frames -> post-net log-mel chunks ``[n, 80]``, exact (module docstring); the first
+        chunk has ``lookahead`` more frames (the vocoder's right context)."""
         network, half = self.network, postnet_context(self.network.postnet)
 
         def apply(window: Tensor, lead: int, count: int) -> Tensor:
             mel = window + network.postnet(window[None])[0]  # [w, 80] -> [1, w, 80] -> [w, 80]
             return network.denormalise(mel[lead:lead + count])
 
-        return ContextChunker(self.chunk_frames, half, half, apply)
+        return ContextChunker(self.chunk_frames, half, half, apply, first_frames=self.chunk_frames + lookahead)
 
     def vocoder_chunker(self) -> ContextChunker:
         """Log-mel chunks -> waveform chunks ``[256 n]`` (HiFi-GAN: exact; Griffin-Lim: module docstring)."""
@@ -254,16 +268,17 @@ class SpeechStreamer:
         return ContextChunker(self.chunk_frames, chunks.context, chunks.context, chunks)
 
     def mel_chunks(self, ids: Sequence[int] | Tensor) -> Iterator[Tensor]:
-        """The post-net log-mel ``[n, 80]`` in chunks as the decoder makes them; concatenated, the mel of
-        :meth:`TTSNetwork.infer` (same seed)."""
+        """The post-net log-mel ``[n, 80]`` in chunks as the decoder makes them (the first one the vocoder's
+        right context longer); concatenated, the mel of :meth:`TTSNetwork.infer` (same seed)."""
         ids = check_ids(ids)
-        self.chunkers = {"postnet": self.postnet_chunker()}
+        vocoder = self.vocoder_chunker()
+        self.chunkers = {"postnet": self.postnet_chunker(vocoder.right), "vocoder": vocoder}
         return self._mel_chunks(ids)
 
     def stream(self, ids: Sequence[int] | Tensor) -> Iterator[Tensor]:
-        """Waveform chunks ``[256 n]`` (22,050 Hz floats) of one sentence's phoneme ids, as they are ready."""
+        """Waveform chunks ``[256 n]`` (22,050 Hz floats) of one sentence's phoneme ids, as they are ready: the
+        first once ``chunk_frames`` + the vocoder's right context + the post-net's frames exist."""
         mels = self.mel_chunks(ids)
-        self.chunkers["vocoder"] = self.vocoder_chunker()
         return self._stream(mels, self.chunkers["vocoder"])
 
     @torch.no_grad()
