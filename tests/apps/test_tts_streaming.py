@@ -158,6 +158,12 @@ def spoken_mel(tmp_path_factory) -> torch.Tensor:
 def test_chunked_griffin_lim_stays_near_whole_utterance_griffin_lim(spoken_mel):
     mel = spoken_mel
     whole = griffin_lim(mel.T)  # [T * 256]
+    silence = torch.zeros_like(whole)
+    assert spectral_convergence(silence, mel.T) == pytest.approx(1.0, abs=1e-3)  # nothing of the target
+    with pytest.raises(ValueError, match="Griffin-Lim needs at least 4"):
+        griffin_lim(mel[:3].T)
+    with pytest.raises(ValueError, match="known must be"):
+        griffin_lim(mel[:10].T, known=torch.zeros(10 * HOP + 1))
     chunks = GriffinLimChunks()
     streamed = pushed(ContextChunker(7, chunks.context, chunks.context, chunks), mel, 3)
     assert streamed.shape == whole.shape
