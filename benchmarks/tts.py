@@ -175,6 +175,61 @@ def score(name: str, limit: int, hifigan_limit: int = 0, resume: bool = False) -
     return result
 
 
+def score_mean_spectrum(limit: int, train_sentences: int = 400) -> dict:
+    """A reference "system" that has learned nothing but the voice's average: every test sentence is the mean
+    log-mel frame of the first ``train_sentences`` training sentences, repeated for the reference's own number of
+    frames (its duration given), through Griffin-Lim; scored like a model (MCD-DTW, the recogniser's transcript).
+    What MCD-DTW gives a constant spectrum says how far from the floor it still ranks closeness."""
+    recognizer = load_recognizer(RECOGNIZER)
+    data = TTSDataModule(batch_size=1, max_sentences=max(limit, train_sentences))
+    data.setup("test")
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    frames = [data.splits["train"][i][2] for i in range(min(train_sentences, len(data.splits["train"])))]
+    mean_frame = torch.cat(frames).mean(0)  # N x [T_i, 80] -> [sum T_i, 80] -> [80]
+    rows = []
+    for n, entry in enumerate(data.splits["test"].entries[:limit]):
+        reference, _ = read_wav(data.manifest.parent / entry.wav)
+        length = len(data.splits["test"][n][2])
+        audio = griffin_lim(mean_frame[:, None].expand(-1, length).contiguous())  # [80] -> [80, T]
+        rows.append({"id": entry.id, "mcd": mcd_dtw(audio, reference),
+                     "reference": "".join(recognition_symbols(entry.phonemes)),
+                     "gl_transcript": transcribe(recognizer, audio)})
+        print(f"mean spectrum {n + 1}/{limit} {entry.id}: MCD-DTW {rows[-1]['mcd']:.2f} dB", flush=True)
+    result = {"limit": limit, "train_sentences": len(frames), "rows": rows, "recognizer_sha": file_digest(RECOGNIZER),
+              "scoring": {"wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu},
+              "threads": torch.get_num_threads(), "commit": git_commit(), "date": utc_now(),
+              "command": "python -m benchmarks.tts " + shlex.join(__import__("sys").argv[1:])}
+    add_cached_run(RUNS, "reference:mean_spectrum", result)
+    return result
+
+
+def mean_spectrum_note(runs: dict) -> str:
+    """One paragraph: the constant mean spectrum's MCD-DTW and PER on the scored test sentences."""
+    result = runs.get("reference:mean_spectrum")
+    if result is None:
+        return ""
+    rows = result["rows"]
+    mcd = np.array([r["mcd"] for r in rows])
+    per = phoneme_error_rate([r["reference"] for r in rows], [r["gl_transcript"] for r in rows])
+    return (f"\nA constant spectrum for reference (`--score-mean-spectrum`: the mean log-mel frame of "
+            f"{result['train_sentences']} training sentences, repeated for each test sentence's own number of frames, "
+            f"Griffin-Lim; commit {result['commit']}, {result['date']}): MCD-DTW **{mcd.mean():.2f} ± "
+            f"{mcd.std(ddof=1) if len(mcd) > 1 else 0:.2f} dB**, PER {per:.3f}, on the first {len(rows)} test "
+            "sentences. It says nothing, so an MCD-DTW near it does not rank closeness to the speech.\n")
+
+
+def paired_mcd(a: dict, b: dict) -> str:
+    """The paired MCD-DTW difference of two scored runs over their common sentences: mean, its standard error,
+    the share of sentences where ``a`` is lower and the two-sided sign test's p-value."""
+    from scipy.stats import binomtest
+
+    b_by_id = {r["id"]: r["mcd"] for r in b["rows"]}
+    d = np.array([r["mcd"] - b_by_id[r["id"]] for r in a["rows"] if r["id"] in b_by_id])
+    lower = int((d < 0).sum())
+    return (f"paired difference {d.mean():+.2f} dB (standard error {d.std(ddof=1) / np.sqrt(len(d)):.2f}), lower in "
+            f"{lower} of {len(d)} sentences (sign test p = {binomtest(lower, len(d)).pvalue:.3g})")
+
+
 def time_steps(names: list[str], batch_size: int, repeats: int) -> dict:
     data = TTSDataModule(batch_size=batch_size, max_sentences=batch_size)
     data.setup("fit")
@@ -392,7 +447,7 @@ def verdicts(runs: dict) -> str:
         lines.append(f"- **Target 1** at {budget:g} CPU minutes each ({transformer} vs {tacotron}; Transformer TTS "
                      f"reaches a lower MCD-DTW (Griffin-Lim) than the Tacotron-style baseline at the same budget, and "
                      f"its step is faster): **{'met' if met else 'not met'}**: MCD-DTW {ma:.2f} vs {mb:.2f} dB on the "
-                     f"first {n} test sentences ({'lower' if ma < mb else 'not lower'})"
+                     f"first {n} test sentences ({'lower' if ma < mb else 'not lower'}; {paired_mcd(a, b)})"
                      + (f"; Tacotron / Transformer time per step {ratio:.2f}x (paper: {PAPER_SPEEDUP}x: "
                         f"{'faster' if ratio > 1 else 'not faster'})" if ratio else "")
                      + f"; the budget: {budget:g} process-CPU minutes at 1 thread each, the two side by side on the "
@@ -435,20 +490,23 @@ def render() -> Path:
         "corpus: `seqmix tts prepare` (espeak-ng en-us speaking ACLSum sentences; docs/tts.md); vocoder Griffin-Lim "
         "60 iterations; MCD-DTW as benchmarks/results/tts_vocoder_floor.md (its Griffin-Lim floor: 16.63 dB)",
         "training runs share the 2 cores with other jobs: wall seconds depend on the load, CPU seconds less so",
-        "budget: process CPU minutes at 1 torch thread, the same for both models, run side by side; below the "
-        "issue's 45 minutes x 2 cores because 8 helpers share the 2 cores (the two 12-CPU-minute runs took 46 minutes "
-        "of wall clock each)",
+        "budget: process CPU minutes at 1 torch thread, the same for the two models of a pair (transformer_tts<S> "
+        "and tacotron<S>), run side by side: 12 CPU minutes (no suffix; 8 helpers shared the 2 cores, 46 minutes of "
+        "wall clock each) and 45 CPU minutes (`_45`; two MQAR runs shared the cores, 74 minutes of wall clock each), "
+        "both within the issue's 45 minutes x 2 cores",
         "pipeline (each part's own command, commit and date are in tts_runs.json and below): `python -m "
-        "benchmarks.tts --threads 1 --train NAME=configs/tts/NAME.yaml --cpu-minutes 12 --max-steps 100000 "
+        "benchmarks.tts --threads 1 --train NAME=configs/tts/CONFIG.yaml --cpu-minutes M --max-steps 100000 "
         "--fit-args '--data.max_frames 700 --trainer.limit_val_batches 2 --trainer.val_check_interval 60 "
-        "--trainer.enable_progress_bar false --trainer.log_every_n_steps 10 --model.budget_minutes 12 "
-        "--model.budget_clock cpu'` (the two side by side); `python -m benchmarks.tts_recognizer --train "
+        "--trainer.enable_progress_bar false --trainer.log_every_n_steps 10 --model.budget_minutes M "
+        "--model.budget_clock cpu'` with M = 12 or 45 (the two of a pair side by side); "
+        "`python -m benchmarks.tts_recognizer --train "
         "--cpu-minutes 10 --threads 1 --lr 1.5e-3 --warmup 100 --eval-every 100`; `python -m "
         "benchmarks.tts_recognizer --score-real --limit 200 --hifigan-limit 20 --threads 1`; under "
         "/tmp/quiet/quiet.sh: `python -m benchmarks.tts --threads 1 --time-steps transformer_tts tacotron "
         "--time-predict transformer_tts tacotron --repeats 3`; `python -m benchmarks.tts --threads 1 --score NAME "
         "--limit 100 --hifigan-limit 20` (the two side by side), then the same with `--limit 200 --resume` (sentences "
-        "100-199 added)"])
+        "100-199 added); the `_45` pair: `--score NAME --limit 200 --hifigan-limit 20` (side by side); "
+        "`python -m benchmarks.tts --threads 2 --score-mean-spectrum --limit 200`"])
     text += "## Training runs\n\n" + markdown_table(
         ["run", "config", "budget", "extra fit args", "steps (scored checkpoint: best val mel L1, validated every 60 steps)", "wall s", "CPU s", "best val mel L1", "seed",
          "commit"],
@@ -484,6 +542,7 @@ def render() -> Path:
                  "within 0.1 of the diagonal, teacher forced (1 = diagonal, about 0.2 = uniform); RTF: wall seconds "
                  "per second of audio, on the loaded machine. Vocoder floors (espeak-ng audio -> mel -> vocoder): "
                  "Griffin-Lim 16.63 dB, HiFi-GAN 23.64 dB (benchmarks/results/tts_vocoder_floor.md).\n")
+        text += mean_spectrum_note(runs)
         text += intelligibility(runs, names)
     steps = runs.get("time_steps")
     if steps:
@@ -536,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", default=None, metavar="NAME", help="write NAME's slim checkpoint to --ship-path")
     parser.add_argument("--ship-path", default="checkpoints/tts/transformer_tts.ckpt")
     parser.add_argument("--render", action="store_true", help="(re)write tts.md and tts.png from the cache")
+    parser.add_argument("--score-mean-spectrum", action="store_true",
+                        help="score the constant mean-spectrum reference on the first --limit test sentences")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     RECOGNIZER = Path(args.recognizer)
@@ -546,13 +607,15 @@ def main(argv: list[str] | None = None) -> int:
         train(name, config, args.cpu_minutes, args.max_steps, shlex.split(args.fit_args), args.seed)
     for name in args.score:
         score(name, args.limit, args.hifigan_limit, args.resume)
+    if args.score_mean_spectrum:
+        score_mean_spectrum(args.limit)
     if args.time_steps:
         time_steps(args.time_steps, args.batch_size, args.repeats)
     if args.time_predict:
         time_predict(args.time_predict, args.repeats)
     if args.ship:
         ship(args.ship, Path(args.ship_path))
-    if args.render or args.train or args.score or args.time_steps:
+    if args.render or args.train or args.score or args.time_steps or args.score_mean_spectrum:
         print(f"wrote {render()}")
     return 0
 
