@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -82,7 +85,7 @@ def train(name: str, config: str, cpu_minutes: float, max_steps: int, fit_args: 
            "wall_s": watch.wall_s, "cpu_s": watch.cpu_s, "checkpoint": checkpoint,
            "best_val_mel_l1": float(callback.best_model_score) if callback.best_model_score is not None else None,
            "commit": git_commit(), "date": utc_now(), "command": "seqmix tts fit " + shlex.join(argv),
-           "peak_rss_mb": __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 1024}
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     add_cached_run(RUNS, f"train:{name}", run)
     print(f"{name}: {run['steps']} steps, {watch.wall_s:.0f} s wall, {watch.cpu_s:.0f} s CPU -> {checkpoint}")
     return run
@@ -170,7 +173,7 @@ def score(name: str, limit: int, hifigan_limit: int = 0, resume: bool = False) -
     result = {"name": name, "limit": limit, "hifigan_limit": min(hifigan_limit, len(rows)),
               "checkpoint_sha": file_digest(Path(run["checkpoint"])), "recognizer_sha": file_digest(RECOGNIZER),
               "rows": rows, "predict": predict, "scoring": scoring, "threads": torch.get_num_threads(),
-              "load": list(__import__("os").getloadavg()), "commit": git_commit(), "date": utc_now()}
+              "load": list(os.getloadavg()), "commit": git_commit(), "date": utc_now()}
     add_cached_run(RUNS, f"score:{name}", result)
     return result
 
@@ -198,7 +201,7 @@ def score_mean_spectrum(limit: int, train_sentences: int = 400) -> dict:
     result = {"limit": limit, "train_sentences": len(frames), "rows": rows, "recognizer_sha": file_digest(RECOGNIZER),
               "scoring": {"wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu},
               "threads": torch.get_num_threads(), "commit": git_commit(), "date": utc_now(),
-              "command": "python -m benchmarks.tts " + shlex.join(__import__("sys").argv[1:])}
+              "command": "python -m benchmarks.tts " + shlex.join(sys.argv[1:])}
     add_cached_run(RUNS, "reference:mean_spectrum", result)
     return result
 
@@ -249,7 +252,7 @@ def time_steps(names: list[str], batch_size: int, repeats: int) -> dict:
     timings = time_calls(calls, warmup=1, repeats=repeats)
     result = {"batch_size": batch_size, "frames": int(batch.mel_lengths.sum()), "repeats": repeats,
               "median_s": {n: t.median_s for n, t in timings.items()}, "times_s": {n: t.times_s for n, t in timings.items()},
-              "threads": torch.get_num_threads(), "load": list(__import__("os").getloadavg()), "commit": git_commit(),
+              "threads": torch.get_num_threads(), "load": list(os.getloadavg()), "commit": git_commit(),
               "date": utc_now()}
     add_cached_run(RUNS, "time_steps_swap" if all(n.startswith("swap_") for n in names) else "time_steps", result)
     print(json.dumps(result["median_s"]))
@@ -273,7 +276,7 @@ def time_predict(names: list[str], repeats: int) -> dict:
 
     timings = time_calls({n: call(m, n) for n, m in models.items()}, warmup=1, repeats=repeats)
     result = {"text": TEN_WORDS, "repeats": repeats, "median_s": {n: t.median_s for n, t in timings.items()},
-              "audio_s": audio_s, "threads": torch.get_num_threads(), "load": list(__import__("os").getloadavg()),
+              "audio_s": audio_s, "threads": torch.get_num_threads(), "load": list(os.getloadavg()),
               "commit": git_commit(), "date": utc_now()}
     add_cached_run(RUNS, "time_predict", result)
     print(json.dumps({n: (result["median_s"][n], audio_s[n]) for n in names}))

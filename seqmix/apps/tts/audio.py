@@ -211,15 +211,21 @@ def pcm16(wav: torch.Tensor) -> bytes:
     return pcm.astype("<i2").tobytes()
 
 
+def open_wav_writer(file, sample_rate: int) -> wave.Wave_write:
+    """A ``wave`` writer of 16-bit mono audio at ``sample_rate`` on ``file`` (a path or a binary file)."""
+    out = wave.open(file, "wb")
+    out.setnchannels(1)
+    out.setsampwidth(2)
+    out.setframerate(sample_rate)
+    return out
+
+
 def write_wav(path: str | Path, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:
     """``wav [N]`` (floats, clipped to [-1, 1]) as a 16-bit mono WAV, written atomically."""
     data = pcm16(wav)
 
     def write(tmp: Path) -> None:
-        with wave.open(str(tmp), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(sample_rate)
+        with open_wav_writer(str(tmp), sample_rate) as out:
             out.writeframes(data)
 
     return atomic_write(path, write)
@@ -236,10 +242,7 @@ class PartialWav:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.samples = 0
         self._file = open(self.partial, "wb")
-        self._wav = wave.open(self._file, "wb")
-        self._wav.setnchannels(1)
-        self._wav.setsampwidth(2)
-        self._wav.setframerate(sample_rate)
+        self._wav = open_wav_writer(self._file, sample_rate)
 
     def write(self, wav: torch.Tensor) -> None:
         """Append ``wav [N]`` (floats, clipped to [-1, 1])."""

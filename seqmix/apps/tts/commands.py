@@ -41,10 +41,9 @@ from seqmix.apps.tts.audio import HOP, SAMPLE_RATE, PartialWav, griffin_lim, wri
 from seqmix.apps.tts.data import PhonemeVocabulary
 from seqmix.apps.tts.module import TTSModule
 from seqmix.apps.tts.network import Synthesis
-from seqmix.apps.tts.streaming import CHUNK_FRAMES, SpeechStreamer
+from seqmix.apps.tts.streaming import CHUNK_FRAMES, VOCODERS, SpeechStreamer
 
 HINT = "train one with `seqmix tts fit --config configs/tts/transformer_tts.yaml` (it lands in runs/tts/.../checkpoints/)"
-VOCODERS = ("griffin-lim", "hifigan")
 _SPEAKABLE = re.compile(r"[A-Za-z0-9 ,.;:'\"()\-?!%&/]")
 _STRAIGHTEN = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
                              "\u2014": "-", "\t": " ", "\n": " ", "\r": " "})

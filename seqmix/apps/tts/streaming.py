@@ -67,7 +67,7 @@ CHUNK_FRAMES = 32  # 0.37 s of audio a chunk
 GRIFFIN_LIM_CONTEXT = 8  # mel frames of context on each side of a Griffin-Lim window
 CROSSFADE = HOP // 4  # samples cross-faded between neighbouring Griffin-Lim windows (2.9 ms)
 GRIFFIN_LIM_SC_MARGIN = 0.02  # the tested bound: streamed spectral convergence <= whole-utterance's + this
-VOCODERS = ("griffin-lim", "hifigan")
+VOCODERS = ("griffin-lim", "hifigan")  # the vocoder names, here and for `seqmix tts predict --vocoder`
 
 
 # ---------------------------------------------------------------------------------------------- receptive fields
