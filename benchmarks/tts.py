@@ -390,41 +390,55 @@ def intelligibility(runs: dict, names: list[str]) -> str:
             + markdown_table(["audio", f"PER, first {len(gl_ids)}", f"PER, first {len(hifi_ids)}"], rows))
 
 
+def swap_label(name: str, cpu_minutes: float) -> str:
+    """The mixer of a swap run's name: ``swap_MIXER`` or, at another budget, ``swap_MIXER_<minutes>``."""
+    return name.removeprefix("swap_").removesuffix(f"_{cpu_minutes:g}")
+
+
 def swap_table(runs: dict) -> str:
-    """The mixer-swap rows (``--train swap_MIXER=...``): encoder and decoder self mixers swapped, equal budget."""
+    """The mixer-swap tables (``--train swap_MIXER[_<minutes>]=...``): encoder and decoder self mixers swapped,
+    equal budget; one table per budget. Time per step is the network's, from ``--time-steps`` of the budget's runs
+    or, where those were not timed, of the same mixer's ``swap_MIXER`` run (the same network)."""
     names = [k.split(":", 1)[1] for k in runs if k.startswith("train:swap_")]
     if not names:
         return ""
     steps = runs.get("time_steps_swap", {}).get("median_s", {})
-    rows = []
-    for n in names:
-        r, result = runs[f"train:{n}"], runs.get(f"score:{n}")
-        cells = [n.removeprefix("swap_"), r["config"], r["steps"], f"{r['cpu_s']:.0f}",
-                 f"{r['best_val_mel_l1']:.3f}" if r["best_val_mel_l1"] is not None else "-"]
-        if result:
-            rows_ = result["rows"]
-            cells += [len(rows_), f"{np.mean([x['mcd'] for x in rows_]):.2f}",
-                      f"{phoneme_error_rate([x['reference'] for x in rows_], [x['gl_transcript'] for x in rows_]):.3f}",
-                      f"{np.mean([x['free_mel_l1'] for x in rows_]):.3f}", f"{np.nanmean([x['diagonality'] for x in rows_]):.3f}",
-                      f"{sum(x['stopped'] for x in rows_)}/{len(rows_)}"]
-        else:
-            cells += ["-"] * 6
-        cells += [f"{steps[n]:.3f}" if n in steps else "-",
-                  f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"]
-        rows.append(cells)
-    r0 = runs[f"train:{names[0]}"]
-    note = (f"\n## Mixer swap (encoder and decoder self mixers; cross attention stays softmax)\n\n"
-            f"Each {r0['cpu_minutes']:g} CPU minutes at 1 thread (the four side by side, commit {r0['commit']}, "
-            f"{r0['date']}; fit args as the main runs but validation every 40 steps and the cosine over "
-            f"{r0['cpu_minutes']:g} minutes), scored on the first N test sentences with Griffin-Lim; time per step "
+    budgets = sorted({runs[f"train:{n}"]["cpu_minutes"] for n in names})
+    text = ("\n## Mixer swap (encoder and decoder self mixers; cross attention stays softmax)\n\n"
+            "Each budget's runs at 1 thread, side by side, fit args as the main runs but validation every 40 steps "
+            "and the cosine over the budget; scored on the first N test sentences with Griffin-Lim; time per step "
             "as above (paused machine, one fixed batch of 16); peak RSS: the training process's maximum resident "
             "memory (data, model, activations). Commands: `python -m benchmarks.tts --threads 1 --train "
-            "swap_MIXER=CONFIG --cpu-minutes 4 --max-steps 100000 --fit-args '<the main runs' with "
-            "--trainer.val_check_interval 40 --model.budget_minutes 4>'`, `--score swap_MIXER --limit 20`, under "
-            "quiet.sh `--time-steps swap_softmax swap_gla swap_lstm swap_lightnet --repeats 3`; each run's exact "
-            "command is in tts_runs.json.\n\n")
-    return note + markdown_table(["mixer", "config", "steps", "CPU s", "best val mel L1", "N", "MCD-DTW dB", "PER (GL)",
-                                  "mel L1 (free)", "diagonality", "stopped", "s / step", "peak RSS MB"], rows)
+            "swap_MIXER[_MINUTES]=CONFIG --cpu-minutes MINUTES --max-steps 100000 --fit-args '<the main runs' with "
+            "--trainer.val_check_interval 40 --model.budget_minutes MINUTES>'`, `--score swap_MIXER[_MINUTES] --limit "
+            "N`, under quiet.sh `--time-steps swap_softmax swap_gla swap_lstm swap_lightnet --repeats 3`; each run's "
+            "exact command is in tts_runs.json.\n")
+    for budget in budgets:
+        group = [n for n in names if runs[f"train:{n}"]["cpu_minutes"] == budget]
+        rows = []
+        for n in group:
+            r, result, label = runs[f"train:{n}"], runs.get(f"score:{n}"), swap_label(n, budget)
+            cells = [label, r["config"], r["steps"], f"{r['cpu_s']:.0f}",
+                     f"{r['best_val_mel_l1']:.3f}" if r["best_val_mel_l1"] is not None else "-"]
+            if result:
+                rows_ = result["rows"]
+                cells += [len(rows_), f"{np.mean([x['mcd'] for x in rows_]):.2f}",
+                          f"{phoneme_error_rate([x['reference'] for x in rows_], [x['gl_transcript'] for x in rows_]):.3f}",
+                          f"{np.mean([x['free_mel_l1'] for x in rows_]):.3f}",
+                          f"{np.nanmean([x['diagonality'] for x in rows_]):.3f}",
+                          f"{sum(x['stopped'] for x in rows_)}/{len(rows_)}"]
+            else:
+                cells += ["-"] * 6
+            step_s = steps.get(n, steps.get(f"swap_{label}"))
+            cells += [f"{step_s:.3f}" if step_s is not None else "-",
+                      f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"]
+            rows.append(cells)
+        r0 = runs[f"train:{group[0]}"]
+        text += (f"\n### {budget:g} CPU minutes each\n\nCommit {r0['commit']}, {r0['date']}.\n\n"
+                 + markdown_table(["mixer", "config", "steps", "CPU s", "best val mel L1", "N", "MCD-DTW dB",
+                                   "PER (GL)", "mel L1 (free)", "diagonality", "stopped", "s / step", "peak RSS MB"],
+                                  rows))
+    return text
 
 
 def pairs(runs: dict) -> list[tuple[str, str]]:

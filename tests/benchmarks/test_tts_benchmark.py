@@ -29,3 +29,25 @@ def test_a_pair_needs_both_scores_and_a_slower_transformer_step_fails():
     runs = _runs(transformer_tts_45=90.0, tacotron_45=100.0)
     runs["time_steps"]["median_s"]["transformer_tts"] = 3.0
     assert "**not met**" in verdicts(runs) and "not faster" in verdicts(runs)
+
+
+def _swap_run(minutes: float, steps: int) -> dict:
+    return {"cpu_minutes": minutes, "config": "configs/tts/x.yaml", "steps": steps, "cpu_s": 60.0 * minutes,
+            "best_val_mel_l1": 1.0, "commit": "abc1234", "date": "2026-12-07", "peak_rss_mb": 2000.0}
+
+
+def test_swap_runs_are_one_table_per_budget_with_the_mixer_named():
+    from benchmarks.tts import swap_label, swap_table
+
+    assert swap_label("swap_gla", 4) == "gla" and swap_label("swap_gla_12", 12) == "gla"
+    assert swap_label("swap_lstm_2.5", 2.5) == "lstm"
+    runs = {"train:swap_softmax": _swap_run(4, 98), "train:swap_gla": _swap_run(4, 84),
+            "train:swap_gla_12": _swap_run(12, 250),
+            "time_steps_swap": {"median_s": {"swap_softmax": 2.5, "swap_gla": 3.0}}}
+    text = swap_table(runs)
+    four, twelve = text.split("### 4 CPU minutes each")[1].split("### 12 CPU minutes each")
+    assert "| softmax |" in four and "| gla |" in four and "| 250 |" not in four
+    gla_12 = next(line for line in twelve.splitlines() if line.startswith("| gla |"))
+    assert "| 250 |" in gla_12 and "| 3.000 |" in gla_12  # the step time of the same network, timed at 4 minutes
+    assert "| softmax |" not in twelve
+    assert swap_table({}) == ""
