@@ -62,6 +62,12 @@ HEADLINES = (
              r"[+-][\d.]+ \| (?P<ty>\w+) \|",
              "{t1} ({s1}) -> {t2} ({s2}), beyond the seed spread: {ty}", "higher for >= 3 recurrent mixers",
              "MQAR recall"),
+    Headline("JRT-Prompt on MQAR, BASED with short convolutions (16 pairs, 800 steps, seeds 0-4): read once -> twice",
+             "mqar_jrt7",
+             r"^\| based_conv \| 64 \| (?P<b1>[\d.]+) \((?P<s1>[^)]*)\) \| (?P<b2>[\d.]+) \((?P<s2>[^)]*)\) \| "
+             r"[+-][\d.]+ \| (?P<by>\w+) \|",
+             "{b1} ({s1}) -> {b2} ({s2}), beyond the seed spread: {by}", "higher for >= 3 recurrent mixers",
+             "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
