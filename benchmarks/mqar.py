@@ -283,13 +283,25 @@ def series(row: dict[str, object]) -> str:
     return str(row["mixer"]) + READ_LABELS[read_mode(row.get("read_twice", False))]
 
 
+def paired_p(once: dict[int, float], twice: dict[int, float], paired: list[int]) -> str:
+    """The one-sided Wilcoxon signed-rank p-value that reading twice raises accuracy, over the ``paired`` seeds."""
+    from scipy.stats import wilcoxon
+
+    changes = [twice[s] - once[s] for s in paired if twice[s] != once[s]]
+    if len(paired) < 2 or not changes:
+        return "–"
+    return f"{wilcoxon(changes, alternative='greater', method='exact').pvalue:.3g}"
+
+
 def jrt_table(rows: list[dict[str, object]]) -> str:
     """Read once and read twice side by side per (mixer, width), with the change; "" without read-twice points.
 
     One seed: the accuracies and their difference. Several: each cell is the mean over its seeds with the
     seeds' values after it, the change is the mean over the seeds both modes ran of (twice - once), and a
     column per mode says whether the change is beyond the seed spread: every read-twice seed above every
-    read-once seed ("yes"), every one below ("lower"), else "no" ("–" with fewer than 2 seeds in either)."""
+    read-once seed ("yes"), every one below ("lower"), else "no" ("–" with fewer than 2 seeds in either), and
+    one gives the one-sided Wilcoxon signed-rank test's p-value of the paired changes (twice > once; exact,
+    zero changes dropped; "–" with fewer than 2 paired seeds)."""
     acc = {point_key(r): r["acc"] for r in rows}
     modes = [m for m in READ_MODES[1:] if any(k[2] == m for k in acc)]
     if not modes:
@@ -321,10 +333,11 @@ def jrt_table(rows: list[dict[str, object]]) -> str:
                 else:
                     cells.append("yes" if min(twice.values()) > max(once.values()) else
                                  "lower" if max(twice.values()) < min(once.values()) else "no")
+                cells.append(paired_p(once, twice, paired))
         body.append(cells)
     head = ["mixer", "d_model", "read once"]
     for m in modes:
-        head += [names[m], "change"] + (["beyond seed spread"] if several else [])
+        head += [names[m], "change"] + (["beyond seed spread", "paired p"] if several else [])
     return markdown_table(head, body)
 
 
@@ -385,7 +398,8 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, name: str, t
         text += ("\n## JRT-Prompt: read once and read twice, the same budget\n\n"
                  "Test accuracy of the rows above; change = read twice - read once (with several seeds: each "
                  "cell is the mean, the seeds' values in brackets, the change is the mean paired change, and "
-                 "\"beyond seed spread\" is yes when every read-twice seed beats every read-once seed).\n\n"
+                 "\"beyond seed spread\" is yes when every read-twice seed beats every read-once seed; \"paired p\": the "
+                 "one-sided Wilcoxon signed-rank test of the paired changes, exact).\n\n"
                  + side_by_side)
     text += f"\n![accuracy vs state size]({name}.png)\n"
     write_result(name, text)

@@ -49,7 +49,25 @@ def test_points_of_several_seeds_load_apart_and_average_in_the_jrt_table(tmp_pat
     assert sorted(point_key(r) for r in loaded) == [
         ("gla", 64, "context", 0), ("gla", 64, "context", 1), ("gla", 64, "once", 0), ("gla", 64, "once", 1)]
     lines = jrt_table(loaded).splitlines()
-    assert lines[0] == "| mixer | d_model | read once | context read twice | change | beyond seed spread |"
-    assert lines[2] == "| gla | 64 | 0.3750 (0.2500 / 0.5000) | 0.8750 (0.7500 / 1.0000) | +0.5000 | yes |", lines[2]
+    assert lines[0] == ("| mixer | d_model | read once | context read twice | change | beyond seed spread | "
+                        "paired p |")
+    # two seeds, both higher read twice: the exact one-sided Wilcoxon p is 1/4
+    assert lines[2] == "| gla | 64 | 0.3750 (0.2500 / 0.5000) | 0.8750 (0.7500 / 1.0000) | +0.5000 | yes | 0.25 |", lines[2]
     overlapping = [{**r, "acc": 0.8} if r["seed"] == 1 and not r["read_twice"] else r for r in loaded]
-    assert jrt_table(overlapping).splitlines()[2].endswith("| +0.3500 | no |")
+    assert jrt_table(overlapping).splitlines()[2].endswith("| +0.3500 | no | 0.25 |")
+
+
+def test_paired_p_is_the_exact_one_sided_wilcoxon_test():
+    """Five seeds all higher read twice: p = 1/32; the smallest change lower: rank sum 2+3+4+5 = 14 of 15, reached by
+    2 of the 32 sign patterns, p = 2/32; the largest lower: 1+2+3+4 = 10, reached by 10 patterns, p = 10/32;
+    all lower: p = 1; no paired seeds or only ties: no test."""
+    from benchmarks.mqar import paired_p
+
+    once = {s: 0.5 for s in range(5)}
+    up = {s: 0.5 + 0.01 * (s + 1) for s in range(5)}
+    assert paired_p(once, up, list(range(5))) == "0.0312"
+    assert paired_p(once, {**up, 0: 0.5 - 0.005}, list(range(5))) == "0.0625"
+    assert paired_p(once, {**up, 4: 0.5 - 0.05}, list(range(5))) == "0.312"
+    down = {s: 0.5 - 0.01 * (s + 1) for s in range(5)}
+    assert paired_p(once, down, list(range(5))) == "1"
+    assert paired_p(once, once, list(range(5))) == "–" and paired_p(once, up, [0]) == "–"
