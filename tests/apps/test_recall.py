@@ -174,7 +174,7 @@ def _fit_and_test(tmp_path: Path, config: str, steps: int, extra: list[str] = ()
               "--data.num_train", "512", "--data.num_val", "64", "--data.num_test", "64", *extra]
     main(["recall", "fit", *common, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
           "--trainer.limit_val_batches", "1"])
-    ckpt = tmp_path / "runs" / "recall" / config.removesuffix(".yaml") / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "recall" / config.removesuffix(".yaml") / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.exists(), f"fit wrote no checkpoint at {ckpt}"
     main(["recall", "test", *common, "--ckpt_path", str(ckpt)])
     rows = [row for path in sorted(tmp_path.rglob("metrics.csv")) for row in csv.DictReader(path.open())]

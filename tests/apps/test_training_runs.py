@@ -54,23 +54,26 @@ def first_step(version: Path) -> int:
 
 # ------------------------------------------------------------------ item 3: never over an earlier run
 def test_a_second_run_never_overwrites_the_first(tmp_path, capsys):
-    main(["recall", "fit", *RECALL, "--trainer.max_steps", "2"])  # the config names a fixed checkpoint folder
-    ckpt = tmp_path / "runs/recall/softmax/checkpoints/last.ckpt"
+    for app, args in (("recall", [*RECALL, "--trainer.max_steps", "2"]),  # no dirpath: runs/<app>/<name>/version_N
+                      ("forecasting", [*FORECASTING, "--trainer.max_epochs", "1"])):
+        main([app, "fit", *args])
+        main([app, "fit", *args])
+        runs = tmp_path / "runs" / app / ("softmax" if app == "recall" else "transformer")
+        versions = sorted(runs.iterdir())
+        assert [v.name for v in versions] == ["version_0", "version_1"]
+        for version in versions:
+            assert (version / "config.yaml").is_file() and (version / "checkpoints/last.ckpt").is_file()
+
+    fixed = [*RECALL, "--trainer.max_steps", "2", "--trainer.callbacks.init_args.dirpath", "fixed"]  # a named folder
+    main(["recall", "fit", *fixed])
+    ckpt = tmp_path / "fixed/last.ckpt"
     before = ckpt.read_bytes()
     with pytest.raises(SystemExit) as err:
-        main(["recall", "fit", *RECALL, "--trainer.max_steps", "2"])
+        main(["recall", "fit", *fixed])
     message = str(err.value.code)
     assert message.startswith("seqmix recall fit: error: checkpoint folder ") and "earlier run's checkpoints" in message
     assert f"--ckpt_path {ckpt}" in message and "--trainer.callbacks.init_args.dirpath" in message
     assert ckpt.read_bytes() == before
-
-    forecast = [*FORECASTING, "--trainer.max_epochs", "1"]  # no dirpath: runs/<app>/<config>/version_N
-    main(["forecasting", "fit", *forecast])
-    main(["forecasting", "fit", *forecast])
-    versions = sorted((tmp_path / "runs/forecasting/transformer").iterdir())
-    assert [v.name for v in versions] == ["version_0", "version_1"]
-    for version in versions:
-        assert (version / "config.yaml").is_file() and (version / "checkpoints/last.ckpt").is_file()
 
     no_logger = [*RECALL, "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.default_root_dir", "plain",
                  "--trainer.callbacks.init_args.dirpath", "plain/ckpt"]
@@ -95,7 +98,7 @@ def test_a_non_finite_loss_stops_fit_with_one_line_and_no_checkpoint(tmp_path):
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_non_zero(tmp_path):
     cmd = [sys.executable, "-m", "seqmix.cli", "recall", "fit", *RECALL, "--trainer.max_steps", "1000000"]
     run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = tmp_path / "runs/recall/softmax/checkpoints/last.ckpt"
+    first = Path("runs/recall/softmax/version_0/checkpoints/last.ckpt")  # the logger's folder, named from the cwd
     deadline = time.monotonic() + 120
     while not first.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
