@@ -52,21 +52,24 @@ HEADLINES = (
              "-", "MQAR recall"),
     Headline("JRT-Prompt on MQAR (T=64, 8 pairs, d=64, 800 steps): read once -> context read twice, mean of seeds",
              "mqar_jrt4",
-             r"^\| deltanet \| 64 \| (?P<d1>[\d.]+) \([^)]*\) \| (?P<d2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| (?P<dy>\w+) \|"
-             r".*?^\| mlstm \| 64 \| (?P<m1>[\d.]+) \([^)]*\) \| (?P<m2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| (?P<my>\w+) \|",
-             "DeltaNet {d1} -> {d2} (beyond the seed spread: {dy}), mLSTM {m1} -> {m2} ({my})",
+             r"^\| deltanet \| 64 \| (?P<d1>[\d.]+) \([^)]*\) \| (?P<d2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| (?P<dy>\w+) \| "
+             r"(?P<dp>[\d.]+) \|"
+             r".*?^\| mlstm \| 64 \| (?P<m1>[\d.]+) \([^)]*\) \| (?P<m2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| (?P<my>\w+) \| "
+             r"(?P<mp>[\d.]+) \|",
+             "DeltaNet {d1} -> {d2} (beyond the seed spread: {dy}; paired p {dp}), mLSTM {m1} -> {m2} ({my}; {mp}); "
+             "5 seeds",
              "higher for >= 3 recurrent mixers", "MQAR recall"),
     Headline("JRT-Prompt on MQAR, Titans with short convolutions (same setting, 2000 steps): read once -> twice",
              "mqar_jrt6",
              r"^\| titans_conv \| 64 \| (?P<t1>[\d.]+) \((?P<s1>[^)]*)\) \| (?P<t2>[\d.]+) \((?P<s2>[^)]*)\) \| "
-             r"[+-][\d.]+ \| (?P<ty>\w+) \|",
-             "{t1} ({s1}) -> {t2} ({s2}), beyond the seed spread: {ty}", "higher for >= 3 recurrent mixers",
+             r"[+-][\d.]+ \| (?P<ty>\w+) \| (?P<p>[\d.]+) \|",
+             "{t1} ({s1}) -> {t2} ({s2}), beyond the seed spread: {ty}, paired p {p}", "higher for >= 3 recurrent mixers",
              "MQAR recall"),
     Headline("JRT-Prompt on MQAR, BASED with short convolutions (16 pairs, 800 steps, seeds 0-4): read once -> twice",
              "mqar_jrt7",
              r"^\| based_conv \| 64 \| (?P<b1>[\d.]+) \((?P<s1>[^)]*)\) \| (?P<b2>[\d.]+) \((?P<s2>[^)]*)\) \| "
-             r"[+-][\d.]+ \| (?P<by>\w+) \|",
-             "{b1} ({s1}) -> {b2} ({s2}), beyond the seed spread: {by}", "higher for >= 3 recurrent mixers",
+             r"[+-][\d.]+ \| (?P<by>\w+) \| (?P<p>[\d.]+) \|",
+             "{b1} ({s1}) -> {b2} ({s2}), beyond the seed spread: {by}, paired p {p}", "higher for >= 3 recurrent mixers",
              "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
