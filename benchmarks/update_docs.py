@@ -71,6 +71,12 @@ HEADLINES = (
              r"[+-][\d.]+ \| (?P<by>\w+) \| (?P<p>[\d.]+) \|",
              "{b1} ({s1}) -> {b2} ({s2}), beyond the seed spread: {by}, paired p {p}", "higher for >= 3 recurrent mixers",
              "MQAR recall"),
+    Headline("JRT-Prompt on MQAR, BASED with short convolutions, confirmatory (16 pairs, 800 steps, fresh seeds 5-14): "
+             "read once -> twice", "mqar_jrt8",
+             r"^\| based_conv \| 64 \| (?P<b1>[\d.]+) \([^)]*\) \| (?P<b2>[\d.]+) \([^)]*\) \| (?P<change>[+-][\d.]+) \| "
+             r"\w+ \| (?P<p>[\d.e-]+) \|",
+             "{b1} -> {b2} (mean change {change}), paired p {p}", "paired p < 0.05 (the test fixed before the run)",
+             "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
