@@ -433,8 +433,11 @@ def swap_table(runs: dict) -> str:
             cells += [f"{step_s:.3f}" if step_s is not None else "-",
                       f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"]
             rows.append(cells)
-        r0 = runs[f"train:{group[0]}"]
-        text += (f"\n### {budget:g} CPU minutes each\n\nCommit {r0['commit']}, {r0['date']}.\n\n"
+        trained = [runs[f"train:{n}"] for n in group]
+        commits = ", ".join(sorted({r["commit"] for r in trained}))
+        dates = sorted(r["date"] for r in trained)
+        when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        text += (f"\n### {budget:g} CPU minutes each\n\nTrained at {commits}; ended {when}.\n\n"
                  + markdown_table(["mixer", "config", "steps", "CPU s", "best val mel L1", "N", "MCD-DTW dB",
                                    "PER (GL)", "mel L1 (free)", "diagonality", "stopped", "s / step", "peak RSS MB"],
                                   rows))
