@@ -77,6 +77,14 @@ HEADLINES = (
              r"\w+ \| (?P<p>[\d.e-]+) \|",
              "{b1} -> {b2} (mean change {change}), paired p {p}", "paired p < 0.05 (the test fixed before the run)",
              "MQAR recall"),
+    Headline("JRT-Prompt on MQAR, DeltaNet and mLSTM at 16 pairs (800 steps, seeds 0-4): read once -> twice",
+             "mqar_jrt9",
+             r"^\| deltanet \| 64 \| (?P<d1>[\d.]+) \([^)]*\) \| (?P<d2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| \w+ \| "
+             r"(?P<dp>[\d.e-]+) \|"
+             r".*?^\| mlstm \| 64 \| (?P<m1>[\d.]+) \([^)]*\) \| (?P<m2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| \w+ \| "
+             r"(?P<mp>[\d.e-]+) \|",
+             "DeltaNet {d1} -> {d2} (paired p {dp}), mLSTM {m1} -> {m2} ({mp})",
+             "paired p < 0.05 (the test fixed before the run)", "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
