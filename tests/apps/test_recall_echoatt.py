@@ -23,7 +23,7 @@ def _fit(tmp_path: Path, *extra: str) -> Path:
     main(["recall", "fit", "--config", str(CONFIG), *SIZES, *extra, "--trainer.max_steps", "2",
           "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
           "--trainer.enable_progress_bar", "false"])
-    return tmp_path / "runs" / "recall" / "softmax" / "checkpoints" / "last.ckpt"
+    return tmp_path / "runs" / "recall" / "softmax" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_student_starts_from_the_teacher_and_trains_with_the_distillation_loss(t
     logged = {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
     assert {"train/distill_kl", "train/distill_mse", "train/task_loss", "val/acc"} <= set(logged)
     assert all(torch.isfinite(torch.tensor(logged[k])) for k in ("train/distill_kl", "train/distill_mse"))
-    trained, _ = load_trained(RecallLM, tmp_path / "runs" / "recall" / "softmax" / "checkpoints" / "last.ckpt",
+    trained, _ = load_trained(RecallLM, tmp_path / "runs" / "recall" / "softmax" / "version_0" / "checkpoints" / "last.ckpt",
                               "recall", "")
     assert trained.stack.share_attention == {2: 1} and trained.stack.blocks[2].mixer.qkv.q is None
 
