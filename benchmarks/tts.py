@@ -213,7 +213,7 @@ def mean_spectrum_note(runs: dict) -> str:
         return ""
     rows = result["rows"]
     mcd = np.array([r["mcd"] for r in rows])
-    per = phoneme_error_rate([r["reference"] for r in rows], [r["gl_transcript"] for r in rows])
+    per = rows_per(rows, "gl_transcript")
     return (f"\nA constant spectrum for reference (`--score-mean-spectrum`: the mean log-mel frame of "
             f"{result['train_sentences']} training sentences, repeated for each test sentence's own number of frames, "
             f"Griffin-Lim; commit {result['commit']}, {result['date']}): MCD-DTW **{mcd.mean():.2f} ± "
@@ -337,6 +337,12 @@ def per_on(kind: dict, ids: list[str]) -> float:
     return phoneme_error_rate([refs[i] for i in ids], [hyps[i] for i in ids])
 
 
+def rows_per(rows: list[dict], transcript: str) -> float:
+    """The recogniser's PER over scored sentences ``rows``, reading the transcript under the key ``transcript``
+    (``gl_transcript`` or ``hifigan_transcript``) against each row's ``reference``."""
+    return phoneme_error_rate([r["reference"] for r in rows], [r[transcript] for r in rows])
+
+
 def intelligibility(runs: dict, names: list[str]) -> str:
     """The PER table: real audio, the vocoder floors and each system, on the same sentences."""
     rec = runs.get("recognizer")
@@ -423,7 +429,7 @@ def swap_table(runs: dict) -> str:
             if result:
                 rows_ = result["rows"]
                 cells += [len(rows_), f"{np.mean([x['mcd'] for x in rows_]):.2f}",
-                          f"{phoneme_error_rate([x['reference'] for x in rows_], [x['gl_transcript'] for x in rows_]):.3f}",
+                          f"{rows_per(rows_, 'gl_transcript'):.3f}",
                           f"{np.mean([x['free_mel_l1'] for x in rows_]):.3f}",
                           f"{np.nanmean([x['diagonality'] for x in rows_]):.3f}",
                           f"{sum(x['stopped'] for x in rows_)}/{len(rows_)}"]
@@ -479,7 +485,7 @@ def verdicts(runs: dict) -> str:
         if not real or not rows:
             continue
         ids = [r["id"] for r in rows]
-        tts = phoneme_error_rate([r["reference"] for r in rows], [r["hifigan_transcript"] for r in rows])
+        tts = rows_per(rows, "hifigan_transcript")
         base = per_on(real, ids)
         lines.append(f"- **Target 2** ({transformer}: PER on Transformer TTS + HiFi-GAN at most twice the PER on the "
                      f"real audio): **{'met' if tts <= 2 * base else 'not met'}**: {tts:.3f} vs 2 x {base:.3f} = "

@@ -41,6 +41,16 @@ class Headline:
     section: str
 
 
+def jrt_row(mixer: str, tag: str) -> str:
+    """A regex for ``mixer``'s row (d_model 64, several seeds) of an MQAR JRT-Prompt table (``benchmarks/mqar.py``'s
+    ``jrt_table``), its cells named ``<tag>_once``, ``<tag>_once_seeds``, ``<tag>_twice``, ``<tag>_twice_seeds``,
+    ``<tag>_change``, ``<tag>_spread`` and ``<tag>_p`` (distinct tags for two rows in one pattern)."""
+    t = tag
+    return (rf"^\| {mixer} \| 64 \| (?P<{t}_once>[\d.]+) \((?P<{t}_once_seeds>[^)]*)\) \| "
+            rf"(?P<{t}_twice>[\d.]+) \((?P<{t}_twice_seeds>[^)]*)\) \| (?P<{t}_change>[+-][\d.]+) \| "
+            rf"(?P<{t}_spread>\w+) \| (?P<{t}_p>[\d.e-]+) \|")
+
+
 HEADLINES = (
     Headline("MQAR recall, `make demo` (T=64, 4 pairs, d=64): test accuracy", "mqar_demo",
              r"^\| gla \| 64 \| (?P<gla>[\d.]+) \|.*?^\| softmax \| 64 \| (?P<softmax>[\d.]+) \|",
@@ -51,39 +61,25 @@ HEADLINES = (
              "mLSTM {mlstm}, softplus attention {softplus} (softmax {softmax}); the others in the table",
              "-", "MQAR recall"),
     Headline("JRT-Prompt on MQAR (T=64, 8 pairs, d=64, 800 steps): read once -> context read twice, mean of seeds",
-             "mqar_jrt4",
-             r"^\| deltanet \| 64 \| (?P<d1>[\d.]+) \([^)]*\) \| (?P<d2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| (?P<dy>\w+) \| "
-             r"(?P<dp>[\d.]+) \|"
-             r".*?^\| mlstm \| 64 \| (?P<m1>[\d.]+) \([^)]*\) \| (?P<m2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| (?P<my>\w+) \| "
-             r"(?P<mp>[\d.]+) \|",
-             "DeltaNet {d1} -> {d2} (beyond the seed spread: {dy}; paired p {dp}), mLSTM {m1} -> {m2} ({my}; {mp}); "
-             "5 seeds",
+             "mqar_jrt4", jrt_row("deltanet", "d") + ".*?" + jrt_row("mlstm", "m"),
+             "DeltaNet {d_once} -> {d_twice} (beyond the seed spread: {d_spread}; paired p {d_p}), mLSTM {m_once} -> "
+             "{m_twice} ({m_spread}; {m_p}); 5 seeds",
              "higher for >= 3 recurrent mixers", "MQAR recall"),
     Headline("JRT-Prompt on MQAR, Titans with short convolutions (same setting, 2000 steps): read once -> twice",
-             "mqar_jrt6",
-             r"^\| titans_conv \| 64 \| (?P<t1>[\d.]+) \((?P<s1>[^)]*)\) \| (?P<t2>[\d.]+) \((?P<s2>[^)]*)\) \| "
-             r"[+-][\d.]+ \| (?P<ty>\w+) \| (?P<p>[\d.]+) \|",
-             "{t1} ({s1}) -> {t2} ({s2}), beyond the seed spread: {ty}, paired p {p}", "higher for >= 3 recurrent mixers",
-             "MQAR recall"),
+             "mqar_jrt6", jrt_row("titans_conv", "t"),
+             "{t_once} ({t_once_seeds}) -> {t_twice} ({t_twice_seeds}), beyond the seed spread: {t_spread}, paired p "
+             "{t_p}", "higher for >= 3 recurrent mixers", "MQAR recall"),
     Headline("JRT-Prompt on MQAR, BASED with short convolutions (16 pairs, 800 steps, seeds 0-4): read once -> twice",
-             "mqar_jrt7",
-             r"^\| based_conv \| 64 \| (?P<b1>[\d.]+) \((?P<s1>[^)]*)\) \| (?P<b2>[\d.]+) \((?P<s2>[^)]*)\) \| "
-             r"[+-][\d.]+ \| (?P<by>\w+) \| (?P<p>[\d.]+) \|",
-             "{b1} ({s1}) -> {b2} ({s2}), beyond the seed spread: {by}, paired p {p}", "higher for >= 3 recurrent mixers",
-             "MQAR recall"),
+             "mqar_jrt7", jrt_row("based_conv", "b"),
+             "{b_once} ({b_once_seeds}) -> {b_twice} ({b_twice_seeds}), beyond the seed spread: {b_spread}, paired p "
+             "{b_p}", "higher for >= 3 recurrent mixers", "MQAR recall"),
     Headline("JRT-Prompt on MQAR, BASED with short convolutions, confirmatory (16 pairs, 800 steps, fresh seeds 5-14): "
-             "read once -> twice", "mqar_jrt8",
-             r"^\| based_conv \| 64 \| (?P<b1>[\d.]+) \([^)]*\) \| (?P<b2>[\d.]+) \([^)]*\) \| (?P<change>[+-][\d.]+) \| "
-             r"\w+ \| (?P<p>[\d.e-]+) \|",
-             "{b1} -> {b2} (mean change {change}), paired p {p}", "paired p < 0.05 (the test fixed before the run)",
-             "MQAR recall"),
+             "read once -> twice", "mqar_jrt8", jrt_row("based_conv", "b"),
+             "{b_once} -> {b_twice} (mean change {b_change}), paired p {b_p}",
+             "paired p < 0.05 (the test fixed before the run)", "MQAR recall"),
     Headline("JRT-Prompt on MQAR, DeltaNet and mLSTM at 16 pairs (800 steps, seeds 0-4): read once -> twice",
-             "mqar_jrt9",
-             r"^\| deltanet \| 64 \| (?P<d1>[\d.]+) \([^)]*\) \| (?P<d2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| \w+ \| "
-             r"(?P<dp>[\d.e-]+) \|"
-             r".*?^\| mlstm \| 64 \| (?P<m1>[\d.]+) \([^)]*\) \| (?P<m2>[\d.]+) \([^)]*\) \| [+-][\d.]+ \| \w+ \| "
-             r"(?P<mp>[\d.e-]+) \|",
-             "DeltaNet {d1} -> {d2} (paired p {dp}), mLSTM {m1} -> {m2} ({mp})",
+             "mqar_jrt9", jrt_row("deltanet", "d") + ".*?" + jrt_row("mlstm", "m"),
+             "DeltaNet {d_once} -> {d_twice} (paired p {d_p}), mLSTM {m_once} -> {m_twice} ({m_p})",
              "paired p < 0.05 (the test fixed before the run)", "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
