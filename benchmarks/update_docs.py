@@ -81,6 +81,14 @@ HEADLINES = (
              "mqar_jrt9", jrt_row("deltanet", "d") + ".*?" + jrt_row("mlstm", "m"),
              "DeltaNet {d_once} -> {d_twice} (paired p {d_p}), mLSTM {m_once} -> {m_twice} ({m_p})",
              "paired p < 0.05 (the test fixed before the run)", "MQAR recall"),
+    Headline("JRT-Prompt on MQAR, mLSTM, third try (16 pairs, 800 steps, fresh seeds 5-14): read once -> twice",
+             "mqar_jrt10", jrt_row("mlstm", "m"),
+             "{m_once} -> {m_twice} (mean change {m_change}), paired p {m_p}",
+             "paired p < 0.05 / 3 (the test fixed before the run)", "MQAR recall"),
+    Headline("JRT-Prompt on MQAR, DeltaNet, third try (16 pairs, 800 steps, fresh seeds 5-14): read once -> twice",
+             "mqar_jrt11", jrt_row("deltanet", "d"),
+             "{d_once} -> {d_twice} (mean change {d_change}), paired p {d_p}",
+             "paired p < 0.05 / 3 (the test fixed before the run)", "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
