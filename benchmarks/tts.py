@@ -1,6 +1,6 @@
 """TTS models (issue 32): train under a time budget, then score on test sentences; time a training step each.
 
-Three parts, each cached in ``benchmarks/results/tts_runs.json`` and rendered into ``benchmarks/results/tts.md``
+Four parts, each cached in ``benchmarks/results/tts_runs.json`` and rendered into ``benchmarks/results/tts.md``
 (+ ``tts.png``: target vs synthesised mel and the alignment of test-0000 for each model):
 
 - ``--train NAME=CONFIG``: ``seqmix tts fit --config CONFIG`` in this process until ``--cpu-minutes`` of process
@@ -12,6 +12,9 @@ Three parts, each cached in ``benchmarks/results/tts_runs.json`` and rendered in
   common length, duration ratio, share stopped by the stop token, MCD-DTW of the Griffin-Lim audio against
   espeak-ng's, seconds of synthesis + vocoder per second of audio) and ``predict``'s real-time factor on a
   10-word sentence;
+- ``--score-teacher-forced NAME``: the teacher-forced mels of the first ``--limit`` test sentences through the
+  vocoders and the recogniser (:func:`score_teacher_forced`): the PER of a frame predictor given the true
+  history, beside free running's in the intelligibility table;
 - ``--time-steps NAME...``: seconds per training step (forward, backward, AdamW) of each trained run's network
   on one fixed batch of 16 training sentences, interleaved (run it under /tmp/quiet/quiet.sh: a paused machine).
 
@@ -175,6 +178,49 @@ def score(name: str, limit: int, hifigan_limit: int = 0, resume: bool = False) -
               "rows": rows, "predict": predict, "scoring": scoring, "threads": torch.get_num_threads(),
               "load": list(os.getloadavg()), "commit": git_commit(), "date": utc_now()}
     add_cached_run(RUNS, f"score:{name}", result)
+    return result
+
+
+def score_teacher_forced(name: str, limit: int, hifigan_limit: int = 0) -> dict:
+    """What ``name``'s frame predictor says when the history is right: each of the first ``limit`` test sentences'
+    teacher-forced mel (every decoder step fed the espeak-ng frames before it, the post-net's output, the reference's
+    own length) through Griffin-Lim (the first ``hifigan_limit`` also through HiFi-GAN), scored like a synthesis
+    (MCD-DTW, the recogniser's transcript). Set beside free running's PER, it separates a weak frame predictor from
+    one that fails only on its own output (exposure bias). An optimistic bound: the true frames are a crutch that
+    free running never has."""
+    from seqmix.apps.tts.vocoder import load_hifigan
+
+    run = read_run_cache(RUNS)[f"train:{name}"]
+    model = load_model(run["checkpoint"])
+    recognizer = load_recognizer(RECOGNIZER)
+    generator = load_hifigan("universal") if hifigan_limit else None
+    network = model.network
+    data = test_data(limit, network.symbols)
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    rows = []
+    for n, entry in enumerate(data.splits["test"].entries):
+        batch = collate([data.splits["test"][n]])
+        frames = int(batch.mel_lengths[0])
+        with torch.no_grad():
+            mel = network(batch.phonemes, batch.phoneme_lengths, batch.mels).mel_after[0, :frames].T  # [80, T]
+        reference, _ = read_wav(data.manifest.parent / entry.wav)
+        audio = griffin_lim(mel)
+        rows.append({"id": entry.id, "mcd": mcd_dtw(audio, reference),
+                     "reference": "".join(recognition_symbols(entry.phonemes)),
+                     "gl_transcript": transcribe(recognizer, audio)})
+        if n < hifigan_limit:
+            with torch.inference_mode():
+                audio = generator(mel)
+            rows[-1].update({"hifigan_mcd": mcd_dtw(audio, reference), "hifigan_transcript": transcribe(recognizer, audio)})
+        print(f"{name} teacher forced {n + 1}/{len(data.splits['test'].entries)} {entry.id}: MCD-DTW "
+              f"{rows[-1]['mcd']:.2f} dB", flush=True)
+    result = {"name": name, "limit": limit, "hifigan_limit": min(hifigan_limit, len(rows)),
+              "checkpoint_sha": file_digest(Path(run["checkpoint"])), "recognizer_sha": file_digest(RECOGNIZER),
+              "rows": rows, "scoring": {"wall_s": time.perf_counter() - start_wall,
+                                        "cpu_s": time.process_time() - start_cpu},
+              "threads": torch.get_num_threads(), "commit": git_commit(), "date": utc_now(),
+              "command": "python -m benchmarks.tts " + shlex.join(sys.argv[1:])}
+    add_cached_run(RUNS, f"teacher_forced:{name}", result)
     return result
 
 
@@ -343,6 +389,14 @@ def rows_per(rows: list[dict], transcript: str) -> float:
     return phoneme_error_rate([r["reference"] for r in rows], [r[transcript] for r in rows])
 
 
+def transcripts(rows: list[dict], transcript: str) -> dict:
+    """A ``per:*``-shaped record (``ids``, ``references``, ``hypotheses``) of the scored ``rows`` that have the
+    transcript ``transcript`` (``gl_transcript`` or ``hifigan_transcript``)."""
+    kept = [r for r in rows if transcript in r]
+    return {"ids": [r["id"] for r in kept], "references": [r["reference"] for r in kept],
+            "hypotheses": [r[transcript] for r in kept]}
+
+
 def intelligibility(runs: dict, names: list[str]) -> str:
     """The PER table: real audio, the vocoder floors and each system, on the same sentences."""
     rec = runs.get("recognizer")
@@ -375,13 +429,16 @@ def intelligibility(runs: dict, names: list[str]) -> str:
         result = runs.get(f"score:{n}")
         if not result or "gl_transcript" not in result["rows"][0]:
             continue
-        as_kind = {"ids": [r["id"] for r in result["rows"]], "references": [r["reference"] for r in result["rows"]]}
-        gl = {**as_kind, "hypotheses": [r["gl_transcript"] for r in result["rows"]]}
-        hifi_rows = [r for r in result["rows"] if "hifigan_transcript" in r]
-        hifi = {"ids": [r["id"] for r in hifi_rows], "references": [r["reference"] for r in hifi_rows],
-                "hypotheses": [r["hifigan_transcript"] for r in hifi_rows]}
+        gl, hifi = transcripts(result["rows"], "gl_transcript"), transcripts(result["rows"], "hifigan_transcript")
         rows.append([f"{n} -> Griffin-Lim", cell(gl, gl_ids), cell(gl, hifi_ids)])
         rows.append([f"{n} -> HiFi-GAN", "-", cell(hifi, hifi_ids)])
+        forced = runs.get(f"teacher_forced:{n}")
+        if forced is not None:
+            rows.append([f"{n}, teacher forced -> Griffin-Lim", cell(transcripts(forced["rows"], "gl_transcript"),
+                                                                      gl_ids),
+                         cell(transcripts(forced["rows"], "gl_transcript"), hifi_ids)])
+            rows.append([f"{n}, teacher forced -> HiFi-GAN", "-",
+                         cell(transcripts(forced["rows"], "hifigan_transcript"), hifi_ids)])
     config = rec["config"]
     return ("\n## Intelligibility: the CTC phoneme recogniser's PER\n\n"
             f"Recogniser (seqmix/apps/tts/recognizer.py; `{rec['command']}`): conv front-end (stride 2) + "
@@ -392,7 +449,10 @@ def intelligibility(runs: dict, names: list[str]) -> str:
             f"{rec['wall_s']:.0f} wall s, seed {rec['seed']}, commit {rec['commit']}); its PER on the first "
             f"{rec['val_sentences']} val sentences: {rec['val_per']:.3f}. PER: edit distance over the reference's "
             "IPA characters without stress marks, word spaces and punctuation, summed over the sentences / their "
-            "length. Each column is one set of test sentences (the first N), the same for every row.\n\n"
+            "length. Each column is one set of test sentences (the first N), the same for every row. \"teacher "
+            "forced\": the model's mel when every decoder step is fed the espeak-ng frames before it (`--score-teacher-"
+            "forced`), the reference's own length: what the frame predictor says given the true history, an "
+            "optimistic bound that separates a weak predictor from one that drifts on its own output.\n\n"
             + markdown_table(["audio", f"PER, first {len(gl_ids)}", f"PER, first {len(hifi_ids)}"], rows))
 
 
@@ -622,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", default=None, metavar="NAME", help="write NAME's slim checkpoint to --ship-path")
     parser.add_argument("--ship-path", default="checkpoints/tts/transformer_tts.ckpt")
     parser.add_argument("--render", action="store_true", help="(re)write tts.md and tts.png from the cache")
+    parser.add_argument("--score-teacher-forced", nargs="*", default=[], metavar="NAME",
+                        help="score NAME's teacher-forced mels on the first --limit test sentences (--hifigan-limit)")
     parser.add_argument("--score-mean-spectrum", action="store_true",
                         help="score the constant mean-spectrum reference on the first --limit test sentences")
     args = parser.parse_args(argv)
@@ -634,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         train(name, config, args.cpu_minutes, args.max_steps, shlex.split(args.fit_args), args.seed)
     for name in args.score:
         score(name, args.limit, args.hifigan_limit, args.resume)
+    for name in args.score_teacher_forced:
+        score_teacher_forced(name, args.limit, args.hifigan_limit)
     if args.score_mean_spectrum:
         score_mean_spectrum(args.limit)
     if args.time_steps:
@@ -642,7 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         time_predict(args.time_predict, args.repeats)
     if args.ship:
         ship(args.ship, Path(args.ship_path))
-    if args.render or args.train or args.score or args.time_steps or args.score_mean_spectrum:
+    if (args.render or args.train or args.score or args.time_steps or args.score_mean_spectrum
+            or args.score_teacher_forced):
         print(f"wrote {render()}")
     return 0
 

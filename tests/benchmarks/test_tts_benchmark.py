@@ -51,3 +51,27 @@ def test_swap_runs_are_one_table_per_budget_with_the_mixer_named():
     assert "| 250 |" in gla_12 and "| 3.000 |" in gla_12  # the step time of the same network, timed at 4 minutes
     assert "| softmax |" not in twelve
     assert swap_table({}) == ""
+
+
+def test_teacher_forced_pers_stand_beside_the_free_running_ones_on_the_same_sentences():
+    from benchmarks.tts import intelligibility
+
+    def row(i: int, hyp: str, hifi: str | None = None) -> dict:
+        r = {"id": f"test-{i:04d}", "reference": "abcd", "gl_transcript": hyp, "mcd": 100.0}
+        return r | ({"hifigan_transcript": hifi} if hifi is not None else {})
+
+    ids = ["test-0000", "test-0001"]
+    real = {"ids": ids, "references": ["abcd", "abcd"], "hypotheses": ["abcd", "abcd"]}
+    runs = {"recognizer": {"config": {"n_layers": 4, "mixer": {"name": "softmax"}, "d_model": 128}, "params": 1e6,
+                           "command": "x", "cpu_minutes": 10, "steps": 600, "batch_size": 16, "cpu_s": 600.0,
+                           "wall_s": 900.0, "seed": 0, "commit": "abc", "val_sentences": 40, "val_per": 0.0},
+            "per:real": real,
+            "score:transformer_tts": {"rows": [row(0, "xxxx", "xxxx"), row(1, "xxxx")]},
+            "teacher_forced:transformer_tts": {"rows": [row(0, "abcx", "abcd"), row(1, "abxx")]}}
+    table = intelligibility(runs, ["transformer_tts"])
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert lines["transformer_tts -> Griffin-Lim"].endswith("| 1.000 | 1.000 |")
+    assert lines["transformer_tts, teacher forced -> Griffin-Lim"].endswith("| 0.375 | 0.250 |")  # 3 of 8, 1 of 4
+    assert lines["transformer_tts, teacher forced -> HiFi-GAN"].endswith("| - | 0.000 |")
+    del runs["teacher_forced:transformer_tts"]
+    assert "teacher forced" not in intelligibility(runs, ["transformer_tts"])
