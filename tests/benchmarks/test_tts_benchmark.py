@@ -74,4 +74,4 @@ def test_teacher_forced_pers_stand_beside_the_free_running_ones_on_the_same_sent
     assert lines["transformer_tts, teacher forced -> Griffin-Lim"].endswith("| 0.375 | 0.250 |")  # 3 of 8, 1 of 4
     assert lines["transformer_tts, teacher forced -> HiFi-GAN"].endswith("| - | 0.000 |")
     del runs["teacher_forced:transformer_tts"]
-    assert "teacher forced" not in intelligibility(runs, ["transformer_tts"])
+    assert "| transformer_tts, teacher forced" not in intelligibility(runs, ["transformer_tts"])
