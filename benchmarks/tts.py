@@ -198,6 +198,7 @@ def score_teacher_forced(name: str, limit: int, hifigan_limit: int = 0) -> dict:
     data = test_data(limit, network.symbols)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     rows = []
+    torch.manual_seed(0)  # the pre-net's inference dropout (prenet_always_dropout) draws: a seeded run repeats
     for n, entry in enumerate(data.splits["test"].entries):
         batch = collate([data.splits["test"][n]])
         frames = int(batch.mel_lengths[0])
@@ -593,7 +594,8 @@ def render() -> Path:
         "--time-predict transformer_tts tacotron --repeats 3`; `python -m benchmarks.tts --threads 1 --score NAME "
         "--limit 100 --hifigan-limit 20` (the two side by side), then the same with `--limit 200 --resume` (sentences "
         "100-199 added); the `_45` pair: `--score NAME --limit 200 --hifigan-limit 20` (side by side); "
-        "`python -m benchmarks.tts --threads 2 --score-mean-spectrum --limit 200`"])
+        "`python -m benchmarks.tts --threads 2 --score-mean-spectrum --limit 200`; `python -m benchmarks.tts "
+        "--threads 1 --score-teacher-forced transformer_tts_45 tacotron_45 --limit 20 --hifigan-limit 20`"])
     text += "## Training runs\n\n" + markdown_table(
         ["run", "config", "budget", "extra fit args", "steps (scored checkpoint: best val mel L1, validated every 60 steps)", "wall s", "CPU s", "best val mel L1", "seed",
          "commit"],
