@@ -89,6 +89,10 @@ HEADLINES = (
              "mqar_jrt11", jrt_row("deltanet", "d"),
              "{d_once} -> {d_twice} (mean change {d_change}), paired p {d_p}",
              "paired p < 0.05 / 3 (the test fixed before the run)", "MQAR recall"),
+    Headline("JRT-Prompt on MQAR, Titans with short convolutions, fourth setting (8 pairs, 2000 steps, fresh seeds "
+             "5-14): read once -> twice", "mqar_jrt12", jrt_row("titans_conv", "t"),
+             "{t_once} -> {t_twice} (mean change {t_change}), paired p {t_p}",
+             "paired p < 0.05 / 4 (the test fixed before the run)", "MQAR recall"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
