@@ -109,17 +109,36 @@ def transcribe(recognizer, audio: torch.Tensor) -> str:
     return "".join(recognizer.transcribe(mel, torch.tensor([mel.shape[1]]))[0])
 
 
+def listen(mel: torch.Tensor, reference: torch.Tensor, recognizer, generator=None) -> dict:
+    """A log-mel ``[80, T]`` heard as every scored system is: its Griffin-Lim audio's MCD-DTW against the espeak-ng
+    ``reference`` waveform, the recogniser's transcript and the Griffin-Lim seconds; with a HiFi-GAN ``generator``
+    also that vocoder's MCD-DTW and transcript."""
+    start = time.perf_counter()
+    audio = griffin_lim(mel)
+    heard = {"vocoder_s": time.perf_counter() - start, "mcd": mcd_dtw(audio, reference),
+             "gl_transcript": transcribe(recognizer, audio)}
+    if generator is not None:
+        with torch.inference_mode():
+            audio = generator(mel)
+        heard.update({"hifigan_mcd": mcd_dtw(audio, reference), "hifigan_transcript": transcribe(recognizer, audio)})
+    return heard
+
+
+def scoring_parts(name: str, hifigan: bool) -> tuple[dict, object, object, object]:
+    """``(run record, model, recogniser, HiFi-GAN generator or None)`` for scoring the trained run ``name``."""
+    from seqmix.apps.tts.vocoder import load_hifigan
+
+    run = read_run_cache(RUNS)[f"train:{name}"]
+    return (run, load_model(run["checkpoint"]), load_recognizer(RECOGNIZER),
+            load_hifigan("universal") if hifigan else None)
+
+
 def score(name: str, limit: int, hifigan_limit: int = 0, resume: bool = False) -> dict:
     """Scores of ``name``'s checkpoint on the first ``limit`` test sentences (module docstring); the first
     ``hifigan_limit`` also through HiFi-GAN (MCD-DTW and the recogniser's transcript). ``resume``: keep the
     sentences a previous score of the same checkpoint has, score only the rest (each sentence is scored alone,
     so the rows do not depend on the order; the pre-net's inference dropout draws from a seed per run)."""
-    from seqmix.apps.tts.vocoder import load_hifigan
-
-    run = read_run_cache(RUNS)[f"train:{name}"]
-    model = load_model(run["checkpoint"])
-    recognizer = load_recognizer(RECOGNIZER)
-    generator = load_hifigan("universal") if hifigan_limit else None
+    run, model, recognizer, generator = scoring_parts(name, hifigan_limit > 0)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     network = model.network
     data = test_data(limit, network.symbols)
@@ -149,20 +168,13 @@ def score(name: str, limit: int, hifigan_limit: int = 0, resume: bool = False) -
             synth_s = time.perf_counter() - start
         length = int(synthesis.lengths[0])
         common = min(length, frames)
-        start = time.perf_counter()
-        audio = griffin_lim(synthesis.mels[0, :length].T)
-        vocoder_s = time.perf_counter() - start
         reference, _ = read_wav(data.manifest.parent / entry.wav)
         rows.append({"id": entry.id, "tf_mel_l1": tf_l1, "stop_acc": stop_acc, "diagonality": diag,
                      "free_mel_l1": float((synthesis.mels[0, :common] - batch.mels[0, :common]).abs().mean()),
-                     "duration_ratio": length / frames, "stopped": bool(synthesis.stopped[0]),
-                     "mcd": mcd_dtw(audio, reference), "synth_s": synth_s, "vocoder_s": vocoder_s,
+                     "duration_ratio": length / frames, "stopped": bool(synthesis.stopped[0]), "synth_s": synth_s,
                      "seconds": length * HOP / SAMPLE_RATE, "reference": "".join(recognition_symbols(entry.phonemes)),
-                     "gl_transcript": transcribe(recognizer, audio)})
-        if n < hifigan_limit:
-            with torch.inference_mode():
-                audio = generator(synthesis.mels[0, :length].T)
-            rows[-1].update({"hifigan_mcd": mcd_dtw(audio, reference), "hifigan_transcript": transcribe(recognizer, audio)})
+                     **listen(synthesis.mels[0, :length].T, reference, recognizer,
+                              generator if n < hifigan_limit else None)})
         print(f"{name} {n + 1}/{len(entries)} {entry.id}: MCD-DTW {rows[-1]['mcd']:.2f} dB, duration ratio "
               f"{rows[-1]['duration_ratio']:.2f}, {time.process_time() - start_cpu:.0f} CPU s", flush=True)
     scoring = {"wall_s": spent["wall_s"] + time.perf_counter() - start_wall,
@@ -188,12 +200,7 @@ def score_teacher_forced(name: str, limit: int, hifigan_limit: int = 0) -> dict:
     (MCD-DTW, the recogniser's transcript). Set beside free running's PER, it separates a weak frame predictor from
     one that fails only on its own output (exposure bias). An optimistic bound: the true frames are a crutch that
     free running never has."""
-    from seqmix.apps.tts.vocoder import load_hifigan
-
-    run = read_run_cache(RUNS)[f"train:{name}"]
-    model = load_model(run["checkpoint"])
-    recognizer = load_recognizer(RECOGNIZER)
-    generator = load_hifigan("universal") if hifigan_limit else None
+    run, model, recognizer, generator = scoring_parts(name, hifigan_limit > 0)
     network = model.network
     data = test_data(limit, network.symbols)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -205,14 +212,8 @@ def score_teacher_forced(name: str, limit: int, hifigan_limit: int = 0) -> dict:
         with torch.no_grad():
             mel = network(batch.phonemes, batch.phoneme_lengths, batch.mels).mel_after[0, :frames].T  # [80, T]
         reference, _ = read_wav(data.manifest.parent / entry.wav)
-        audio = griffin_lim(mel)
-        rows.append({"id": entry.id, "mcd": mcd_dtw(audio, reference),
-                     "reference": "".join(recognition_symbols(entry.phonemes)),
-                     "gl_transcript": transcribe(recognizer, audio)})
-        if n < hifigan_limit:
-            with torch.inference_mode():
-                audio = generator(mel)
-            rows[-1].update({"hifigan_mcd": mcd_dtw(audio, reference), "hifigan_transcript": transcribe(recognizer, audio)})
+        rows.append({"id": entry.id, "reference": "".join(recognition_symbols(entry.phonemes)),
+                     **listen(mel, reference, recognizer, generator if n < hifigan_limit else None)})
         print(f"{name} teacher forced {n + 1}/{len(data.splits['test'].entries)} {entry.id}: MCD-DTW "
               f"{rows[-1]['mcd']:.2f} dB", flush=True)
     result = {"name": name, "limit": limit, "hifigan_limit": min(hifigan_limit, len(rows)),
@@ -240,10 +241,9 @@ def score_mean_spectrum(limit: int, train_sentences: int = 400) -> dict:
     for n, entry in enumerate(data.splits["test"].entries[:limit]):
         reference, _ = read_wav(data.manifest.parent / entry.wav)
         length = len(data.splits["test"][n][2])
-        audio = griffin_lim(mean_frame[:, None].expand(-1, length).contiguous())  # [80] -> [80, T]
-        rows.append({"id": entry.id, "mcd": mcd_dtw(audio, reference),
-                     "reference": "".join(recognition_symbols(entry.phonemes)),
-                     "gl_transcript": transcribe(recognizer, audio)})
+        mel = mean_frame[:, None].expand(-1, length).contiguous()  # [80] -> [80, T]
+        rows.append({"id": entry.id, "reference": "".join(recognition_symbols(entry.phonemes)),
+                     **listen(mel, reference, recognizer)})
         print(f"mean spectrum {n + 1}/{limit} {entry.id}: MCD-DTW {rows[-1]['mcd']:.2f} dB", flush=True)
     result = {"limit": limit, "train_sentences": len(frames), "rows": rows, "recognizer_sha": file_digest(RECOGNIZER),
               "scoring": {"wall_s": time.perf_counter() - start_wall, "cpu_s": time.process_time() - start_cpu},
@@ -409,7 +409,7 @@ def intelligibility(runs: dict, names: list[str]) -> str:
         result = runs.get(f"score:{n}")
         if result and "gl_transcript" in result["rows"][0]:
             sets.setdefault("gl", [r["id"] for r in result["rows"]])
-            hifi = [r["id"] for r in result["rows"] if "hifigan_transcript" in r]
+            hifi = transcripts(result["rows"], "hifigan_transcript")["ids"]
             if hifi:
                 sets.setdefault("hifigan", hifi)
     if not sets:
@@ -435,9 +435,8 @@ def intelligibility(runs: dict, names: list[str]) -> str:
         rows.append([f"{n} -> HiFi-GAN", "-", cell(hifi, hifi_ids)])
         forced = runs.get(f"teacher_forced:{n}")
         if forced is not None:
-            rows.append([f"{n}, teacher forced -> Griffin-Lim", cell(transcripts(forced["rows"], "gl_transcript"),
-                                                                      gl_ids),
-                         cell(transcripts(forced["rows"], "gl_transcript"), hifi_ids)])
+            forced_gl = transcripts(forced["rows"], "gl_transcript")
+            rows.append([f"{n}, teacher forced -> Griffin-Lim", cell(forced_gl, gl_ids), cell(forced_gl, hifi_ids)])
             rows.append([f"{n}, teacher forced -> HiFi-GAN", "-",
                          cell(transcripts(forced["rows"], "hifigan_transcript"), hifi_ids)])
     config = rec["config"]

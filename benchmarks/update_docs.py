@@ -51,6 +51,13 @@ def jrt_row(mixer: str, tag: str) -> str:
             rf"(?P<{t}_spread>\w+) \| (?P<{t}_p>[\d.e-]+) \|")
 
 
+def confirmatory_jrt(title: str, name: str, mixer: str, threshold: str) -> Headline:
+    """The headline of a JRT-Prompt run on fresh seeds under a test fixed before it (``docs/recall.md``): ``mixer``'s
+    mean read once -> twice, the mean paired change and the paired p, against ``threshold``."""
+    return Headline(title, name, jrt_row(mixer, "x"), "{x_once} -> {x_twice} (mean change {x_change}), paired p {x_p}",
+                    f"paired p < {threshold} (the test fixed before the run)", "MQAR recall")
+
+
 HEADLINES = (
     Headline("MQAR recall, `make demo` (T=64, 4 pairs, d=64): test accuracy", "mqar_demo",
              r"^\| gla \| 64 \| (?P<gla>[\d.]+) \|.*?^\| softmax \| 64 \| (?P<softmax>[\d.]+) \|",
@@ -73,26 +80,18 @@ HEADLINES = (
              "mqar_jrt7", jrt_row("based_conv", "b"),
              "{b_once} ({b_once_seeds}) -> {b_twice} ({b_twice_seeds}), beyond the seed spread: {b_spread}, paired p "
              "{b_p}", "higher for >= 3 recurrent mixers", "MQAR recall"),
-    Headline("JRT-Prompt on MQAR, BASED with short convolutions, confirmatory (16 pairs, 800 steps, fresh seeds 5-14): "
-             "read once -> twice", "mqar_jrt8", jrt_row("based_conv", "b"),
-             "{b_once} -> {b_twice} (mean change {b_change}), paired p {b_p}",
-             "paired p < 0.05 (the test fixed before the run)", "MQAR recall"),
+    confirmatory_jrt("JRT-Prompt on MQAR, BASED with short convolutions, confirmatory (16 pairs, 800 steps, fresh seeds "
+                     "5-14): read once -> twice", "mqar_jrt8", "based_conv", "0.05"),
     Headline("JRT-Prompt on MQAR, DeltaNet and mLSTM at 16 pairs (800 steps, seeds 0-4): read once -> twice",
              "mqar_jrt9", jrt_row("deltanet", "d") + ".*?" + jrt_row("mlstm", "m"),
              "DeltaNet {d_once} -> {d_twice} (paired p {d_p}), mLSTM {m_once} -> {m_twice} ({m_p})",
              "paired p < 0.05 (the test fixed before the run)", "MQAR recall"),
-    Headline("JRT-Prompt on MQAR, mLSTM, third try (16 pairs, 800 steps, fresh seeds 5-14): read once -> twice",
-             "mqar_jrt10", jrt_row("mlstm", "m"),
-             "{m_once} -> {m_twice} (mean change {m_change}), paired p {m_p}",
-             "paired p < 0.05 / 3 (the test fixed before the run)", "MQAR recall"),
-    Headline("JRT-Prompt on MQAR, DeltaNet, third try (16 pairs, 800 steps, fresh seeds 5-14): read once -> twice",
-             "mqar_jrt11", jrt_row("deltanet", "d"),
-             "{d_once} -> {d_twice} (mean change {d_change}), paired p {d_p}",
-             "paired p < 0.05 / 3 (the test fixed before the run)", "MQAR recall"),
-    Headline("JRT-Prompt on MQAR, Titans with short convolutions, fourth setting (8 pairs, 2000 steps, fresh seeds "
-             "5-14): read once -> twice", "mqar_jrt12", jrt_row("titans_conv", "t"),
-             "{t_once} -> {t_twice} (mean change {t_change}), paired p {t_p}",
-             "paired p < 0.05 / 4 (the test fixed before the run)", "MQAR recall"),
+    confirmatory_jrt("JRT-Prompt on MQAR, mLSTM, third try (16 pairs, 800 steps, fresh seeds 5-14): read once -> twice",
+                     "mqar_jrt10", "mlstm", "0.05 / 3"),
+    confirmatory_jrt("JRT-Prompt on MQAR, DeltaNet, third try (16 pairs, 800 steps, fresh seeds 5-14): read once -> "
+                     "twice", "mqar_jrt11", "deltanet", "0.05 / 3"),
+    confirmatory_jrt("JRT-Prompt on MQAR, Titans with short convolutions, fourth setting (8 pairs, 2000 steps, fresh "
+                     "seeds 5-14): read once -> twice", "mqar_jrt12", "titans_conv", "0.05 / 4"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
