@@ -114,7 +114,7 @@ class _ConvSiLU(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         padded, weight, pre = ctx.saved_tensors
         size, t = weight.shape[0], grad.shape[1]
-        grad = torch.ops.aten.silu_backward(grad, pre)  # [B, T, C], gradient of the conv output
+        grad = torch.ops.aten.silu_backward(grad.contiguous(), pre)  # [B, T, C], gradient of the conv output
         d_padded = torch.zeros_like(padded)
         d_weight = torch.empty_like(weight)
         product = torch.empty_like(grad)  # one buffer for the four products (fresh ones cost page faults)

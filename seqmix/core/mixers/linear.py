@@ -17,6 +17,11 @@ the keys are ``2K`` wide, the scale ``(2K)^-0.5``, the state ``[H, 2K, V]`` plus
 in the block (:mod:`seqmix.core.blocks`) this is the TNL layer; left out: TNL's own decay schedule
 (``decay="retnet"`` or ``"learned"`` stand in) and the norm over all heads at once (here per head).
 
+Optional short convolutions (``conv_size``, off by default; as GLA's, DeltaNet's and BASED's ``conv_size``):
+q, k and v each pass a causal depthwise convolution of ``conv_size`` taps and SiLU after their projection and
+before ``phi``, the local token shift Zoology's MQAR models have. The state then also carries the last
+``conv_size - 1`` projections, ``(memory, conv_cache)``; in the non-causal pattern the convolution stays causal.
+
 Patterns: ``causal_self`` (the recurrence, chunked), ``noncausal_self``: without decay
 the global form ``phi(q) (phi(K)^T V)``, with decay the bidirectional form (a forward and
 a backward scan, the token itself counted once, i.e. RetNet's symmetric
@@ -33,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
-from seqmix.core.layers import HeadNormGate, bidirectional
-from seqmix.core.mixer import Mixer, State, register_mixer, state_dtype
+from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs
+from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn, linear_attn_global_chunk, linear_attn_global_naive
 
 FeatureMap = Literal["identity", "elu1", "silu"]
@@ -77,6 +82,7 @@ class LinearAttention(Mixer):
         chunk_size: tokens per chunk of the chunked kernel.
         positional: ``"none"``; ``"lrpe"``: TransNormerLLM's LRPE-d rotation of q and k (module docstring).
         output_norm: the per-head norm of the output: ``"rmsnorm"`` (learned scale) or ``"srmsnorm"`` (none).
+        conv_size: taps of the short convolutions on q, k and v (module docstring), or None for none.
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
@@ -91,11 +97,13 @@ class LinearAttention(Mixer):
         {"n_heads": 4, "chunk_size": 16, "decay": "learned", "feature_map": "silu", "output_gate": False},
         {"n_heads": 2, "chunk_size": 16, "decay": "retnet", "feature_map": "silu", "positional": "lrpe",
          "output_norm": "srmsnorm"},  # the TNL layer
+        {"n_heads": 2, "chunk_size": 16, "feature_map": "elu1", "conv_size": 4},
     )
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  feature_map: FeatureMap = "identity", decay: Decay = "none", output_gate: bool = True,
-                 chunk_size: int = 64, positional: Positional = "none", output_norm: OutputNorm = "rmsnorm"):
+                 chunk_size: int = 64, positional: Positional = "none", output_norm: OutputNorm = "rmsnorm",
+                 conv_size: int | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         if feature_map not in FEATURE_MAPS:
@@ -104,6 +112,8 @@ class LinearAttention(Mixer):
                                          ("output_norm", output_norm, OutputNorm)):
             if value not in get_args(allowed):
                 raise ValueError(f"{name}: {argument}={value!r} is unknown; choose one of {list(get_args(allowed))}")
+        if conv_size is not None:
+            check_int(name, "conv_size", conv_size, minimum=2, meaning="taps of the short convolutions; None for none")
         key_dim = 2 * self.head_dim if positional == "lrpe" else self.head_dim  # LRPE: [x cos, x sin]
         self.triton_refusal = LINEAR_ATTN.check(name, impl, chunk_size=chunk_size,
                                                 head_dims={"d_model / n_heads": self.head_dim, "key dim": key_dim})
@@ -114,6 +124,9 @@ class LinearAttention(Mixer):
         self.decay = decay
         self.chunk_size = chunk_size
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv_size = conv_size
+        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
+                      if conv_size is not None else None)
         self.decay_logit = None
         if decay == "learned":
             gamma = retnet_log_decay(n_heads).exp()
@@ -131,6 +144,17 @@ class LinearAttention(Mixer):
     def _forward(self, x, *, context, mask, state, return_state):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
+        conv_cache = None
+        if self.convs is not None:
+            if state is not None:
+                if not (isinstance(state, tuple) and len(state) == 2 and not isinstance(state, LRPEState)):
+                    raise ValueError(f"{type(self).__name__}: with conv_size the state is (memory, conv_cache) from "
+                                     "init_state or forward(..., return_state=True), "
+                                     f"got {type(state).__name__}")
+                state, conv_cache = state
+            (q, k, v), conv_cache = short_convs(self.convs, (q.flatten(2), k.flatten(2), v.flatten(2)),
+                                                conv_cache)  # each [B, T, H*K]; cache [B, size - 1, 3 D]
+            q, k, v = (y.view(b, t, self.n_heads, self.head_dim) for y in (q, k, v))  # [B, T, H, K] each
         phi = FEATURE_MAPS[self.feature_map]
         q, k = phi(q), phi(k)
         memory, seen = state, 0
@@ -150,6 +174,8 @@ class LinearAttention(Mixer):
                                    chunk_size=self.chunk_size, impl=impl)
             if self.lrpe is not None and return_state:
                 final = LRPEState(final, seen + t)
+            if self.convs is not None and return_state:
+                final = (final, conv_cache)
         elif decay is None:  # the global form; "triton" has no kernel to add to two matmuls
             o = (linear_attn_global_naive if impl == "naive" else linear_attn_global_chunk)(q, k, v)
         else:
@@ -163,11 +189,16 @@ class LinearAttention(Mixer):
                    dtype: torch.dtype = torch.float32) -> State:
         memory = torch.zeros(batch_size, self.n_heads, self.key_dim, self.head_dim, device=device,
                              dtype=state_dtype(dtype))  # [B, H, K, V] (K = 2 head_dim with LRPE)
-        return memory if self.lrpe is None else LRPEState(memory, 0)
+        memory = memory if self.lrpe is None else LRPEState(memory, 0)
+        if self.convs is None:
+            return memory
+        conv_cache = torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device, dtype=dtype)
+        return memory, conv_cache  # [B, H, K, V] (or LRPEState), [B, size - 1, 3 D]
 
     def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.key_dim * self.head_dim  # S: [H, K, V], whatever the length
+        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model
+        return self.n_heads * self.key_dim * self.head_dim + conv  # S: [H, K, V], whatever the length (+ conv cache)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, feature_map={self.feature_map!r}, decay={self.decay!r}, "
-                f"positional={self.positional!r}")
+                f"positional={self.positional!r}, conv_size={self.conv_size}")
