@@ -150,11 +150,14 @@ class ShortConvolution(nn.Module):
 def short_convs(convs: nn.ModuleList, branches: Sequence[Tensor],
                 cache: Tensor | None) -> tuple[list[Tensor], Tensor]:
     """Each ``[B, T, C_i]`` branch through its :class:`ShortConvolution` (causal conv + SiLU), their caches carried
-    as one tensor ``[B, size - 1, sum C_i]`` (split and joined along the channels), e.g. a layer's q, k, v."""
-    widths = [y.shape[-1] for y in branches]
+    as one tensor ``[B, size - 1, sum C_i]`` (split and joined along the channels), e.g. a layer's q, k, v.
+    A head-wise branch ``[B, T, H, K_i]`` is convolved over its ``H K_i`` channels and returned in its shape."""
+    shapes = [y.shape for y in branches]
+    flat = [y.flatten(2) for y in branches]  # each [B, T, C_i] (C_i = H K_i for a head-wise branch)
+    widths = [y.shape[-1] for y in flat]
     caches = cache.split(widths, -1) if cache is not None else [None] * len(branches)  # each [B, size - 1, C_i]
-    outputs, new_caches = zip(*(conv(y, c) for conv, y, c in zip(convs, branches, caches)))
-    return list(outputs), torch.cat(new_caches, -1)  # [B, size - 1, sum C_i]
+    outputs, new_caches = zip(*(conv(y, c) for conv, y, c in zip(convs, flat, caches)))
+    return [y.view(shape) for y, shape in zip(outputs, shapes)], torch.cat(new_caches, -1)  # [B, size - 1, sum C_i]
 
 
 def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor, *, causal: bool, impl: str,

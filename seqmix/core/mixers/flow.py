@@ -12,6 +12,11 @@ equations of its Flow-Attention section, not numbered here): incoming flows
 ``V^ = n softmax(O^) * V``, allocation ``sigmoid(I^)`` of the normalised aggregation
 ``phi(Q)/I (phi(K)^T V^)``. Linear in T.
 
+Optional short convolutions (``conv_size``, off by default; as linear attention's, GLA's and DeltaNet's): q, k
+and v each pass a causal depthwise convolution of ``conv_size`` taps and SiLU after their projection, the local
+token shift Zoology's MQAR models have; the state is then ``(FlowState, conv_cache)`` with the last
+``conv_size - 1`` projections. Not in the paper.
+
 Patterns: ``noncausal_self`` (the paper's form), ``causal_self``: the paper's causal Flowformer
 (its code): every sum is a prefix sum, the flows are divided by the token counts, the
 competition is normalised over the key's own prefix, and a key's outgoing flow is measured
@@ -29,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqmix.core.mixer import Mixer, register_mixer, state_dtype
+from seqmix.core.layers import ShortConvolution, short_convs
+from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.kernels.flow import FLOW, FlowState, flow_attention
 
 
@@ -39,6 +45,7 @@ class FlowAttention(Mixer):
 
     Args:
         chunk_size: tokens per chunk of the chunked causal linear attention inside ``impl="chunk"``.
+        conv_size: taps of the short convolutions on q, k and v (module docstring), or None for none.
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
@@ -46,30 +53,53 @@ class FlowAttention(Mixer):
     recurrent = True
     paper = "Wu et al. 2022, Flowformer: Linearizing Transformers with Conservation Flows"
     complexity = "O(T C D + T D K)"
-    test_configs = ({"n_heads": 2, "chunk_size": 16},)
+    test_configs = ({"n_heads": 2, "chunk_size": 16}, {"n_heads": 2, "chunk_size": 16, "conv_size": 3})
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
-                 chunk_size: int = 64):
+                 chunk_size: int = 64, conv_size: int | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
-        FLOW.check(type(self).__name__, impl, chunk_size=chunk_size)
+        name = type(self).__name__
+        FLOW.check(name, impl, chunk_size=chunk_size)
+        if conv_size is not None:
+            check_int(name, "conv_size", conv_size, minimum=2, meaning="taps of the short convolutions; None for none")
         self.chunk_size = chunk_size
+        self.conv_size = conv_size
         self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
+                      if conv_size is not None else None)
         self.out = nn.Linear(d_model, d_model)
 
     def _forward(self, x, *, context, mask, state, return_state):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
+        conv_cache = None
+        if self.convs is not None:
+            if state is not None:
+                if not (isinstance(state, tuple) and len(state) == 2 and not isinstance(state, FlowState)):
+                    raise ValueError(f"{type(self).__name__}: with conv_size the state is (FlowState, conv_cache) "
+                                     "from init_state or forward(..., return_state=True), "
+                                     f"got {type(state).__name__}")
+                state, conv_cache = state
+            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
         o, final = flow_attention(q, k, v, causal=self.causal, initial_state=state, output_final_state=return_state,
                                   chunk_size=self.chunk_size, impl=self.resolve_impl(x))  # [B, T, H, V]
         y = self.out(o.reshape(b, t, self.d_model))  # [B, T, H, V] -> [B, T, D]
+        if self.convs is not None and return_state:
+            final = (final, conv_cache)
         return (y, final) if return_state else y
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype = torch.float32) -> FlowState:
-        return FlowState.empty(batch_size, self.n_heads, self.head_dim, self.head_dim, device, state_dtype(dtype))
+                   dtype: torch.dtype = torch.float32) -> State:
+        flows = FlowState.empty(batch_size, self.n_heads, self.head_dim, self.head_dim, device, state_dtype(dtype))
+        if self.convs is None:
+            return flows
+        return flows, torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device,
+                                  dtype=dtype)  # FlowState, [B, size - 1, 3 D]
 
     def state_size(self, seq_len: int) -> int:
-        return self.n_heads * (4 * self.head_dim + 1 + self.head_dim ** 2)  # four [K] sums, a log-sum-exp, kv [K, V]
+        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model
+        return self.n_heads * (4 * self.head_dim + 1 + self.head_dim ** 2) + conv  # four [K] sums, a log-sum-exp,
+        # kv [K, V] per head (+ the conv cache)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, chunk_size={self.chunk_size}"
+        return f"{super().extra_repr()}, chunk_size={self.chunk_size}, conv_size={self.conv_size}"

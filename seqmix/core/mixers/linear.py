@@ -152,9 +152,7 @@ class LinearAttention(Mixer):
                                      "init_state or forward(..., return_state=True), "
                                      f"got {type(state).__name__}")
                 state, conv_cache = state
-            (q, k, v), conv_cache = short_convs(self.convs, (q.flatten(2), k.flatten(2), v.flatten(2)),
-                                                conv_cache)  # each [B, T, H*K]; cache [B, size - 1, 3 D]
-            q, k, v = (y.view(b, t, self.n_heads, self.head_dim) for y in (q, k, v))  # [B, T, H, K] each
+            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
         phi = FEATURE_MAPS[self.feature_map]
         q, k = phi(q), phi(k)
         memory, seen = state, 0
