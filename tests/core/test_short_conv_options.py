@@ -1,4 +1,4 @@
-"""The short-convolution option (``conv_size``) of linear attention and flow attention: the formula with an identity
+"""The short-convolution option (``conv_size``) of linear attention, flow attention and LightNet: the formula with an identity
 tap, the conv cache carried in the state, step, the default, the errors (GLA's and BASED's have their own files)."""
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from seqmix.core.mixers.flow import FlowAttention
+from seqmix.core.mixers.lightnet import LightNet, LightNetState
 from seqmix.core.mixers.linear import LinearAttention, LRPEState
 from seqmix.kernels.flow import FlowState, flow_attention
 from seqmix.kernels.linear_attn import linear_attn
@@ -15,6 +16,7 @@ MIXERS = {
     "linear_attention_lrpe": lambda **kw: LinearAttention(16, n_heads=2, chunk_size=16, positional="lrpe",
                                                           decay="retnet", **kw),
     "flow": lambda **kw: FlowAttention(16, n_heads=2, chunk_size=16, **kw),
+    "lightnet": lambda **kw: LightNet(16, n_heads=2, chunk_size=16, **kw),
 }
 
 
@@ -47,6 +49,17 @@ def test_flow_identity_taps_give_silu_of_the_projections():
     torch.testing.assert_close(mixer(x), mixer.out(o.reshape(2, 11, 16)))
 
 
+def test_lightnet_identity_taps_give_silu_of_the_projections():
+    """With identity taps q, f, v are SiLU of their projections (q's SiLU is the convolution's, not applied twice)."""
+    torch.manual_seed(0)
+    mixer = LightNet(16, n_heads=2, chunk_size=16, conv_size=3, impl="naive")
+    identity_taps(mixer)
+    x = torch.randn(2, 11, 16)
+    q, f, v = (F.silu(proj(x)).view(2, 11, 2, -1) for proj in (mixer.q_proj, mixer.f_proj, mixer.v_proj))
+    o, _ = mixer.attend(q, f.float(), v, impl="naive")  # [B, T, H, V]
+    torch.testing.assert_close(mixer(x), mixer.output(o, x))
+
+
 @pytest.mark.parametrize("name", MIXERS)
 def test_conv_cache_carries_the_preceding_tokens(name):
     """Two pieces with the carried state equal one pass: the conv cache holds the last conv_size - 1 projections."""
@@ -56,12 +69,12 @@ def test_conv_cache_carries_the_preceding_tokens(name):
     whole = mixer(x)
     first, state = mixer(x[:, :5], return_state=True)
     inner, cache = state
-    assert cache.shape == (1, 3, 3 * 16)
+    assert cache.shape == (1, 3, 2 * mixer.key_dim + mixer.value_dim if name == "lightnet" else 3 * 16)
     second, _ = mixer(x[:, 5:], state=state, return_state=True)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-5, rtol=1e-5)
     if isinstance(inner, LRPEState):
         floats = inner.memory[0].numel()
-    elif isinstance(inner, FlowState):
+    elif isinstance(inner, (FlowState, LightNetState)):
         floats = sum(part[0].numel() for part in inner if isinstance(part, torch.Tensor))  # the count is an int
     else:
         floats = inner[0].numel()

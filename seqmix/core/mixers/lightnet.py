@@ -64,7 +64,12 @@ mixes both ways along every axis, so it is non-causal only (``causal=False``, th
 causal one-sided kernel would need every earlier row of a column, a state that grows): ``causal=True``
 with it is refused in ``__init__``, and, like every non-causal lightnet, it has no ``step`` or state.
 
-Left out: the paper's short convolution and low-rank output gate (the gate here is a full
+The paper's short convolutions are an option (``conv_size``, off by default): the q, f and v projections each
+pass a causal depthwise convolution of ``conv_size`` taps and SiLU (the shared ``ShortConvolution``, as GLA's and
+DeltaNet's), and q's SiLU is the convolution's (so ``q_t = silu(conv(W_q x)_t)``; f and v also get the SiLU, which
+the paper's convolutions do not apply). The causal state is then ``(LightNetState, conv_cache)``.
+
+Left out: the paper's low-rank output gate (the gate here is a full
 ``swish(W_r x)``), its group norm over heads (per-head RMSNorm here), and the learnable LRPE
 frequencies. No cross attention: the normaliser runs over one sequence's tokens.
 """
@@ -78,7 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
-from seqmix.core.layers import HeadNormGate
+from seqmix.core.layers import HeadNormGate, ShortConvolution, short_convs
 from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
@@ -290,6 +295,7 @@ class LightNet(Mixer):
             from (the ViT's patches per row, e.g. 7 for 28x28 images in 4x4 patches); None: a 1-D sequence.
         tpe_dim / tpe_decay: MD-TPE's RPE hidden units and its kernel's decay per cell of offset, in (0, 1].
         chunk_size: tokens per chunk of GLA's chunked kernel (a power of two; Triton: 16 to 128).
+        conv_size: taps of the short convolutions on q, f and v (module docstring), or None for none.
     """
 
     patterns = frozenset({"causal_self", "noncausal_self"})
@@ -300,11 +306,13 @@ class LightNet(Mixer):
     test_configs = (
         {"n_heads": 2, "chunk_size": 16},
         {"n_heads": 2, "chunk_size": 16, "expand_k": 1.0, "positional": "md_lrpe", "grid_width": 7},
+        {"n_heads": 2, "chunk_size": 16, "conv_size": 4},
     )
 
     def __init__(self, d_model: int, *, n_heads: int = 4, causal: bool = True, impl: str = "auto",
                  expand_k: float = 0.5, expand_v: float = 1.0, positional: Positional = "none",
-                 grid_width: int | None = None, tpe_dim: int = 32, tpe_decay: float = 0.99, chunk_size: int = 64):
+                 grid_width: int | None = None, tpe_dim: int = 32, tpe_decay: float = 0.99, chunk_size: int = 64,
+                 conv_size: int | None = None):
         super().__init__(d_model, n_heads=n_heads, causal=causal, impl=impl)
         name = type(self).__name__
         self.key_dim, self.value_dim = expanded_widths(name, d_model, n_heads, expand_k, expand_v)
@@ -319,6 +327,8 @@ class LightNet(Mixer):
         if positional == "md_tpe" and causal:
             raise ValueError(f"{name}: positional='md_tpe' mixes every axis of the grid both ways (non-causal), so "
                              "it needs causal=False; for a causal 2-D encoding that steps, use positional='md_lrpe'")
+        if conv_size is not None:
+            check_int(name, "conv_size", conv_size, minimum=2, meaning="taps of the short convolutions; None for none")
         head_k = self.key_dim // n_heads
         self.rotated_k = 2 * head_k if positional == "md_lrpe" else head_k  # MD-LRPE: [x cos, x sin]
         self.triton_refusal = GLA.check(name, impl, chunk_size=chunk_size,
@@ -332,6 +342,10 @@ class LightNet(Mixer):
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.f_proj = nn.Linear(d_model, self.key_dim, bias=False)  # the additive terms f_t (LightNet's k)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.conv_size = conv_size
+        self.convs = (nn.ModuleList(ShortConvolution(width, conv_size)
+                                    for width in (self.key_dim, self.key_dim, self.value_dim))
+                      if conv_size is not None else None)
         self.output = HeadNormGate(d_model, n_heads, self.value_dim, gate=True)
 
     # ------------------------------------------------------------------ the recurrence
@@ -376,29 +390,48 @@ class LightNet(Mixer):
     def _forward(self, x, *, context, mask, state, return_state):
         b, t, _ = x.shape
         h = self.n_heads
+        conv_cache = None
+        if self.convs is not None and state is not None:
+            if not (type(state) is tuple and len(state) == 2):
+                raise ValueError(f"{type(self).__name__}: with conv_size the state is (LightNetState, conv_cache) "
+                                 "from init_state or forward(..., return_state=True), "
+                                 f"got {type(state).__name__}")
+            state, conv_cache = state
         if state is not None and not isinstance(state, LightNetState):
             raise ValueError(f"{type(self).__name__}: the state is a LightNetState (memory, log_z, seen) from "
                              f"init_state or forward(..., return_state=True), got {type(state).__name__}")
         impl = self.resolve_impl(x)
         if self.mdtpe is not None:  # MD-TPE: x + the Toeplitz mixing along each axis of the grid
             x = x + self.mdtpe(x, self.grid_width, "naive" if impl == "naive" else "fft")  # [B, T, D]
-        q = F.silu(self.q_proj(x)).view(b, t, h, -1)  # [B, T, H*K] -> [B, T, H, K]
-        f = self.f_proj(x).float().view(b, t, h, -1)  # [B, T, H, K]
-        v = self.v_proj(x).view(b, t, h, -1)  # [B, T, H, V]
+        q, f, v = self.q_proj(x), self.f_proj(x), self.v_proj(x)  # [B, T, H*K], [B, T, H*K], [B, T, H*V]
+        if self.convs is None:
+            q = F.silu(q)
+        else:  # q's SiLU is the convolution's
+            (q, f, v), conv_cache = short_convs(self.convs, (q, f, v), conv_cache)  # cache [B, size - 1, 2 H*K + H*V]
+        q, f, v = q.view(b, t, h, -1), f.float().view(b, t, h, -1), v.view(b, t, h, -1)  # [B, T, H, K] (V for v)
         o, final = self.attend(q, f, v, state=state, return_state=return_state, impl=impl)
+        if self.convs is not None and final is not None:
+            final = (final, conv_cache)
         y = self.output(o.to(x.dtype), x)
         return (y, final) if return_state else y
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> State:
-        h, dtype = self.n_heads, state_dtype(dtype)
-        memory = torch.zeros(batch_size, h, self.rotated_k, self.value_dim // h, device=device, dtype=dtype)
-        log_z = torch.full((batch_size, h, self.key_dim // h), float("-inf"), device=device, dtype=dtype)
-        return LightNetState(memory, log_z, 0)  # [B, H, K', V], [B, H, K]: z_0 = 0
+        h, memory_dtype = self.n_heads, state_dtype(dtype)
+        memory = torch.zeros(batch_size, h, self.rotated_k, self.value_dim // h, device=device, dtype=memory_dtype)
+        log_z = torch.full((batch_size, h, self.key_dim // h), float("-inf"), device=device, dtype=memory_dtype)
+        lightnet = LightNetState(memory, log_z, 0)  # [B, H, K', V], [B, H, K]: z_0 = 0
+        if self.convs is None:
+            return lightnet
+        conv_width = 2 * self.key_dim + self.value_dim
+        return lightnet, torch.zeros(batch_size, self.conv_size - 1, conv_width, device=device,
+                                     dtype=dtype)  # [B, size - 1, 2 H*K + H*V]
 
     def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.rotated_k * (self.value_dim // self.n_heads) + self.key_dim  # S and log z
+        conv = 0 if self.convs is None else (self.conv_size - 1) * (2 * self.key_dim + self.value_dim)
+        return self.n_heads * self.rotated_k * (self.value_dim // self.n_heads) + self.key_dim + conv  # S, log z
+        # (+ the conv cache)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}, "
-                f"positional={self.positional!r}, grid_width={self.grid_width}")
+                f"positional={self.positional!r}, grid_width={self.grid_width}, conv_size={self.conv_size}")
