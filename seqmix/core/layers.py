@@ -160,6 +160,17 @@ def short_convs(convs: nn.ModuleList, branches: Sequence[Tensor],
     return [y.view(shape) for y, shape in zip(outputs, shapes)], torch.cat(new_caches, -1)  # [B, size - 1, sum C_i]
 
 
+def split_conv_state(owner: str, state: object, inner: str) -> tuple[object, Tensor | None]:
+    """The ``(inner state, conv cache)`` pair that a mixer with short convolutions carries, split (``(None, None)``
+    for no state); anything else is a clear error naming the pair (``inner`` names its first part)."""
+    if state is None:
+        return None, None
+    if type(state) is not tuple or len(state) != 2:  # a NamedTuple state is the inner state alone
+        raise ValueError(f"{owner}: with conv_size the state is ({inner}, conv_cache) from init_state or "
+                         f"forward(..., return_state=True), got {type(state).__name__}")
+    return state
+
+
 def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor, *, causal: bool, impl: str,
                    cache: Tensor | None = None) -> Tensor:
     """Depthwise convolution along time (``x: [B, T, C]``, ``weight: [C, k]``) or over an image

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqmix.core.layers import ShortConvolution, short_convs
+from seqmix.core.layers import ShortConvolution, short_convs, split_conv_state
 from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.kernels.flow import FLOW, FlowState, flow_attention
 
@@ -74,12 +74,7 @@ class FlowAttention(Mixer):
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
         conv_cache = None
         if self.convs is not None:
-            if state is not None:
-                if not (isinstance(state, tuple) and len(state) == 2 and not isinstance(state, FlowState)):
-                    raise ValueError(f"{type(self).__name__}: with conv_size the state is (FlowState, conv_cache) "
-                                     "from init_state or forward(..., return_state=True), "
-                                     f"got {type(state).__name__}")
-                state, conv_cache = state
+            state, conv_cache = split_conv_state(type(self).__name__, state, "FlowState")
             (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
         o, final = flow_attention(q, k, v, causal=self.causal, initial_state=state, output_final_state=return_state,
                                   chunk_size=self.chunk_size, impl=self.resolve_impl(x))  # [B, T, H, V]

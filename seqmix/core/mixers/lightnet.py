@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
-from seqmix.core.layers import HeadNormGate, ShortConvolution, short_convs
+from seqmix.core.layers import HeadNormGate, ShortConvolution, short_convs, split_conv_state
 from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
@@ -391,12 +391,8 @@ class LightNet(Mixer):
         b, t, _ = x.shape
         h = self.n_heads
         conv_cache = None
-        if self.convs is not None and state is not None:
-            if not (type(state) is tuple and len(state) == 2):
-                raise ValueError(f"{type(self).__name__}: with conv_size the state is (LightNetState, conv_cache) "
-                                 "from init_state or forward(..., return_state=True), "
-                                 f"got {type(state).__name__}")
-            state, conv_cache = state
+        if self.convs is not None:
+            state, conv_cache = split_conv_state(type(self).__name__, state, "LightNetState")
         if state is not None and not isinstance(state, LightNetState):
             raise ValueError(f"{type(self).__name__}: the state is a LightNetState (memory, log_z, seen) from "
                              f"init_state or forward(..., return_state=True), got {type(state).__name__}")

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
-from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs
+from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs, split_conv_state
 from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn, linear_attn_global_chunk, linear_attn_global_naive
 
@@ -146,12 +146,7 @@ class LinearAttention(Mixer):
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # [B, T, H, K] each
         conv_cache = None
         if self.convs is not None:
-            if state is not None:
-                if not (isinstance(state, tuple) and len(state) == 2 and not isinstance(state, LRPEState)):
-                    raise ValueError(f"{type(self).__name__}: with conv_size the state is (memory, conv_cache) from "
-                                     "init_state or forward(..., return_state=True), "
-                                     f"got {type(state).__name__}")
-                state, conv_cache = state
+            state, conv_cache = split_conv_state(type(self).__name__, state, "memory")
             (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
         phi = FEATURE_MAPS[self.feature_map]
         q, k = phi(q), phi(k)
