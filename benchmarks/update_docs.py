@@ -92,6 +92,12 @@ HEADLINES = (
                      "twice", "mqar_jrt11", "deltanet", "0.05 / 3"),
     confirmatory_jrt("JRT-Prompt on MQAR, Titans with short convolutions, fourth setting (8 pairs, 2000 steps, fresh "
                      "seeds 5-14): read once -> twice", "mqar_jrt12", "titans_conv", "0.05 / 4"),
+    confirmatory_jrt("JRT-Prompt on MQAR, linear attention with short convolutions (16 pairs, 1200 steps, fresh seeds "
+                     "15-26): read once -> twice", "mqar_jrt13", "linear_attention_conv", "0.05 / 11"),
+    confirmatory_jrt("JRT-Prompt on MQAR, mLSTM, fourth setting (24 pairs, T=96, 800 steps, fresh seeds 15-26): read "
+                     "once -> twice", "mqar_jrt14", "mlstm", "0.05 / 11"),
+    confirmatory_jrt("JRT-Prompt on MQAR, LightNet with short convolutions (8 pairs, 800 steps, fresh seeds 15-26): "
+                     "read once -> twice", "mqar_jrt15", "lightnet_conv", "0.05 / 11"),
     Headline("HiP on the `make demo` softmax model, no retraining: accuracy and keys attended", "hip",
              r"the sparsest setting that meets it: (?P<setting>L=\d+, (?:b_q=\d+, )?top_k=\d+): "
              r"accuracy (?P<acc>[\d.]+) vs dense "
