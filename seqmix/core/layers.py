@@ -147,17 +147,33 @@ class ShortConvolution(nn.Module):
         return _ConvSiLU.apply(padded, self.weight.to(x.dtype)), padded[:, -(self.size - 1):]  # [B, T, C], cache
 
 
-def short_convs(convs: nn.ModuleList, branches: Sequence[Tensor],
-                cache: Tensor | None) -> tuple[list[Tensor], Tensor]:
-    """Each ``[B, T, C_i]`` branch through its :class:`ShortConvolution` (causal conv + SiLU), their caches carried
-    as one tensor ``[B, size - 1, sum C_i]`` (split and joined along the channels), e.g. a layer's q, k, v.
-    A head-wise branch ``[B, T, H, K_i]`` is convolved over its ``H K_i`` channels and returned in its shape."""
-    shapes = [y.shape for y in branches]
-    flat = [y.flatten(2) for y in branches]  # each [B, T, C_i] (C_i = H K_i for a head-wise branch)
-    widths = [y.shape[-1] for y in flat]
-    caches = cache.split(widths, -1) if cache is not None else [None] * len(branches)  # each [B, size - 1, C_i]
-    outputs, new_caches = zip(*(conv(y, c) for conv, y, c in zip(convs, flat, caches)))
-    return [y.view(shape) for y, shape in zip(outputs, shapes)], torch.cat(new_caches, -1)  # [B, size - 1, sum C_i]
+class ShortConvs(nn.ModuleList):
+    """One :class:`ShortConvolution` (``size`` taps, then SiLU) per branch of a layer, e.g. its q, k, v of
+    ``widths`` channels, with the branches' caches carried as one tensor ``[B, size - 1, sum widths]``: what a
+    mixer's ``conv_size`` option builds, runs, starts its state with and counts in ``state_size``."""
+
+    def __init__(self, widths: Sequence[int], size: int):
+        super().__init__(ShortConvolution(width, size) for width in widths)
+        self.size, self.width = size, sum(widths)
+
+    def forward(self, branches: Sequence[Tensor], cache: Tensor | None) -> tuple[list[Tensor], Tensor]:
+        """Each ``[B, T, C_i]`` branch through its convolution, the caches split from and joined into one tensor
+        along the channels; a head-wise branch ``[B, T, H, K_i]`` is convolved over its ``H K_i`` channels and
+        returned in its shape."""
+        shapes = [y.shape for y in branches]
+        flat = [y.flatten(2) for y in branches]  # each [B, T, C_i] (C_i = H K_i for a head-wise branch)
+        caches = cache.split([y.shape[-1] for y in flat], -1) if cache is not None else [None] * len(flat)
+        outputs, new_caches = zip(*(conv(y, c) for conv, y, c in zip(self, flat, caches)))  # caches [B, size - 1, C_i]
+        return [y.view(shape) for y, shape in zip(outputs, shapes)], torch.cat(new_caches, -1)  # [B, size - 1, sum C_i]
+
+    def empty_cache(self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+        """The cache before the first token: zeros ``[B, size - 1, sum widths]``."""
+        return torch.zeros(batch_size, self.size - 1, self.width, device=device, dtype=dtype)
+
+    @property
+    def state_size(self) -> int:
+        """Floats of the cache per sequence: ``(size - 1) * sum widths``."""
+        return (self.size - 1) * self.width
 
 
 def split_conv_state(owner: str, state: object, inner: str) -> tuple[object, Tensor | None]:

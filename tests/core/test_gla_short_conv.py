@@ -34,7 +34,7 @@ def test_conv_cache_carries_the_preceding_tokens():
     whole = mixer(x)
     first, state = mixer(x[:, :5], return_state=True)
     memory, cache = state
-    assert cache.shape == (1, 3, mixer.conv_width)
+    assert cache.shape == (1, 3, 2 * mixer.key_dim + mixer.value_dim)
     second, _ = mixer(x[:, 5:], state=state, return_state=True)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-5, rtol=1e-5)
     assert mixer.state_size(100) == memory[0].numel() + cache[0].numel()

@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from seqmix.core.layers import ShortConvolution, short_convs
+from seqmix.core.layers import ShortConvs
 from seqmix.core.mixer import Mixer, check_int, register_mixer, state_dtype
 from seqmix.core.mixers.sliding_window import SlidingWindowAttention, WindowState
 from seqmix.kernels.linear_attn import linear_attn
@@ -81,8 +81,8 @@ class Based(Mixer):
         self.k = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.v = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
-        self.convs = (nn.ModuleList(ShortConvolution(width, conv_size) for width in self.conv_widths)
-                      if conv_size is not None else None)
+        features = n_heads * feature_dim  # the q and k projections' channels; v has d_model
+        self.convs = ShortConvs((features, features, d_model), conv_size) if conv_size is not None else None
         self.local = SlidingWindowAttention(d_model, n_heads=n_heads, causal=True, window=window)
 
     @property
@@ -103,7 +103,7 @@ class Based(Mixer):
             linear_state, window_state, conv_cache = state
         q, k, v = self.q(x), self.k(x), self.v(x)  # [B, T, H*F], [B, T, H*F], [B, T, D]
         if self.convs is not None:
-            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 2 H*F + D]
+            (q, k, v), conv_cache = self.convs((q, k, v), conv_cache)  # cache [B, size - 1, 2 H*F + D]
         q = taylor_features(q.view(b, t, h, f))  # [B, T, H, F] -> [B, T, H, 1 + F + F^2]
         k = taylor_features(k.view(b, t, h, f))  # [B, T, H, 1 + F + F^2]
         v = v.view(b, t, h, self.head_dim)  # [B, T, H, V]
@@ -127,18 +127,13 @@ class Based(Mixer):
         window_state = self.local.init_state(batch_size, device, dtype)
         if self.convs is None:
             return linear_state, window_state
-        conv_cache = torch.zeros(batch_size, self.conv_size - 1, sum(self.conv_widths), device=device, dtype=dtype)
+        conv_cache = self.convs.empty_cache(batch_size, device, dtype)
         return linear_state, window_state, conv_cache  # [B, H, 1 + F + F^2, V + 1], window, [B, size - 1, 2 H*F + D]
-
-    @property
-    def conv_widths(self) -> tuple[int, int, int]:
-        """Channels of the q, k and v projections (the short convolutions' widths, side by side in their cache)."""
-        return self.n_heads * self.feature_dim, self.n_heads * self.feature_dim, self.d_model
 
     def _step(self, x_t: Tensor, state: BasedState) -> tuple[Tensor, BasedState]:
         y, state = self.mix(x_t[:, None], state=state, return_state=True, impl="naive")  # one token: the recurrence
         return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.convs is None else (self.conv_size - 1) * sum(self.conv_widths)
+        conv = 0 if self.convs is None else self.convs.state_size
         return self.n_heads * self.n_features * (self.head_dim + 1) + self.local.state_size(seq_len) + conv

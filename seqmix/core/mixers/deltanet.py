@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.core.layers import ShortConvolution, short_convs
+from seqmix.core.layers import ShortConvs
 from seqmix.core.mixer import Mixer, register_mixer, state_dtype
 from seqmix.kernels.delta_rule import DELTA_RULE, chunk_delta_rule
 
@@ -52,8 +52,7 @@ class DeltaNet(Mixer):
         # Separate q, k, v projections and convs: [B, T, D] pieces rather than one [B, T, 3D]
         # tensor, which on the CPU is large enough to be page-faulted in afresh on every call.
         self.q, self.k, self.v = (nn.Linear(d_model, d_model, bias=False) for _ in range(3))
-        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
-                      if conv_size is not None else None)
+        self.convs = ShortConvs((d_model,) * 3, conv_size) if conv_size is not None else None
         self.beta = nn.Linear(d_model, n_heads, bias=False)
         self.norm = nn.RMSNorm(self.head_dim, eps=norm_eps)  # per head
         self.gate = nn.Linear(d_model, d_model, bias=False) if gate else None
@@ -70,7 +69,7 @@ class DeltaNet(Mixer):
         if self.convs is None:
             branches = [F.silu(y) for y in branches]
         else:
-            branches, conv_cache = short_convs(self.convs, branches, conv_cache)  # causal conv + SiLU; [B, size-1, 3D]
+            branches, conv_cache = self.convs(branches, conv_cache)  # causal conv + SiLU; [B, size-1, 3D]
         q, k, v = (y.view(b, t, self.n_heads, self.head_dim) for y in branches)  # [B, T, D] -> [B, T, H, K]
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         beta = torch.sigmoid(self.beta(x))  # [B, T, H]
@@ -86,8 +85,7 @@ class DeltaNet(Mixer):
                    dtype: torch.dtype = torch.float32) -> DeltaState:
         memory = torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device,
                              dtype=state_dtype(dtype))  # [B, H, K, V]
-        conv_cache = (None if self.convs is None
-                      else torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device, dtype=dtype))
+        conv_cache = None if self.convs is None else self.convs.empty_cache(batch_size, device, dtype)  # [B, size - 1, 3D]
         return memory, conv_cache
 
     def _step(self, x_t: Tensor, state: DeltaState) -> tuple[Tensor, DeltaState]:
@@ -95,5 +93,5 @@ class DeltaNet(Mixer):
         return y[:, 0], state
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model
+        conv = 0 if self.convs is None else self.convs.state_size
         return self.n_heads * self.head_dim * self.head_dim + conv

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqmix.core.layers import ShortConvolution, short_convs, split_conv_state
+from seqmix.core.layers import ShortConvs, split_conv_state
 from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.kernels.flow import FLOW, FlowState, flow_attention
 
@@ -65,8 +65,7 @@ class FlowAttention(Mixer):
         self.chunk_size = chunk_size
         self.conv_size = conv_size
         self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
-                      if conv_size is not None else None)
+        self.convs = ShortConvs((d_model,) * 3, conv_size) if conv_size is not None else None
         self.out = nn.Linear(d_model, d_model)
 
     def _forward(self, x, *, context, mask, state, return_state):
@@ -75,7 +74,7 @@ class FlowAttention(Mixer):
         conv_cache = None
         if self.convs is not None:
             state, conv_cache = split_conv_state(type(self).__name__, state, "FlowState")
-            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
+            (q, k, v), conv_cache = self.convs((q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
         o, final = flow_attention(q, k, v, causal=self.causal, initial_state=state, output_final_state=return_state,
                                   chunk_size=self.chunk_size, impl=self.resolve_impl(x))  # [B, T, H, V]
         y = self.out(o.reshape(b, t, self.d_model))  # [B, T, H, V] -> [B, T, D]
@@ -88,11 +87,10 @@ class FlowAttention(Mixer):
         flows = FlowState.empty(batch_size, self.n_heads, self.head_dim, self.head_dim, device, state_dtype(dtype))
         if self.convs is None:
             return flows
-        return flows, torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device,
-                                  dtype=dtype)  # FlowState, [B, size - 1, 3 D]
+        return flows, self.convs.empty_cache(batch_size, device, dtype)  # FlowState, [B, size - 1, 3 D]
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model
+        conv = 0 if self.convs is None else self.convs.state_size
         return self.n_heads * (4 * self.head_dim + 1 + self.head_dim ** 2) + conv  # four [K] sums, a log-sum-exp,
         # kv [K, V] per head (+ the conv cache)
 

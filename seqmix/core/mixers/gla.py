@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs
+from seqmix.core.layers import HeadNormGate, ShortConvs, bidirectional
 from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
 
@@ -76,8 +76,7 @@ class GatedLinearAttention(Mixer):
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.gate_proj = nn.Sequential(nn.Linear(d_model, gate_low_rank_dim, bias=False),
                                        nn.Linear(gate_low_rank_dim, self.key_dim, bias=True))
-        self.convs = (nn.ModuleList(ShortConvolution(width, conv_size)
-                                    for width in (self.key_dim, self.key_dim, self.value_dim))
+        self.convs = (ShortConvs((self.key_dim, self.key_dim, self.value_dim), conv_size)
                       if conv_size is not None else None)
         self.output = HeadNormGate(d_model, n_heads, self.value_dim, gate=True)
 
@@ -87,7 +86,7 @@ class GatedLinearAttention(Mixer):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*K], [B, T, H*K], [B, T, H*V]
         memory, conv_cache = (state, None) if self.convs is None or state is None else state
         if self.convs is not None:
-            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # [B, size - 1, 2 H*K + H*V]
+            (q, k, v), conv_cache = self.convs((q, k, v), conv_cache)  # [B, size - 1, 2 H*K + H*V]
         q, k, v = q.view(b, t, h, -1), k.view(b, t, h, -1), v.view(b, t, h, -1)  # [B, T, H, K] (V for v)
         g = (F.logsigmoid(self.gate_proj(x).float()) / self.gate_logit_normalizer).view(b, t, h, -1)  # [B, T, H, K]
         impl = self.resolve_impl(x)
@@ -109,16 +108,10 @@ class GatedLinearAttention(Mixer):
                              device=device, dtype=state_dtype(dtype))  # S: [B, H, K, V]
         if self.convs is None:
             return memory
-        conv_cache = torch.zeros(batch_size, self.conv_size - 1, self.conv_width, device=device, dtype=dtype)
-        return memory, conv_cache  # [B, H, K, V], [B, size - 1, 2 H*K + H*V]
-
-    @property
-    def conv_width(self) -> int:
-        """Channels of the short convolutions' cache: q, k and v side by side."""
-        return 2 * self.key_dim + self.value_dim
+        return memory, self.convs.empty_cache(batch_size, device, dtype)  # [B, H, K, V], [B, size - 1, 2 H*K + H*V]
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.convs is None else (self.conv_size - 1) * self.conv_width
+        conv = 0 if self.convs is None else self.convs.state_size
         return self.key_dim * self.value_dim // self.n_heads + conv  # S: [H, K/H, V/H] (+ the conv cache)
 
     def extra_repr(self) -> str:

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
-from seqmix.core.layers import HeadNormGate, ShortConvolution, short_convs, split_conv_state
+from seqmix.core.layers import HeadNormGate, ShortConvs, split_conv_state
 from seqmix.core.mixer import Mixer, State, check_int, expanded_widths, register_mixer, state_dtype
 from seqmix.kernels.common import compute_dtype
 from seqmix.kernels.gla import GLA, chunk_gla
@@ -343,8 +343,7 @@ class LightNet(Mixer):
         self.f_proj = nn.Linear(d_model, self.key_dim, bias=False)  # the additive terms f_t (LightNet's k)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.conv_size = conv_size
-        self.convs = (nn.ModuleList(ShortConvolution(width, conv_size)
-                                    for width in (self.key_dim, self.key_dim, self.value_dim))
+        self.convs = (ShortConvs((self.key_dim, self.key_dim, self.value_dim), conv_size)
                       if conv_size is not None else None)
         self.output = HeadNormGate(d_model, n_heads, self.value_dim, gate=True)
 
@@ -403,7 +402,7 @@ class LightNet(Mixer):
         if self.convs is None:
             q = F.silu(q)
         else:  # q's SiLU is the convolution's
-            (q, f, v), conv_cache = short_convs(self.convs, (q, f, v), conv_cache)  # cache [B, size - 1, 2 H*K + H*V]
+            (q, f, v), conv_cache = self.convs((q, f, v), conv_cache)  # cache [B, size - 1, 2 H*K + H*V]
         q, f, v = q.view(b, t, h, -1), f.float().view(b, t, h, -1), v.view(b, t, h, -1)  # [B, T, H, K] (V for v)
         o, final = self.attend(q, f, v, state=state, return_state=return_state, impl=impl)
         if self.convs is not None and final is not None:
@@ -419,12 +418,10 @@ class LightNet(Mixer):
         lightnet = LightNetState(memory, log_z, 0)  # [B, H, K', V], [B, H, K]: z_0 = 0
         if self.convs is None:
             return lightnet
-        conv_width = 2 * self.key_dim + self.value_dim
-        return lightnet, torch.zeros(batch_size, self.conv_size - 1, conv_width, device=device,
-                                     dtype=dtype)  # [B, size - 1, 2 H*K + H*V]
+        return lightnet, self.convs.empty_cache(batch_size, device, dtype)  # [B, size - 1, 2 H*K + H*V]
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.convs is None else (self.conv_size - 1) * (2 * self.key_dim + self.value_dim)
+        conv = 0 if self.convs is None else self.convs.state_size
         return self.n_heads * self.rotated_k * (self.value_dim // self.n_heads) + self.key_dim + conv  # S, log z
         # (+ the conv cache)
 

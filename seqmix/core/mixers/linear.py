@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqmix.core.embeddings import LRPE
-from seqmix.core.layers import HeadNormGate, ShortConvolution, bidirectional, short_convs, split_conv_state
+from seqmix.core.layers import HeadNormGate, ShortConvs, bidirectional, split_conv_state
 from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.kernels.linear_attn import LINEAR_ATTN, linear_attn, linear_attn_global_chunk, linear_attn_global_naive
 
@@ -125,8 +125,7 @@ class LinearAttention(Mixer):
         self.chunk_size = chunk_size
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.conv_size = conv_size
-        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
-                      if conv_size is not None else None)
+        self.convs = ShortConvs((d_model,) * 3, conv_size) if conv_size is not None else None
         self.decay_logit = None
         if decay == "learned":
             gamma = retnet_log_decay(n_heads).exp()
@@ -147,7 +146,7 @@ class LinearAttention(Mixer):
         conv_cache = None
         if self.convs is not None:
             state, conv_cache = split_conv_state(type(self).__name__, state, "memory")
-            (q, k, v), conv_cache = short_convs(self.convs, (q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
+            (q, k, v), conv_cache = self.convs((q, k, v), conv_cache)  # cache [B, size - 1, 3 D]
         phi = FEATURE_MAPS[self.feature_map]
         q, k = phi(q), phi(k)
         memory, seen = state, 0
@@ -185,11 +184,10 @@ class LinearAttention(Mixer):
         memory = memory if self.lrpe is None else LRPEState(memory, 0)
         if self.convs is None:
             return memory
-        conv_cache = torch.zeros(batch_size, self.conv_size - 1, 3 * self.d_model, device=device, dtype=dtype)
-        return memory, conv_cache  # [B, H, K, V] (or LRPEState), [B, size - 1, 3 D]
+        return memory, self.convs.empty_cache(batch_size, device, dtype)  # [B, H, K, V] (or LRPEState), [B, size - 1, 3 D]
 
     def state_size(self, seq_len: int) -> int:
-        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model
+        conv = 0 if self.convs is None else self.convs.state_size
         return self.n_heads * self.key_dim * self.head_dim + conv  # S: [H, K, V], whatever the length (+ conv cache)
 
     def extra_repr(self) -> str:

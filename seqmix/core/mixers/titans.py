@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqmix.core.layers import HeadNormGate, QKVProjection, ShortConvolution, merge_heads, short_convs, split_heads
+from seqmix.core.layers import HeadNormGate, QKVProjection, ShortConvs, merge_heads, split_heads
 from seqmix.core.mixer import Mixer, State, check_int, register_mixer, state_dtype
 from seqmix.core.mixers.sliding_window import SlidingWindowAttention, WindowState
 from seqmix.kernels.titans import TITANS, MemoryState, memory_apply, titans_memory
@@ -182,8 +182,7 @@ class TitansMemory(Mixer):
             nn.Parameter(torch.randn(n_heads, i, o) / i**0.5) for i, o in zip(widths[:-1], widths[1:])
         )  # the learned initial memory, [H, in, out] per layer
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.convs = (nn.ModuleList(ShortConvolution(d_model, conv_size) for _ in range(3))
-                      if conv_size is not None else None)  # on q, k, v
+        self.convs = ShortConvs((d_model,) * 3, conv_size) if conv_size is not None else None  # on q, k, v
         self.gates = nn.Linear(d_model, 3 * n_heads)  # eta, theta, alpha logits per head
         with torch.no_grad():
             self.gates.bias.copy_(torch.tensor([2.0, 0.0, -6.0]).repeat_interleave(n_heads))
@@ -210,7 +209,7 @@ class TitansMemory(Mixer):
         if self.convs is None:
             projections = [F.silu(y) for y in projections]
         else:
-            projections, conv = short_convs(self.convs, projections, conv)  # conv + SiLU; cache [B, size - 1, 3 D]
+            projections, conv = self.convs(projections, conv)  # conv + SiLU; cache [B, size - 1, 3 D]
         q, k, v = (F.normalize(y.view(b, t, self.n_heads, self.head_dim), dim=-1)
                    for y in projections)  # [B, T, D] -> [B, T, H, K] each
         eta, theta, alpha = self.gates(x).float().view(b, t, 3, self.n_heads).unbind(2)  # [B, T, H] each
@@ -237,8 +236,7 @@ class TitansMemory(Mixer):
         n = 1 if self.persistent is not None else batch_size
         state = self.memory_state(n, device, dtype)
         if self.convs is not None:
-            state = ConvMemory(state, torch.zeros(n, self.conv_size - 1, 3 * self.d_model, device=device,
-                                                  dtype=dtype))  # [B, size - 1, 3 D]
+            state = ConvMemory(state, self.convs.empty_cache(n, device, dtype))  # [B, size - 1, 3 D]
         if self.persistent is None:
             return state
         _, state = self._run(self.persistent.to(device=device)[None], state)  # the prefix: [1, N, D]
@@ -326,7 +324,7 @@ class TitansMemory(Mixer):
 
     def state_size(self, seq_len: int) -> int:
         memory = sum(w.numel() for w in self.memory)  # one copy of the memory's weights: [H, in, out] per layer
-        conv = 0 if self.convs is None else (self.conv_size - 1) * 3 * self.d_model  # the q, k, v conv cache
+        conv = 0 if self.convs is None else self.convs.state_size  # the q, k, v conv cache
         if self.layout == "MAG":
             return 3 * memory + conv + self.attention.state_size(seq_len)  # weights, momentum, base; conv; KV window
         if self.layout == "MAC":  # and the weights at the segment's start; a segment's keys and values of h and x
